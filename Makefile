@@ -1,0 +1,62 @@
+# touchpoint: the two commands are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the test suite talks to for real (private buses and brokers per test session).
+DEB_PACKAGES := dbus mosquitto mosquitto-clients
+# Where each package's binary lands, to tell whether it is installed (sbin may not be on PATH).
+DEB_PROBES := /usr/bin/dbus-daemon /usr/sbin/mosquitto /usr/bin/mosquitto_sub
+
+.PHONY: help venv deb-deps lint typecheck pytest test demo bench clean
+
+help:
+	@echo "make demo   - run the whole loop: simulated car -> decoded signals (grows with each issue)"
+	@echo "make test   - venv + packages + lint + type checks + test suite"
+	@echo "make bench  - print the performance figures"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+deb-deps:
+	@missing=""; set -- $(DEB_PROBES); \
+	for pkg in $(DEB_PACKAGES); do [ -x "$$1" ] || missing="$$missing $$pkg"; shift; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "error: the tests need the Debian packages:$$missing"; \
+	  echo "       run as root, or: sudo apt-get install -y$$missing"; exit 1; fi; \
+	echo "installing Debian packages:$$missing"; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP) deb-deps
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+demo: $(STAMP)
+	$(BIN)/touchpoint demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,63 @@
+"""The ``touchpoint`` command: one entry point, a subcommand per job.
+
+Subcommands import their implementation only when run, so ``touchpoint run`` (the
+daemon) does not pay for the simulator or the reference HMI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Final
+
+# subcommand: (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
+SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
+    "signals": ("can_signals.cli_signals", "decode CAN (live or a recorded log) to VSS signals"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``only``, just that subcommand's module is imported."""
+    parser = argparse.ArgumentParser(
+        prog="touchpoint",
+        description="touchpoint: in-car cards from CAN signals, synced with the OEM cloud.",
+    )
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level for messages on stderr (default: WARNING)",
+    )  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if only in (None, name):
+            importlib.import_module(module_name).add_arguments(sub)
+        sub.set_defaults(module=module_name)
+    return parser
+
+
+def _chosen_subcommand(argv: Sequence[str]) -> str | None:
+    words = [a for a in argv if not a.startswith("-")]
+    return words[0] if words and words[0] in SUBCOMMANDS and "-h" not in argv[:1] else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``touchpoint`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_chosen_subcommand(argv)).parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    run: Callable[[argparse.Namespace], int] = importlib.import_module(args.module).run
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

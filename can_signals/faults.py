@@ -1,0 +1,90 @@
+"""The fault assembler: one ``DTCList`` from DTC slots, warning lamps and diagnostic reads.
+
+Cars broadcast faults in two ways touchpoint reads: a warning lamp signal per lamp, and
+a DTC message carrying one two-byte code at a time (cycling through the active codes;
+code 0 means none). Both, plus the result of an on-demand ISO-TP read, are folded into
+``Vehicle.Diagnostics.DTCList`` (J2012 codes, then ``LAMP:<name>`` for lit lamps) and
+``DTCCount``, published whenever the set changes. A broadcast code that is no longer
+seen for its hold time is dropped, which is how a cleared fault disappears.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from can_signals.catalogue import DTC_COUNT, DTC_LIST
+from can_signals.update import SignalUpdate
+
+Emit = Callable[[SignalUpdate], None]
+
+
+@dataclass(slots=True)
+class _Slot:
+    bus: str
+    hold: float
+    last_seen: Callable[[], float]
+    seen: dict[str, float] = field(default_factory=dict)
+    current: tuple[str, ...] = ()
+
+
+class FaultAssembler:
+    """Folds fault sources into ``DTCList`` and ``DTCCount`` updates."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._slots: dict[int, _Slot] = {}
+        self._lamps: dict[str, bool] = {}
+        self._reads: dict[str, tuple[str, ...]] = {}
+        self._published: tuple[str, ...] | None = None
+
+    def add_slot(self, slot_id: int, bus: str, hold: float, last_seen: Callable[[], float]) -> None:
+        """Register a broadcast DTC slot; ``last_seen`` gives its frame's latest timestamp."""
+        self._slots[slot_id] = _Slot(bus, hold, last_seen)
+
+    def slot(self, slot_id: int, codes: tuple[str, ...], timestamp: float, bus: str) -> None:
+        """A DTC slot showed ``codes`` (empty: the ECU says no fault is active)."""
+        slot = self._slots[slot_id]
+        if not codes:
+            slot.seen.clear()
+        for code in codes:
+            slot.seen[code] = timestamp
+        slot.current = codes
+        self._publish(timestamp, bus)
+
+    def lamp(self, name: str, lit: bool | None, timestamp: float, bus: str) -> None:  # noqa: FBT001
+        """A warning lamp changed (``None``: its signal went stale, so it is not shown)."""
+        self._lamps[name] = bool(lit)
+        self._publish(timestamp, bus)
+
+    def read_result(self, source: str, codes: tuple[str, ...], timestamp: float) -> None:
+        """Codes stored in an ECU, from an on-demand diagnostic read."""
+        self._reads[source] = codes
+        self._publish(timestamp, "diag")
+
+    def expire(self, now: float) -> None:
+        """Drop broadcast codes not seen for their hold time."""
+        changed = ""
+        for slot in self._slots.values():
+            frame_seen = slot.last_seen()
+            for code, seen in list(slot.seen.items()):
+                latest = max(seen, frame_seen) if code in slot.current else seen
+                if now - latest > slot.hold:
+                    del slot.seen[code]
+                    changed = slot.bus
+        if changed:
+            self._publish(now, changed)
+
+    def _publish(self, timestamp: float, bus: str) -> None:
+        codes: set[str] = set()
+        for slot in self._slots.values():
+            codes.update(slot.seen)
+        for read in self._reads.values():
+            codes.update(read)
+        lamps = sorted(f"LAMP:{name}" for name, lit in self._lamps.items() if lit)
+        listing = (*sorted(codes), *lamps)
+        if listing == self._published:
+            return
+        self._published = listing
+        self._emit(SignalUpdate(DTC_LIST, listing, None, timestamp, bus))
+        self._emit(SignalUpdate(DTC_COUNT, len(listing), None, timestamp, bus))

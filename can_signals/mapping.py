@@ -1,0 +1,410 @@
+"""Mapping files: which DBC signal feeds which VSS path, in the KUKSA ``dbc2vss`` format.
+
+Both layouts the Eclipse KUKSA CAN provider reads are accepted, in JSON or YAML:
+
+- a VSS tree (``{"Vehicle": {"children": {"Speed": {"dbc2vss": {...}}}}}``), as
+  ``vspec2json`` writes it, and
+- a flat overlay keyed by dotted paths (``Vehicle.Speed: {dbc2vss: {...}}``).
+
+A node maps a signal with a ``dbc2vss`` block (``dbc`` is the old synonym) holding
+``signal``, optional ``interval_ms`` and ``on_change`` (KUKSA's defaults: neither given
+means every 1000 ms; only ``on_change: true`` means every change) and an optional
+``transform`` with ``math`` (an expression over ``x``) or ``mapping`` (a list of
+``from``/``to`` pairs). ``vss2dbc`` blocks (writing to CAN) are ignored: touchpoint only
+reads the bus.
+
+touchpoint extensions, which KUKSA would not understand but which never change the
+meaning of a KUKSA file: ``message`` (pins the DBC message when a signal name occurs in
+several), ``stale_ms`` (how long without the signal before it is reported stale; 0
+never), and the ``dtc`` transform (a two-byte DTC slot, see :mod:`can_signals.faults`).
+
+This module only reads the file and checks its shape; :mod:`can_signals.binding` checks
+it against the DBC files and the catalogue.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from can_signals.errors import ExpressionError, MappingError, Problem
+from can_signals.expression import compile_expression
+
+Scalar = bool | int | float | str
+
+DEFAULT_INTERVAL_MS: Final = 1000
+_MAPPING_KEYS: Final = ("dbc2vss", "dbc")
+_ENTRY_KEYS: Final = frozenset(
+    {"signal", "interval_ms", "on_change", "transform", "message", "stale_ms"}
+)
+_SEGMENT: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    """How a DBC value becomes a VSS value; exactly one of the fields is set.
+
+    Attributes:
+        math: A ``math`` expression.
+        table: The ``mapping`` pairs, ``(from, to)`` as written.
+        dtc: ``True`` for a two-byte DTC slot (touchpoint extension).
+    """
+
+    math: str | None = None
+    table: tuple[tuple[Scalar, Scalar], ...] | None = None
+    dtc: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MappingEntry:
+    """One VSS path fed by one DBC signal.
+
+    Attributes:
+        path: The VSS path.
+        signal: The DBC signal name.
+        interval_ms: Minimum time between two updates, on the frames' clock.
+        on_change: Only forward a value that differs from the last one forwarded.
+        transform: The transform, or ``None`` to take the value as decoded.
+        message: The DBC message name, when the file pins it.
+        datatype: The VSS datatype the file declares, if it does.
+        unit: The VSS unit the file declares (the unit the transform's result is in).
+        stale_ms: Time without the signal before it is stale (``None``: the default).
+        where: Where in the file the entry is, for messages.
+    """
+
+    path: str
+    signal: str
+    interval_ms: int
+    on_change: bool
+    transform: Transform | None
+    message: str | None
+    datatype: str | None
+    unit: str | None
+    stale_ms: int | None
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class MappingDocument:
+    """A loaded mapping file."""
+
+    file: str
+    entries: tuple[MappingEntry, ...]
+
+
+def load_mapping(path: str | Path) -> MappingDocument:
+    """Read a mapping file and check its shape.
+
+    Raises:
+        MappingError: With every problem found, each with its file and line or key.
+    """
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise MappingError([Problem(file, "", f"cannot read the mapping file: {err}")]) from err
+    return parse_mapping(text, file)
+
+
+def parse_mapping(text: str, file: str = "<mapping>") -> MappingDocument:
+    """Parse mapping text; JSON if the file name ends in ``.json``, else YAML (JSON included).
+
+    Raises:
+        MappingError: With every problem found.
+    """
+    reader = _Reader(file, text)
+    document = reader.read()
+    problems = reader.problems
+    entries: list[MappingEntry] = []
+    if document is not None:
+        if not isinstance(document, dict):
+            problems.append(reader.problem((), "the top level must be a mapping of VSS paths"))
+        else:
+            seen: dict[str, str] = {}
+            for key_path, path, node in _walk(document):
+                entry = _entry(reader, key_path, path, node)
+                if entry is None:
+                    continue
+                if entry.path in seen:
+                    problems.append(
+                        reader.problem(
+                            key_path,
+                            f"duplicate target {entry.path!r}: "
+                            f"already mapped at {seen[entry.path]}",
+                        )
+                    )
+                    continue
+                seen[entry.path] = entry.where
+                entries.append(entry)
+    if problems:
+        raise MappingError(problems)
+    if not entries:
+        raise MappingError([Problem(file, "", "maps no signal (no dbc2vss block found)")])
+    return MappingDocument(file, tuple(entries))
+
+
+KeyPath = tuple[str, ...]
+
+
+class _Invalid:
+    """Marks a value whose problem has been reported already."""
+
+
+_INVALID: Final = _Invalid()
+
+
+def _walk(document: Mapping[str, Any]) -> Iterator[tuple[KeyPath, str, Mapping[str, Any]]]:
+    """Yield ``(key path in the file, VSS path, node)`` for every node that may map a signal."""
+    stack: list[tuple[KeyPath, str, Any]] = [((k,), k, v) for k, v in document.items()]
+    stack.reverse()
+    while stack:
+        key_path, path, node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        yield key_path, path, node
+        children = node.get("children")
+        if isinstance(children, dict):
+            nested = [
+                ((*key_path, "children", name), f"{path}.{name}", child)
+                for name, child in children.items()
+            ]
+            stack.extend(reversed(nested))
+
+
+def _entry(
+    reader: _Reader, key_path: KeyPath, path: str, node: Mapping[str, Any]
+) -> MappingEntry | None:
+    present = [k for k in _MAPPING_KEYS if k in node]
+    if not present:
+        return None
+    if len(present) > 1:
+        reader.add(key_path, "has both 'dbc2vss' and its synonym 'dbc': keep one")
+        return None
+    block_key = present[0]
+    block_path = (*key_path, block_key)
+    block = node[block_key]
+    if not all(_SEGMENT.match(part) for part in path.split(".")):
+        reader.add(key_path, f"{path!r} is not a VSS path (dot-separated names)")
+        return None
+    if not isinstance(block, dict):
+        reader.add(block_path, f"{path}: '{block_key}' must be a mapping with at least 'signal'")
+        return None
+    ok = True
+    for unknown in sorted(set(block) - _ENTRY_KEYS):
+        reader.add((*block_path, unknown), f"{path}: unknown key {unknown!r} in '{block_key}'")
+        ok = False
+    signal = block.get("signal")
+    if not isinstance(signal, str) or not signal.strip():
+        reader.add(block_path, f"{path}: 'signal' (the DBC signal name) is missing or empty")
+        ok = False
+    on_change = block.get("on_change", False)
+    if not isinstance(on_change, bool):
+        reader.add((*block_path, "on_change"), f"{path}: 'on_change' must be true or false")
+        ok = False
+    interval = _non_negative_int(reader, block, "interval_ms", block_path, path)
+    stale = _non_negative_int(reader, block, "stale_ms", block_path, path)
+    message = block.get("message")
+    if message is not None and (not isinstance(message, str) or not message):
+        reader.add((*block_path, "message"), f"{path}: 'message' must be a DBC message name")
+        ok = False
+    transform = _transform(reader, block, block_path, path)
+    datatype, unit = node.get("datatype"), node.get("unit")
+    for key, value in (("datatype", datatype), ("unit", unit)):
+        if value is not None and not isinstance(value, str):
+            reader.add((*key_path, key), f"{path}: '{key}' must be a string")
+            ok = False
+    if (
+        not ok
+        or isinstance(interval, _Invalid)
+        or isinstance(stale, _Invalid)
+        or isinstance(transform, _Invalid)
+    ):
+        return None
+    if interval is None:
+        interval = 0 if on_change else DEFAULT_INTERVAL_MS
+    return MappingEntry(
+        path=path,
+        signal=str(signal).strip(),
+        interval_ms=interval,
+        on_change=bool(on_change),
+        transform=transform,
+        message=message,
+        datatype=datatype,
+        unit=unit,
+        stale_ms=stale,
+        where=reader.where(key_path),
+    )
+
+
+def _non_negative_int(
+    reader: _Reader, block: Mapping[str, Any], key: str, block_path: KeyPath, path: str
+) -> int | _Invalid | None:
+    """Return the value, ``None`` if absent, :data:`_INVALID` after reporting a problem."""
+    if key not in block:
+        return None
+    value = block[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        reader.add((*block_path, key), f"{path}: {key!r} must be a whole number >= 0")
+        return _INVALID
+    return value
+
+
+def _transform(  # noqa: PLR0911 - one early return per malformed shape
+    reader: _Reader, block: Mapping[str, Any], block_path: KeyPath, path: str
+) -> Transform | _Invalid | None:
+    """Return the transform, ``None`` if absent, :data:`_INVALID` after reporting a problem."""
+    if "transform" not in block:
+        return None
+    where = (*block_path, "transform")
+    spec = block["transform"]
+    kinds = [k for k in ("math", "mapping", "dtc") if isinstance(spec, dict) and k in spec]
+    if not isinstance(spec, dict) or len(kinds) != 1 or len(spec) != 1:
+        reader.add(where, f"{path}: 'transform' needs exactly one of 'math', 'mapping', 'dtc'")
+        return _INVALID
+    kind = kinds[0]
+    value = spec[kind]
+    if kind == "math":
+        if not isinstance(value, str):
+            reader.add((*where, "math"), f"{path}: 'math' must be an expression string")
+            return _INVALID
+        try:
+            # Names other than x are checked against the DBC when the mapping is bound.
+            compile_expression(value, allowed_names=_AnyName())
+        except ExpressionError as err:
+            reader.add((*where, "math"), f"{path}: bad expression: {err}")
+            return _INVALID
+        return Transform(math=value)
+    if kind == "dtc":
+        if value not in (True, "j2012"):
+            reader.add((*where, "dtc"), f"{path}: 'dtc' must be true (two-byte J2012 codes)")
+            return _INVALID
+        return Transform(dtc=True)
+    return _table(reader, value, (*where, "mapping"), path)
+
+
+def _table(reader: _Reader, value: Any, where: KeyPath, path: str) -> Transform | _Invalid:
+    if not isinstance(value, list) or not value:
+        reader.add(where, f"{path}: 'mapping' must be a non-empty list of from/to pairs")
+        return _INVALID
+    pairs: list[tuple[Scalar, Scalar]] = []
+    ok = True
+    for index, item in enumerate(value):
+        item_where = (*where, str(index))
+        if not isinstance(item, dict) or set(item) != {"from", "to"}:
+            reader.add(item_where, f"{path}: mapping item {index} needs exactly 'from' and 'to'")
+            ok = False
+            continue
+        source, target = item["from"], item["to"]
+        if not isinstance(source, Scalar) or not isinstance(target, Scalar):
+            reader.add(item_where, f"{path}: mapping item {index}: from/to must be plain values")
+            ok = False
+            continue
+        pairs.append((source, target))
+    return Transform(table=tuple(pairs)) if ok else _INVALID
+
+
+class _AnyName(frozenset[str]):
+    """Accepts every name: used to check an expression's syntax before the DBC is known."""
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, str)
+
+
+class _Reader:
+    """Parses the document and turns key paths into line numbers for messages."""
+
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.text = text
+        self.problems: list[Problem] = []
+        self._lines: dict[KeyPath, int] | None = None
+
+    def read(self) -> Any:
+        if self.file.endswith(".json"):
+            try:
+                return json.loads(self.text, object_pairs_hook=self._json_object)
+            except json.JSONDecodeError as err:
+                self.problems.append(
+                    Problem(self.file, f"line {err.lineno}", f"not valid JSON: {err.msg}")
+                )
+                return None
+        try:
+            return yaml.load(self.text, Loader=_StrictYamlLoader)  # noqa: S506 - a safe loader
+        except yaml.MarkedYAMLError as err:
+            line = f"line {err.problem_mark.line + 1}" if err.problem_mark else ""
+            self.problems.append(Problem(self.file, line, f"not valid YAML: {err.problem}"))
+        except yaml.YAMLError as err:
+            self.problems.append(Problem(self.file, "", f"not valid YAML: {err}"))
+        return None
+
+    def _json_object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                self.problems.append(Problem(self.file, repr(key), "duplicate key"))
+            result[key] = value
+        return result
+
+    def add(self, key_path: KeyPath, message: str) -> None:
+        self.problems.append(self.problem(key_path, message))
+
+    def problem(self, key_path: KeyPath, message: str) -> Problem:
+        return Problem(self.file, self.where(key_path), message)
+
+    def where(self, key_path: KeyPath) -> str:
+        line = self._line_of(key_path)
+        return f"line {line}" if line else ".".join(key_path)
+
+    def _line_of(self, key_path: KeyPath) -> int | None:
+        if self._lines is None:
+            self._lines = _index_lines(self.text)
+        # The deepest ancestor that has a line: a missing key is reported at its parent.
+        for end in range(len(key_path), 0, -1):
+            line = self._lines.get(key_path[:end])
+            if line is not None:
+                return line
+        return None
+
+
+def _index_lines(text: str) -> dict[KeyPath, int]:
+    """Map every key path of the document to its line (YAML's composer keeps positions)."""
+    try:
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return {}
+    lines: dict[KeyPath, int] = {}
+    stack: list[tuple[KeyPath, yaml.Node]] = [((), root)] if root is not None else []
+    while stack:
+        prefix, node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = (*prefix, str(key_node.value))
+                lines.setdefault(key, key_node.start_mark.line + 1)
+                stack.append((key, value_node))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                key = (*prefix, str(index))
+                lines.setdefault(key, item.start_mark.line + 1)
+                stack.append((key, item))
+    return lines
+
+
+class _StrictYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """A safe YAML loader that refuses duplicate keys instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:  # noqa: FBT001, FBT002
+        keys: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in keys:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            keys.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]

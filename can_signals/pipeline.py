@@ -1,0 +1,189 @@
+"""The signal pipeline: DBC files and a mapping, a source, and an async stream of updates.
+
+Typical use::
+
+    pipeline = SignalPipeline.from_files(mapping, [(None, dbc)], replay=log, speed=0)
+    async with pipeline:
+        async for update in pipeline:
+            ...
+    print(pipeline.stats())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+import can
+
+from can_signals.binding import Binding, bind
+from can_signals.dbc import load_dbcs
+from can_signals.mapping import load_mapping
+from can_signals.processor import FrameProcessor, ProcessorStats
+from can_signals.sources import BusConfig, LiveBuses, Replay
+from can_signals.stream import DEFAULT_CAPACITY, UpdateStream
+from can_signals.update import SignalUpdate
+
+_log = logging.getLogger(__name__)
+
+#: How often a live pipeline looks for signals that stopped while the bus is silent.
+SILENCE_TICK: Final = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStats:
+    """What the pipeline did, for the summary and the health report."""
+
+    processor: ProcessorStats
+    dropped_updates: int
+    bad_log_lines: int
+    replay_error: str | None
+
+
+class SignalPipeline:
+    """Frames from live buses or a replay, decoded to an async stream of updates."""
+
+    def __init__(
+        self,
+        binding: Binding,
+        *,
+        buses: Sequence[BusConfig] = (),
+        replay: str | Path | None = None,
+        speed: float = 1.0,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> None:
+        if bool(buses) == (replay is not None):
+            raise ValueError("give either live buses or a log to replay")
+        self.binding = binding
+        self._bus_configs = tuple(buses)
+        self._replay_path = Path(replay) if replay is not None else None
+        self._speed = speed
+        self._capacity = capacity
+        self._stream: UpdateStream[SignalUpdate] | None = None
+        self._live: LiveBuses | None = None
+        self._replay: Replay | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.processor = FrameProcessor(binding, self._emit)
+
+    @classmethod
+    def from_files(
+        cls,
+        mapping: str | Path,
+        dbcs: Sequence[tuple[str | None, str | Path]],
+        **kwargs: object,
+    ) -> Self:
+        """Load the DBC files and the mapping and bind them.
+
+        Raises:
+            DbcError: If a DBC file does not load.
+            MappingError: If the mapping has problems, all of them listed.
+        """
+        sources = load_dbcs(dbcs)
+        binding = bind(load_mapping(mapping), sources)
+        return cls(binding, **kwargs)  # type: ignore[arg-type]
+
+    def _emit(self, update: SignalUpdate) -> None:
+        stream = self._stream
+        if stream is not None:
+            stream.put(update, block=self._replay is not None)
+
+    async def start(self) -> None:
+        """Open the sources and start producing updates.
+
+        Raises:
+            SourceError: If a bus or the log cannot be opened.
+        """
+        loop = asyncio.get_running_loop()
+        self._stream = UpdateStream(loop, self._capacity)
+        if self._replay_path is not None:
+            replay = Replay(self._replay_path, self.processor, self._speed, self._stream.close)
+            replay.check()
+            self._replay = replay
+            replay.start()
+            return
+        live = LiveBuses(self._bus_configs, self.processor, self.binding.frame_ids_for_bus)
+        live.start(loop)
+        self._live = live
+        self._ticker = asyncio.create_task(self._watch_silence(), name="signal staleness")
+
+    async def stop(self) -> None:
+        """Stop the sources; the stream ends once drained."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self._replay is not None:
+            if self._stream is not None:
+                self._stream.close()  # unblocks a replay waiting for room
+            await asyncio.to_thread(self._replay.stop)
+        if self._live is not None:
+            live, self._live = self._live, None
+            await asyncio.to_thread(live.stop)
+        if self._stream is not None:
+            self._stream.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def __aiter__(self) -> AsyncIterator[SignalUpdate]:
+        """The updates, until a replay ends or the pipeline is stopped."""
+        if self._stream is None:
+            raise RuntimeError("start the pipeline first")
+        async for update in self._stream:
+            yield update
+
+    async def batches(self, max_items: int = 1000) -> AsyncIterator[list[SignalUpdate]]:
+        """The updates in batches, for consumers that commit per batch."""
+        if self._stream is None:
+            raise RuntimeError("start the pipeline first")
+        while batch := await self._stream.get_batch(max_items):
+            yield batch
+
+    def bus(self, name: str) -> can.BusABC | None:
+        """An open live bus, e.g. for an on-demand diagnostic read."""
+        return self._live.buses.get(name) if self._live else None
+
+    def notifier(self, name: str) -> can.Notifier | None:
+        """The Notifier of an open live bus, for ISO-TP stacks that share it."""
+        return self._live.notifiers.get(name) if self._live else None
+
+    async def _watch_silence(self) -> None:
+        # Frames age signals on their own clock; when none arrive at all, that clock is
+        # continued from the last frame, so a silent bus still goes stale.
+        loop = asyncio.get_running_loop()
+        last_frames, silent_since = -1, loop.time()
+        while True:
+            await asyncio.sleep(SILENCE_TICK)
+            frames = self.processor.frames
+            if frames != last_frames:
+                last_frames, silent_since = frames, loop.time()
+                continue
+            latest = self.processor.latest_timestamp
+            if latest is not None:
+                self.processor.check_stale(latest + loop.time() - silent_since)
+
+    def stats(self) -> PipelineStats:
+        """A snapshot of the counters."""
+        replay = self._replay
+        return PipelineStats(
+            processor=self.processor.stats(),
+            dropped_updates=self._stream.dropped if self._stream else 0,
+            bad_log_lines=replay.bad_lines if replay else 0,
+            replay_error=replay.error if replay else None,
+        )

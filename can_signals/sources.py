@@ -1,0 +1,283 @@
+"""Where frames come from: live buses (socketcan, virtual, remote, ...) and recorded logs.
+
+Live buses are read by python-can's :class:`can.Notifier`. A bus with a file descriptor
+(socketcan) is watched by the event loop itself (``loop.add_reader``: no thread, no
+hop). A bus without one (``virtual``, ``remote``) gets the Notifier's reader thread, and
+its frames are decoded right there: handing every frame to the loop would cost about
+13 µs of CPU per frame, against 2 µs for the thread alone (measured here), so only the
+resulting updates cross to the loop (see :mod:`can_signals.stream`).
+
+On socketcan the kernel filters frames by the mapped IDs, so unmapped traffic never
+reaches Python. Other interfaces filter in python-can, which is slower than our own
+table look-up, so they get no filter.
+
+Replays read candump ``.log``, ``.asc``, ``.trc`` and ``.blf`` files with python-can's
+readers. A malformed line is counted and skipped: the text readers are restarted past
+it, fed again with the file's header lines so they keep its settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import can
+from can.io.player import MESSAGE_READERS
+
+from can_signals.errors import SourceError
+from can_signals.processor import BusInput, FrameProcessor
+from can_signals.ratelimit import RateLimitedLog
+
+_log = logging.getLogger(__name__)
+
+_TEXT_FORMATS: Final = frozenset({".log", ".asc", ".trc"})
+_READ_ERRORS: Final = (ValueError, IndexError, KeyError, TypeError, OverflowError, AttributeError)
+DEFAULT_BUS_NAME: Final = "can0"
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    """A live CAN bus to read.
+
+    Attributes:
+        name: The name updates carry and DBC files are assigned by (often the channel).
+        interface: The python-can interface (``socketcan``, ``virtual``, ``remote``, ...).
+        channel: The interface's channel (``vcan0``, a virtual channel name, a URL).
+        options: Further keyword arguments for :class:`can.Bus` (``bitrate``, ...).
+    """
+
+    name: str
+    interface: str
+    channel: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class LiveBuses:
+    """Opens live buses and feeds their frames to a processor until stopped."""
+
+    def __init__(
+        self,
+        configs: tuple[BusConfig, ...],
+        processor: FrameProcessor,
+        kernel_filters: Callable[[str], list[tuple[int, bool]]],
+    ) -> None:
+        self._configs = configs
+        self._processor = processor
+        self._kernel_filters = kernel_filters
+        self.buses: dict[str, can.BusABC] = {}
+        self.notifiers: dict[str, can.Notifier] = {}
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open every bus and attach it to the processor.
+
+        Raises:
+            SourceError: If a bus cannot be opened (every bus opened so far is closed).
+        """
+        try:
+            for config in self._configs:
+                bus = _open_bus(config, self._kernel_filters(config.name))
+                self.buses[config.name] = bus
+                listener = self._processor.bus(config.name)
+                self.notifiers[config.name] = _notifier(bus, listener, loop)
+        except SourceError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Detach and close every bus."""
+        for notifier in self.notifiers.values():
+            notifier.stop(timeout=2.0)
+        for name, bus in self.buses.items():
+            try:
+                bus.shutdown()
+            except (can.CanError, OSError) as err:
+                _log.warning("closing CAN bus %s: %s", name, err)
+        self.notifiers.clear()
+        self.buses.clear()
+
+
+def _open_bus(config: BusConfig, mapped_ids: list[tuple[int, bool]]) -> can.BusABC:
+    options = dict(config.options)
+    if config.interface == "socketcan" and mapped_ids:
+        options["can_filters"] = [
+            {"can_id": can_id, "can_mask": 0x1FFFFFFF if extended else 0x7FF, "extended": extended}
+            for can_id, extended in mapped_ids
+        ]
+    try:
+        return can.Bus(interface=config.interface, channel=config.channel, **options)
+    except (can.CanError, OSError, ValueError, ImportError, NotImplementedError) as err:
+        raise SourceError(
+            f"cannot open CAN bus {config.name!r} ({config.interface} {config.channel}): {err}"
+        ) from err
+
+
+def _notifier(bus: can.BusABC, listener: BusInput, loop: asyncio.AbstractEventLoop) -> can.Notifier:
+    try:
+        has_descriptor = bus.fileno() >= 0
+    except NotImplementedError:
+        has_descriptor = False
+    # With a descriptor the Notifier reads on the loop; without one, in its own thread.
+    return can.Notifier(bus, [listener], timeout=0.5, loop=loop if has_descriptor else None)
+
+
+class Replay:
+    """Plays a recorded log into a processor from a worker thread.
+
+    Args:
+        path: The log file.
+        processor: Where the frames go; each log channel is a bus of that name.
+        speed: 1 for real time, 2 for twice as fast, 0 for as fast as possible.
+        on_done: Called from the worker thread when the log is finished or stopped.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        processor: FrameProcessor,
+        speed: float = 1.0,
+        on_done: Callable[[], None] = lambda: None,
+    ) -> None:
+        if speed < 0:
+            raise ValueError("speed must be >= 0")
+        self.path = Path(path)
+        self._processor = processor
+        self._speed = speed
+        self._on_done = on_done
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._log = RateLimitedLog(_log, interval=10.0)
+        self.frames = 0
+        self.bad_lines = 0
+        self.error: str | None = None
+
+    def check(self) -> None:
+        """Fail early on a log that cannot be opened.
+
+        Raises:
+            SourceError: If the file is missing or of a format python-can cannot read.
+        """
+        if not self.path.is_file():
+            raise SourceError(f"no such log file: {self.path}")
+        try:
+            can.LogReader(self.path).stop()
+        except (ValueError, OSError, can.CanError) as err:
+            raise SourceError(f"cannot read log {self.path}: {err}") from err
+
+    def start(self) -> None:
+        """Start playing in a worker thread."""
+        self._thread = threading.Thread(target=self._run, name=f"replay {self.path.name}")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop playing and wait for the worker."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        inputs: dict[object, BusInput] = {}
+        start_wall = 0.0
+        first_stamp: float | None = None
+        try:
+            for msg in self._frames():
+                if self._stop.is_set():
+                    break
+                if self._speed:
+                    if first_stamp is None:
+                        first_stamp, start_wall = msg.timestamp, time.monotonic()
+                    delay = start_wall + (msg.timestamp - first_stamp) / self._speed
+                    delay -= time.monotonic()
+                    if delay > 0 and self._stop.wait(delay):
+                        break
+                listener = inputs.get(msg.channel)
+                if listener is None:
+                    name = DEFAULT_BUS_NAME if msg.channel is None else str(msg.channel)
+                    listener = inputs[msg.channel] = self._processor.bus(name)
+                listener(msg)
+                self.frames += 1
+        except OSError as err:
+            self.error = f"reading {self.path} failed: {err}"
+            _log.error("%s", self.error)
+        finally:
+            self._on_done()
+
+    def _frames(self) -> Iterator[can.Message]:
+        if self.path.suffix.lower() not in _TEXT_FORMATS:
+            yield from self._binary_frames()
+            return
+        reader_type = MESSAGE_READERS[self.path.suffix.lower()]
+        with self.path.open(encoding="utf-8", errors="replace", newline=None) as handle:
+            lines = _ResumableLines(handle)
+            while True:
+                reader = reader_type(lines)  # type: ignore[arg-type]
+                try:
+                    for msg in reader:
+                        lines.mark_started()
+                        yield msg
+                except _READ_ERRORS as err:
+                    self.bad_lines += 1
+                    self._log.warning(
+                        "bad-line", "%s line %d: skipped a malformed line (%s)",
+                        self.path, lines.number, err,
+                    )  # fmt: skip
+                    lines.resume()
+                else:
+                    return
+
+    def _binary_frames(self) -> Iterator[can.Message]:
+        reader = can.LogReader(self.path)
+        try:
+            yield from reader
+        except (*_READ_ERRORS, EOFError, can.CanError) as err:
+            # A binary log cannot be resynchronised after corrupt data: keep what we have.
+            self.bad_lines += 1
+            self.error = f"{self.path}: corrupt data after {self.frames} frames ({err})"
+            _log.error("%s", self.error)
+        finally:
+            reader.stop()
+
+
+class _ResumableLines:
+    """A text file's lines, which a new reader can pick up after a malformed line.
+
+    The lines before the first frame (the file's header: number base, time format,
+    version) are kept, so a reader created after a bad line reads them again first.
+    """
+
+    def __init__(self, handle: TextIO) -> None:
+        self._handle = handle
+        self._header: list[str] = []
+        self._pending: list[str] = []
+        self.started = False
+        self.number = 0
+
+    def __iter__(self) -> _ResumableLines:
+        return self
+
+    def __next__(self) -> str:
+        if self._pending:
+            return self._pending.pop()
+        line = next(self._handle)
+        self.number += 1
+        if not self.started:
+            self._header.append(line)
+        return line
+
+    def mark_started(self) -> None:
+        if not self.started:
+            self.started = True
+            # The last line read produced the first frame: it is data, not header.
+            self._header.pop()
+
+    def resume(self) -> None:
+        """Serve the header again (once a frame was read) before the remaining lines."""
+        self._pending = list(reversed(self._header)) if self.started else []
+
+    def close(self) -> None:
+        """Readers close their file when done; the replay owns the handle."""

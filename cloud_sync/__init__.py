@@ -1,0 +1,3 @@
+"""The MQTT adapter between the agent and the OEM cloud (built by the cloud sync issue)."""
+
+__all__: list[str] = []
