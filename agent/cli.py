@@ -16,6 +16,7 @@ from typing import Final
 # subcommand: (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
     "signals": ("can_signals.cli_signals", "decode CAN (live or a recorded log) to VSS signals"),
+    "sim": ("can_signals.cli_sim", "run the vehicle simulator on a CAN bus or into a log"),
 }
 
 
@@ -26,9 +27,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="touchpoint: in-car cards from CAN signals, synced with the OEM cloud.",
     )
     parser.add_argument(
-        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level for messages on stderr (default: WARNING)",
-    )  # fmt: skip
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)

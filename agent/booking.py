@@ -1,0 +1,91 @@
+"""Bookings and redemptions: requests to the cloud that survive restarts and offline periods.
+
+Every request carries an idempotency key (its request id, a UUIDv7) that the cloud's
+answer carries back; a repeated answer is ignored, so a request sent twice after a
+reconnect books once. The requests themselves travel as outbox events (``request.*``),
+which are never evicted.
+
+Pure data and transitions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from agent.cards import Text
+
+
+class BookingStatus(StrEnum):
+    """Where a booking flow stands."""
+
+    SLOTS_REQUESTED = "slots_requested"
+    SLOTS_OFFERED = "slots_offered"
+    REQUESTED = "requested"
+    CONFIRMED = "confirmed"
+    DECLINED = "declined"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """An appointment the dealer offers."""
+
+    id: str
+    start: float
+    dealer: Text | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """One booking flow, started from a card.
+
+    Attributes:
+        card_key: The card it was started from (``maintenance``, ``fault:P0301``).
+        items: What the visit is for (item ids or DTCs).
+        status: Where it stands.
+        slots_request: The id of the slot request.
+        slots: The slots offered.
+        request_id: The id (idempotency key) of the booking request, once made.
+        slot: The slot asked for.
+        booking_id: The cloud's booking reference, once confirmed (personal: never in a
+            D-Bus broadcast).
+        reason: Why it was declined or cancelled.
+        reminded: The reminder before the appointment was given.
+    """
+
+    card_key: str
+    items: tuple[str, ...]
+    status: BookingStatus
+    slots_request: str
+    slots: tuple[Slot, ...] = ()
+    request_id: str | None = None
+    slot: Slot | None = None
+    booking_id: str | None = None
+    reason: str | None = None
+    reminded: bool = False
+
+    def offered(self, slots: tuple[Slot, ...]) -> Booking:
+        """The cloud offered slots."""
+        return replace(self, status=BookingStatus.SLOTS_OFFERED, slots=slots)
+
+    def requested(self, request_id: str, slot: Slot) -> Booking:
+        """The driver picked a slot."""
+        return replace(self, status=BookingStatus.REQUESTED, request_id=request_id, slot=slot)
+
+    def answered(
+        self, status: BookingStatus, booking_id: str | None, reason: str | None, slot: Slot | None
+    ) -> Booking:
+        """The cloud confirmed, declined or cancelled."""
+        return replace(
+            self, status=status, booking_id=booking_id, reason=reason, slot=slot or self.slot
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    """A coupon redemption the driver asked for."""
+
+    request_id: str
+    coupon_id: str
+    card_key: str

@@ -1,0 +1,122 @@
+"""Consent: per data category and purpose, with a validity the driver chooses.
+
+No valid consent, nothing of that category leaves the car: events are checked when
+they are queued (nothing without consent ever enters the outbox) and again when they
+are sent (consent can be withdrawn while offline). Location is off by default.
+
+Requests the driver makes with a tap (book a service, redeem a coupon) are not
+analytics: they are carried out because the driver asked, so their category,
+``service_requests``, needs no separate consent.
+
+Pure: time is an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final
+
+
+class Category(StrEnum):
+    """What data an event carries, and so which consent it needs."""
+
+    VEHICLE_HEALTH = "vehicle_health"
+    USAGE_ANALYTICS = "usage_analytics"
+    MARKETING = "marketing_benefits"
+    LOCATION = "location"
+    SERVICE_REQUESTS = "service_requests"
+
+
+#: Why each category is collected: shown to the driver in the settings app.
+PURPOSES: Final[Mapping[Category, str]] = MappingProxyType(
+    {
+        Category.VEHICLE_HEALTH: "maintenance and fault reminders, routed to your dealer",
+        Category.USAGE_ANALYTICS: "which cards help drivers, to improve them",
+        Category.MARKETING: "member benefits and offers that fit the moment",
+        Category.LOCATION: "offers and services near where the car is",
+        Category.SERVICE_REQUESTS: "carrying out the bookings and redemptions you ask for",
+    }
+)
+#: Categories the driver can grant or refuse (service requests are always on).
+CONSENTABLE: Final = (
+    Category.VEHICLE_HEALTH,
+    Category.USAGE_ANALYTICS,
+    Category.MARKETING,
+    Category.LOCATION,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A category's consent: given at ``granted_at`` until ``expires_at`` (``None``: no end)."""
+
+    granted: bool
+    granted_at: float | None = None
+    expires_at: float | None = None
+
+    def valid_at(self, now: float) -> bool:
+        """Whether consent holds at ``now``."""
+        return self.granted and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentState:
+    """The driver's consent per category."""
+
+    grants: Mapping[Category, Grant] = field(default_factory=lambda: MappingProxyType({}))
+
+    def allows(self, category: Category, now: float) -> bool:
+        """Whether data of ``category`` may leave the car at ``now``."""
+        if category is Category.SERVICE_REQUESTS:
+            return True
+        grant = self.grants.get(category)
+        return grant is not None and grant.valid_at(now)
+
+    def set(
+        self, category: Category, *, granted: bool, now: float, valid_for: float | None = None
+    ) -> ConsentState:
+        """Grant (for ``valid_for`` seconds, or without end) or withdraw a category.
+
+        Raises:
+            ValueError: For ``service_requests``, which is not the driver's to switch off
+                (not tapping is how one refuses), or a non-positive validity.
+        """
+        if category not in CONSENTABLE:
+            raise ValueError(f"{category} is not a consent category")
+        if valid_for is not None and valid_for <= 0:
+            raise ValueError("a consent's validity must be positive")
+        grant = (
+            Grant(True, now, None if valid_for is None else now + valid_for)
+            if granted
+            else Grant(False, now, None)
+        )
+        grants = dict(self.grants)
+        grants[category] = grant
+        return replace(self, grants=MappingProxyType(grants))
+
+    def to_json(self) -> dict[str, dict[str, object]]:
+        """A JSON-ready form (for the store and the settings app)."""
+        return {
+            c.value: {"granted": g.granted, "granted_at": g.granted_at, "expires_at": g.expires_at}
+            for c, g in self.grants.items()
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Mapping[str, object]]) -> ConsentState:
+        """Read the form :meth:`to_json` writes; unknown categories are ignored."""
+        grants: dict[Category, Grant] = {}
+        for name, raw in data.items():
+            try:
+                category = Category(name)
+            except ValueError:
+                continue
+            granted_at, expires_at = raw.get("granted_at"), raw.get("expires_at")
+            grants[category] = Grant(
+                bool(raw.get("granted")),
+                float(granted_at) if isinstance(granted_at, int | float) else None,
+                float(expires_at) if isinstance(expires_at, int | float) else None,
+            )
+        return cls(MappingProxyType(grants))

@@ -1,0 +1,593 @@
+"""The agent core: every decision touchpoint makes, with no I/O and no clock reads.
+
+Inputs (signal updates, the driver's taps, the cloud's documents and answers, the
+passing of time) come in with the system clock's readings; the core folds them into its
+state and returns an :class:`Output`: the events for the outbox (consent already
+checked), the visibility changes for the HMI, and which parts of the state to persist.
+The daemon commits the output in one transaction before it shows anything.
+
+The pieces: :mod:`agent.vehicle` (state and transitions), :mod:`agent.maintenance`,
+:mod:`agent.fault_engine`, :mod:`agent.benefits` (scenes), :mod:`agent.flows`
+(bookings, redemptions), :mod:`agent.rule_engine` (cards from triggers),
+:mod:`agent.policy` (what is visible), :mod:`agent.consent`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from agent import maintenance as mnt
+from agent import vehicle as veh
+from agent.benefits import Wallet
+from agent.booking import Booking, BookingStatus, Redemption, Slot
+from agent.cards import Action, ArgValue, Card, CardKind, CardState, CloseReason, Text
+from agent.clock import ClockState, Now, TimeSource
+from agent.consent import Category, ConsentState
+from agent.errors import AgentError
+from agent.events import Event, EventDraft, Priority
+from agent.facts import fact_lookup
+from agent.fault_engine import DtcCatalogue
+from agent.flows import Flows
+from agent.ids import IdFactory
+from agent.plan import DAY, ServiceHistory, ServicePlan
+from agent.policy import CardChange, CardManager, ChangeType, ManagerSnapshot, PolicyConfig
+from agent.reactions import Reactions
+from agent.rule_engine import CardSpec, RuleEngine, Targets
+from agent.rule_model import RuleSetDocument
+from can_signals.update import SignalUpdate
+
+_log = logging.getLogger(__name__)
+
+#: Card kinds whose events are interaction analytics, and those that are marketing.
+_MARKETING_KINDS: Final = frozenset({CardKind.BENEFIT, CardKind.CAMPAIGN})
+#: Signals whose changes can move a maintenance item (conditions), besides the odometer.
+_CONDITION_SUFFIXES: Final = (
+    ".Brake.PadWear",
+    ".Tire.IsPressureLow",
+    "EngineOil.RelativeLifeRemaining",
+)
+
+
+class ActionError(AgentError):
+    """A tap the agent cannot carry out; ``code`` names it for the D-Bus error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """The core's settings."""
+
+    model: str = "touchpoint-ref"
+    market: str = "CN"
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: Remind the driver this long before a booked appointment.
+    booking_reminder_s: float = DAY
+    #: Snooze for cards outside the maintenance plan's own snooze settings.
+    snooze_s: float = 3 * DAY
+    snooze_km: float = 300.0
+
+
+@dataclass(slots=True)
+class Output:
+    """What one input produced."""
+
+    events: list[Event] = field(default_factory=list)
+    changes: list[CardChange] = field(default_factory=list)
+    dirty: set[str] = field(default_factory=set)
+    suppressed: Counter[str] = field(default_factory=Counter)
+
+    def extend(self, other: Output) -> None:
+        """Append another output (in order)."""
+        self.events.extend(other.events)
+        self.changes.extend(other.changes)
+        self.dirty |= other.dirty
+        self.suppressed.update(other.suppressed)
+
+
+class Agent:
+    """The decision core. Not thread-safe: one caller (the daemon's loop) feeds it."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        boot_id: str,
+        ids: IdFactory,
+        plan: ServicePlan,
+        catalogue: DtcCatalogue,
+        builtin_rules: RuleSetDocument,
+        state: AgentState | None = None,
+    ) -> None:
+        self.config = config
+        self.boot_id = boot_id
+        self._ids = ids
+        self._seq = 0
+        st = state or AgentState()
+        self.vehicle = veh.VehicleState(odometer_m=st.odometer_m, drive_cycle=st.drive_cycle)
+        self.clock = st.clock.after_restart()
+        self.plan = st.plan or plan
+        self.catalogue = st.catalogue or catalogue
+        self.maintenance = st.maintenance
+        self.announced: dict[str, str] = dict(st.announced)
+        self.wallet: Wallet | None = st.wallet
+        self.offered: dict[str, str] = dict(st.offered)
+        self.consent = st.consent
+        self.scenes: dict[str, Any] = dict(st.scenes)
+        self.rules = RuleEngine(
+            builtin_rules,
+            Targets(config.model, config.market),
+            st.cloud_rules,
+            st.rule_state,
+            config.policy.utc_offset_minutes,
+        )
+        self.cards = CardManager(config.policy, st.cards)
+        self.flows = Flows(self, st.bookings, st.redemptions)
+        self.reactions = Reactions(self)
+        self._out = Output()
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def on_signals(self, updates: Sequence[SignalUpdate], wall: float, monotonic: float) -> Output:
+        """Fold signal updates into the state and decide."""
+        now = self._now(wall, monotonic)
+        recheck = False
+        for update in updates:
+            self.vehicle, changes = veh.apply(self.vehicle, update)
+            for change in changes:
+                recheck |= self.reactions.on_transition(change, now, monotonic)
+            if update.path.endswith(_CONDITION_SUFFIXES):
+                recheck = True
+            if self.rules.watches(update.path):
+                specs = self.rules.on_signal(
+                    update.path,
+                    update.value,
+                    self._facts({}, now),
+                    now.wall,
+                    trusted=now.trusted,
+                    tier=self._tier(),
+                )
+                self._post_all(specs, now)
+                self._out.dirty.add("rules")
+        if recheck:
+            self.reactions.check_maintenance(now)
+        return self._finish(now)
+
+    def on_tick(self, wall: float, monotonic: float) -> Output:
+        """Time passed: expiries, snoozes, time-based maintenance, reminders, timed rules."""
+        now = self._now(wall, monotonic)
+        self.reactions.check_maintenance(now)
+        self.flows.tick(now)
+        specs = self.rules.on_tick(
+            self._facts({}, now), now.wall, trusted=now.trusted, tier=self._tier()
+        )
+        if specs:
+            self._post_all(specs, now)
+            self._out.dirty.add("rules")
+        self.reactions.birthday(now)
+        return self._finish(now)
+
+    def on_shown(self, card_id: str, wall: float, monotonic: float) -> Output:
+        """The HMI reports that the driver saw a card (an impression)."""
+        now = self._now(wall, monotonic)
+        card = self._visible(card_id)
+        if not card.shown:
+            self.cards.replace_card(replace(card, shown=True))
+            self._card_event("card.shown", card, now)
+            self._out.dirty.add("cards")
+        return self._finish(now)
+
+    def on_dismiss(self, card_id: str, wall: float, monotonic: float) -> Output:
+        """The driver dismissed a card."""
+        now = self._now(wall, monotonic)
+        self._close(self._visible(card_id), CloseReason.DISMISSED, now)
+        return self._finish(now)
+
+    def on_action(
+        self, card_id: str, key: str, options: Mapping[str, Any], wall: float, monotonic: float
+    ) -> Output:
+        """The driver tapped an action of a card.
+
+        Raises:
+            ActionError: Unknown card, a card not on screen, an action it does not have.
+        """
+        now = self._now(wall, monotonic)
+        card = self._visible(card_id)
+        if card.action(key) is None:
+            raise ActionError("UnknownAction", f"card {card_id} has no action {key!r}")
+        self._card_event("card.action", card, now, action=key)
+        if key in ("dismiss", "ok"):
+            self._close(card, CloseReason.DISMISSED, now)
+        elif key == "snooze":
+            self._snooze(card, now)
+        elif key == "book":
+            self.flows.start_booking(card, now)
+        elif key == "redeem":
+            self.flows.redeem(card, now)
+        _log.debug("action %s on %s (%s)", key, card.key, dict(options))
+        return self._finish(now)
+
+    def booking_slots(self, card_id: str) -> tuple[Slot, ...] | None:
+        """Slots offered for booking from a card; ``None`` while the cloud has not answered.
+
+        Raises:
+            ActionError: Unknown card, or no booking was started from it.
+        """
+        card = self.cards.get(card_id)
+        if card is None:
+            raise ActionError("UnknownCard", f"no such card: {card_id}")
+        if self.flows.booking_for(card.key) is None:
+            raise ActionError("NoBooking", f"no booking was started from card {card_id}")
+        return self.flows.slots(card)
+
+    def request_booking(self, card_id: str, slot_id: str, wall: float, monotonic: float) -> Output:
+        """The driver picked a slot.
+
+        Raises:
+            ActionError: Unknown card, or a slot that was not offered.
+        """
+        now = self._now(wall, monotonic)
+        card = self.cards.get(card_id)
+        if card is None:
+            raise ActionError("UnknownCard", f"no such card: {card_id}")
+        try:
+            self.flows.request_booking(card, slot_id, now)
+        except ValueError as err:
+            raise ActionError("NoSuchSlot", str(err)) from err
+        return self._finish(now)
+
+    def on_slots(
+        self, request_id: str, slots: Sequence[Slot], wall: float, monotonic: float
+    ) -> Output:
+        """The cloud answered a slot request."""
+        now = self._now(wall, monotonic)
+        self.flows.on_slots(request_id, slots, now)
+        return self._finish(now)
+
+    def on_booking_answer(
+        self,
+        request_id: str,
+        status: BookingStatus,
+        wall: float,
+        monotonic: float,
+        *,
+        booking_id: str | None = None,
+        reason: str | None = None,
+        slot: Slot | None = None,
+    ) -> Output:
+        """The cloud confirmed, declined or cancelled a booking."""
+        now = self._now(wall, monotonic)
+        self.flows.on_booking_answer(
+            request_id, status, now, booking_id=booking_id, reason=reason, slot=slot
+        )
+        return self._finish(now)
+
+    def on_redemption_answer(
+        self,
+        request_id: str,
+        *,
+        accepted: bool,
+        wall: float,
+        monotonic: float,
+        message: Text | None = None,
+    ) -> Output:
+        """The cloud redeemed a coupon, or refused."""
+        now = self._now(wall, monotonic)
+        self.flows.on_redemption_answer(request_id, accepted=accepted, now=now, message=message)
+        return self._finish(now)
+
+    def on_cloud_time(self, trusted_wall: float, wall: float, monotonic: float) -> Output:
+        """The cloud told us the time (trusted)."""
+        self.clock = self.clock.set_trusted(trusted_wall, monotonic, TimeSource.CLOUD)
+        self._out.dirty.add("clock")
+        return self.on_tick(wall, monotonic)
+
+    def set_plan(self, plan: ServicePlan, wall: float, monotonic: float) -> Output:
+        """A new service plan (validated, newer) from the cloud."""
+        self.plan = plan
+        self._out.dirty.add("plan")
+        return self.on_tick(wall, monotonic)
+
+    def set_history(self, history: ServiceHistory, wall: float, monotonic: float) -> Output:
+        """The service history the cloud knows (replaces the cloud-sourced records)."""
+        now = self._now(wall, monotonic)
+        local = tuple(r for r in self.maintenance.records if r.source != "cloud")
+        before = mnt.assess(self.plan, self.maintenance, self.vehicle, now).state
+        self.maintenance = replace(self.maintenance, records=(*history.records, *local))
+        after = mnt.assess(self.plan, self.maintenance, self.vehicle, now).state
+        if after < before:
+            self.agent_event("service_completed", {}, now)
+        self._out.dirty.add("maintenance")
+        return self.on_tick(wall, monotonic)
+
+    def set_catalogue(self, catalogue: DtcCatalogue, wall: float, monotonic: float) -> Output:
+        """A new DTC catalogue from the cloud: active faults are re-assessed."""
+        self.catalogue = catalogue
+        self._out.dirty.add("catalogue")
+        now = self._now(wall, monotonic)
+        self.reactions.check_faults(now)
+        return self._finish(now)
+
+    def set_wallet(self, wallet: Wallet, wall: float, monotonic: float) -> Output:
+        """The member wallet from the cloud."""
+        self.wallet = wallet
+        self._out.dirty.add("wallet")
+        return self.on_tick(wall, monotonic)
+
+    def set_rules(self, document: RuleSetDocument, wall: float, monotonic: float) -> Output:
+        """Activate a (validated, newer) rule set from the cloud."""
+        now = self._now(wall, monotonic)
+        self.rules.activate(document)
+        self.note(
+            "rules.activated",
+            Category.USAGE_ANALYTICS,
+            now,
+            Priority.NORMAL,
+            version=document.version,
+            rules=len(document.rules),
+        )
+        self._out.dirty.add("rules")
+        return self._finish(now)
+
+    def set_consent(
+        self,
+        category: Category,
+        *,
+        granted: bool,
+        valid_for: float | None,
+        wall: float,
+        monotonic: float,
+    ) -> Output:
+        """The driver changed a consent (raises ``ValueError`` for a bad category)."""
+        now = self._now(wall, monotonic)
+        self.consent = self.consent.set(
+            category, granted=granted, now=now.wall, valid_for=valid_for
+        )
+        self._out.dirty.add("consent")
+        # A consent record is the driver's own instruction: it always goes to the cloud.
+        self.note(
+            "consent.changed",
+            Category.SERVICE_REQUESTS,
+            now,
+            Priority.HIGH,
+            category=category.value,
+            granted=granted,
+            valid_for_s=valid_for,
+        )
+        return self._finish(now)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _now(self, wall: float, monotonic: float) -> Now:
+        now = self.clock.read(wall, monotonic)
+        remembered = self.clock.remember(now)
+        if (
+            remembered is not self.clock
+            and (remembered.last_trusted or 0) - (self.clock.last_trusted or 0) > 3600
+        ):
+            self._out.dirty.add("clock")  # persist the trusted high-water mark hourly
+        self.clock = remembered
+        return now
+
+    def _visible(self, card_id: str) -> Card:
+        card = self.cards.get(card_id)
+        if card is None:
+            raise ActionError("UnknownCard", f"no such card: {card_id}")
+        if card.state is not CardState.VISIBLE:
+            raise ActionError("NotVisible", f"card {card_id} is not on screen")
+        return card
+
+    def _tier(self) -> str | None:
+        return self.wallet.tier if self.wallet else None
+
+    def agent_event(self, name: str, attrs: Mapping[str, ArgValue], now: Now) -> None:
+        """Run the rules for an agent event: close what it closes, post what it asks for."""
+        for key in self.rules.closing_keys(name, attrs):
+            card = self.cards.by_key(key)
+            if card is not None:
+                self._close(card, CloseReason.CLOSED_BY_AGENT, now)
+        specs = self.rules.on_event(
+            name, attrs, self._facts(attrs, now), now.wall, trusted=now.trusted, tier=self._tier()
+        )
+        if specs:
+            self._post_all(specs, now)
+            self._out.dirty.add("rules")
+
+    def _facts(self, attrs: Mapping[str, ArgValue], now: Now) -> Any:
+        return fact_lookup(
+            self.vehicle, self.wallet, attrs, now, self.config.policy.utc_offset_minutes
+        )
+
+    def _post_all(self, specs: Sequence[CardSpec], now: Now) -> None:
+        for spec in specs:
+            self.post(spec, now)
+
+    def post(self, spec: CardSpec, now: Now) -> Card | None:
+        """Post (or update in place) the card a rule asked for."""
+        kind = spec.kind
+        category = Category.MARKETING if kind in _MARKETING_KINDS else Category.USAGE_ANALYTICS
+        card = Card(
+            id=self._ids.new(now.wall),
+            key=spec.key,
+            kind=kind,
+            urgency=spec.urgency,
+            display=spec.display,
+            title=spec.title,
+            body=spec.body,
+            template=spec.rule.id,
+            created=now.wall,
+            category=category,
+            priority=spec.priority,
+            args=spec.args,
+            actions=tuple(Action(k, label) for k, label in spec.actions),
+            expires=None if spec.ttl is None else now.wall + spec.ttl,
+            rule=spec.rule.ref,
+        )
+        stored, new = self.cards.post(card, now.wall)
+        self._out.dirty.add("cards")
+        if stored is None:
+            self._card_event("card.suppressed", card, now, reason="cooldown")
+            return None
+        if new:
+            self._card_event("card.created", stored, now)
+        else:
+            self._card_event("card.updated", stored, now)
+            if stored.state is CardState.VISIBLE:
+                self._out.changes.append(CardChange(ChangeType.UPDATED, stored))
+        return stored
+
+    def update_card(self, card: Card, now: Now) -> None:  # noqa: ARG002 - same shape as close
+        """Store a changed open card and tell the HMI if it is on screen."""
+        self.cards.replace_card(card)
+        self._out.dirty.add("cards")
+        if card.state is CardState.VISIBLE:
+            self._out.changes.append(CardChange(ChangeType.UPDATED, card))
+
+    def _snooze(self, card: Card, now: Now) -> None:
+        days, km = self.config.snooze_s / DAY, self.config.snooze_km
+        if card.kind is CardKind.MAINTENANCE:
+            days, km = self.plan.snooze_days, self.plan.snooze_km
+        odometer = self.vehicle.odometer_m
+        until_odometer = None if odometer is None else odometer + int(km * 1000)
+        self.cards.snooze(card.id, now.wall + days * DAY, until_odometer)
+        self._out.dirty.add("cards")
+        self._out.changes.append(CardChange(ChangeType.REMOVED, card, CloseReason.DISMISSED))
+        self._card_event("card.snoozed", card, now, days=days, km=km)
+
+    def close(self, card: Card, reason: CloseReason, now: Now) -> None:
+        """Close a card for good (a flow completed it, a rule closed it)."""
+        self._close(card, reason, now)
+
+    def _close(self, card: Card, reason: CloseReason, now: Now) -> None:
+        closed = self.cards.close(card.id, reason, now.wall)
+        if closed is None:
+            return
+        self._out.dirty.add("cards")
+        if closed.state is CardState.VISIBLE:
+            self._out.changes.append(CardChange(ChangeType.REMOVED, closed, reason))
+        name = {CloseReason.DISMISSED: "card.dismissed", CloseReason.EXPIRED: "card.expired"}
+        self._card_event(name.get(reason, "card.closed"), closed, now, reason=reason.name)
+        if closed.kind is CardKind.MAINTENANCE and reason is CloseReason.DISMISSED:
+            self.maintenance = mnt.on_dismissed(self.maintenance, now, self.vehicle.odometer_m)
+            self._out.dirty.add("maintenance")
+
+    def _finish(self, now: Now) -> Output:
+        changes, expired = self.cards.refresh(
+            driving=self.vehicle.driving, now=now.wall, odometer_m=self.vehicle.odometer_m
+        )
+        for card in expired:
+            self._card_event("card.expired", card, now, reason=CloseReason.EXPIRED.name)
+        for change in changes:
+            if change.type is ChangeType.ADDED:
+                self._card_event("card.displayed", change.card, now)
+            elif change.reason is CloseReason.WITHDRAWN_FOR_DRIVING:
+                self._card_event("card.withdrawn", change.card, now, reason="driving")
+        if changes or expired:
+            self._out.dirty.add("cards")
+        self._out.changes.extend(changes)
+        out, self._out = self._out, Output()
+        return out
+
+    def _card_event(self, kind: str, card: Card, now: Now, **extra: Any) -> None:
+        priority = Priority.LOW if kind in ("card.shown", "card.displayed") else Priority.NORMAL
+        self.note(
+            kind,
+            card.category,
+            now,
+            priority,
+            card_id=card.id,
+            key=card.key,
+            kind=card.kind.name,
+            rule=card.rule,
+            **extra,
+        )
+
+    def note(
+        self, kind: str, category: Category, now: Now, priority: Priority, /, **payload: Any
+    ) -> None:
+        """Record an event of ``kind`` with ``payload`` (see :meth:`record`)."""
+        self.record(EventDraft(kind, category, payload, priority), now)
+
+    def record(self, draft: EventDraft, now: Now) -> Event | None:
+        """Stamp an event for the outbox, unless its category lacks consent (then counted)."""
+        if not self.consent.allows(draft.category, now.wall):
+            self._out.suppressed[draft.category.value] += 1
+            return None
+        self._seq += 1
+        event = Event(
+            id=self._ids.new(now.wall),
+            type=draft.type,
+            category=draft.category,
+            time=now.wall,
+            time_trusted=now.trusted,
+            boot_id=self.boot_id,
+            seq=self._seq,
+            priority=draft.priority,
+            expires=None if draft.ttl is None else now.wall + draft.ttl,
+            payload=draft.payload,
+            request_id=draft.request_id,
+        )
+        self._out.events.append(event)
+        return event
+
+    def mark_dirty(self, section: str) -> None:
+        """Note that a part of the state changed and must be persisted with this output."""
+        self._out.dirty.add(section)
+
+    def new_id(self, now: Now) -> str:
+        """A new UUIDv7."""
+        return self._ids.new(now.wall)
+
+    def odometer_km(self) -> float | None:
+        """The odometer in km (one decimal), if known."""
+        odometer = self.vehicle.odometer_m
+        return None if odometer is None else round(odometer / 1000, 1)
+
+    def state(self) -> AgentState:
+        """Everything to persist, as one value."""
+        return AgentState(
+            odometer_m=self.vehicle.odometer_m,
+            drive_cycle=self.vehicle.drive_cycle,
+            clock=self.clock,
+            plan=self.plan,
+            catalogue=self.catalogue,
+            maintenance=self.maintenance,
+            announced=dict(self.announced),
+            wallet=self.wallet,
+            offered=dict(self.offered),
+            consent=self.consent,
+            scenes=dict(self.scenes),
+            cloud_rules=self.rules.cloud_document,
+            rule_state=self.rules.snapshot(),
+            cards=self.cards.snapshot(),
+            bookings=self.flows.bookings_state(),
+            redemptions=self.flows.redemptions_state(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    """The core's persistent state (see :mod:`agent.state_codec` for its JSON form)."""
+
+    odometer_m: int | None = None
+    drive_cycle: int = 0
+    clock: ClockState = field(default_factory=ClockState)
+    plan: ServicePlan | None = None
+    catalogue: DtcCatalogue | None = None
+    maintenance: mnt.MaintenanceState = field(default_factory=mnt.MaintenanceState)
+    announced: Mapping[str, str] = field(default_factory=dict)
+    wallet: Wallet | None = None
+    offered: Mapping[str, str] = field(default_factory=dict)
+    consent: ConsentState = field(default_factory=ConsentState)
+    scenes: Mapping[str, Any] = field(default_factory=dict)
+    cloud_rules: RuleSetDocument | None = None
+    rule_state: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    cards: ManagerSnapshot | None = None
+    bookings: tuple[Booking, ...] = ()
+    redemptions: tuple[Redemption, ...] = ()

@@ -1,0 +1,1 @@
+"""Data shipped with the agent: the default service plan, DTC catalogue and rules."""

@@ -1,0 +1,87 @@
+"""Events: the operators' raw material, and the cloud requests the driver's taps make.
+
+Every decision and every card's life is an event with a unique id (UUIDv7), a per-boot
+sequence number, the time and whether that time was trusted, and its consent category.
+Decision code returns :class:`EventDraft` s; the agent stamps them into :class:`Event` s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from types import MappingProxyType
+from typing import Any, Final
+
+from agent.consent import Category
+
+JsonValue = Any  # what json.dumps accepts; payloads are built from plain values
+
+
+class Priority(IntEnum):
+    """Upload order and eviction order (lowest priority is evicted first)."""
+
+    LOW = 10  # analytics: impressions, drive cycles
+    NORMAL = 50  # card life, maintenance state
+    HIGH = 80  # faults, requests the driver made
+
+
+#: Event types whose rows are never evicted from a full outbox: the driver asked for them.
+NEVER_EVICT_PREFIX: Final = "request."
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """An event as decision code describes it, before it gets its id and time."""
+
+    type: str
+    category: Category
+    payload: Mapping[str, JsonValue] = field(default_factory=lambda: MappingProxyType({}))
+    priority: Priority = Priority.NORMAL
+    #: Seconds after which the event is worthless to the cloud (``None``: never).
+    ttl: float | None = None
+    #: For requests: the idempotency key the cloud's answer will carry back.
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stamped event, ready for the outbox."""
+
+    id: str
+    type: str
+    category: Category
+    time: float
+    time_trusted: bool
+    boot_id: str
+    seq: int
+    priority: Priority
+    expires: float | None
+    payload: Mapping[str, JsonValue]
+    request_id: str | None = None
+
+    @property
+    def evictable(self) -> bool:
+        """Whether a full outbox may drop this event to make room."""
+        return not self.type.startswith(NEVER_EVICT_PREFIX)
+
+    def to_json(self) -> dict[str, JsonValue]:
+        """The event as the cloud receives it (the MQTT contract's event object)."""
+        data: dict[str, JsonValue] = {
+            "id": self.id,
+            "type": self.type,
+            "category": self.category.value,
+            "time": self.time,
+            "time_trusted": self.time_trusted,
+            "boot_id": self.boot_id,
+            "seq": self.seq,
+            "payload": dict(self.payload),
+        }
+        if self.request_id is not None:
+            data["request_id"] = self.request_id
+        return data
+
+    def payload_json(self) -> str:
+        """The payload, serialised compactly for the store."""
+        return json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False, sort_keys=True)

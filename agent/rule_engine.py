@@ -1,0 +1,366 @@
+"""The rule engine: triggers, conditions and caps turn agent events and signals into cards.
+
+Rules are indexed by what triggers them (an agent event name, a signal path, a time of
+day), so an update only costs the rules that listen to it. Conditions are evaluated by
+walking the validated tree: comparisons of facts, nothing else. A missing fact or a
+comparison of mismatched types is simply false.
+
+The effective rule set is the built-in rules overlaid with the cloud's: a cloud rule
+with the id of a built-in one replaces it. A new cloud set is activated atomically;
+the previous one is kept for :meth:`RuleEngine.rollback`.
+
+Pure: time and facts are arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from agent.cards import ArgValue, CardKind, Display, Text, Urgency, render
+from agent.rule_model import (
+    AllOf,
+    AnyOf,
+    Comparison,
+    Condition,
+    EventTrigger,
+    NotOf,
+    Rule,
+    RuleSetDocument,
+    SignalCondition,
+    SignalTrigger,
+    TimeTrigger,
+)
+
+DAY: Final = 86_400.0
+MISSING: Final = object()
+
+FactLookup = Callable[[str], Any]
+
+_KINDS: Final = {
+    "maintenance": CardKind.MAINTENANCE,
+    "fault": CardKind.FAULT,
+    "benefit": CardKind.BENEFIT,
+    "booking": CardKind.BOOKING,
+    "campaign": CardKind.CAMPAIGN,
+}
+_URGENCIES: Final = {"low": Urgency.LOW, "normal": Urgency.NORMAL, "critical": Urgency.CRITICAL}
+_DISPLAYS: Final = {"parked_only": Display.PARKED_ONLY, "while_moving": Display.WHILE_MOVING}
+_ORDER: Final[dict[str, Callable[[Any, Any], bool]]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """What this car is, for targeting."""
+
+    model: str
+    market: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardSpec:
+    """A card a rule asks for, rendered in both locales (the agent gives it an id)."""
+
+    rule: Rule
+    key: str
+    kind: CardKind
+    urgency: Urgency
+    display: Display
+    priority: int
+    title: Text
+    body: Text
+    args: Mapping[str, ArgValue]
+    actions: tuple[tuple[str, Text], ...]
+    ttl: float | None
+
+
+@dataclass(slots=True)
+class _RuleState:
+    fired: list[float] = field(default_factory=list)  # fire times in the last day
+    total: int = 0
+    last_fired: float | None = None
+    edge: bool = False  # last truth of a signal trigger
+    last_day: int | None = None  # local day a time trigger last fired
+
+
+class RuleEngine:
+    """Evaluates rules against agent events, signals and the time of day."""
+
+    def __init__(
+        self,
+        builtin: RuleSetDocument,
+        targets: Targets,
+        cloud: RuleSetDocument | None = None,
+        state: Mapping[str, Mapping[str, Any]] | None = None,
+        utc_offset_minutes: int = 480,
+    ) -> None:
+        self._builtin = builtin
+        self._targets = targets
+        self._cloud = cloud
+        self._previous: RuleSetDocument | None = None
+        self._offset = utc_offset_minutes * 60
+        self._state: dict[str, _RuleState] = defaultdict(_RuleState)
+        for rule_id, raw in (state or {}).items():
+            self._state[rule_id] = _RuleState(
+                fired=[float(t) for t in raw.get("fired", [])],
+                total=int(raw.get("total", 0)),
+                last_fired=raw.get("last_fired"),
+                edge=bool(raw.get("edge", False)),
+                last_day=raw.get("last_day"),
+            )
+        self._index()
+
+    @property
+    def cloud_version(self) -> int | None:
+        """The version of the active cloud rule set, if any."""
+        return self._cloud.version if self._cloud else None
+
+    @property
+    def cloud_document(self) -> RuleSetDocument | None:
+        """The active cloud rule set, if any."""
+        return self._cloud
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The effective rules."""
+        return tuple(self._rules.values())
+
+    def activate(self, document: RuleSetDocument) -> None:
+        """Make a (validated) cloud rule set the active one; the current one is kept."""
+        self._previous, self._cloud = self._cloud, document
+        self._index()
+
+    def rollback(self) -> bool:
+        """Go back to the previous cloud rule set; ``False`` if there is none."""
+        if self._previous is None:
+            return False
+        self._cloud, self._previous = self._previous, None
+        self._index()
+        return True
+
+    def _index(self) -> None:
+        rules: dict[str, Rule] = {r.id: r for r in self._builtin.rules}
+        if self._cloud is not None:
+            rules.update({r.id: r for r in self._cloud.rules})
+        self._rules = rules
+        self._by_event: dict[str, list[Rule]] = defaultdict(list)
+        self._by_signal: dict[str, list[Rule]] = defaultdict(list)
+        self._timed: list[Rule] = []
+        self._closers: dict[str, list[Rule]] = defaultdict(list)
+        for rule in rules.values():
+            if not rule.enabled:
+                continue
+            trigger = rule.trigger
+            if isinstance(trigger, EventTrigger):
+                self._by_event[trigger.event].append(rule)
+            elif isinstance(trigger, SignalTrigger):
+                self._by_signal[trigger.signal.path].append(rule)
+            elif isinstance(trigger, TimeTrigger):
+                self._timed.append(rule)
+            for event in rule.closes_on:
+                self._closers[event].append(rule)
+
+    def watches(self, path: str) -> bool:
+        """Whether any rule is triggered by ``path``."""
+        return path in self._by_signal
+
+    def on_event(
+        self,
+        name: str,
+        attrs: Mapping[str, ArgValue],
+        facts: FactLookup,
+        now: float,
+        *,
+        trusted: bool,
+        tier: str | None,
+    ) -> list[CardSpec]:
+        """Cards asked for by rules triggered by the agent event ``name``."""
+        return [
+            self._fire(rule, attrs, now)
+            for rule in self._by_event.get(name, ())
+            if self._eligible(rule, facts, now, trusted=trusted, tier=tier)
+        ]
+
+    def on_signal(
+        self,
+        path: str,
+        value: Any,
+        facts: FactLookup,
+        now: float,
+        *,
+        trusted: bool,
+        tier: str | None,
+    ) -> list[CardSpec]:
+        """Cards asked for by rules whose signal condition on ``path`` just became true."""
+        specs = []
+        for rule in self._by_signal.get(path, ()):
+            trigger = rule.trigger
+            assert isinstance(trigger, SignalTrigger)
+            state = self._state[rule.id]
+            truth = _signal_holds(trigger.signal, value)
+            rising, state.edge = truth and not state.edge, truth
+            if not rising:
+                continue
+            if state.last_fired is not None and now - state.last_fired < trigger.min_interval_s:
+                continue
+            if self._eligible(rule, facts, now, trusted=trusted, tier=tier):
+                specs.append(self._fire(rule, {"path": path, "value": _arg(value)}, now))
+        return specs
+
+    def on_tick(
+        self, facts: FactLookup, now: float, *, trusted: bool, tier: str | None
+    ) -> list[CardSpec]:
+        """Cards asked for by time-of-day rules (a trusted clock is needed)."""
+        if not trusted:
+            return []
+        specs = []
+        local = now + self._offset
+        day, minute = int(local // DAY), int(local % DAY // 60)
+        for rule in self._timed:
+            trigger = rule.trigger
+            assert isinstance(trigger, TimeTrigger)
+            hours, minutes = (int(p) for p in trigger.time_of_day.split(":"))
+            state = self._state[rule.id]
+            if minute < hours * 60 + minutes or state.last_day == day:
+                continue
+            state.last_day = day
+            if self._eligible(rule, facts, now, trusted=trusted, tier=tier):
+                specs.append(self._fire(rule, {}, now))
+        return specs
+
+    def closing_keys(self, name: str, attrs: Mapping[str, ArgValue]) -> list[str]:
+        """Card keys that the agent event ``name`` closes."""
+        return [_render_key(rule, attrs) for rule in self._closers.get(name, ())]
+
+    def _eligible(
+        self, rule: Rule, facts: FactLookup, now: float, *, trusted: bool, tier: str | None
+    ) -> bool:
+        return (
+            _in_window(rule, now, trusted=trusted)
+            and self._targeted(rule, tier)
+            and self._within_caps(rule, now)
+            and (rule.conditions is None or evaluate(rule.conditions, facts))
+        )
+
+    def _targeted(self, rule: Rule, tier: str | None) -> bool:
+        targeting = rule.targeting
+        return (
+            (targeting.models is None or self._targets.model in targeting.models)
+            and (targeting.markets is None or self._targets.market in targeting.markets)
+            and (targeting.tiers is None or tier in targeting.tiers)
+        )
+
+    def _within_caps(self, rule: Rule, now: float) -> bool:
+        state = self._state[rule.id]
+        state.fired = [t for t in state.fired if now - t < DAY]
+        if rule.caps.per_day is not None and len(state.fired) >= rule.caps.per_day:
+            return False
+        return rule.caps.total is None or state.total < rule.caps.total
+
+    def _fire(self, rule: Rule, attrs: Mapping[str, ArgValue], now: float) -> CardSpec:
+        state = self._state[rule.id]
+        state.fired.append(now)
+        state.total += 1
+        state.last_fired = now
+        card = rule.card
+        args = {"rule_id": rule.id, **attrs}
+        return CardSpec(
+            rule=rule,
+            key=_render_key(rule, args),
+            kind=_KINDS[card.kind],
+            urgency=_URGENCIES[card.urgency],
+            display=_DISPLAYS[card.display],
+            priority=card.priority,
+            title=Text(render(card.title.zh_cn, args, "zh-CN"), render(card.title.en, args, "en")),
+            body=Text(render(card.body.zh_cn, args, "zh-CN"), render(card.body.en, args, "en")),
+            args=args,
+            actions=tuple((a.key, a.label.text()) for a in card.actions),
+            ttl=card.ttl_s,
+        )
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """The per-rule counters and edges, for the store."""
+        return {
+            rule_id: {
+                "fired": s.fired,
+                "total": s.total,
+                "last_fired": s.last_fired,
+                "edge": s.edge,
+                "last_day": s.last_day,
+            }
+            for rule_id, s in self._state.items()
+            if s.total or s.edge or s.last_day is not None
+        }
+
+
+def _in_window(rule: Rule, now: float, *, trusted: bool) -> bool:
+    if rule.valid_from is None and rule.valid_until is None:
+        return True
+    if not trusted:
+        return False  # a campaign window cannot be checked against a wrong clock
+    if rule.valid_from is not None and now < rule.valid_from:
+        return False
+    return rule.valid_until is None or now < rule.valid_until
+
+
+def _render_key(rule: Rule, args: Mapping[str, ArgValue]) -> str:
+    return render(rule.card.key, {"rule_id": rule.id, **args}, "en")
+
+
+def _arg(value: Any) -> ArgValue:
+    if isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, tuple):
+        return tuple(str(v) for v in value)
+    return str(value)
+
+
+def _signal_holds(condition: SignalCondition, value: Any) -> bool:
+    return _compare(value, condition.op, condition.value)
+
+
+def evaluate(condition: Condition, facts: FactLookup) -> bool:
+    """Evaluate a condition tree against facts."""
+    if isinstance(condition, Comparison):
+        return _compare(facts(condition.fact), condition.op, condition.value)
+    if isinstance(condition, AllOf):
+        return all(evaluate(c, facts) for c in condition.all)
+    if isinstance(condition, AnyOf):
+        return any(evaluate(c, facts) for c in condition.any)
+    assert isinstance(condition, NotOf)
+    return not evaluate(condition.not_, facts)
+
+
+def _compare(actual: Any, op: str, expected: Any) -> bool:  # noqa: PLR0911 - an arm per operator  # noqa: PLR0911 - one arm per operator
+    if op == "exists":
+        return actual is not MISSING and actual is not None
+    if actual is MISSING or actual is None:
+        return False
+    if op == "==":
+        return bool(actual == expected)
+    if op == "!=":
+        return bool(actual != expected)
+    if op == "in":
+        return actual in expected
+    if op == "not_in":
+        return actual not in expected
+    if op == "contains":
+        return isinstance(actual, tuple | list | str) and expected in actual
+    if _is_number(actual) and _is_number(expected):
+        return _ORDER[op](actual, expected)
+    if isinstance(actual, str) and isinstance(expected, str):
+        return _ORDER[op](actual, expected)
+    return False
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
