@@ -11,6 +11,7 @@ The JSON schema of :class:`RuleSetDocument` is published as ``docs/rules.schema.
 from __future__ import annotations
 
 import re
+from importlib import resources
 from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -289,6 +290,12 @@ class RuleSetDocument(_Model):
         if duplicates:
             raise ValueError(f"duplicate rule ids: {duplicates}")
         return self
+
+
+def builtin_rules() -> RuleSetDocument:
+    """The rules shipped with touchpoint (``agent/data/rules.json``)."""
+    text = resources.files("agent.data").joinpath("rules.json").read_text("utf-8")
+    return RuleSetDocument.model_validate_json(text)
 
 
 AllOf.model_rebuild()

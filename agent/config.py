@@ -1,0 +1,181 @@
+"""The daemon's settings: a TOML file, every setting also from the environment.
+
+Environment variables win over the file: ``TOUCHPOINT_STORE__PATH=/tmp/t.db`` sets
+``[store] path``. A file that cannot be read, or values that are wrong, are reported
+one by one; where a default can stand in, the daemon goes on with it (a head unit
+should not stop reminding its driver over a typo), and only a setting with no sane
+default stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from agent.consent import Category
+from agent.errors import AgentError
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR: Final = Path("/var/lib/touchpoint")
+
+
+class ConfigError(AgentError):
+    """Settings the daemon cannot run with."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VehicleSettings(_Section):
+    """What car this is."""
+
+    #: The provisioned device identity (not the VIN): the cloud topic prefix uses it.
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "dev-vehicle"
+    model: Annotated[str, Field(min_length=1, max_length=64)] = "touchpoint-ref"
+    market: Annotated[str, Field(min_length=2, max_length=8)] = "CN"
+
+
+class DbcSettings(_Section):
+    """A DBC file, for one bus or (without ``bus``) every bus."""
+
+    file: Path
+    bus: str | None = None
+
+
+class BusSettings(_Section):
+    """A live CAN bus."""
+
+    name: Annotated[str, Field(min_length=1, max_length=32)]
+    interface: Annotated[str, Field(min_length=1)]
+    channel: Annotated[str, Field(min_length=1)]
+    options: dict[str, Any] = {}
+
+
+class CanSettings(_Section):
+    """Where signals come from: DBC files, a mapping, and live buses or a replay."""
+
+    mapping: Path
+    dbc: Annotated[list[DbcSettings], Field(min_length=1)]
+    buses: list[BusSettings] = []
+    replay: Path | None = None
+    replay_speed: Annotated[float, Field(ge=0)] = 1.0
+    queue_capacity: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
+
+
+class StoreSettings(_Section):
+    """The SQLite store."""
+
+    path: Path = DEFAULT_STATE_DIR / "touchpoint.db"
+    max_events: Annotated[int, Field(ge=100)] = 100_000
+    max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 64 * 1024 * 1024
+
+
+class PolicySettings(_Section):
+    """The card policy."""
+
+    max_visible: Annotated[int, Field(ge=1, le=10)] = 3
+    quiet_hours: (
+        tuple[Annotated[int, Field(ge=0, le=23)], Annotated[int, Field(ge=0, le=23)]] | None
+    ) = (22, 7)
+    utc_offset_minutes: Annotated[int, Field(ge=-720, le=840)] = 480
+
+
+class ConsentSettings(_Section):
+    """Consent granted at the very first start (before the driver has chosen)."""
+
+    defaults: dict[Category, bool] = {}
+
+
+class DaemonSettings(BaseSettings):
+    """Everything ``touchpoint run`` reads."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOUCHPOINT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    vehicle: VehicleSettings = VehicleSettings()
+    can: CanSettings | None = None
+    store: StoreSettings = StoreSettings()
+    policy: PolicySettings = PolicySettings()
+    consent: ConsentSettings = ConsentSettings()
+    #: How often time-based decisions run (expiry, snooze, reminders), in seconds.
+    tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],  # noqa: ARG003
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment overrides the file (passed as init values)."""
+        return env_settings, init_settings
+
+
+def load_settings(path: Path | None) -> tuple[DaemonSettings, list[str]]:
+    """Read the TOML file (if any) and the environment.
+
+    Returns:
+        The settings and the problems found (each one line, for the log); a value
+        that was wrong has been replaced by its default.
+
+    Raises:
+        ConfigError: If the settings cannot be made valid by falling back to defaults.
+    """
+    problems: list[str] = []
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            problems.append(f"{path}: cannot read the config file ({err.strerror}); using defaults")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            problems.append(f"{path}: not valid TOML ({err}); using defaults")
+    for _ in range(50):  # each round drops at least one bad value
+        try:
+            return DaemonSettings(**data), problems
+        except ValidationError as err:
+            dropped = False
+            for error in err.errors():
+                location = tuple(str(p) for p in error["loc"])
+                where = ".".join(location)
+                if _drop(data, location):
+                    problems.append(
+                        f"{path or 'environment'}: {where}: {error['msg']}; using the default"
+                    )
+                    dropped = True
+                else:
+                    raise ConfigError(
+                        f"{where}: {error['msg']} (set in the environment, or required)"
+                    ) from err
+            if not dropped:
+                raise ConfigError(str(err)) from err
+    raise ConfigError("the settings do not converge to valid values")
+
+
+def _drop(data: dict[str, Any], location: tuple[str, ...]) -> bool:
+    """Remove the value at ``location`` (or its nearest droppable parent) from ``data``."""
+    for depth in range(len(location), 0, -1):
+        node: Any = data
+        for key in location[: depth - 1]:
+            if isinstance(node, dict) and key in node:
+                node = node[key]
+            elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            else:
+                node = None
+                break
+        key = location[depth - 1]
+        if isinstance(node, dict) and key in node:
+            del node[key]
+            return True
+    return False

@@ -1,0 +1,356 @@
+"""The daemon: wires the signal pipeline, the agent core, the store and the adapters.
+
+Every input goes to the core on the event loop; its output is committed to SQLite (in a
+thread of its own, one transaction per batch of outputs) before any card change reaches
+the HMI, so nothing is shown that a crash could forget, and nothing is forgotten that
+was shown. Under load, outputs queue up while a commit runs and go in the next one
+(group commit).
+
+systemd: ``READY=1`` once serving, ``STATUS=`` with what it is doing, ``WATCHDOG=1``
+only while the loops (signals, time, commits) make progress, ``STOPPING=1`` on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from agent import state_codec
+from agent.config import DaemonSettings
+from agent.consent import Category
+from agent.core import Agent, AgentConfig, Output
+from agent.events import EventDraft, Priority
+from agent.fault_engine import default_catalogue
+from agent.ids import IdFactory
+from agent.plan import default_plan
+from agent.policy import CardChange, PolicyConfig
+from agent.rule_model import builtin_rules
+from agent.sdnotify import Notifier, watchdog_interval
+from agent.store.store import OpenReport, Store, StoreError, StoreLimits
+from can_signals.errors import CanSignalsError
+from can_signals.pipeline import SignalPipeline
+from can_signals.sources import BusConfig
+
+_log = logging.getLogger(__name__)
+
+#: After a failed commit, wait this long before retrying.
+COMMIT_RETRY_S: Final = 1.0
+#: A loop that has not made progress for this long stops the watchdog.
+STALL_S: Final = 30.0
+
+Clock = Callable[[], float]
+
+
+class CardSink(Protocol):
+    """Something that shows cards (the HMI bridge); told of changes after they are durable."""
+
+    async def apply(self, changes: Sequence[CardChange]) -> None:
+        """Show the changes."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    output: Output
+    sections: dict[str, str]
+    done: asyncio.Future[None]
+
+
+class Daemon:
+    """``touchpoint run``: the agent as a service."""
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        *,
+        notifier: Notifier | None = None,
+        wall: Clock = time.time,
+        monotonic: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.sinks: list[CardSink] = []
+        self._notifier = notifier or Notifier()
+        self._wall, self._monotonic = wall, monotonic
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._store: Store | None = None
+        self._agent: Agent | None = None
+        self._pipeline: SignalPipeline | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._heartbeats: dict[str, float] = {}
+        self.boot_id = str(uuid.uuid4())
+        self.open_report: OpenReport | None = None
+        self.commits = 0
+        self.started_at = 0.0
+
+    @property
+    def agent(self) -> Agent:
+        """The agent core (only the event loop's thread may use it)."""
+        if self._agent is None:
+            raise RuntimeError("the daemon has not started")
+        return self._agent
+
+    @property
+    def store(self) -> Store:
+        """The store (only from the store thread; see :meth:`in_store_thread`)."""
+        if self._store is None:
+            raise RuntimeError("the daemon has not started")
+        return self._store
+
+    @property
+    def pipeline(self) -> SignalPipeline | None:
+        """The signal pipeline, if CAN is configured."""
+        return self._pipeline
+
+    async def in_store_thread(self, function: Callable[[Store], object]) -> object:
+        """Run ``function(store)`` in the store's thread (tooling, tests)."""
+        store = self.store
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, store)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, restore the agent, start the sources and loops, notify READY.
+
+        Raises:
+            StoreError: If no store can be opened at all.
+        """
+        self.started_at = self._monotonic()
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        limits = StoreLimits(settings.store.max_events, settings.store.max_bytes)
+        store, report = await loop.run_in_executor(
+            self._executor, Store.open, settings.store.path, limits
+        )
+        self._store, self.open_report = store, report
+        sections = await loop.run_in_executor(self._executor, store.load_sections)
+        self._agent = self._build_agent(state_codec.decode(sections))
+        self._first_start(sections, report)
+        self._pipeline = self._build_pipeline()
+        if self._pipeline is not None:
+            await self._pipeline.start()
+            self._tasks.append(asyncio.create_task(self._consume_signals(), name="signals"))
+        self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
+        self._tasks.append(asyncio.create_task(self._commit_loop(), name="commit"))
+        interval = watchdog_interval()
+        if interval is not None:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        self.submit(self.agent.on_tick(self._wall(), self._monotonic()))
+        self._notifier.ready(self._status())
+        _log.info("touchpoint started in %.0f ms", (self._monotonic() - self.started_at) * 1000)
+
+    def _build_agent(self, state: object) -> Agent:
+        settings = self.settings
+        policy = PolicyConfig(
+            max_visible=settings.policy.max_visible,
+            quiet_hours=settings.policy.quiet_hours,
+            utc_offset_minutes=settings.policy.utc_offset_minutes,
+        )
+        config = AgentConfig(
+            model=settings.vehicle.model, market=settings.vehicle.market, policy=policy
+        )
+        return Agent(
+            config,
+            boot_id=self.boot_id,
+            ids=IdFactory(),
+            plan=default_plan(),
+            catalogue=default_catalogue(),
+            builtin_rules=builtin_rules(),
+            state=state,  # type: ignore[arg-type]
+        )
+
+    def _first_start(self, sections: dict[str, str], report: OpenReport) -> None:
+        agent, wall, mono = self.agent, self._wall(), self._monotonic()
+        out = Output()
+        if "consent" not in sections:
+            for category, granted in self.settings.consent.defaults.items():
+                if category is not Category.SERVICE_REQUESTS:
+                    out.extend(
+                        agent.set_consent(
+                            category, granted=granted, valid_for=None, wall=wall, monotonic=mono
+                        )
+                    )
+        if report.recovered_from is not None:
+            agent.record(
+                EventDraft(
+                    "store.recovered",
+                    Category.VEHICLE_HEALTH,
+                    {"problem": report.problem, "moved_to": str(report.recovered_from)},
+                    Priority.HIGH,
+                ),
+                agent.clock.read(wall, mono),
+            )
+        out.extend(agent.on_tick(wall, mono))
+        out.dirty |= set(state_codec.SECTIONS) if not sections else set()
+        self.submit(out)
+
+    def _build_pipeline(self) -> SignalPipeline | None:
+        can = self.settings.can
+        if can is None:
+            _log.warning("no [can] settings: running without CAN signals")
+            return None
+        dbcs = [(d.bus, d.file) for d in can.dbc]
+        try:
+            if can.replay is not None:
+                pipeline = SignalPipeline.from_files(
+                    can.mapping,
+                    dbcs,
+                    replay=can.replay,
+                    speed=can.replay_speed,
+                    capacity=can.queue_capacity,
+                )
+            else:
+                buses = [BusConfig(b.name, b.interface, b.channel, b.options) for b in can.buses]
+                pipeline = SignalPipeline.from_files(
+                    can.mapping, dbcs, buses=buses, capacity=can.queue_capacity
+                )
+        except (CanSignalsError, ValueError) as err:
+            _log.error("CAN signals unavailable, running without them: %s", err)
+            return None
+        odometer = self.agent.vehicle.odometer_m
+        if odometer is not None:
+            pipeline.processor.seed_odometer(odometer)
+        return pipeline
+
+    async def stop(self) -> None:
+        """Stop the sources and loops, commit what is pending, close the store."""
+        self._notifier.stopping()
+        if self._pipeline is not None:
+            await self._pipeline.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self._flush()
+        if self._store is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
+            self._store = None
+        self._executor.shutdown(wait=True)
+        self._notifier.close()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, stop."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            _log.info("stopping")
+            await self.stop()
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def submit(self, output: Output) -> asyncio.Future[None]:
+        """Queue an output for the next commit; the future resolves once it is durable."""
+        sections = state_codec.encode(self.agent, output.dirty) if output.dirty else {}
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(output, sections, done))
+        self._wake.set()
+        return done
+
+    async def apply(self, step: Callable[[Agent, float, float], Output]) -> Output:
+        """Run one input through the agent and wait until its output is durable.
+
+        This is how adapters feed the agent: ``await daemon.apply(lambda a, w, m:
+        a.on_action(card_id, key, {}, w, m))``. Errors the step raises reach the caller
+        and change nothing.
+        """
+        output = step(self.agent, self._wall(), self._monotonic())
+        await self.submit(output)
+        return output
+
+    async def _consume_signals(self) -> None:
+        assert self._pipeline is not None
+        self._beat("signals")
+        async for batch in self._pipeline.batches(500):
+            self.submit(self.agent.on_signals(batch, self._wall(), self._monotonic()))
+            self._beat("signals")
+        _log.info("the signal source ended")
+
+    async def _tick(self) -> None:
+        while True:
+            self._beat("tick")
+            await asyncio.sleep(self.settings.tick_seconds)
+            self.submit(self.agent.on_tick(self._wall(), self._monotonic()))
+
+    # -- commits ------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            self._beat("commit")
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            events = [e for p in batch for e in p.output.events]
+            sections: dict[str, str] = {}
+            for pending in batch:
+                sections.update(pending.sections)
+            store = self.store
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(
+                    self._executor, store.commit, events, sections, self._wall()
+                )
+            except StoreError as err:
+                _log.error("commit of %d events failed: %s; retrying", len(events), err)
+                self._pending[:0] = batch
+                await asyncio.sleep(COMMIT_RETRY_S)
+                continue
+            self.commits += 1
+            self._beat("commit")
+            changes = [c for p in batch for c in p.output.changes]
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_result(None)
+            if changes:
+                await self._show(changes)
+
+    async def _show(self, changes: list[CardChange]) -> None:
+        for sink in self.sinks:
+            try:
+                await sink.apply(changes)
+            except Exception:  # noqa: BLE001 - one broken sink must not stop the others
+                _log.exception("card sink %r failed", sink)
+
+    # -- health -------------------------------------------------------------------------
+
+    def _beat(self, loop_name: str) -> None:
+        self._heartbeats[loop_name] = self._monotonic()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            now = self._monotonic()
+            stalled = [
+                n for n, t in self._heartbeats.items() if now - t > max(STALL_S, 4 * interval)
+            ]
+            if stalled and not (set(stalled) <= {"signals", "commit"} and not self._pending):
+                _log.error("loops not making progress: %s; withholding the watchdog", stalled)
+            else:
+                self._notifier.watchdog()
+            self._notifier.status(self._status())
+            await asyncio.sleep(interval)
+
+    def _status(self) -> str:
+        agent = self._agent
+        visible = len(agent.cards.visible) if agent else 0
+        outbox = self._store.outbox_count if self._store else 0
+        source = "no CAN" if self._pipeline is None else "CAN ok"
+        driving = "driving" if agent and agent.vehicle.driving else "parked"
+        return f"{source}, {driving}, {visible} card(s) shown, {outbox} event(s) to send"

@@ -1,0 +1,313 @@
+"""The agent's persistent state as JSON sections, one per part that changes on its own.
+
+Only the sections an input dirtied are written with its batch. Reading is forgiving of
+what a previous version did not write (a missing section is the default), and strict
+about what is malformed: a section that does not decode is reported and reset, so one
+bad section never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from agent import maintenance as mnt
+from agent.benefits import Wallet
+from agent.booking import Booking, BookingStatus, Redemption, Slot
+from agent.cards import (
+    Action,
+    ArgValue,
+    Card,
+    CardKind,
+    CardState,
+    CloseReason,
+    Display,
+    Text,
+    Urgency,
+)
+from agent.clock import ClockState
+from agent.consent import Category, ConsentState
+from agent.core import Agent, AgentState
+from agent.fault_engine import DtcCatalogue
+from agent.plan import ServicePlan, ServiceRecord
+from agent.policy import ManagerSnapshot
+from agent.rule_model import RuleSetDocument
+
+_log = logging.getLogger(__name__)
+
+SECTIONS: Final = (
+    "vehicle",
+    "clock",
+    "plan",
+    "catalogue",
+    "maintenance",
+    "faults",
+    "wallet",
+    "consent",
+    "rules",
+    "cards",
+    "flows",
+)
+#: Sections that describe the car, not its owner: kept when the owner changes.
+VEHICLE_SECTIONS: Final = ("vehicle", "clock", "plan", "catalogue", "maintenance", "faults")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def encode(agent: Agent, sections: set[str] | None = None) -> dict[str, str]:
+    """The JSON of the given sections (all if ``None``)."""
+    state = agent.state()
+    wanted = SECTIONS if sections is None else [s for s in SECTIONS if s in sections]
+    return {name: _dumps(_ENCODERS[name](state)) for name in wanted}
+
+
+def decode(sections: Mapping[str, str]) -> AgentState:
+    """Rebuild the state from stored sections; bad sections are logged and reset."""
+    values: dict[str, Any] = {}
+    for name, text in sections.items():
+        decoder = _DECODERS.get(name)
+        if decoder is None:
+            continue
+        try:
+            values.update(decoder(json.loads(text)))
+        except (ValueError, TypeError, KeyError) as err:
+            _log.error("state section %r does not decode (%s): starting it afresh", name, err)
+    return AgentState(**values)
+
+
+# -- cards -------------------------------------------------------------------------------
+
+
+def _arg_to_json(value: ArgValue) -> Any:
+    if isinstance(value, Text):
+        return {"$text": value.to_json()}
+    if isinstance(value, tuple):
+        return {"$list": [_arg_to_json(v) for v in value]}
+    return value
+
+
+def _arg_from_json(value: Any) -> ArgValue:
+    if isinstance(value, dict):
+        if "$text" in value:
+            return Text.from_json(value["$text"])
+        if "$list" in value:
+            return tuple(_arg_from_json(v) for v in value["$list"])  # type: ignore[misc]
+        raise ValueError(f"unknown argument form {value!r}")
+    if isinstance(value, str | int | float | bool):
+        return value
+    raise ValueError(f"unknown argument {value!r}")
+
+
+def card_to_json(card: Card) -> dict[str, Any]:
+    """A card as JSON."""
+    return {
+        "id": card.id,
+        "key": card.key,
+        "kind": card.kind.name,
+        "urgency": card.urgency.name,
+        "display": card.display.name,
+        "title": card.title.to_json(),
+        "body": card.body.to_json(),
+        "template": card.template,
+        "created": card.created,
+        "category": card.category.value,
+        "priority": card.priority,
+        "args": {k: _arg_to_json(v) for k, v in card.args.items()},
+        "actions": [{"key": a.key, "label": a.label.to_json()} for a in card.actions],
+        "expires": card.expires,
+        "rule": card.rule,
+        "state": card.state.name,
+        "pending": card.pending,
+        "shown": card.shown,
+        "posted_at": card.posted_at,
+        "snooze_until": card.snooze_until,
+        "snooze_until_odometer": card.snooze_until_odometer,
+        "close_reason": card.close_reason.name,
+    }
+
+
+def card_from_json(data: Mapping[str, Any]) -> Card:
+    """A card from :func:`card_to_json`'s form."""
+    return Card(
+        id=data["id"],
+        key=data["key"],
+        kind=CardKind[data["kind"]],
+        urgency=Urgency[data["urgency"]],
+        display=Display[data["display"]],
+        title=Text.from_json(data["title"]),
+        body=Text.from_json(data["body"]),
+        template=data["template"],
+        created=float(data["created"]),
+        category=Category(data["category"]),
+        priority=int(data["priority"]),
+        args={k: _arg_from_json(v) for k, v in data["args"].items()},
+        actions=tuple(Action(a["key"], Text.from_json(a["label"])) for a in data["actions"]),
+        expires=data["expires"],
+        rule=data["rule"],
+        state=CardState[data["state"]],
+        pending=bool(data["pending"]),
+        shown=bool(data["shown"]),
+        posted_at=data["posted_at"],
+        snooze_until=data["snooze_until"],
+        snooze_until_odometer=data["snooze_until_odometer"],
+        close_reason=CloseReason[data["close_reason"]],
+    )
+
+
+# -- sections ----------------------------------------------------------------------------
+
+
+def _slot_json(slot: Slot | None) -> Any:
+    if slot is None:
+        return None
+    return {
+        "id": slot.id,
+        "start": slot.start,
+        "dealer": slot.dealer.to_json() if slot.dealer else None,
+    }
+
+
+def _slot(data: Any) -> Slot | None:
+    if data is None:
+        return None
+    dealer = data.get("dealer")
+    return Slot(data["id"], float(data["start"]), Text.from_json(dealer) if dealer else None)
+
+
+def _booking_json(b: Booking) -> dict[str, Any]:
+    return {
+        "card_key": b.card_key,
+        "items": list(b.items),
+        "status": b.status.value,
+        "slots_request": b.slots_request,
+        "slots": [_slot_json(s) for s in b.slots],
+        "request_id": b.request_id,
+        "slot": _slot_json(b.slot),
+        "booking_id": b.booking_id,
+        "reason": b.reason,
+        "reminded": b.reminded,
+    }
+
+
+def _booking(d: Mapping[str, Any]) -> Booking:
+    return Booking(
+        card_key=d["card_key"],
+        items=tuple(d["items"]),
+        status=BookingStatus(d["status"]),
+        slots_request=d["slots_request"],
+        slots=tuple(s for s in (_slot(x) for x in d["slots"]) if s is not None),
+        request_id=d["request_id"],
+        slot=_slot(d["slot"]),
+        booking_id=d["booking_id"],
+        reason=d["reason"],
+        reminded=bool(d["reminded"]),
+    )
+
+
+def _maintenance_json(m: mnt.MaintenanceState) -> dict[str, Any]:
+    return {
+        "records": [r.model_dump(mode="json") for r in m.records],
+        "notified": m.notified.name,
+        "notified_items": list(m.notified_items),
+        "dismissed_at": list(m.dismissed_at) if m.dismissed_at else None,
+        "booked_until": m.booked_until,
+        "last_milestone_km": m.last_milestone_km,
+        "last_states": {k: v.name for k, v in m.last_states.items()},
+    }
+
+
+def _maintenance(d: Mapping[str, Any]) -> mnt.MaintenanceState:
+    dismissed = d.get("dismissed_at")
+    return mnt.MaintenanceState(
+        records=tuple(ServiceRecord.model_validate(r) for r in d.get("records", [])),
+        notified=mnt.ItemState[d.get("notified", "OK")],
+        notified_items=tuple(d.get("notified_items", [])),
+        dismissed_at=(float(dismissed[0]), int(dismissed[1])) if dismissed else None,
+        booked_until=d.get("booked_until"),
+        last_milestone_km=d.get("last_milestone_km"),
+        last_states={k: mnt.ItemState[v] for k, v in d.get("last_states", {}).items()},
+    )
+
+
+def _cards_json(snapshot: ManagerSnapshot | None) -> dict[str, Any]:
+    if snapshot is None:
+        return {"cards": [], "shown_log": [], "dismissed": {}}
+    return {
+        "cards": [card_to_json(c) for c in snapshot.cards],
+        "shown_log": [list(x) for x in snapshot.shown_log],
+        "dismissed": dict(snapshot.dismissed),
+    }
+
+
+def _cards(d: Mapping[str, Any]) -> ManagerSnapshot:
+    return ManagerSnapshot(
+        cards=tuple(card_from_json(c) for c in d["cards"]),
+        shown_log=tuple((str(k), float(t)) for k, t in d["shown_log"]),
+        dismissed={str(k): float(v) for k, v in d["dismissed"].items()},
+    )
+
+
+def _wallet(data: Any) -> Wallet | None:
+    return None if data is None else Wallet.model_validate(data)
+
+
+def _model_or_none(model: Any) -> Any:
+    return None if model is None else model.model_dump(mode="json", by_alias=True)
+
+
+_ENCODERS: Final[dict[str, Callable[[AgentState], Any]]] = {
+    "vehicle": lambda s: {
+        "odometer_m": s.odometer_m,
+        "drive_cycle": s.drive_cycle,
+        "scenes": dict(s.scenes),
+    },
+    "clock": lambda s: {"last_trusted": s.clock.last_trusted},
+    "plan": lambda s: _model_or_none(s.plan),
+    "catalogue": lambda s: _model_or_none(s.catalogue),
+    "maintenance": lambda s: _maintenance_json(s.maintenance),
+    "faults": lambda s: {"announced": dict(s.announced)},
+    "wallet": lambda s: {"wallet": _model_or_none(s.wallet), "offered": dict(s.offered)},
+    "consent": lambda s: s.consent.to_json(),
+    "rules": lambda s: {"cloud": _model_or_none(s.cloud_rules), "state": dict(s.rule_state)},
+    "cards": lambda s: _cards_json(s.cards),
+    "flows": lambda s: {
+        "bookings": [_booking_json(b) for b in s.bookings],
+        "redemptions": [
+            {"request_id": r.request_id, "coupon_id": r.coupon_id, "card_key": r.card_key}
+            for r in s.redemptions
+        ],
+    },
+}
+
+_DECODERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
+    "vehicle": lambda d: {
+        "odometer_m": d.get("odometer_m"),
+        "drive_cycle": int(d.get("drive_cycle", 0)),
+        "scenes": dict(d.get("scenes", {})),
+    },
+    "clock": lambda d: {"clock": ClockState(last_trusted=d.get("last_trusted"))},
+    "plan": lambda d: {"plan": None if d is None else ServicePlan.model_validate(d)},
+    "catalogue": lambda d: {"catalogue": None if d is None else DtcCatalogue.model_validate(d)},
+    "maintenance": lambda d: {"maintenance": _maintenance(d)},
+    "faults": lambda d: {"announced": dict(d.get("announced", {}))},
+    "wallet": lambda d: {"wallet": _wallet(d.get("wallet")), "offered": dict(d.get("offered", {}))},
+    "consent": lambda d: {"consent": ConsentState.from_json(d)},
+    "rules": lambda d: {
+        "cloud_rules": None
+        if d.get("cloud") is None
+        else RuleSetDocument.model_validate(d["cloud"]),
+        "rule_state": dict(d.get("state", {})),
+    },
+    "cards": lambda d: {"cards": _cards(d)},
+    "flows": lambda d: {
+        "bookings": tuple(_booking(b) for b in d.get("bookings", [])),
+        "redemptions": tuple(
+            Redemption(r["request_id"], r["coupon_id"], r["card_key"])
+            for r in d.get("redemptions", [])
+        ),
+    },
+}

@@ -1,0 +1,1 @@
+"""The SQLite store: outbox, persistent agent state, dead letters."""

@@ -1,0 +1,498 @@
+"""The SQLite store: the outbox and the agent's persistent state, durable per batch.
+
+- WAL mode, ``synchronous=FULL``: a committed batch survives a power loss.
+- One transaction per batch (group commit): the events a batch of inputs produced and
+  the state sections it changed are written together, so after a crash the state and
+  the outbox always agree (no event lost, none produced twice).
+- A size budget (rows and bytes, plus ``max_page_count`` as the last line): when full,
+  the lowest-priority, oldest events are evicted and counted; requests the driver made
+  (``request.*``) are never evicted.
+- ``quick_check`` at start: a corrupt database is moved aside with its ``-wal`` and
+  ``-shm``, reported, and a fresh one started.
+
+The hot path uses the stdlib ``sqlite3`` with constant SQL. A store is used from one
+thread at a time (the daemon gives it a thread of its own, so fsyncs never block the
+event loop).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from agent.errors import AgentError
+from agent.events import Event
+from agent.store.schema import migrate
+
+_log = logging.getLogger(__name__)
+
+#: Bytes an event takes on the wire besides its payload (ids, type, times, category).
+EVENT_OVERHEAD: Final = 200
+#: The database may grow to this multiple of the byte budget before SQLite refuses.
+PAGE_HEADROOM: Final = 4
+
+_INSERT: Final = (
+    "INSERT OR IGNORE INTO outbox (id, type, category, priority, time, time_trusted, "
+    "boot_id, seq, expires, request_id, payload, size, evictable, state, attempts) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0)"
+)
+_EVICT: Final = (
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE evictable = 1 AND state = 0 "
+    "ORDER BY priority ASC, rowid ASC LIMIT ?) RETURNING size"
+)
+_UPSERT_STATE: Final = (
+    "INSERT INTO state (section, value, updated) VALUES (?, ?, ?) "
+    "ON CONFLICT(section) DO UPDATE SET value = excluded.value, updated = excluded.updated"
+)
+
+
+class StoreError(AgentError):
+    """The store cannot do what was asked (a full disk that eviction cannot relieve)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """The outbox budget: rows and bytes (evict beyond either)."""
+
+    max_events: int = 100_000
+    max_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReport:
+    """What happened when the store opened.
+
+    Attributes:
+        path: The database file.
+        recovered_from: Where a corrupt database was moved, if one was.
+        problem: What was wrong with it.
+        schema_from: The schema version found (0 for a new file).
+    """
+
+    path: Path
+    recovered_from: Path | None
+    problem: str | None
+    schema_from: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What a commit did."""
+
+    inserted: int
+    evicted: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An event waiting in the outbox."""
+
+    id: str
+    type: str
+    category: str
+    priority: int
+    time: float
+    time_trusted: bool
+    boot_id: str
+    seq: int
+    request_id: str | None
+    payload: str
+    size: int
+    attempts: int
+
+    def to_json(self) -> dict[str, object]:
+        """The event as the cloud receives it."""
+        data: dict[str, object] = {
+            "id": self.id,
+            "type": self.type,
+            "category": self.category,
+            "time": self.time,
+            "time_trusted": self.time_trusted,
+            "boot_id": self.boot_id,
+            "seq": self.seq,
+            "payload": json.loads(self.payload),
+        }
+        if self.request_id is not None:
+            data["request_id"] = self.request_id
+        return data
+
+
+class Store:
+    """The SQLite store. Create it with :meth:`open`."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, limits: StoreLimits) -> None:
+        self._db = connection
+        self.path = path
+        self.limits = limits
+        self._count, self._bytes = self._totals()
+
+    @classmethod
+    def open(cls, path: str | Path, limits: StoreLimits | None = None) -> tuple[Store, OpenReport]:
+        """Open (creating, migrating or recovering) the database at ``path``.
+
+        Raises:
+            StoreError: If the directory is not writable or a fresh database cannot be made.
+        """
+        limits = limits or StoreLimits()
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the store's directory {path.parent}: {err}") from err
+        recovered: Path | None = None
+        problem: str | None = None
+        try:
+            connection = _connect(path, limits)
+            problem = _check(connection)
+        except sqlite3.DatabaseError as err:
+            connection, problem = None, f"cannot open: {err}"
+        if problem is not None:
+            if connection is not None:
+                connection.close()
+            recovered = _move_aside(path)
+            _log.error(
+                "store %s is corrupt (%s); moved to %s, starting fresh", path, problem, recovered
+            )
+            try:
+                connection = _connect(path, limits)
+            except sqlite3.DatabaseError as err:
+                raise StoreError(f"cannot create a fresh store at {path}: {err}") from err
+        assert connection is not None
+        try:
+            schema_from = migrate(connection)
+        except sqlite3.DatabaseError as err:
+            connection.close()
+            raise StoreError(f"cannot migrate the store {path}: {err}") from err
+        store = cls(connection, path, limits)
+        store._release_in_flight()
+        return store, OpenReport(path, recovered, problem, schema_from)
+
+    def close(self) -> None:
+        """Checkpoint and close."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.DatabaseError as err:
+            _log.warning("checkpoint on close failed: %s", err)
+        self._db.close()
+
+    # -- the hot path -------------------------------------------------------------------
+
+    def commit(
+        self, events: Sequence[Event], sections: Mapping[str, str], now: float | None = None
+    ) -> CommitResult:
+        """Write a batch of events and state sections in one durable transaction.
+
+        When the budget is exceeded, the lowest-priority oldest events are evicted in the
+        same transaction. When the disk (or ``max_page_count``) is full, more is evicted
+        and the commit retried once.
+
+        Raises:
+            StoreError: If the batch cannot be written even after eviction.
+        """
+        rows = [_row(e) for e in events]
+        stamp = time.time() if now is None else now
+        try:
+            return self._commit(rows, sections, stamp, extra_evict=0)
+        except sqlite3.OperationalError as err:
+            if "full" not in str(err).lower():
+                raise StoreError(f"commit failed: {err}") from err
+            _log.warning("store full (%s): evicting a tenth of the outbox and retrying", err)
+            try:
+                return self._commit(rows, sections, stamp, extra_evict=max(1, self._count // 10))
+            except sqlite3.OperationalError as again:
+                raise StoreError(f"store full even after eviction: {again}") from again
+
+    def _commit(
+        self,
+        rows: list[tuple[object, ...]],
+        sections: Mapping[str, str],
+        stamp: float,
+        *,
+        extra_evict: int,
+    ) -> CommitResult:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            evicted_rows, evicted_bytes = self._evict(extra_evict) if extra_evict else (0, 0)
+            before = db.total_changes
+            db.executemany(_INSERT, rows)
+            inserted = db.total_changes - before
+            if inserted == len(rows):
+                added = sum(int(r[11]) for r in rows)  # type: ignore[call-overload]
+                count = self._count + inserted - evicted_rows
+                size = self._bytes + added - evicted_bytes
+            else:  # some ids were already there (a replayed batch): count afresh
+                count, size = self._totals()
+            n, b = self._evict_to_budget(count, size)
+            evicted_rows, count, size = evicted_rows + n, count - n, size - b
+            if sections:
+                db.executemany(_UPSERT_STATE, [(k, v, stamp) for k, v in sections.items()])
+            if evicted_rows:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('evicted', ?) ON CONFLICT(key) "
+                    "DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
+                    (evicted_rows,),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._count, self._bytes = count, size
+        if evicted_rows:
+            _log.warning("outbox full: evicted %d low-priority events", evicted_rows)
+        return CommitResult(inserted, evicted_rows)
+
+    def _totals(self) -> tuple[int, int]:
+        count, size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
+        ).fetchone()
+        return int(count), int(size)
+
+    def _evict_to_budget(self, count: int, size: int) -> tuple[int, int]:
+        limits = self.limits
+        evicted, freed = 0, 0
+        while count - evicted > limits.max_events or size - freed > limits.max_bytes:
+            over_rows = count - evicted - limits.max_events
+            want = max(over_rows, 1, (size - freed - limits.max_bytes) // (EVENT_OVERHEAD * 4))
+            n, b = self._evict(want)
+            if n == 0:
+                break  # only requests left: they stay, whatever the budget says
+            evicted, freed = evicted + n, freed + b
+        return evicted, freed
+
+    def _evict(self, limit: int) -> tuple[int, int]:
+        sizes = [int(r[0]) for r in self._db.execute(_EVICT, (limit,)).fetchall()]
+        return len(sizes), sum(sizes)
+
+    def load_sections(self) -> dict[str, str]:
+        """Every persisted state section."""
+        return dict(self._db.execute("SELECT section, value FROM state").fetchall())
+
+    # -- the outbox, for cloud sync -----------------------------------------------------
+
+    def pending(
+        self, limit: int = 500, max_bytes: int = 256 * 1024, now: float | None = None
+    ) -> list[OutboxRow]:
+        """Events to send next: highest priority first, then oldest; expired ones are dropped."""
+        stamp = time.time() if now is None else now
+        self._drop_expired(stamp)
+        rows = self._db.execute(
+            "SELECT id, type, category, priority, time, time_trusted, boot_id, seq, request_id, "
+            "payload, size, attempts FROM outbox WHERE state = 0 ORDER BY priority DESC, rowid ASC "
+            "LIMIT ?",
+            (limit,),
+        ).fetchall()
+        batch: list[OutboxRow] = []
+        total = 0
+        for row in rows:
+            if batch and total + int(row[10]) > max_bytes:
+                break
+            total += int(row[10])
+            batch.append(
+                OutboxRow(
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    row[4],
+                    bool(row[5]),
+                    row[6],
+                    row[7],
+                    row[8],
+                    row[9],
+                    row[10],
+                    row[11],
+                )
+            )
+        return batch
+
+    def _drop_expired(self, now: float) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            gone = db.execute(
+                "DELETE FROM outbox WHERE expires IS NOT NULL AND expires < ? AND state = 0 "
+                "RETURNING size",
+                (now,),
+            ).fetchall()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if gone:
+            self._count -= len(gone)
+            self._bytes -= sum(int(r[0]) for r in gone)
+
+    def mark_in_flight(self, ids: Iterable[str]) -> None:
+        """Events handed to the network: not picked again until acked or released."""
+        self._batch("UPDATE outbox SET state = 1, attempts = attempts + 1 WHERE id = ?", ids)
+
+    def acknowledge(self, ids: Iterable[str]) -> None:
+        """Events the cloud acknowledged: they leave the outbox."""
+        id_list = list(ids)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            gone = [
+                db.execute("DELETE FROM outbox WHERE id = ? RETURNING size", (i,)).fetchone()
+                for i in id_list
+            ]
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        sizes = [int(g[0]) for g in gone if g is not None]
+        self._count -= len(sizes)
+        self._bytes -= sum(sizes)
+
+    def release(self, ids: Iterable[str], error: str | None = None) -> None:
+        """Events that were not delivered go back to pending (for a retry)."""
+        self._batch(
+            "UPDATE outbox SET state = 0, last_error = ? WHERE id = ?",
+            [(error, i) for i in ids],
+            pairs=True,
+        )
+
+    def _release_in_flight(self) -> None:
+        # After a restart nothing is in flight any more: those events are sent again.
+        self._db.execute("UPDATE outbox SET state = 0 WHERE state = 1")
+
+    def dead_letter(self, event_id: str, reason: str, now: float | None = None) -> None:
+        """Move an event that keeps failing to the dead-letter table, with the reason."""
+        stamp = time.time() if now is None else now
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "DELETE FROM outbox WHERE id = ? "
+                "RETURNING id, type, category, payload, attempts, size",
+                (event_id,),
+            ).fetchone()
+            if row is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO dead_letter (id, type, category, payload, reason, "
+                    "attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (row[0], row[1], row[2], row[3], reason, row[4], stamp),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if row is not None:
+            self._count -= 1
+            self._bytes -= int(row[5])
+
+    def _batch(self, sql: str, values: Iterable[object], *, pairs: bool = False) -> None:
+        params = list(values) if pairs else [(v,) for v in values]
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(sql, params)  # type: ignore[arg-type]
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- tooling ------------------------------------------------------------------------
+
+    @property
+    def outbox_count(self) -> int:
+        """Events in the outbox."""
+        return self._count
+
+    @property
+    def outbox_bytes(self) -> int:
+        """Bytes of events in the outbox."""
+        return self._bytes
+
+    def evicted_total(self) -> int:
+        """Events evicted since the database was created."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'evicted'").fetchone()
+        return int(row[0]) if row else 0
+
+    def summary(self) -> list[tuple[str, int, int, int]]:
+        """``(category, priority, events, bytes)`` of what waits in the outbox."""
+        return [
+            (str(c), int(p), int(n), int(b))
+            for c, p, n, b in self._db.execute(
+                "SELECT category, priority, COUNT(*), SUM(size) FROM outbox "
+                "GROUP BY category, priority ORDER BY priority DESC, category"
+            ).fetchall()
+        ]
+
+    def integrity_check(self) -> str:
+        """``ok``, or what ``PRAGMA integrity_check`` found."""
+        rows = self._db.execute("PRAGMA integrity_check").fetchall()
+        return "; ".join(str(r[0]) for r in rows)
+
+    def wipe(self, *, keep_sections: Iterable[str] = ()) -> None:
+        """Delete the outbox, dead letters and every state section not in ``keep_sections``."""
+        keep = list(keep_sections)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM outbox")
+            db.execute("DELETE FROM dead_letter")
+            marks = ",".join("?" * len(keep)) or "''"
+            db.execute(f"DELETE FROM state WHERE section NOT IN ({marks})", keep)  # noqa: S608 - placeholders only
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._count = self._bytes = 0
+        # Deleted rows stay in free pages until vacuumed: personal data must really go.
+        db.execute("VACUUM")
+
+
+def _row(event: Event) -> tuple[object, ...]:
+    payload = event.payload_json()
+    return (
+        event.id,
+        event.type,
+        event.category.value,
+        int(event.priority),
+        event.time,
+        int(event.time_trusted),
+        event.boot_id,
+        event.seq,
+        event.expires,
+        event.request_id,
+        payload,
+        len(payload.encode()) + EVENT_OVERHEAD,
+        int(event.evictable),
+    )
+
+
+def _connect(path: Path, limits: StoreLimits) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA busy_timeout = 5000")
+    mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        _log.warning("store %s: journal mode is %s, not WAL", path, mode)
+    connection.execute("PRAGMA synchronous = FULL")
+    page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
+    pages = max(1000, PAGE_HEADROOM * limits.max_bytes // page_size)
+    connection.execute(f"PRAGMA max_page_count = {pages}")
+    return connection
+
+
+def _check(connection: sqlite3.Connection) -> str | None:
+    rows = connection.execute("PRAGMA quick_check").fetchall()
+    result = "; ".join(str(r[0]) for r in rows)
+    return None if result == "ok" else result
+
+
+def _move_aside(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            source.rename(Path(f"{target}{suffix}"))
+    return target
