@@ -90,6 +90,8 @@ class Daemon:
         self.open_report: OpenReport | None = None
         self.commits = 0
         self.started_at = 0.0
+        #: Set when a finite signal source (a replay) has been consumed entirely.
+        self.signals_finished = asyncio.Event()
 
     @property
     def agent(self) -> Agent:
@@ -272,6 +274,12 @@ class Daemon:
         await self.submit(output)
         return output
 
+    async def settle(self) -> None:
+        """Wait until everything submitted so far is committed and shown."""
+        while self._pending:
+            done = self._pending[-1].done
+            await done
+
     async def _consume_signals(self) -> None:
         assert self._pipeline is not None
         self._beat("signals")
@@ -279,6 +287,7 @@ class Daemon:
             self.submit(self.agent.on_signals(batch, self._wall(), self._monotonic()))
             self._beat("signals")
         _log.info("the signal source ended")
+        self.signals_finished.set()
 
     async def _tick(self) -> None:
         while True:

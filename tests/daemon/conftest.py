@@ -1,0 +1,45 @@
+"""Daemon fixtures: settings pointing at tmp_path and the real RAV4 recording."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from agent.config import (
+    CanSettings,
+    ConsentSettings,
+    DaemonSettings,
+    DbcSettings,
+    StoreSettings,
+)
+from agent.consent import Category
+from agent.policy import CardChange
+
+
+class RecordingSink:
+    """A card sink that keeps every change it is shown, in order."""
+
+    def __init__(self) -> None:
+        self.changes: list[CardChange] = []
+
+    async def apply(self, changes: Sequence[CardChange]) -> None:
+        self.changes.extend(changes)
+
+
+@pytest.fixture
+def rav4_settings(tmp_path: Path, realdata_dir: Path, repo_root: Path) -> DaemonSettings:
+    rav4 = realdata_dir / "rav4_2016"
+    return DaemonSettings(
+        store=StoreSettings(path=tmp_path / "touchpoint.db"),
+        can=CanSettings(
+            mapping=repo_root / "docs" / "cars" / "rav4_2016" / "mapping.yaml",
+            dbc=[DbcSettings(file=rav4 / "toyota_new_mc_pt.dbc")],
+            replay=rav4 / "drive_seg40_excerpt.log",
+            replay_speed=0,
+        ),
+        consent=ConsentSettings(
+            defaults={Category.VEHICLE_HEALTH: True, Category.USAGE_ANALYTICS: True}
+        ),
+    )

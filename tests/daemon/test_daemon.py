@@ -1,0 +1,112 @@
+"""The daemon in-process: a real replay through the real pipeline into a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConsentSettings, DaemonSettings
+from agent.daemon import Daemon
+from tests.daemon.conftest import RecordingSink
+
+
+def _events(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as connection:
+        return connection.execute("SELECT id, type FROM outbox ORDER BY rowid").fetchall()
+
+
+async def _run_once(settings: DaemonSettings) -> Daemon:
+    daemon = Daemon(settings)
+    daemon.sinks.append(RecordingSink())
+    await daemon.start()
+    await asyncio.wait_for(daemon.signals_finished.wait(), timeout=30)
+    await daemon.settle()
+    await daemon.stop()
+    return daemon
+
+
+def test_a_replayed_drive_reminds_once_and_a_restart_does_not_repeat_it(
+    rav4_settings: DaemonSettings,
+) -> None:
+    db = rav4_settings.store.path
+    first = asyncio.run(_run_once(rav4_settings))
+    events = _events(db)
+    types = [t for _, t in events]
+    # The RAV4 has done 25,000 km and the default plan has no service history: due.
+    assert types.count("maintenance.reminder") == 1
+    assert types.count("card.created") == 1
+    assert first.agent.vehicle.odometer_m is not None
+    assert first.agent.vehicle.odometer_m >= 25_088_000
+
+    second = asyncio.run(_run_once(rav4_settings))
+    after = _events(db)
+    assert [e for e in after if e in events] == events, "an event committed earlier was lost"
+    new_types = [t for e, t in after if (e, t) not in events]
+    assert "maintenance.reminder" not in new_types, "the restart reminded the driver again"
+    assert "card.created" not in new_types
+    assert len({e for e, _ in after}) == len(after)
+    assert second.agent.vehicle.odometer_m == first.agent.vehicle.odometer_m
+
+
+def test_no_consent_means_nothing_of_that_category_is_queued(
+    rav4_settings: DaemonSettings,
+) -> None:
+    settings = rav4_settings.model_copy(update={"consent": ConsentSettings()})
+    daemon = asyncio.run(_run_once(settings))
+    categories = {
+        c for (c,) in sqlite3.connect(settings.store.path).execute("SELECT category FROM outbox")
+    }
+    assert categories <= {"service_requests"}
+    assert daemon.commits >= 1
+
+
+def test_a_corrupt_database_is_moved_aside_and_the_daemon_runs(
+    rav4_settings: DaemonSettings,
+) -> None:
+    db = rav4_settings.store.path
+    db.parent.mkdir(parents=True, exist_ok=True)
+    db.write_bytes(b"this is not a database" * 1000)
+    daemon = asyncio.run(_run_once(rav4_settings))
+    assert daemon.open_report is not None
+    assert daemon.open_report.recovered_from is not None
+    assert daemon.open_report.recovered_from.read_bytes().startswith(b"this is not")
+    types = [t for _, t in _events(db)]
+    assert "store.recovered" in types
+    assert "maintenance.reminder" in types
+
+
+def test_without_can_settings_the_daemon_still_serves(tmp_path: Path) -> None:
+    settings = DaemonSettings(store={"path": tmp_path / "t.db"})  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        assert daemon.pipeline is None
+        await daemon.settle()
+        await daemon.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "mapping_text", ["not: [valid", "Vehicle.Speed: {dbc2vss: {signal: NOPE}}"]
+)
+def test_a_broken_mapping_degrades_to_no_can(
+    rav4_settings: DaemonSettings, tmp_path: Path, mapping_text: str
+) -> None:
+    mapping = tmp_path / "broken.yaml"
+    mapping.write_text(mapping_text)
+    assert rav4_settings.can is not None
+    can = rav4_settings.can.model_copy(update={"mapping": mapping})
+    settings = rav4_settings.model_copy(update={"can": can})
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        assert daemon.pipeline is None
+        await daemon.stop()
+
+    asyncio.run(scenario())
