@@ -16,6 +16,7 @@ from typing import Final
 # subcommand: (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
     "run": ("agent.cli_run", "run the agent daemon"),
+    "demo": ("agent.cli_demo", "the whole loop: a simulated car through the real agent"),
     "signals": ("can_signals.cli_signals", "decode CAN (live or a recorded log) to VSS signals"),
     "sim": ("can_signals.cli_sim", "run the vehicle simulator on a CAN bus or into a log"),
 }

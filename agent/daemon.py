@@ -38,6 +38,7 @@ from agent.store.store import OpenReport, Store, StoreError, StoreLimits
 from can_signals.errors import CanSignalsError
 from can_signals.pipeline import SignalPipeline
 from can_signals.sources import BusConfig
+from can_signals.update import SignalUpdate
 
 _log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.sinks: list[CardSink] = []
+        #: Called with every batch of signal updates the agent receives (timelines, tools).
+        self.signal_taps: list[Callable[[Sequence[SignalUpdate]], None]] = []
         self._notifier = notifier or Notifier()
         self._wall, self._monotonic = wall, monotonic
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -284,6 +287,8 @@ class Daemon:
         assert self._pipeline is not None
         self._beat("signals")
         async for batch in self._pipeline.batches(500):
+            for tap in self.signal_taps:
+                tap(batch)
             self.submit(self.agent.on_signals(batch, self._wall(), self._monotonic()))
             self._beat("signals")
         _log.info("the signal source ended")

@@ -23,7 +23,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from types import FrameType
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 import can
 
@@ -182,8 +182,11 @@ def _print_list(out: TextIO) -> None:
 
 @contextlib.contextmanager
 def _open_bus(interface: str, channel: str) -> Iterator[can.BusABC]:
+    # A virtual bus passes the scenario clock on with each frame, so a receiver sees
+    # the car's own time at any --speed (its plausibility checks depend on it).
+    options: dict[str, Any] = {"preserve_timestamps": True} if interface == "virtual" else {}
     try:
-        bus = can.Bus(interface=interface, channel=channel)
+        bus = can.Bus(interface=interface, channel=channel, **options)
     except (can.CanError, OSError, ValueError, ImportError, NotImplementedError) as err:
         raise SimulatorError(f"cannot open CAN bus {interface} {channel}: {err}") from err
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Final
 
@@ -47,11 +47,15 @@ class ScenarioOptions:
         short: Build the short variant (for tests and quick demos).
         start_odometer_km: The odometer at the start; ``None`` for the scenario's default.
         seed: Seed of the random parts (stop-and-go timing, highway pace).
+        utc_start_s: The UNIX time the scenario starts at (its GNSS clock and frame
+            timestamps); ``None`` for a fixed default, so recordings are reproducible.
+            Chained scenarios pass the time the previous one ended.
     """
 
     short: bool = False
     start_odometer_km: float | None = None
     seed: int = 2016
+    utc_start_s: int | None = None
 
 
 def _start_up(*, unlock: bool = True) -> list[Phase]:
@@ -221,4 +225,9 @@ def build_scenario(name: str, options: ScenarioOptions | None = None) -> Scenari
     factory = SCENARIOS.get(name)
     if factory is None:
         raise SimulatorError(f"no scenario {name!r}; known: {', '.join(SCENARIOS)}")
-    return factory(options or ScenarioOptions())
+    options = options or ScenarioOptions()
+    scenario = factory(options)
+    if options.utc_start_s is None:
+        return scenario
+    initial = replace(scenario.initial, utc_start_s=options.utc_start_s)
+    return replace(scenario, initial=initial)
