@@ -83,6 +83,9 @@ class FrameLayout:
     message: Message
     bindings: tuple[SignalBinding, ...]
     mask: int
+    #: For a multiplexed message, its mapped signals outside the multiplexed branches:
+    #: what is decoded when the multiplexer selects a branch the mapping does not read.
+    unmultiplexed: Message | None = None
 
 
 class Binding:
@@ -150,7 +153,20 @@ def _layout(key: int, message: Message, bindings: Sequence[SignalBinding]) -> Fr
         for name in (binding.signal.name, *binding.reads):
             _add_with_multiplexers(message, name, wanted)
     signals = list(wanted.values())
-    reduced = Message(
+    reduced = _cut_down(message, signals)
+    unmultiplexed = None
+    if reduced.is_multiplexed():
+        plain = [s for s in signals if s.multiplexer_ids is None and not s.is_multiplexer]
+        unmultiplexed = _cut_down(message, plain)
+    mask = 0
+    for signal in signals:
+        for bit in signal_bits(signal):
+            mask |= 1 << bit
+    return FrameLayout(key, reduced, tuple(bindings), mask, unmultiplexed)
+
+
+def _cut_down(message: Message, signals: list[Signal]) -> Message:
+    return Message(
         frame_id=message.frame_id,
         name=message.name,
         length=message.length,
@@ -160,11 +176,6 @@ def _layout(key: int, message: Message, bindings: Sequence[SignalBinding]) -> Fr
         strict=False,
         cycle_time=message.cycle_time,
     )
-    mask = 0
-    for signal in signals:
-        for bit in signal_bits(signal):
-            mask |= 1 << bit
-    return FrameLayout(key, reduced, tuple(bindings), mask)
 
 
 def _add_with_multiplexers(message: Message, name: str, wanted: dict[str, Signal]) -> None:
@@ -191,14 +202,22 @@ def signal_bits(signal: Signal) -> Iterable[int]:
     return bits
 
 
-def bind(document: MappingDocument, sources: Sequence[DbcSource]) -> Binding:
+def bind(
+    document: MappingDocument, sources: Sequence[DbcSource], earlier: Sequence[Problem] = ()
+) -> Binding:
     """Check a mapping against DBC files and the catalogue.
+
+    Args:
+        document: The mapping.
+        sources: The DBC files.
+        earlier: Problems already found in the mapping file (see
+            :func:`can_signals.mapping.read_mapping`), reported together with these.
 
     Raises:
         MappingError: With every problem found, each with its file and line or key.
     """
     index = _SignalIndex(sources)
-    problems: list[Problem] = []
+    problems: list[Problem] = list(earlier)
     warnings: list[Problem] = []
     bindings: list[SignalBinding] = []
     mapped_paths = {e.path for e in document.entries}

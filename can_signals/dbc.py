@@ -56,7 +56,9 @@ def load_dbc(path: str | Path, bus: str | None = None) -> DbcSource:
     except UnsupportedDatabaseFormatError as err:
         # cantools tries every format; the DBC parser's complaint carries the line.
         detail = err.e_dbc or err.e_kcd or err.e_arxml or err.e_sym or err
-        raise DbcError([Problem(file, "", f"not a valid DBC file: {detail}")]) from err
+        line = getattr(detail, "line", None)  # textparser's ParseError has it
+        where = f"line {line}" if isinstance(line, int) else ""
+        raise DbcError([Problem(file, where, f"not a valid DBC file: {detail}")]) from err
     except (OSError, UnicodeDecodeError) as err:
         raise DbcError([Problem(file, "", f"cannot read the DBC file: {err}")]) from err
     except (cantools.errors.Error, ValueError, KeyError, IndexError, TypeError) as err:

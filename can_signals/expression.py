@@ -58,7 +58,6 @@ _BINARY: Final[dict[type[ast.operator], Callable[[Number, Number], Number]]] = {
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
     ast.Pow: _power,
-    ast.BitXor: _power,
 }
 
 _COMPARE: Final[dict[type[ast.cmpop], Callable[[Number, Number], bool]]] = {
@@ -114,10 +113,16 @@ def compile_expression(source: str, allowed_names: Collection[str] = ("x",)) -> 
         raise ExpressionError("the expression is empty")
     if len(source) > MAX_EXPRESSION_LENGTH:
         raise ExpressionError(f"the expression is longer than {MAX_EXPRESSION_LENGTH} characters")
+    # In py-expression-eval, as in mathematics, ``^`` is the power operator and binds
+    # tighter than ``*`` and unary minus (``-3^2`` is -9); Python's ``^`` binds looser
+    # than ``+``, so it is rewritten to ``**`` before parsing (it has no other meaning here).
+    text = source.strip().replace("^", "**")
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        tree = ast.parse(text, mode="eval")
     except SyntaxError as err:
         raise ExpressionError(f"not a valid expression: {err.msg} in {source!r}") from err
+    except ValueError as err:  # null bytes, lone surrogates
+        raise ExpressionError(f"not a valid expression: {err} in {source!r}") from err
     node_count = sum(1 for _ in ast.walk(tree))
     if node_count > MAX_NODES:
         raise ExpressionError(f"the expression has more than {MAX_NODES} parts")

@@ -66,6 +66,8 @@ class FaultAssembler:
         """Drop broadcast codes not seen for their hold time."""
         changed = ""
         for slot in self._slots.values():
+            if not slot.hold:  # ``stale_ms: 0``: codes are held until the ECU sends 0
+                continue
             frame_seen = slot.last_seen()
             for code, seen in list(slot.seen.items()):
                 latest = max(seen, frame_seen) if code in slot.current else seen

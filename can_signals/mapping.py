@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import yaml
 
@@ -104,12 +104,26 @@ def load_mapping(path: str | Path) -> MappingDocument:
     Raises:
         MappingError: With every problem found, each with its file and line or key.
     """
+    document, problems = read_mapping(path)
+    if problems:
+        raise MappingError(problems)
+    return document
+
+
+def read_mapping(path: str | Path) -> tuple[MappingDocument, tuple[Problem, ...]]:
+    """Read a mapping file: its well-formed entries, and the problems of the rest.
+
+    The entries can still be checked against the DBC files (``bind(..., earlier=...)``),
+    so that one run reports every problem of the file.
+    """
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise MappingError([Problem(file, "", f"cannot read the mapping file: {err}")]) from err
-    return parse_mapping(text, file)
+        return MappingDocument(file, ()), (
+            Problem(file, "", f"cannot read the mapping file: {err}"),
+        )
+    return check_mapping(text, file)
 
 
 def parse_mapping(text: str, file: str = "<mapping>") -> MappingDocument:
@@ -118,6 +132,16 @@ def parse_mapping(text: str, file: str = "<mapping>") -> MappingDocument:
     Raises:
         MappingError: With every problem found.
     """
+    document, problems = check_mapping(text, file)
+    if problems:
+        raise MappingError(problems)
+    return document
+
+
+def check_mapping(
+    text: str, file: str = "<mapping>"
+) -> tuple[MappingDocument, tuple[Problem, ...]]:
+    """Parse mapping text: its well-formed entries, and the problems of the rest."""
     reader = _Reader(file, text)
     document = reader.read()
     problems = reader.problems
@@ -142,11 +166,9 @@ def parse_mapping(text: str, file: str = "<mapping>") -> MappingDocument:
                     continue
                 seen[entry.path] = entry.where
                 entries.append(entry)
-    if problems:
-        raise MappingError(problems)
-    if not entries:
-        raise MappingError([Problem(file, "", "maps no signal (no dbc2vss block found)")])
-    return MappingDocument(file, tuple(entries))
+    if not entries and not problems:
+        problems.append(Problem(file, "", "maps no signal (no dbc2vss block found)"))
+    return MappingDocument(file, tuple(entries)), tuple(problems)
 
 
 KeyPath = tuple[str, ...]
@@ -334,14 +356,23 @@ class _Reader:
                     Problem(self.file, f"line {err.lineno}", f"not valid JSON: {err.msg}")
                 )
                 return None
+        loader = _StrictYamlLoader(self.text)
         try:
-            return yaml.load(self.text, Loader=_StrictYamlLoader)  # noqa: S506 - a safe loader
+            document = loader.get_single_data()
         except yaml.MarkedYAMLError as err:
             line = f"line {err.problem_mark.line + 1}" if err.problem_mark else ""
             self.problems.append(Problem(self.file, line, f"not valid YAML: {err.problem}"))
+            return None
         except yaml.YAMLError as err:
             self.problems.append(Problem(self.file, "", f"not valid YAML: {err}"))
-        return None
+            return None
+        finally:
+            loader.dispose()
+        self.problems.extend(
+            Problem(self.file, f"line {line}", f"duplicate key {key!r}")
+            for key, line in loader.duplicates
+        )
+        return document
 
     def _json_object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -396,15 +427,38 @@ def _index_lines(text: str) -> dict[KeyPath, int]:
 
 
 class _StrictYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """A safe YAML loader that refuses duplicate keys instead of keeping the last."""
+    """A safe YAML loader that notes duplicate keys (``duplicates``) instead of hiding them.
+
+    Only ``true`` and ``false`` are booleans (as in YAML 1.2 and JSON): YAML 1.1 also
+    reads ``on``, ``off``, ``yes``, ``no`` so, which would silently turn a DBC label such
+    as ``ON`` in a ``mapping`` transform into the number 1.
+    """
+
+    yaml_implicit_resolvers: ClassVar[dict[Any, list[tuple[str, re.Pattern[str]]]]] = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[Any, int]] = []
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:  # noqa: FBT001, FBT002
         keys: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if key in keys:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+            try:
+                seen = key in keys
+            except TypeError:  # unhashable: the base class reports it
+                break
+            if seen:
+                self.duplicates.append((key, key_node.start_mark.line + 1))
             keys.add(key)
         return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+
+_StrictYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import can
 
 from can_signals.binding import Binding, bind
 from can_signals.dbc import load_dbcs
-from can_signals.mapping import load_mapping
+from can_signals.mapping import read_mapping
 from can_signals.processor import FrameProcessor, ProcessorStats
 from can_signals.sources import BusConfig, LiveBuses, Replay
 from can_signals.stream import DEFAULT_CAPACITY, UpdateStream
@@ -69,6 +70,7 @@ class SignalPipeline:
         self._live: LiveBuses | None = None
         self._replay: Replay | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._held: deque[SignalUpdate] = deque()
         self.processor = FrameProcessor(binding, self._emit)
 
     @classmethod
@@ -85,13 +87,32 @@ class SignalPipeline:
             MappingError: If the mapping has problems, all of them listed.
         """
         sources = load_dbcs(dbcs)
-        binding = bind(load_mapping(mapping), sources)
+        document, problems = read_mapping(mapping)
+        binding = bind(document, sources, earlier=problems)
         return cls(binding, **kwargs)  # type: ignore[arg-type]
 
     def _emit(self, update: SignalUpdate) -> None:
         stream = self._stream
-        if stream is not None:
-            stream.put(update, block=self._replay is not None)
+        if stream is None:
+            return
+        if self._replay_path is None:
+            stream.put(update)
+        else:
+            # The processor emits under its lock: a replay waiting there for room would
+            # block every other user of the lock (the consumer calling stats(): a
+            # deadlock). The replay thread hands these over between frames instead.
+            self._held.append(update)
+
+    def _hand_over(self) -> None:
+        """Give held updates to the stream, waiting for room (the replay thread only)."""
+        stream = self._stream
+        while self._held and stream is not None:
+            stream.put(self._held.popleft(), block=True)
+
+    def _replay_done(self) -> None:
+        self._hand_over()
+        if self._stream is not None:
+            self._stream.close()
 
     async def start(self) -> None:
         """Open the sources and start producing updates.
@@ -102,7 +123,10 @@ class SignalPipeline:
         loop = asyncio.get_running_loop()
         self._stream = UpdateStream(loop, self._capacity)
         if self._replay_path is not None:
-            replay = Replay(self._replay_path, self.processor, self._speed, self._stream.close)
+            replay = Replay(
+                self._replay_path, self.processor, self._speed,
+                on_done=self._replay_done, after_frame=self._hand_over,
+            )  # fmt: skip
             replay.check()
             self._replay = replay
             replay.start()

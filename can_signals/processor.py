@@ -72,8 +72,8 @@ class _Route:
     """Runtime state of one binding on one bus."""
 
     __slots__ = (
-        "binding", "convert", "interval", "kind", "last_present", "last_time", "on_change",
-        "path", "present", "scale", "signal", "stale_after", "unit", "value",
+        "behind", "binding", "convert", "interval", "kind", "last_present", "last_time",
+        "on_change", "path", "present", "scale", "signal", "stale_after", "unit", "value",
     )  # fmt: skip
 
     def __init__(self, binding: SignalBinding) -> None:
@@ -93,6 +93,9 @@ class _Route:
         self.value: SignalValue | None = None
         self.present = False
         self.last_present = -math.inf
+        # A frame changed while this route waited for its interval: when it is due, it
+        # must look at the frame's values even if the frames since are identical.
+        self.behind = False
 
 
 class _Plan:
@@ -116,10 +119,18 @@ class _Plan:
         self.next_due = -math.inf
         self.values: Mapping[str, float | int] = {}
         decode_simple = message.decode_simple
+        unmultiplexed = layout.unmultiplexed
 
         def decode(data: bytes | bytearray) -> Mapping[str, float | int]:
             # Positional: no choices, scaling on, truncated frames allowed, excess allowed.
-            return decode_simple(data, False, True, True, True)  # type: ignore[arg-type,return-value]
+            try:
+                return decode_simple(data, False, True, True, True)  # type: ignore[arg-type,return-value]
+            except DecodeError:
+                if unmultiplexed is None:
+                    raise
+            # The multiplexer selects a branch the mapping does not read (or one the DBC
+            # does not define): only the signals outside the branches are in this frame.
+            return unmultiplexed.decode_simple(data, False, True, True, True)  # type: ignore[arg-type,return-value]
 
         self.decode = decode
 
@@ -142,6 +153,8 @@ class BusInput:
             key = msg.arbitration_id | 0x8000_0000 if msg.is_extended_id else msg.arbitration_id
             plan = self._table.get(key)
             if plan is None:
+                # Other traffic still moves the clock: mapped IDs that stopped go stale.
+                processor.advance_clock(msg.timestamp)
                 if self._table:
                     processor.unmapped += 1
                 else:
@@ -221,9 +234,8 @@ class FrameProcessor:
             else:
                 self.long_frames += 1
         previous_seen = plan.last_seen
-        plan.last_seen = self.latest_timestamp = timestamp
-        if timestamp >= self._next_stale_check:
-            self._check_stale(timestamp)
+        plan.last_seen = timestamp
+        self.advance_clock(timestamp)
         bits = int.from_bytes(data, "little") & plan.mask
         if bits == plan.last_bits and length == plan.last_len:
             if timestamp < plan.next_due:
@@ -241,6 +253,12 @@ class FrameProcessor:
             changed = True
         self._run_routes(plan, timestamp, previous_seen, changed=changed)
 
+    def advance_clock(self, timestamp: float) -> None:
+        """Note a frame's timestamp and look for stale signals when due (lock held)."""
+        self.latest_timestamp = timestamp
+        if timestamp >= self._next_stale_check:
+            self._check_stale(timestamp)
+
     def _run_routes(  # noqa: PLR0912 - the per-route rules read best in one place
         self, plan: _Plan, timestamp: float, previous_seen: float, *, changed: bool
     ) -> None:
@@ -252,23 +270,26 @@ class FrameProcessor:
                 due = route.last_time + route.interval
                 if timestamp < due:
                     next_due = min(next_due, due)
+                    route.behind = route.behind or changed
                     continue
                 route.last_time = timestamp
                 next_due = min(next_due, timestamp + route.interval)
             elif not route.on_change:
                 next_due = -math.inf
-            if not changed:
+            if not changed and not route.behind:
                 if not route.on_change and route.value is not None:
                     self._emit_counted(
                         SignalUpdate(route.path, route.value, route.unit, timestamp, bus)
                     )
                 continue
+            route.behind = False
             raw = values.get(route.signal)
             if raw is None:
                 if route.present:
                     route.present = False
                     route.last_present = previous_seen
-                self._rejections[(TRUNCATED, route.path)] += 1
+                if plan.last_len < plan.length:  # else another multiplexer branch
+                    self._rejections[(TRUNCATED, route.path)] += 1
                 continue
             route.present = True
             route.last_present = timestamp

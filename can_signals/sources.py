@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 import can
+from can.io.blf import BLFParseError
 from can.io.player import MESSAGE_READERS
 
 from can_signals.errors import SourceError
@@ -38,6 +41,8 @@ _log = logging.getLogger(__name__)
 
 _TEXT_FORMATS: Final = frozenset({".log", ".asc", ".trc"})
 _READ_ERRORS: Final = (ValueError, IndexError, KeyError, TypeError, OverflowError, AttributeError)
+#: What python-can's BLF reader raises on corrupt data, besides the errors above.
+_BINARY_ERRORS: Final = (EOFError, can.CanError, BLFParseError, zlib.error, struct.error)
 DEFAULT_BUS_NAME: Final = "can0"
 
 
@@ -134,6 +139,8 @@ class Replay:
         processor: Where the frames go; each log channel is a bus of that name.
         speed: 1 for real time, 2 for twice as fast, 0 for as fast as possible.
         on_done: Called from the worker thread when the log is finished or stopped.
+        after_frame: Called from the worker thread after each frame, outside the
+            processor's lock (where a replay may wait for its consumer).
     """
 
     def __init__(
@@ -142,6 +149,7 @@ class Replay:
         processor: FrameProcessor,
         speed: float = 1.0,
         on_done: Callable[[], None] = lambda: None,
+        after_frame: Callable[[], None] = lambda: None,
     ) -> None:
         if speed < 0:
             raise ValueError("speed must be >= 0")
@@ -149,6 +157,7 @@ class Replay:
         self._processor = processor
         self._speed = speed
         self._on_done = on_done
+        self._after_frame = after_frame
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = RateLimitedLog(_log, interval=10.0)
@@ -165,8 +174,13 @@ class Replay:
         if not self.path.is_file():
             raise SourceError(f"no such log file: {self.path}")
         try:
-            can.LogReader(self.path).stop()
-        except (ValueError, OSError, can.CanError) as err:
+            if self.path.suffix.lower() == ".blf":
+                # Our own handle: closed even when the reader refuses the file's header.
+                with self.path.open("rb") as handle:
+                    can.BLFReader(handle).stop()
+            else:
+                can.LogReader(self.path).stop()
+        except (OSError, *_READ_ERRORS, *_BINARY_ERRORS) as err:
             raise SourceError(f"cannot read log {self.path}: {err}") from err
 
     def start(self) -> None:
@@ -201,6 +215,7 @@ class Replay:
                     listener = inputs[msg.channel] = self._processor.bus(name)
                 listener(msg)
                 self.frames += 1
+                self._after_frame()
         except OSError as err:
             self.error = f"reading {self.path} failed: {err}"
             _log.error("%s", self.error)
@@ -234,7 +249,7 @@ class Replay:
         reader = can.LogReader(self.path)
         try:
             yield from reader
-        except (*_READ_ERRORS, EOFError, can.CanError) as err:
+        except (*_READ_ERRORS, *_BINARY_ERRORS) as err:
             # A binary log cannot be resynchronised after corrupt data: keep what we have.
             self.bad_lines += 1
             self.error = f"{self.path}: corrupt data after {self.frames} frames ({err})"
@@ -276,8 +291,12 @@ class _ResumableLines:
             self._header.pop()
 
     def resume(self) -> None:
-        """Serve the header again (once a frame was read) before the remaining lines."""
-        self._pending = list(reversed(self._header)) if self.started else []
+        """Serve the header again before the remaining lines, for a new reader."""
+        if not self.started and self._header:
+            # Before the first frame the malformed line was taken for header: drop it, or
+            # every new reader would choke on it again (an endless loop).
+            self._header.pop()
+        self._pending = list(reversed(self._header))
 
     def close(self) -> None:
         """Readers close their file when done; the replay owns the handle."""
