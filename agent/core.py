@@ -34,7 +34,14 @@ from agent.fault_engine import DtcCatalogue
 from agent.flows import Flows
 from agent.ids import IdFactory
 from agent.plan import DAY, ServiceHistory, ServicePlan
-from agent.policy import CardChange, CardManager, ChangeType, ManagerSnapshot, PolicyConfig
+from agent.policy import (
+    CardChange,
+    CardManager,
+    ChangeType,
+    ManagerSnapshot,
+    PolicyConfig,
+    moving_allowed,
+)
 from agent.reactions import Reactions
 from agent.rule_engine import CardSpec, RuleEngine, Targets
 from agent.rule_model import RuleSetDocument
@@ -164,11 +171,15 @@ class Agent:
         now = self._now(wall, monotonic)
         self.reactions.check_maintenance(now)
         self.flows.tick(now)
+        marks = self.rules.time_marks
         specs = self.rules.on_tick(
             self._facts({}, now), now.wall, trusted=now.trusted, tier=self._tier()
         )
         if specs:
             self._post_all(specs, now)
+        if specs or self.rules.time_marks != marks:
+            # A day used up without a card must be persisted too: else a restart
+            # brings the rule's time round again the same day.
             self._out.dirty.add("rules")
         self.reactions.birthday(now)
         return self._finish(now)
@@ -438,7 +449,7 @@ class Agent:
             self._card_event("card.created", stored, now)
         else:
             self._card_event("card.updated", stored, now)
-            if stored.state is CardState.VISIBLE:
+            if self._on_screen(stored):
                 self._out.changes.append(CardChange(ChangeType.UPDATED, stored))
         return stored
 
@@ -446,8 +457,18 @@ class Agent:
         """Store a changed open card and tell the HMI if it is on screen."""
         self.cards.replace_card(card)
         self._out.dirty.add("cards")
-        if card.state is CardState.VISIBLE:
+        if self._on_screen(card):
             self._out.changes.append(CardChange(ChangeType.UPDATED, card))
+
+    def _on_screen(self, card: Card) -> bool:
+        """Whether an update of ``card`` may be shown now.
+
+        A visible card whose new version a moving driver may not see (a fault downgraded
+        to parked-only) gets no update: the policy withdraws it in :meth:`_finish`.
+        """
+        return card.state is CardState.VISIBLE and (
+            not self.vehicle.driving or moving_allowed(card)
+        )
 
     def _snooze(self, card: Card, now: Now) -> None:
         days, km = self.config.snooze_s / DAY, self.config.snooze_km

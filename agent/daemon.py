@@ -44,6 +44,8 @@ _log = logging.getLogger(__name__)
 
 #: After a failed commit, wait this long before retrying.
 COMMIT_RETRY_S: Final = 1.0
+#: At shutdown, a store that keeps failing is given up on after this many tries.
+CLOSING_RETRIES: Final = 3
 #: A loop that has not made progress for this long stops the watchdog.
 STALL_S: Final = 30.0
 
@@ -87,7 +89,10 @@ class Daemon:
         self._pipeline: SignalPipeline | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: list[_Pending] = []
+        self._last_done: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
+        self._closing = False
+        self._committer: asyncio.Task[None] | None = None
         self._heartbeats: dict[str, float] = {}
         self.boot_id = str(uuid.uuid4())
         self.open_report: OpenReport | None = None
@@ -144,7 +149,7 @@ class Daemon:
             await self._pipeline.start()
             self._tasks.append(asyncio.create_task(self._consume_signals(), name="signals"))
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
-        self._tasks.append(asyncio.create_task(self._commit_loop(), name="commit"))
+        self._committer = asyncio.create_task(self._commit_loop(), name="commit")
         interval = watchdog_interval()
         if interval is not None:
             self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
@@ -236,7 +241,13 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        await self._flush()
+        # The committer is never cancelled (a commit cut short would leave its batch
+        # unaccounted for): it drains what is pending and returns.
+        self._closing = True
+        self._wake.set()
+        if self._committer is not None:
+            await self._committer
+            self._committer = None
         if self._store is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
             self._store = None
@@ -263,6 +274,7 @@ class Daemon:
         sections = state_codec.encode(self.agent, output.dirty) if output.dirty else {}
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(output, sections, done))
+        self._last_done = done
         self._wake.set()
         return done
 
@@ -279,9 +291,8 @@ class Daemon:
 
     async def settle(self) -> None:
         """Wait until everything submitted so far is committed and shown."""
-        while self._pending:
-            done = self._pending[-1].done
-            await done
+        if self._last_done is not None:
+            await asyncio.shield(self._last_done)
 
     async def _consume_signals(self) -> None:
         assert self._pipeline is not None
@@ -303,13 +314,14 @@ class Daemon:
     # -- commits ------------------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
-        while True:
+        while not (self._closing and not self._pending):
             self._beat("commit")
             await self._wake.wait()
             self._wake.clear()
             await self._flush()
 
     async def _flush(self) -> None:
+        failures = 0
         while self._pending:
             batch, self._pending = self._pending, []
             events = [e for p in batch for e in p.output.events]
@@ -323,18 +335,23 @@ class Daemon:
                     self._executor, store.commit, events, sections, self._wall()
                 )
             except StoreError as err:
-                _log.error("commit of %d events failed: %s; retrying", len(events), err)
-                self._pending[:0] = batch
-                await asyncio.sleep(COMMIT_RETRY_S)
-                continue
-            self.commits += 1
-            self._beat("commit")
+                failures += 1
+                if self._closing and failures >= CLOSING_RETRIES:
+                    _log.critical("giving up on %d events at shutdown: %s", len(events), err)
+                else:
+                    _log.error("commit of %d events failed: %s; retrying", len(events), err)
+                    self._pending[:0] = batch
+                    await asyncio.sleep(COMMIT_RETRY_S)
+                    continue
+            else:
+                self.commits += 1
+                self._beat("commit")
             changes = [c for p in batch for c in p.output.changes]
+            if changes:
+                await self._show(changes)
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_result(None)
-            if changes:
-                await self._show(changes)
 
     async def _show(self, changes: list[CardChange]) -> None:
         for sink in self.sinks:

@@ -166,6 +166,7 @@ class Flows:
         if status is BookingStatus.CONFIRMED:
             if booking.card_key == "maintenance" and booking.slot is not None:
                 self._agent.maintenance = mnt.on_booked(self._agent.maintenance, booking.slot.start)
+                self._agent.mark_dirty("maintenance")  # else a restart forgets the booking
             if card is not None:
                 self._agent.close(card, CloseReason.COMPLETED, now)
             self._agent.agent_event("booking_confirmed", attrs, now)
@@ -183,15 +184,16 @@ class Flows:
         lead = self._agent.config.booking_reminder_s
         for booking in list(self._bookings.values()):
             slot = booking.slot
-            if booking.status is not BookingStatus.CONFIRMED or slot is None or booking.reminded:
+            if booking.status is not BookingStatus.CONFIRMED or slot is None:
                 continue
-            if slot.start - lead <= now.wall < slot.start:
+            if now.wall >= slot.start + 86_400:
+                # The visit is history, reminded or not (a reminded booking used to stay).
+                del self._bookings[booking.card_key]
+                self._agent.mark_dirty("flows")
+            elif not booking.reminded and slot.start - lead <= now.wall < slot.start:
                 self._bookings[booking.card_key] = replace(booking, reminded=True)
                 self._agent.mark_dirty("flows")
                 self._agent.agent_event("booking_reminder", self._booking_attrs(booking), now)
-            elif now.wall >= slot.start + 86_400:
-                del self._bookings[booking.card_key]  # the visit is history
-                self._agent.mark_dirty("flows")
 
     def _booking_attrs(self, booking: Booking) -> dict[str, ArgValue]:
         slot = booking.slot

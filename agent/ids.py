@@ -7,6 +7,7 @@ the decision code stays deterministic under test.
 
 from __future__ import annotations
 
+import math
 import secrets
 import uuid
 from collections.abc import Callable
@@ -42,7 +43,10 @@ class IdFactory:
 
     def new(self, unix_time: float) -> str:
         """A new id for a moment given in seconds since the epoch."""
-        unix_ms = max(0, int(unix_time * 1000))
+        # Clamped to the 48-bit field: a wildly wrong clock must not make ids fail.
+        millis = unix_time * 1000
+        ceiling = (1 << 48) - 1
+        unix_ms = int(min(max(0.0, millis), ceiling)) if math.isfinite(millis) else ceiling
         if unix_ms <= self._last_ms:
             # Same (or an earlier, untrusted) millisecond: count in the 12-bit field
             # (RFC 9562 method 1), borrowing the next millisecond when it overflows.

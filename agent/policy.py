@@ -221,8 +221,10 @@ class CardManager:
                 self._cards[card.id] = replace(
                     card, state=CardState.QUEUED, snooze_until=None, snooze_until_odometer=None
                 )
-        chosen = self._choose(driving=driving, now=now)
+        # Prune the rolling window before choosing, so a card held by a cap shows as
+        # soon as the window has passed (not one refresh later).
         self._shown_log = [(k, t) for k, t in self._shown_log if now - t < DAY]
+        chosen = self._choose(driving=driving, now=now)
         for card in list(self._cards.values()):
             if card.state is CardState.SNOOZED:
                 continue

@@ -40,9 +40,12 @@ class Reactions:
         if t is veh.Transition.ODOMETER_CHANGED:
             self._agent.mark_dirty("vehicle")
             recheck = True
+            before = self._agent.maintenance
             self._agent.maintenance, reached = mnt.milestone(
-                self._agent.plan, self._agent.maintenance, self._agent.vehicle.odometer_m
+                self._agent.plan, before, self._agent.vehicle.odometer_m
             )
+            if self._agent.maintenance is not before:
+                self._agent.mark_dirty("maintenance")  # the milestone mark moved
             if reached is not None:
                 self._scene(
                     "odometer_milestone", f"milestone:{reached:.0f}", now, milestone_km=reached
@@ -65,6 +68,9 @@ class Reactions:
             session = int(self._agent.scenes.get("charging_sessions", 0)) + 1
             self._agent.scenes["charging_sessions"] = session
             self._agent.scenes["charge_start"] = [now.wall, change.detail.get("soc")]
+            # The session counter names the scene's occurrence: a counter lost at a
+            # restart would reuse an occurrence already offered, and offer nothing.
+            self._agent.mark_dirty("vehicle")
             self._scene("charging_started", f"charging:{session}", now)
         elif t is veh.Transition.CHARGING_STOPPED:
             self._charging_summary(change, now)
@@ -241,6 +247,7 @@ class Reactions:
         start = self._agent.scenes.pop("charge_start", None)
         if not start:
             return
+        self._agent.mark_dirty("vehicle")
         started, soc = start
         self._agent.note(
             "charging.session",

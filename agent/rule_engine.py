@@ -169,6 +169,15 @@ class RuleEngine:
             for event in rule.closes_on:
                 self._closers[event].append(rule)
 
+    @property
+    def time_marks(self) -> tuple[int | None, ...]:
+        """The local day each time-of-day rule last came due (part of the persisted state).
+
+        A rule's day is used up when its time comes, whether or not its conditions let it
+        fire; the agent compares these around :meth:`on_tick` to know when to persist.
+        """
+        return tuple(self._state[r.id].last_day for r in self._timed)
+
     def watches(self, path: str) -> bool:
         """Whether any rule is triggered by ``path``."""
         return path in self._by_signal
@@ -354,7 +363,9 @@ def _compare(actual: Any, op: str, expected: Any) -> bool:  # noqa: PLR0911 - an
     if op == "not_in":
         return actual not in expected
     if op == "contains":
-        return isinstance(actual, tuple | list | str) and expected in actual
+        if isinstance(actual, str):  # `3 in "abc"` raises: a mismatch is simply false
+            return isinstance(expected, str) and expected in actual
+        return isinstance(actual, tuple | list) and expected in actual
     if _is_number(actual) and _is_number(expected):
         return _ORDER[op](actual, expected)
     if isinstance(actual, str) and isinstance(expected, str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -58,6 +59,104 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
+def _number(value: Any) -> float | None:
+    """A number (or ``None``) read back; anything else makes the section malformed.
+
+    Sections are checked here, not where the values are used: a wrong type that got
+    through would fail every input that touches it, long after the start.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"not a finite number: {value!r}")
+    return float(value)
+
+
+#: No trusted time can be later than this (the year 2200): a larger mark is corruption.
+_LATEST_EPOCH: Final = 7_258_118_400.0
+
+
+def _epoch(value: Any) -> float | None:
+    """A trusted-time mark read back: a plausible time since the epoch, or ``None``."""
+    number = _number(value)
+    if number is not None and not 0 <= number <= _LATEST_EPOCH:
+        raise ValueError(f"not a plausible time: {number!r}")
+    return number
+
+
+def _time(value: Any) -> float:
+    """A time (seconds since the epoch) read back: a number, never ``None``."""
+    number = _number(value)
+    if number is None:
+        raise TypeError("a time is missing")
+    return number
+
+
+def _integer(value: Any) -> int | None:
+    """An integer (or ``None``) read back."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"not an integer: {value!r}")
+    return value
+
+
+def _text(value: Any) -> str:
+    """A string read back."""
+    if not isinstance(value, str):
+        raise TypeError(f"not a string: {value!r}")
+    return value
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A JSON object read back (``dict()`` would also take a list of pairs)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"not an object: {value!r}")
+    return value
+
+
+def _strings(value: Any) -> dict[str, str]:
+    """A JSON object of strings read back."""
+    return {k: _text(v) for k, v in _object(value).items()}
+
+
+def _pair(value: Any) -> list[Any] | None:
+    """A ``[time, value]`` pair of the scenes (``None`` if absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise TypeError(f"not a [time, value] pair: {value!r}")
+    _time(value[0])
+    return value
+
+
+def _scenes(data: Any) -> dict[str, Any]:
+    scenes = dict(_object(data))
+    for key in ("cycle_start", "charge_start"):
+        if key in scenes and _pair(scenes[key]) is None:
+            del scenes[key]
+    if "cycle_start" in scenes:
+        _integer(scenes["cycle_start"][1])
+    if "charge_start" in scenes:
+        _number(scenes["charge_start"][1])
+    if "charging_sessions" in scenes and _integer(scenes["charging_sessions"]) is None:
+        del scenes["charging_sessions"]
+    return scenes
+
+
+def _rule_state(data: Any) -> dict[str, dict[str, Any]]:
+    return {
+        _text(rule_id): {
+            "fired": [_time(t) for t in raw.get("fired", [])],
+            "total": _integer(raw.get("total", 0)) or 0,
+            "last_fired": _number(raw.get("last_fired")),
+            "edge": raw.get("edge") is True,
+            "last_day": _integer(raw.get("last_day")),
+        }
+        for rule_id, raw in _object(data).items()
+    }
+
+
 def encode(agent: Agent, sections: set[str] | None = None) -> dict[str, str]:
     """The JSON of the given sections (all if ``None``)."""
     state = agent.state()
@@ -74,7 +173,9 @@ def decode(sections: Mapping[str, str]) -> AgentState:
             continue
         try:
             values.update(decoder(json.loads(text)))
-        except (ValueError, TypeError, KeyError) as err:
+        except (ValueError, TypeError, LookupError, AttributeError) as err:
+            # LookupError, AttributeError: valid JSON of the wrong shape (a list where an
+            # object was, a pair with one element).
             _log.error("state section %r does not decode (%s): starting it afresh", name, err)
     return AgentState(**values)
 
@@ -133,27 +234,27 @@ def card_to_json(card: Card) -> dict[str, Any]:
 def card_from_json(data: Mapping[str, Any]) -> Card:
     """A card from :func:`card_to_json`'s form."""
     return Card(
-        id=data["id"],
-        key=data["key"],
+        id=_text(data["id"]),
+        key=_text(data["key"]),
         kind=CardKind[data["kind"]],
         urgency=Urgency[data["urgency"]],
         display=Display[data["display"]],
         title=Text.from_json(data["title"]),
         body=Text.from_json(data["body"]),
         template=data["template"],
-        created=float(data["created"]),
+        created=float(_number(data["created"]) or 0.0),
         category=Category(data["category"]),
         priority=int(data["priority"]),
         args={k: _arg_from_json(v) for k, v in data["args"].items()},
         actions=tuple(Action(a["key"], Text.from_json(a["label"])) for a in data["actions"]),
-        expires=data["expires"],
+        expires=_number(data["expires"]),
         rule=data["rule"],
         state=CardState[data["state"]],
         pending=bool(data["pending"]),
         shown=bool(data["shown"]),
-        posted_at=data["posted_at"],
-        snooze_until=data["snooze_until"],
-        snooze_until_odometer=data["snooze_until_odometer"],
+        posted_at=_number(data["posted_at"]),
+        snooze_until=_number(data["snooze_until"]),
+        snooze_until_odometer=_integer(data["snooze_until_odometer"]),
         close_reason=CloseReason[data["close_reason"]],
     )
 
@@ -195,10 +296,10 @@ def _booking_json(b: Booking) -> dict[str, Any]:
 
 def _booking(d: Mapping[str, Any]) -> Booking:
     return Booking(
-        card_key=d["card_key"],
+        card_key=_text(d["card_key"]),
         items=tuple(d["items"]),
         status=BookingStatus(d["status"]),
-        slots_request=d["slots_request"],
+        slots_request=_text(d["slots_request"]),
         slots=tuple(s for s in (_slot(x) for x in d["slots"]) if s is not None),
         request_id=d["request_id"],
         slot=_slot(d["slot"]),
@@ -225,10 +326,10 @@ def _maintenance(d: Mapping[str, Any]) -> mnt.MaintenanceState:
     return mnt.MaintenanceState(
         records=tuple(ServiceRecord.model_validate(r) for r in d.get("records", [])),
         notified=mnt.ItemState[d.get("notified", "OK")],
-        notified_items=tuple(d.get("notified_items", [])),
+        notified_items=tuple(_text(i) for i in d.get("notified_items", [])),
         dismissed_at=(float(dismissed[0]), int(dismissed[1])) if dismissed else None,
-        booked_until=d.get("booked_until"),
-        last_milestone_km=d.get("last_milestone_km"),
+        booked_until=_number(d.get("booked_until")),
+        last_milestone_km=_number(d.get("last_milestone_km")),
         last_states={k: mnt.ItemState[v] for k, v in d.get("last_states", {}).items()},
     )
 
@@ -285,28 +386,31 @@ _ENCODERS: Final[dict[str, Callable[[AgentState], Any]]] = {
 
 _DECODERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
     "vehicle": lambda d: {
-        "odometer_m": d.get("odometer_m"),
+        "odometer_m": _integer(d.get("odometer_m")),
         "drive_cycle": int(d.get("drive_cycle", 0)),
-        "scenes": dict(d.get("scenes", {})),
+        "scenes": _scenes(d.get("scenes", {})),
     },
-    "clock": lambda d: {"clock": ClockState(last_trusted=d.get("last_trusted"))},
+    "clock": lambda d: {"clock": ClockState(last_trusted=_epoch(d.get("last_trusted")))},
     "plan": lambda d: {"plan": None if d is None else ServicePlan.model_validate(d)},
     "catalogue": lambda d: {"catalogue": None if d is None else DtcCatalogue.model_validate(d)},
     "maintenance": lambda d: {"maintenance": _maintenance(d)},
-    "faults": lambda d: {"announced": dict(d.get("announced", {}))},
-    "wallet": lambda d: {"wallet": _wallet(d.get("wallet")), "offered": dict(d.get("offered", {}))},
+    "faults": lambda d: {"announced": _strings(d.get("announced", {}))},
+    "wallet": lambda d: {
+        "wallet": _wallet(d.get("wallet")),
+        "offered": _strings(d.get("offered", {})),
+    },
     "consent": lambda d: {"consent": ConsentState.from_json(d)},
     "rules": lambda d: {
         "cloud_rules": None
         if d.get("cloud") is None
         else RuleSetDocument.model_validate(d["cloud"]),
-        "rule_state": dict(d.get("state", {})),
+        "rule_state": _rule_state(d.get("state", {})),
     },
     "cards": lambda d: {"cards": _cards(d)},
     "flows": lambda d: {
         "bookings": tuple(_booking(b) for b in d.get("bookings", [])),
         "redemptions": tuple(
-            Redemption(r["request_id"], r["coupon_id"], r["card_key"])
+            Redemption(_text(r["request_id"]), _text(r["coupon_id"]), _text(r["card_key"]))
             for r in d.get("redemptions", [])
         ),
     },

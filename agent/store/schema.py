@@ -83,7 +83,8 @@ def migrate(connection: sqlite3.Connection) -> int:
             MIGRATIONS[version](db)
             connection.execute(f"PRAGMA user_version = {version + 1}")
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:  # SQLite may have rolled back by itself
+                connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
     return current

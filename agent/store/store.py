@@ -46,6 +46,12 @@ _EVICT: Final = (
     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE evictable = 1 AND state = 0 "
     "ORDER BY priority ASC, rowid ASC LIMIT ?) RETURNING size"
 )
+#: Evicts, in the same order, the fewest rows that free at least ``?`` bytes.
+_EVICT_BYTES: Final = (
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM (SELECT id, size, SUM(size) OVER "
+    "(ORDER BY priority ASC, rowid ASC) AS running FROM outbox WHERE evictable = 1 AND "
+    "state = 0) WHERE running - size < ?) RETURNING size"
+)
 _UPSERT_STATE: Final = (
     "INSERT INTO state (section, value, updated) VALUES (?, ?, ?) "
     "ON CONFLICT(section) DO UPDATE SET value = excluded.value, updated = excluded.updated"
@@ -147,15 +153,20 @@ class Store:
             raise StoreError(f"cannot create the store's directory {path.parent}: {err}") from err
         recovered: Path | None = None
         problem: str | None = None
+        connection: sqlite3.Connection | None = None
         try:
-            connection = _connect(path, limits)
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            _configure(connection, path, limits)
             problem = _check(connection)
         except sqlite3.DatabaseError as err:
-            connection, problem = None, f"cannot open: {err}"
+            problem = f"cannot open: {err}"
         if problem is not None:
+            # Moved while still open, then closed: closing first lets SQLite checkpoint
+            # into the damaged file and delete its -wal, the evidence to keep; and a
+            # handle left open would later delete the fresh store's -wal by name.
+            recovered = _move_aside(path)
             if connection is not None:
                 connection.close()
-            recovered = _move_aside(path)
             _log.error(
                 "store %s is corrupt (%s); moved to %s, starting fresh", path, problem, recovered
             )
@@ -241,7 +252,7 @@ class Store:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._count, self._bytes = count, size
         if evicted_rows:
@@ -259,8 +270,12 @@ class Store:
         evicted, freed = 0, 0
         while count - evicted > limits.max_events or size - freed > limits.max_bytes:
             over_rows = count - evicted - limits.max_events
-            want = max(over_rows, 1, (size - freed - limits.max_bytes) // (EVENT_OVERHEAD * 4))
-            n, b = self._evict(want)
+            if over_rows > 0:
+                n, b = self._evict(over_rows)
+            else:
+                # By the bytes actually needed: guessing a row count from an average
+                # size evicted every evictable event when events were large.
+                n, b = self._evict_bytes(size - freed - limits.max_bytes)
             if n == 0:
                 break  # only requests left: they stay, whatever the budget says
             evicted, freed = evicted + n, freed + b
@@ -268,6 +283,10 @@ class Store:
 
     def _evict(self, limit: int) -> tuple[int, int]:
         sizes = [int(r[0]) for r in self._db.execute(_EVICT, (limit,)).fetchall()]
+        return len(sizes), sum(sizes)
+
+    def _evict_bytes(self, need: int) -> tuple[int, int]:
+        sizes = [int(r[0]) for r in self._db.execute(_EVICT_BYTES, (need,)).fetchall()]
         return len(sizes), sum(sizes)
 
     def load_sections(self) -> dict[str, str]:
@@ -323,7 +342,7 @@ class Store:
             ).fetchall()
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         if gone:
             self._count -= len(gone)
@@ -345,7 +364,7 @@ class Store:
             ]
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         sizes = [int(g[0]) for g in gone if g is not None]
         self._count -= len(sizes)
@@ -382,7 +401,7 @@ class Store:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         if row is not None:
             self._count -= 1
@@ -396,7 +415,7 @@ class Store:
             db.executemany(sql, params)  # type: ignore[arg-type]
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
 
     # -- tooling ------------------------------------------------------------------------
@@ -443,11 +462,21 @@ class Store:
             db.execute(f"DELETE FROM state WHERE section NOT IN ({marks})", keep)  # noqa: S608 - placeholders only
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._count = self._bytes = 0
         # Deleted rows stay in free pages until vacuumed: personal data must really go.
         db.execute("VACUUM")
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not done so already.
+
+    After SQLITE_FULL (and some I/O errors) SQLite may roll back by itself; a second
+    ROLLBACK would then raise "no transaction is active" and hide the real error.
+    """
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def _row(event: Event) -> tuple[object, ...]:
@@ -471,6 +500,15 @@ def _row(event: Event) -> tuple[object, ...]:
 
 def _connect(path: Path, limits: StoreLimits) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        _configure(connection, path, limits)
+    except sqlite3.DatabaseError:
+        connection.close()
+        raise
+    return connection
+
+
+def _configure(connection: sqlite3.Connection, path: Path, limits: StoreLimits) -> None:
     connection.execute("PRAGMA busy_timeout = 5000")
     mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
@@ -479,7 +517,6 @@ def _connect(path: Path, limits: StoreLimits) -> sqlite3.Connection:
     page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
     pages = max(1000, PAGE_HEADROOM * limits.max_bytes // page_size)
     connection.execute(f"PRAGMA max_page_count = {pages}")
-    return connection
 
 
 def _check(connection: sqlite3.Connection) -> str | None:

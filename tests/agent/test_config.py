@@ -1,0 +1,185 @@
+"""The daemon's settings: TOML file, environment overrides, and what happens when they are wrong."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.config import DEFAULT_STATE_DIR, ConfigError, DaemonSettings, load_settings
+from agent.consent import Category
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("TOUCHPOINT_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "touchpoint.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_no_file_is_the_defaults() -> None:
+    settings, problems = load_settings(None)
+    assert problems == []
+    assert settings == DaemonSettings()
+    assert settings.store.path == DEFAULT_STATE_DIR / "touchpoint.db"
+    assert settings.can is None
+    assert settings.policy.quiet_hours == (22, 7)
+
+
+def test_a_missing_file_is_reported_and_the_defaults_used(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    settings, problems = load_settings(missing)
+    assert settings == DaemonSettings()
+    [problem] = problems
+    assert str(missing) in problem
+    assert "cannot read" in problem
+
+
+def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[store]\npath = "/tmp/x.db"\nmax_events = = 3\n')
+    settings, problems = load_settings(path)
+    assert settings == DaemonSettings()
+    [problem] = problems
+    assert "not valid TOML" in problem
+    assert "line 3" in problem
+
+
+def test_a_good_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+tick_seconds = 0.5
+[vehicle]
+id = "car-7"
+model = "sedan"
+[store]
+path = "{tmp_path / "db.sqlite"}"
+max_events = 500
+[policy]
+max_visible = 2
+quiet_hours = [23, 6]
+utc_offset_minutes = 60
+[consent.defaults]
+vehicle_health = true
+marketing_benefits = false
+[can]
+mapping = "mapping.yaml"
+dbc = [{{file = "car.dbc"}}]
+buses = [{{name = "body", interface = "virtual", channel = "vc0"}}]
+""",
+    )
+    settings, problems = load_settings(path)
+    assert problems == []
+    assert settings.tick_seconds == 0.5
+    assert settings.vehicle.id == "car-7"
+    assert settings.store.path == tmp_path / "db.sqlite"
+    assert settings.store.max_events == 500
+    assert settings.policy.quiet_hours == (23, 6)
+    assert settings.consent.defaults == {
+        Category.VEHICLE_HEALTH: True,
+        Category.MARKETING: False,
+    }
+    assert settings.can is not None
+    assert settings.can.buses[0].channel == "vc0"
+
+
+def test_wrong_values_fall_back_to_defaults_one_by_one(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+tick_seconds = 600
+surprise = 1
+[vehicle]
+id = "has spaces"
+model = "ok-model"
+[store]
+max_events = 5
+max_bytes = 100000000
+[policy]
+max_visible = 0
+quiet_hours = [25, 7]
+""",
+    )
+    settings, problems = load_settings(path)
+    defaults = DaemonSettings()
+    assert settings.tick_seconds == defaults.tick_seconds
+    assert settings.vehicle.id == defaults.vehicle.id
+    assert settings.vehicle.model == "ok-model"  # the good neighbour stays
+    assert settings.store.max_events == defaults.store.max_events
+    assert settings.store.max_bytes == 100_000_000
+    assert settings.policy.max_visible == defaults.policy.max_visible
+    assert settings.policy.quiet_hours == defaults.policy.quiet_hours
+    reported = {p.split(": ")[1] for p in problems}
+    assert reported == {
+        "tick_seconds",
+        "surprise",
+        "vehicle.id",
+        "store.max_events",
+        "policy.max_visible",
+        "policy.quiet_hours.0",  # the element that is wrong; the whole pair is reset
+    }
+    assert all(p.startswith(str(path)) and p.endswith("using the default") for p in problems)
+
+
+def test_a_can_section_missing_a_required_value_is_dropped(tmp_path: Path) -> None:
+    path = write(tmp_path, '[can]\ndbc = [{file = "car.dbc"}]\n[store]\nmax_events = 1000\n')
+    settings, problems = load_settings(path)
+    assert settings.can is None
+    assert settings.store.max_events == 1000
+    [problem] = problems
+    assert "can.mapping" in problem
+    assert "required" in problem.lower()
+
+
+def test_a_bad_dbc_entry_drops_the_can_section(tmp_path: Path) -> None:
+    path = write(tmp_path, '[can]\nmapping = "m.yaml"\ndbc = [{bus = "x"}]\n')
+    settings, problems = load_settings(path)
+    assert settings.can is None
+    assert any("can.dbc.0.file" in p for p in problems)
+
+
+def test_the_environment_overrides_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path, '[store]\npath = "/from/file.db"\nmax_events = 700\n[vehicle]\nmodel = "file"\n'
+    )
+    monkeypatch.setenv("TOUCHPOINT_STORE__PATH", str(tmp_path / "env.db"))
+    monkeypatch.setenv("TOUCHPOINT_VEHICLE__MARKET", "EU")
+    monkeypatch.setenv("TOUCHPOINT_TICK_SECONDS", "2.5")
+    settings, problems = load_settings(path)
+    assert problems == []
+    assert settings.store.path == tmp_path / "env.db"
+    assert settings.store.max_events == 700  # the file's other values stay
+    assert settings.vehicle.model == "file"
+    assert settings.vehicle.market == "EU"
+    assert settings.tick_seconds == 2.5
+
+
+def test_the_environment_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TOUCHPOINT_STORE__PATH", str(tmp_path / "only-env.db"))
+    settings, problems = load_settings(None)
+    assert problems == []
+    assert settings.store.path == tmp_path / "only-env.db"
+
+
+def test_a_wrong_value_in_the_environment_stops_the_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOUCHPOINT_POLICY__MAX_VISIBLE", "99")
+    with pytest.raises(ConfigError, match=r"policy\.max_visible"):
+        load_settings(None)
+
+
+def test_a_file_that_is_not_utf8_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[vehicle]\nmodel = "Größe"\n'.encode("latin-1"))
+    settings, problems = load_settings(path)
+    assert settings == DaemonSettings()
+    [problem] = problems
+    assert "not valid TOML" in problem
