@@ -158,11 +158,26 @@ def _layout(key: int, message: Message, bindings: Sequence[SignalBinding]) -> Fr
     if reduced.is_multiplexed():
         plain = [s for s in signals if s.multiplexer_ids is None and not s.is_multiplexer]
         unmultiplexed = _cut_down(message, plain)
+    return FrameLayout(key, reduced, tuple(bindings), _bits_mask(signals), unmultiplexed)
+
+
+def route_mask(binding: SignalBinding) -> int:
+    """The bits a binding's value depends on.
+
+    Its signal, the signals its expression reads, and the multiplexers selecting them.
+    """
+    wanted: dict[str, Signal] = {}
+    for name in (binding.signal.name, *binding.reads):
+        _add_with_multiplexers(binding.message, name, wanted)
+    return _bits_mask(wanted.values())
+
+
+def _bits_mask(signals: Iterable[Signal]) -> int:
     mask = 0
     for signal in signals:
         for bit in signal_bits(signal):
             mask |= 1 << bit
-    return FrameLayout(key, reduced, tuple(bindings), mask, unmultiplexed)
+    return mask
 
 
 def _cut_down(message: Message, signals: list[Signal]) -> Message:

@@ -33,6 +33,8 @@ from can_signals.update import SignalUpdate
 
 _log = logging.getLogger(__name__)
 
+#: The consumer gathers updates for this long after a wake-up (see UpdateStream).
+COALESCE_S: Final = 0.005
 #: How often a live pipeline looks for signals that stopped while the bus is silent.
 SILENCE_TICK: Final = 0.5
 
@@ -121,7 +123,7 @@ class SignalPipeline:
             SourceError: If a bus or the log cannot be opened.
         """
         loop = asyncio.get_running_loop()
-        self._stream = UpdateStream(loop, self._capacity)
+        self._stream = UpdateStream(loop, self._capacity, coalesce=COALESCE_S)
         if self._replay_path is not None:
             replay = Replay(
                 self._replay_path, self.processor, self._speed,

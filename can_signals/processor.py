@@ -2,12 +2,19 @@
 
 Per frame the work is, in order, and stops as early as it can:
 
-1. look the frame key up in the bus's table (unmapped frames stop here);
-2. mask the payload with the bits of the mapped signals and compare with the last
-   frame of that ID: when nothing mapped changed and no periodic update is due, stop;
-3. decode with the cut-down cantools message (only the mapped signals, no choices);
-4. per route: KUKSA's ``interval_ms`` / ``on_change`` rules, the converter, the
-   plausibility guards, and the hand-off.
+1. look the frame key up in the bus's table (unmapped frames stop here, without the
+   processor's lock);
+2. when no route's interval has come due and the bits of the every-change routes are
+   what they were, stop;
+3. per route that is due: compare the route's own bits with those it last converted;
+   only if they differ, decode (once per frame, with the cut-down cantools message:
+   only the mapped signals, no choices) and run KUKSA's ``on_change`` rule, the
+   converter, the plausibility guards and the hand-off.
+
+Comparing with the bits a route last *converted* (not with the previous frame) is what
+keeps KUKSA's semantics exact: a value that changed while its route waited for its
+interval is still seen when the interval comes due, even if the frames since were
+identical.
 
 All timing uses the frames' own timestamps, so a replay gives the same updates at any
 speed. Staleness is checked on the same clock as frames arrive, and by
@@ -30,7 +37,7 @@ from typing import Final
 import can
 from cantools.database.errors import DecodeError
 
-from can_signals.binding import Binding, FrameLayout, SignalBinding, frame_key
+from can_signals.binding import Binding, FrameLayout, SignalBinding, frame_key, route_mask
 from can_signals.catalogue import LAMP_PREFIX, ODOMETER, SPEED
 from can_signals.convert import Rejected
 from can_signals.faults import FaultAssembler
@@ -72,8 +79,9 @@ class _Route:
     """Runtime state of one binding on one bus."""
 
     __slots__ = (
-        "behind", "binding", "convert", "interval", "kind", "last_present", "last_time",
-        "on_change", "path", "present", "scale", "signal", "stale_after", "unit", "value",
+        "binding", "convert", "due", "interval", "kind", "last_bits", "last_len",
+        "last_present", "mask", "on_change", "path", "present", "scale", "signal",
+        "stale_after", "unit", "value",
     )  # fmt: skip
 
     def __init__(self, binding: SignalBinding) -> None:
@@ -89,21 +97,23 @@ class _Route:
         self.on_change = True if binding.kind == "dtc" else entry.on_change
         self.stale_after = binding.stale_seconds
         self.scale = float(binding.signal.scale)
-        self.last_time = -math.inf
+        self.mask = route_mask(binding)
+        # When the interval allows the next look (KUKSA's time condition).
+        self.due = -math.inf
+        # The bits (and frame length) last converted; None: look at the next frame.
+        self.last_bits: int | None = None
+        self.last_len = -1
         self.value: SignalValue | None = None
         self.present = False
         self.last_present = -math.inf
-        # A frame changed while this route waited for its interval: when it is due, it
-        # must look at the frame's values even if the frames since are identical.
-        self.behind = False
 
 
 class _Plan:
     """Runtime state of one mapped CAN ID on one bus."""
 
     __slots__ = (
-        "bus", "decode", "last_bits", "last_len", "last_seen", "length", "mask", "name",
-        "next_due", "routes", "values",
+        "bus", "decode", "last_len", "last_seen", "length", "name", "next_due", "routes",
+        "watch_bits", "watch_mask",
     )  # fmt: skip
 
     def __init__(self, layout: FrameLayout, bus: str) -> None:
@@ -111,13 +121,17 @@ class _Plan:
         self.bus = bus
         self.name = message.name
         self.length = message.length
-        self.mask = layout.mask
         self.routes = tuple(_Route(b) for b in layout.bindings)
-        self.last_bits: int | None = None
+        # The bits of the routes that look at every change (interval 0, on change): a
+        # frame where they are unchanged and no interval is due needs no work at all.
+        self.watch_mask = 0
+        for route in self.routes:
+            if not route.interval and route.on_change:
+                self.watch_mask |= route.mask
+        self.watch_bits: int | None = None
         self.last_len = -1
         self.last_seen = -math.inf
         self.next_due = -math.inf
-        self.values: Mapping[str, float | int] = {}
         decode_simple = message.decode_simple
         unmultiplexed = layout.unmultiplexed
 
@@ -136,34 +150,60 @@ class _Plan:
 
 
 class BusInput:
-    """Receives the frames of one named bus; a python-can listener (callable)."""
+    """Receives the frames of one named bus; a python-can listener (callable).
 
-    __slots__ = ("_processor", "_table", "name")
+    One thread feeds one bus (its Notifier's reader, or the replay), so the counters
+    here need no lock, and neither does the table look-up that ends an unmapped frame.
+    """
+
+    __slots__ = (
+        "_processor", "_table", "error_or_remote", "frames", "name", "unmapped", "without_dbc",
+    )  # fmt: skip
 
     def __init__(self, processor: FrameProcessor, name: str, table: dict[int, _Plan]) -> None:
         self._processor = processor
         self._table = table
         self.name = name
+        self.frames = 0
+        self.unmapped = 0
+        self.without_dbc = 0
+        self.error_or_remote = 0
 
     def __call__(self, msg: can.Message) -> None:
         """Process one frame (the python-can ``Listener`` protocol)."""
+        self.frames += 1
+        key = msg.arbitration_id | 0x8000_0000 if msg.is_extended_id else msg.arbitration_id
+        plan = self._table.get(key)
         processor = self._processor
+        if plan is None:
+            if self._table:
+                self.unmapped += 1
+            else:
+                self.without_dbc += 1
+            # Other traffic still moves the clock: mapped IDs that stopped go stale.
+            timestamp = msg.timestamp
+            processor.latest_timestamp = timestamp
+            if timestamp >= processor.next_stale_check:
+                with processor.lock:
+                    processor.advance_clock(timestamp)
+            return
+        if msg.is_remote_frame or msg.is_error_frame:
+            self.error_or_remote += 1
+            return
+        timestamp, data = msg.timestamp, msg.data
+        # The common case, decided without the lock: nothing due, nothing watched changed.
+        # Only this bus's thread writes these fields; another thread may reset them (a
+        # stale signal), and this frame then simply takes the full path below or the next.
+        if (
+            timestamp < plan.next_due
+            and timestamp < processor.next_stale_check
+            and len(data) == plan.last_len == plan.length
+            and int.from_bytes(data, "little") & plan.watch_mask == plan.watch_bits
+        ):
+            plan.last_seen = processor.latest_timestamp = timestamp
+            return
         with processor.lock:
-            processor.frames += 1
-            key = msg.arbitration_id | 0x8000_0000 if msg.is_extended_id else msg.arbitration_id
-            plan = self._table.get(key)
-            if plan is None:
-                # Other traffic still moves the clock: mapped IDs that stopped go stale.
-                processor.advance_clock(msg.timestamp)
-                if self._table:
-                    processor.unmapped += 1
-                else:
-                    processor.without_dbc += 1
-                return
-            if msg.is_remote_frame or msg.is_error_frame:
-                processor.error_or_remote += 1
-                return
-            processor.frame(plan, msg.timestamp, msg.data)
+            processor.frame(plan, timestamp, data)
 
     def on_error(self, exc: Exception) -> None:
         """python-can calls this when the bus fails under a Notifier thread."""
@@ -182,15 +222,11 @@ class FrameProcessor:
         self._assembler = FaultAssembler(self._emit_counted)
         self._odometer = OdometerGuard()
         self._speed = SpeedGuard()
-        self._next_stale_check = -math.inf
+        self.next_stale_check = -math.inf
         self._rejections: Counter[tuple[str, str]] = Counter()
         self._log = RateLimitedLog(_log)
-        self.frames = 0
-        self.unmapped = 0
-        self.without_dbc = 0
         self.short_frames = 0
         self.long_frames = 0
-        self.error_or_remote = 0
         self.decodes = 0
         self.updates = 0
         self.latest_timestamp: float | None = None
@@ -215,6 +251,11 @@ class FrameProcessor:
             self._inputs[name] = bus_input
             return bus_input
 
+    @property
+    def frames(self) -> int:
+        """Frames received on every bus."""
+        return sum(i.frames for i in list(self._inputs.values()))
+
     def seed_odometer(self, metres: float) -> None:
         """Start from the odometer a previous run kept: lower readings are rejected."""
         with self.lock:
@@ -234,87 +275,115 @@ class FrameProcessor:
             else:
                 self.long_frames += 1
         previous_seen = plan.last_seen
-        plan.last_seen = timestamp
-        self.advance_clock(timestamp)
-        bits = int.from_bytes(data, "little") & plan.mask
-        if bits == plan.last_bits and length == plan.last_len:
-            if timestamp < plan.next_due:
-                return
-            changed = False
-        else:
-            try:
-                plan.values = plan.decode(data)
-            except (DecodeError, ValueError, KeyError, IndexError) as err:
-                plan.last_bits = None
-                self._reject(plan.name, DECODE_FAILED, f"{plan.name}: {err}")
-                return
-            self.decodes += 1
-            plan.last_bits, plan.last_len = bits, length
-            changed = True
-        self._run_routes(plan, timestamp, previous_seen, changed=changed)
+        plan.last_seen = self.latest_timestamp = timestamp
+        if timestamp >= self.next_stale_check:
+            self._check_stale(timestamp)
+        bits = int.from_bytes(data, "little")
+        if (
+            timestamp < plan.next_due
+            and length == plan.last_len
+            and bits & plan.watch_mask == plan.watch_bits
+        ):
+            return
+        plan.last_len = length
+        plan.watch_bits = bits & plan.watch_mask
+        self._run_routes(plan, timestamp, previous_seen, data, bits)
 
     def advance_clock(self, timestamp: float) -> None:
         """Note a frame's timestamp and look for stale signals when due (lock held)."""
         self.latest_timestamp = timestamp
-        if timestamp >= self._next_stale_check:
+        if timestamp >= self.next_stale_check:
             self._check_stale(timestamp)
 
-    def _run_routes(  # noqa: PLR0912 - the per-route rules read best in one place
-        self, plan: _Plan, timestamp: float, previous_seen: float, *, changed: bool
+    def _run_routes(
+        self,
+        plan: _Plan,
+        timestamp: float,
+        previous_seen: float,
+        data: bytes | bytearray,
+        bits: int,
     ) -> None:
-        values = plan.values
+        values: Mapping[str, float | int] | None = None
+        length = plan.last_len
         bus = plan.bus
         next_due = math.inf
         for route in plan.routes:
             if route.interval:
-                due = route.last_time + route.interval
-                if timestamp < due:
-                    next_due = min(next_due, due)
-                    route.behind = route.behind or changed
+                if timestamp < route.due:
+                    next_due = min(next_due, route.due)
                     continue
-                route.last_time = timestamp
-                next_due = min(next_due, timestamp + route.interval)
+                route.due = timestamp + route.interval
+                next_due = min(next_due, route.due)
             elif not route.on_change:
                 next_due = -math.inf
-            if not changed and not route.behind:
+            route_bits = bits & route.mask
+            if route_bits == route.last_bits and length == route.last_len:
+                # Nothing this route reads changed since it last converted.
                 if not route.on_change and route.value is not None:
                     self._emit_counted(
                         SignalUpdate(route.path, route.value, route.unit, timestamp, bus)
                     )
                 continue
-            route.behind = False
+            if values is None:
+                try:
+                    values = plan.decode(data)
+                except (DecodeError, ValueError, KeyError, IndexError) as err:
+                    plan.watch_bits = None
+                    self._reject(plan.name, DECODE_FAILED, f"{plan.name}: {err}")
+                    return
+                self.decodes += 1
+            route.last_bits, route.last_len = route_bits, length
             raw = values.get(route.signal)
             if raw is None:
                 if route.present:
                     route.present = False
                     route.last_present = previous_seen
-                if plan.last_len < plan.length:  # else another multiplexer branch
+                if length < plan.length:  # else another multiplexer branch
                     self._rejections[(TRUNCATED, route.path)] += 1
                 continue
             route.present = True
             route.last_present = timestamp
-            try:
-                value = route.convert(raw, values)
-            except Rejected as rejected:
-                plan.last_bits = None  # look at the next frame again, even if identical
-                self._reject(route.path, rejected.reason, str(rejected))
-                continue
-            if route.on_change and value == route.value:
-                continue
-            if route.kind == "dtc":
-                route.value = value
-                self._assembler.slot(id(route), value, timestamp, bus)  # type: ignore[arg-type]
-                continue
-            reason = self._implausible(route, value, raw, values, timestamp)
-            if reason is not None:
-                plan.last_bits = None
-                self._reject(route.path, reason, f"implausible value {value!r}")
-                continue
-            route.value = value
-            self._emit_counted(SignalUpdate(route.path, value, route.unit, timestamp, bus))
-            if route.kind == "lamp":
-                self._assembler.lamp(route.path[len(LAMP_PREFIX) :], bool(value), timestamp, bus)
+            self._convert(plan, route, raw, values, timestamp)
         plan.next_due = next_due
+
+    def _convert(
+        self,
+        plan: _Plan,
+        route: _Route,
+        raw: float | int,
+        values: Mapping[str, float | int],
+        timestamp: float,
+    ) -> None:
+        """Convert a route's raw value, check it, and publish it if it is news."""
+        try:
+            value = route.convert(raw, values)
+        except Rejected as rejected:
+            self._look_again(plan, route)
+            self._reject(route.path, rejected.reason, str(rejected))
+            return
+        if route.on_change and value == route.value:
+            return
+        bus = plan.bus
+        if route.kind == "dtc":
+            route.value = value
+            self._assembler.slot(id(route), value, timestamp, bus)  # type: ignore[arg-type]
+            return
+        reason = self._implausible(route, value, raw, values, timestamp)
+        if reason is not None:
+            self._look_again(plan, route)
+            self._reject(route.path, reason, f"implausible value {value!r}")
+            return
+        route.value = value
+        self._emit_counted(SignalUpdate(route.path, value, route.unit, timestamp, bus))
+        if route.kind == "lamp":
+            self._assembler.lamp(route.path[len(LAMP_PREFIX) :], bool(value), timestamp, bus)
+
+    @staticmethod
+    def _look_again(plan: _Plan, route: _Route) -> None:
+        """Make the next frame of the plan reach the route, even if identical."""
+        route.last_bits = None
+        plan.watch_bits = None
+        plan.next_due = -math.inf
 
     def _implausible(
         self,
@@ -351,7 +420,7 @@ class FrameProcessor:
             self._check_stale(now)
 
     def _check_stale(self, now: float) -> None:
-        self._next_stale_check = now + STALE_CHECK_PERIOD
+        self.next_stale_check = now + STALE_CHECK_PERIOD
         for plan in self._plans:
             for route in plan.routes:
                 if route.value is None or not route.stale_after or route.kind == "dtc":
@@ -360,7 +429,7 @@ class FrameProcessor:
                 if now - last <= route.stale_after:
                     continue
                 route.value = None
-                plan.last_bits = None  # the next frame is news, even if identical
+                self._look_again(plan, route)  # the next frame is news, even if identical
                 self._log.warning(
                     ("stale", route.path),
                     "%s is stale: no value for %.1f s",
@@ -384,15 +453,18 @@ class FrameProcessor:
         """A snapshot of the counters."""
         with self.lock:
             rejections = dict(self._rejections)
-            mapped = self.frames - self.unmapped - self.without_dbc
+            inputs = list(self._inputs.values())
+            frames = sum(i.frames for i in inputs)
+            unmapped = sum(i.unmapped for i in inputs)
+            without_dbc = sum(i.without_dbc for i in inputs)
             return ProcessorStats(
-                frames=self.frames,
-                mapped_frames=mapped,
-                unmapped_frames=self.unmapped,
-                frames_without_dbc=self.without_dbc,
+                frames=frames,
+                mapped_frames=frames - unmapped - without_dbc,
+                unmapped_frames=unmapped,
+                frames_without_dbc=without_dbc,
                 short_frames=self.short_frames,
                 long_frames=self.long_frames,
-                error_or_remote_frames=self.error_or_remote,
+                error_or_remote_frames=sum(i.error_or_remote for i in inputs),
                 decodes=self.decodes,
                 updates=self.updates,
                 rejections=rejections,

@@ -3,8 +3,9 @@
 Frames are decoded where they are received (python-can's Notifier thread for buses
 without a file descriptor, the event loop for socketcan), and only the resulting
 updates cross to the loop. Crossing costs one ``call_soon_threadsafe`` per *batch*: the
-producer only wakes the loop when the consumer is waiting, so a busy consumer drains
-many updates per wake-up.
+producer only wakes the loop when the consumer is waiting, and a consumer that was
+woken waits a few milliseconds (``coalesce``) before it drains, so a steady trickle of
+updates wakes the loop once per period rather than once per update.
 
 When the buffer is full a live bus cannot wait, so the oldest update is dropped and
 counted; a replay can, so its producer blocks until there is room (``block=True``).
@@ -26,9 +27,19 @@ DEFAULT_CAPACITY: Final = 10_000
 class UpdateStream(Generic[T]):
     """A bounded multi-producer, single-consumer queue from threads to an event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        capacity: int = DEFAULT_CAPACITY,
+        coalesce: float = 0.0,
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if coalesce < 0:
+            raise ValueError("coalesce must be >= 0")
+        # After a wake-up, wait this long before draining, so that a steady trickle of
+        # updates costs one wake-up per period instead of one per update.
+        self._coalesce = coalesce
         self._loop = loop
         self._capacity = capacity
         self._items: deque[T] = deque()
@@ -110,6 +121,8 @@ class UpdateStream(Generic[T]):
                 waiter = self._loop.create_future()
                 self._waiter = waiter
             await waiter
+            if self._coalesce and not self._closed:
+                await asyncio.sleep(self._coalesce)
 
     async def __aiter__(self) -> AsyncIterator[T]:
         """Iterate over items until the stream is closed and drained."""
