@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from can_signals.catalogue import DTC_COUNT, DTC_LIST
 from can_signals.update import SignalUpdate
 
 Emit = Callable[[SignalUpdate], None]
+#: A cycling code is held for this many rotations of the slot before it counts as gone.
+ROTATIONS_HELD: Final = 2.5
+ROTATION_DECAY: Final = 0.9
 
 
 @dataclass(slots=True)
@@ -26,6 +30,18 @@ class _Slot:
     last_seen: Callable[[], float]
     seen: dict[str, float] = field(default_factory=dict)
     current: tuple[str, ...] = ()
+    #: The longest recent gap between two sightings of one code: with N codes in turn
+    #: on a slot sent every T seconds, about N x T. A code is held for a few of these.
+    rotation: float = 0.0
+    #: The time between two codes on the slot, and when the last one came: before a
+    #: whole rotation has been seen, it is at least one step per code seen.
+    step: float = 0.0
+    last_change: float | None = None
+
+    def holds_for(self) -> float:
+        """How long a code may go unseen before it counts as cleared."""
+        rotation = max(self.rotation, (len(self.seen) + 1) * self.step)
+        return max(self.hold, ROTATIONS_HELD * rotation)
 
 
 class FaultAssembler:
@@ -47,7 +63,16 @@ class FaultAssembler:
         slot = self._slots[slot_id]
         if not codes:
             slot.seen.clear()
+            slot.rotation = slot.step = 0.0
+        if slot.last_change is not None:
+            slot.step = max(slot.step * ROTATION_DECAY, timestamp - slot.last_change)
+        slot.last_change = timestamp
         for code in codes:
+            previous = slot.seen.get(code)
+            if previous is not None and code not in slot.current:
+                # Back after the other codes had their turn: one rotation. The estimate
+                # decays, so it follows the list as it shrinks.
+                slot.rotation = max(slot.rotation * ROTATION_DECAY, timestamp - previous)
             slot.seen[code] = timestamp
         slot.current = codes
         self._publish(timestamp, bus)
@@ -71,7 +96,7 @@ class FaultAssembler:
             frame_seen = slot.last_seen()
             for code, seen in list(slot.seen.items()):
                 latest = max(seen, frame_seen) if code in slot.current else seen
-                if now - latest > slot.hold:
+                if now - latest > slot.holds_for():
                     del slot.seen[code]
                     changed = slot.bus
         if changed:

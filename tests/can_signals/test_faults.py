@@ -177,3 +177,21 @@ def test_a_three_byte_uds_code_drops_its_failure_type(make_harness: HarnessFacto
     harness.send("UDS_DTC", 0.0, DTC24=(0x0301 << 8) | 0x13)  # P0301, failure type 0x13
 
     assert harness.values(DTC_LIST) == [("P0301",)]
+
+
+def test_many_codes_in_turn_outlast_the_hold_time_without_flicker(
+    make_harness: HarnessFactory,
+) -> None:
+    harness = make_harness(_mapping(1000))  # held 1 s, but 12 codes take 1.2 s to go round
+    codes = [f"P03{n:02d}" for n in range(12)]
+    for n in range(12 * 10):  # ten rotations, a code every 100 ms
+        _send(harness, n / 10, codes[n % 12])
+
+    counts = harness.values(DTC_COUNT)
+    assert counts == sorted(counts), f"the list shrank while every code kept coming: {counts}"
+    assert counts[-1] == 12
+    _assert_counts_match(harness)
+
+    for n in range(120, 200):  # then only one code is left
+        _send(harness, n / 10, "P0300")
+    assert _listings(harness)[-1] == ("P0300",)
