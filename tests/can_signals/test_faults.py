@@ -187,7 +187,7 @@ def test_many_codes_in_turn_outlast_the_hold_time_without_flicker(
     for n in range(12 * 10):  # ten rotations, a code every 100 ms
         _send(harness, n / 10, codes[n % 12])
 
-    counts = harness.values(DTC_COUNT)
+    counts = [int(c) for c in harness.values(DTC_COUNT) if isinstance(c, int)]
     assert counts == sorted(counts), f"the list shrank while every code kept coming: {counts}"
     assert counts[-1] == 12
     _assert_counts_match(harness)
