@@ -18,6 +18,7 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
     "run": ("agent.cli_run", "run the agent daemon"),
     "demo": ("agent.cli_demo", "the whole loop: a simulated car through the real agent"),
     "signals": ("can_signals.cli_signals", "decode CAN (live or a recorded log) to VSS signals"),
+    "dtc": ("agent.cli_dtc", "read the ECUs' stored DTCs over ISO-TP"),
     "sim": ("can_signals.cli_sim", "run the vehicle simulator on a CAN bus or into a log"),
 }
 

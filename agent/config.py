@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -58,6 +58,30 @@ class BusSettings(_Section):
     options: dict[str, Any] = {}
 
 
+class EcuSettings(_Section):
+    """An ECU to ask for its stored DTCs (physical ISO-TP addressing)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=32)] = "engine"
+    request_id: Annotated[int, Field(ge=0, le=0x1FFFFFFF)] = 0x7E0
+    response_id: Annotated[int, Field(ge=0, le=0x1FFFFFFF)] = 0x7E8
+    extended_id: bool = False
+    protocol: Literal["obd", "uds"] = "obd"
+
+
+class DiagnosticsSettings(_Section):
+    """On-demand reads of stored DTCs over ISO-TP (OBD-II service 03 or UDS 0x19 0x02)."""
+
+    #: The live bus to talk on (a name from ``[can] buses``).
+    bus: Annotated[str, Field(min_length=1)]
+    ecus: Annotated[list[EcuSettings], Field(min_length=1, max_length=16)] = [EcuSettings()]
+    #: Read when the ignition comes on, and when the check-engine lamp lights.
+    on_drive_cycle: bool = True
+    on_lamp: bool = True
+    #: Never more often than this.
+    min_interval_s: Annotated[float, Field(ge=0)] = 60.0
+    timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+
+
 class CanSettings(_Section):
     """Where signals come from: DBC files, a mapping, and live buses or a replay."""
 
@@ -67,6 +91,7 @@ class CanSettings(_Section):
     replay: Path | None = None
     replay_speed: Annotated[float, Field(ge=0)] = 1.0
     queue_capacity: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
+    diagnostics: DiagnosticsSettings | None = None
 
 
 class StoreSettings(_Section):

@@ -27,6 +27,7 @@ from agent import state_codec
 from agent.config import DaemonSettings
 from agent.consent import Category
 from agent.core import Agent, AgentConfig, Output
+from agent.diagnostics import DtcPoller
 from agent.events import EventDraft, Priority
 from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory
@@ -96,6 +97,7 @@ class Daemon:
         self._heartbeats: dict[str, float] = {}
         self.boot_id = str(uuid.uuid4())
         self.open_report: OpenReport | None = None
+        self.dtc_poller: DtcPoller | None = None
         self.commits = 0
         self.started_at = 0.0
         #: Set when a finite signal source (a replay) has been consumed entirely.
@@ -147,6 +149,10 @@ class Daemon:
         self._pipeline = self._build_pipeline()
         if self._pipeline is not None:
             await self._pipeline.start()
+            diagnostics = settings.can.diagnostics if settings.can else None
+            if diagnostics is not None and settings.can and not settings.can.replay:
+                self.dtc_poller = DtcPoller(diagnostics, self._pipeline)
+                self.signal_taps.append(self.dtc_poller.observe)
             self._tasks.append(asyncio.create_task(self._consume_signals(), name="signals"))
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
         self._committer = asyncio.create_task(self._commit_loop(), name="commit")
@@ -233,6 +239,8 @@ class Daemon:
     async def stop(self) -> None:
         """Stop the sources and loops, commit what is pending, close the store."""
         self._notifier.stopping()
+        if self.dtc_poller is not None:
+            await self.dtc_poller.stop()
         if self._pipeline is not None:
             await self._pipeline.stop()
         for task in self._tasks:
