@@ -52,6 +52,7 @@ class Booking:
             D-Bus broadcast).
         reason: Why it was declined or cancelled.
         reminded: The reminder before the appointment was given.
+        via: The card the driver last tapped for it (a "not confirmed" card, to retry).
     """
 
     card_key: str
@@ -64,6 +65,7 @@ class Booking:
     booking_id: str | None = None
     reason: str | None = None
     reminded: bool = False
+    via: str | None = None
 
     def offered(self, slots: tuple[Slot, ...]) -> Booking:
         """The cloud offered slots."""

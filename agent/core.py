@@ -233,7 +233,7 @@ class Agent:
         card = self.cards.get(card_id)
         if card is None:
             raise ActionError("UnknownCard", f"no such card: {card_id}")
-        if self.flows.booking_for(card.key) is None:
+        if self.flows.booking_for(self.flows.origin_key(card)) is None:
             raise ActionError("NoBooking", f"no booking was started from card {card_id}")
         return self.flows.slots(card)
 

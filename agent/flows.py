@@ -58,35 +58,49 @@ class Flows:
 
     # -- booking ------------------------------------------------------------------------
 
+    @staticmethod
+    def origin_key(card: Card) -> str:
+        """The key of the card a booking is for.
+
+        Book on a "booking not confirmed" card tries again for the card the booking was
+        first made from (the maintenance card), not for the booking card itself.
+        """
+        origin = card.args.get("card_key")
+        if card.kind is CardKind.BOOKING and isinstance(origin, str) and origin:
+            return origin
+        return card.key
+
     def start_booking(self, card: Card, now: Now) -> Booking:
         """Book was tapped: ask the cloud for slots (once; a second tap reuses the flow)."""
-        existing = self._bookings.get(card.key)
+        origin = self.origin_key(card)
+        existing = self._bookings.get(origin)
         if existing is not None and existing.status in (
             BookingStatus.SLOTS_REQUESTED,
             BookingStatus.SLOTS_OFFERED,
             BookingStatus.REQUESTED,
         ):
             return existing
-        items = _items_of(card)
+        # A retry keeps what the visit was for; a first booking takes it from the card.
+        items = existing.items if existing is not None and existing.items else _items_of(card)
         request_id = self._agent_id(now)
-        booking = Booking(card.key, items, BookingStatus.SLOTS_REQUESTED, request_id)
-        self._bookings[card.key] = booking
+        booking = Booking(origin, items, BookingStatus.SLOTS_REQUESTED, request_id, via=card.key)
+        self._bookings[origin] = booking
         self._request(
             "request.booking_slots",
             request_id,
             now,
-            card_key=card.key,
+            card_key=origin,
             items=list(items),
             odometer_km=self._odometer_km(),
             dealer_id=self._dealer_id(),
         )
-        self._agent.update_card(replace(card, pending=True), now)
+        self._set_pending(booking, now, pending=True)
         self._agent.mark_dirty("flows")
         return booking
 
     def slots(self, card: Card) -> tuple[Slot, ...] | None:
         """The slots offered for a card's booking; ``None`` while the cloud has not answered."""
-        booking = self._bookings.get(card.key)
+        booking = self._bookings.get(self.origin_key(card))
         if booking is None or booking.status is BookingStatus.SLOTS_REQUESTED:
             return None
         return booking.slots
@@ -96,10 +110,9 @@ class Flows:
         booking = next((b for b in self._bookings.values() if b.slots_request == request_id), None)
         if booking is None or booking.status is not BookingStatus.SLOTS_REQUESTED:
             return False
-        self._bookings[booking.card_key] = booking.offered(tuple(slots))
-        card = self._agent.cards.by_key(booking.card_key)
-        if card is not None:
-            self._agent.update_card(replace(card, pending=False), now)
+        booking = booking.offered(tuple(slots))
+        self._bookings[booking.card_key] = booking
+        self._set_pending(booking, now, pending=False)
         self._agent.mark_dirty("flows")
         return True
 
@@ -109,7 +122,7 @@ class Flows:
         Raises:
             ValueError: No slots were offered for this card, or not this one.
         """
-        booking = self._bookings.get(card.key)
+        booking = self._bookings.get(self.origin_key(card))
         if booking is None or booking.status not in (
             BookingStatus.SLOTS_OFFERED,
             BookingStatus.DECLINED,
@@ -119,21 +132,28 @@ class Flows:
         if slot is None:
             raise ValueError(f"slot {slot_id!r} was not offered")
         request_id = self._agent_id(now)
-        booking = booking.requested(request_id, slot)
-        self._bookings[card.key] = booking
+        booking = replace(booking.requested(request_id, slot), via=card.key)
+        self._bookings[booking.card_key] = booking
         self._request(
             "request.booking",
             request_id,
             now,
-            card_key=card.key,
+            card_key=booking.card_key,
             slot_id=slot.id,
             items=list(booking.items),
             odometer_km=self._odometer_km(),
             dealer_id=self._dealer_id(),
         )
-        self._agent.update_card(replace(card, pending=True), now)
+        self._set_pending(booking, now, pending=True)
         self._agent.mark_dirty("flows")
         return booking
+
+    def _set_pending(self, booking: Booking, now: Now, *, pending: bool) -> None:
+        """Show (or clear) "pending" on the card the driver tapped, and on the origin card."""
+        for key in dict.fromkeys((booking.via or booking.card_key, booking.card_key)):
+            card = self._agent.cards.by_key(key)
+            if card is not None and card.pending != pending:
+                self._agent.update_card(replace(card, pending=pending), now)
 
     def on_booking_answer(
         self,
@@ -169,10 +189,10 @@ class Flows:
                 self._agent.mark_dirty("maintenance")  # else a restart forgets the booking
             if card is not None:
                 self._agent.close(card, CloseReason.COMPLETED, now)
+            # The booking card (confirmed) replaces a "not confirmed" one in place.
             self._agent.agent_event("booking_confirmed", attrs, now)
         else:
-            if card is not None:
-                self._agent.update_card(replace(card, pending=False), now)
+            self._set_pending(booking, now, pending=False)
             name = "booking_declined" if status is BookingStatus.DECLINED else "booking_cancelled"
             self._agent.agent_event(name, attrs, now)
         return True

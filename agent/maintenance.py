@@ -234,17 +234,18 @@ def decide(
         return replace(
             state, notified=ItemState.OK, notified_items=(), dismissed_at=None, booked_until=None
         ), None
-    booked = state.booked_until is not None and now.wall < state.booked_until
+    if state.booked_until is not None:
+        return _while_booked(state, assessment, now)
     if worst > state.notified:
         reminder = Reminder(
             worst, assessment.due, escalated=state.notified > ItemState.OK, resurfaced=False
         )
         return replace(state, notified=worst, notified_items=due_ids, dismissed_at=None), reminder
-    if set(due_ids) - set(state.notified_items) and not booked:
+    if set(due_ids) - set(state.notified_items):
         # Another item joined the visit at the same level: update the card in place.
         reminder = Reminder(worst, assessment.due, escalated=False, resurfaced=False)
         return replace(state, notified_items=due_ids), reminder
-    if state.dismissed_at is not None and not booked:
+    if state.dismissed_at is not None:
         dismissed_time, dismissed_odometer = state.dismissed_at
         level = min(worst, ItemState.OVERDUE) - ItemState.DUE_SOON
         odometer = vehicle.odometer_m or dismissed_odometer
@@ -255,6 +256,27 @@ def decide(
             reminder = Reminder(worst, assessment.due, escalated=False, resurfaced=True)
             return replace(state, dismissed_at=None, notified_items=due_ids), reminder
     return state, None
+
+
+def _while_booked(
+    state: MaintenanceState, assessment: Assessment, now: Now
+) -> tuple[MaintenanceState, Reminder | None]:
+    assert state.booked_until is not None
+    if now.wall < state.booked_until:
+        # The visit is booked: the reminders stand down, escalation included (the dealer
+        # has the visit; a new "please book" would contradict the booking).
+        return state, None
+    # The appointment passed a day ago and items are still due: the visit did not
+    # happen (or the cloud has not recorded it yet), so the reminder comes back.
+    worst = assessment.state
+    reminder = Reminder(worst, assessment.due, escalated=worst > state.notified, resurfaced=True)
+    return replace(
+        state,
+        booked_until=None,
+        notified=max(worst, state.notified),
+        notified_items=tuple(a.item.id for a in assessment.due),
+        dismissed_at=None,
+    ), reminder
 
 
 def on_dismissed(state: MaintenanceState, now: Now, odometer_m: int | None) -> MaintenanceState:

@@ -156,15 +156,18 @@ class CardManager:
         """
         existing = self.by_key(card.key)
         if existing is not None:
+            # A snoozed card that gets more urgent (a reminder escalating to overdue)
+            # wakes up: the driver snoozed a milder message than this one.
+            woken = existing.state is CardState.SNOOZED and card.urgency > existing.urgency
             updated = replace(
                 card,
                 id=existing.id,
                 created=existing.created,
-                state=existing.state,
+                state=CardState.QUEUED if woken else existing.state,
                 shown=existing.shown,
                 posted_at=existing.posted_at,
-                snooze_until=existing.snooze_until,
-                snooze_until_odometer=existing.snooze_until_odometer,
+                snooze_until=None if woken else existing.snooze_until,
+                snooze_until_odometer=None if woken else existing.snooze_until_odometer,
             )
             self._cards[existing.id] = updated
             return updated, False

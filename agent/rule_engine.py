@@ -90,6 +90,7 @@ class _RuleState:
     last_fired: float | None = None
     edge: bool = False  # last truth of a signal trigger
     last_day: int | None = None  # local day a time trigger last fired
+    version: int | None = None  # the rule version these counters belong to
 
 
 class RuleEngine:
@@ -116,6 +117,7 @@ class RuleEngine:
                 last_fired=raw.get("last_fired"),
                 edge=bool(raw.get("edge", False)),
                 last_day=raw.get("last_day"),
+                version=raw.get("version"),
             )
         self._index()
 
@@ -214,7 +216,7 @@ class RuleEngine:
         for rule in self._by_signal.get(path, ()):
             trigger = rule.trigger
             assert isinstance(trigger, SignalTrigger)
-            state = self._state[rule.id]
+            state = self._state_of(rule)
             truth = _signal_holds(trigger.signal, value)
             rising, state.edge = truth and not state.edge, truth
             if not rising:
@@ -238,7 +240,7 @@ class RuleEngine:
             trigger = rule.trigger
             assert isinstance(trigger, TimeTrigger)
             hours, minutes = (int(p) for p in trigger.time_of_day.split(":"))
-            state = self._state[rule.id]
+            state = self._state_of(rule)
             if minute < hours * 60 + minutes or state.last_day == day:
                 continue
             state.last_day = day
@@ -269,14 +271,14 @@ class RuleEngine:
         )
 
     def _within_caps(self, rule: Rule, now: float) -> bool:
-        state = self._state[rule.id]
+        state = self._state_of(rule)
         state.fired = [t for t in state.fired if now - t < DAY]
         if rule.caps.per_day is not None and len(state.fired) >= rule.caps.per_day:
             return False
         return rule.caps.total is None or state.total < rule.caps.total
 
     def _fire(self, rule: Rule, attrs: Mapping[str, ArgValue], now: float) -> CardSpec:
-        state = self._state[rule.id]
+        state = self._state_of(rule)
         state.fired.append(now)
         state.total += 1
         state.last_fired = now
@@ -296,6 +298,15 @@ class RuleEngine:
             ttl=card.ttl_s,
         )
 
+    def _state_of(self, rule: Rule) -> _RuleState:
+        """The rule's counters; a new version of a rule starts with fresh ones."""
+        state = self._state[rule.id]
+        if state.version != rule.version:
+            if state.version is not None:
+                state = self._state[rule.id] = _RuleState()
+            state.version = rule.version
+        return state
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """The per-rule counters and edges, for the store."""
         return {
@@ -305,6 +316,7 @@ class RuleEngine:
                 "last_fired": s.last_fired,
                 "edge": s.edge,
                 "last_day": s.last_day,
+                "version": s.version,
             }
             for rule_id, s in self._state.items()
             if s.total or s.edge or s.last_day is not None

@@ -152,6 +152,7 @@ def _rule_state(data: Any) -> dict[str, dict[str, Any]]:
             "last_fired": _number(raw.get("last_fired")),
             "edge": raw.get("edge") is True,
             "last_day": _integer(raw.get("last_day")),
+            "version": _integer(raw.get("version")),
         }
         for rule_id, raw in _object(data).items()
     }
@@ -291,6 +292,7 @@ def _booking_json(b: Booking) -> dict[str, Any]:
         "booking_id": b.booking_id,
         "reason": b.reason,
         "reminded": b.reminded,
+        "via": b.via,
     }
 
 
@@ -306,6 +308,7 @@ def _booking(d: Mapping[str, Any]) -> Booking:
         booking_id=d["booking_id"],
         reason=d["reason"],
         reminded=bool(d["reminded"]),
+        via=_text(d["via"]) if d.get("via") is not None else None,
     )
 
 
