@@ -8,6 +8,7 @@ from agent.cards import CardKind, CardState, Text, Urgency
 from agent.rule_model import RuleSetDocument
 from tests.agent.conftest import DAY, HOUR, Car
 
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed"
 SLOT = Slot("s1", 0.0, Text("北京朝阳店", "Beijing Chaoyang"))
 
 
@@ -23,8 +24,15 @@ def _booked(car: Car, *, in_days: float = 3) -> float:
     out = car.keep(car.agent.request_booking(card.id, SLOT.id, car.wall, car.mono))
     [booking] = [e for e in out.events if e.type == "request.booking"]
     assert booking.request_id is not None
-    car.keep(car.agent.on_booking_answer(booking.request_id, BookingStatus.CONFIRMED, car.wall,
-                                         car.mono, slot=Slot(SLOT.id, start, SLOT.dealer)))  # fmt: skip
+    car.keep(
+        car.agent.on_booking_answer(
+            booking.request_id,
+            BookingStatus.CONFIRMED,
+            car.wall,
+            car.mono,
+            slot=Slot(SLOT.id, start, SLOT.dealer),
+        )
+    )
     assert car.card("maintenance") is None  # the booking completed the reminder
     return start
 
@@ -75,8 +83,9 @@ def test_booking_again_from_the_not_confirmed_card_books_the_original_visit(car:
     out = car.keep(car.agent.request_booking(card.id, "s1", car.wall, car.mono))
     [first] = [e for e in out.events if e.type == "request.booking"]
     assert first.request_id is not None
-    car.keep(car.agent.on_booking_answer(first.request_id, BookingStatus.DECLINED, car.wall,
-                                         car.mono))  # fmt: skip
+    car.keep(
+        car.agent.on_booking_answer(first.request_id, BookingStatus.DECLINED, car.wall, car.mono)
+    )
     declined = car.card("booking:maintenance")
     assert declined is not None
     assert declined.title.en == "Booking not confirmed"
@@ -91,8 +100,9 @@ def test_booking_again_from_the_not_confirmed_card_books_the_original_visit(car:
     out = car.keep(car.agent.request_booking(declined.id, "s2", car.wall, car.mono))
     [second] = [e for e in out.events if e.type == "request.booking"]
     assert second.request_id is not None
-    car.keep(car.agent.on_booking_answer(second.request_id, BookingStatus.CONFIRMED, car.wall,
-                                         car.mono))  # fmt: skip
+    car.keep(
+        car.agent.on_booking_answer(second.request_id, BookingStatus.CONFIRMED, car.wall, car.mono)
+    )
 
     assert car.card("maintenance") is None  # the visit is booked
     assert car.agent.flows.booked("maintenance")
@@ -103,21 +113,28 @@ def test_booking_again_from_the_not_confirmed_card_books_the_original_visit(car:
 
 
 def _rules(version: int, per_day: int) -> RuleSetDocument:
-    return RuleSetDocument.model_validate({
-        "version": version,
-        "rules": [{
-            "id": "soc.low", "version": version,
-            "trigger": {"signal": {"path": "Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed",
-                                   "op": "<", "value": 20}},
-            "card": {"kind": "campaign", "title": {"zh-CN": "电量低", "en": "Battery low"},
-                     "body": {"zh-CN": "附近有充电站", "en": "Chargers nearby"}},
-            "caps": {"per_day": per_day},
-        }],
-    })  # fmt: skip
+    return RuleSetDocument.model_validate(
+        {
+            "version": version,
+            "rules": [
+                {
+                    "id": "soc.low",
+                    "version": version,
+                    "trigger": {"signal": {"path": SOC, "op": "<", "value": 20}},
+                    "card": {
+                        "kind": "campaign",
+                        "title": {"zh-CN": "电量低", "en": "Battery low"},
+                        "body": {"zh-CN": "附近有充电站", "en": "Chargers nearby"},
+                    },
+                    "caps": {"per_day": per_day},
+                }
+            ],
+        }
+    )
 
 
 def test_a_new_version_of_a_rule_starts_with_fresh_caps(car: Car) -> None:
-    soc = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed"
+    soc = SOC
     car.park()
     car.keep(car.agent.set_rules(_rules(1, per_day=1), car.wall, car.mono))
 
