@@ -373,6 +373,39 @@ class Agent:
         )
         return self._finish(now)
 
+    def wipe(self, *, owner_change: bool, wall: float, monotonic: float) -> Output:
+        """Forget the driver's data: "delete my data in the car", or a change of owner.
+
+        Cards, the wallet, bookings, redemptions and the scene history go; with a change
+        of owner, consent goes too (back to nothing granted). What describes the car and
+        not its owner stays: odometer, service plan and history, DTC catalogue, active
+        faults, card rules. The caller also empties the outbox and the stored sections.
+        """
+        now = self._now(wall, monotonic)
+        for card in list(self.cards.cards):
+            closed = self.cards.close(card.id, CloseReason.CLOSED_BY_AGENT, now.wall)
+            if closed is not None and closed.state is CardState.VISIBLE:
+                self._out.changes.append(
+                    CardChange(ChangeType.REMOVED, closed, CloseReason.CLOSED_BY_AGENT)
+                )
+        self.cards = CardManager(self.config.policy)
+        self.flows = Flows(self, (), ())
+        self.wallet, self.offered = None, {}
+        self.scenes = {"first_drive_done": True} if self.scenes.get("first_drive_done") else {}
+        if owner_change:
+            self.consent = ConsentState()
+        self.rules.forget_counters()
+        self._out.dirty |= {"cards", "flows", "wallet", "vehicle", "consent", "rules"}
+        # The driver's instruction, and the cloud's cue to delete its copy: always sent.
+        self.note(
+            "privacy.wiped",
+            Category.SERVICE_REQUESTS,
+            now,
+            Priority.HIGH,
+            scope="owner_change" if owner_change else "my_data",
+        )
+        return self._finish(now)
+
     # -- internals ----------------------------------------------------------------------
 
     def _now(self, wall: float, monotonic: float) -> Now:

@@ -302,6 +302,24 @@ class Daemon:
         if self._last_done is not None:
             await asyncio.shield(self._last_done)
 
+    async def wipe(self, *, owner_change: bool) -> None:
+        """Delete the driver's data in the car (or everything personal, for a new owner).
+
+        The outbox is emptied and the personal state sections deleted (and vacuumed), in
+        the store's thread after what is pending has been committed; then the agent's
+        reset state is written in full, with the ``privacy.wiped`` event.
+        """
+        await self.settle()
+        output = self.agent.wipe(
+            owner_change=owner_change, wall=self._wall(), monotonic=self._monotonic()
+        )
+        keep = [*state_codec.VEHICLE_SECTIONS, "rules"]
+        if not owner_change:
+            keep.append("consent")
+        await self.in_store_thread(lambda store: store.wipe(keep_sections=keep))
+        output.dirty |= set(state_codec.SECTIONS)
+        await self.submit(output)
+
     async def _consume_signals(self) -> None:
         assert self._pipeline is not None
         self._beat("signals")

@@ -298,6 +298,10 @@ class RuleEngine:
             ttl=card.ttl_s,
         )
 
+    def forget_counters(self) -> None:
+        """Drop every rule's counters and edges (a wipe of the driver's data)."""
+        self._state.clear()
+
     def _state_of(self, rule: Rule) -> _RuleState:
         """The rule's counters; a new version of a rule starts with fresh ones."""
         state = self._state[rule.id]

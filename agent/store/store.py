@@ -465,8 +465,10 @@ class Store:
             _rollback(db)
             raise
         self._count = self._bytes = 0
-        # Deleted rows stay in free pages until vacuumed: personal data must really go.
+        # Deleted rows stay in free pages until vacuumed, and in the WAL until it is
+        # checkpointed: personal data must really go.
         db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _rollback(db: sqlite3.Connection) -> None:
