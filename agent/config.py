@@ -112,6 +112,14 @@ class PolicySettings(_Section):
     utc_offset_minutes: Annotated[int, Field(ge=-720, le=840)] = 480
 
 
+class DbusSettings(_Section):
+    """The HMI bridge on D-Bus (``org.touchpoint.Agent1``)."""
+
+    #: ``system``, ``session``, or a D-Bus address such as ``unix:path=/run/dbus/x``.
+    address: Annotated[str, Field(min_length=1)] = "system"
+    locale: Literal["zh-CN", "en"] = "zh-CN"
+
+
 class ConsentSettings(_Section):
     """Consent granted at the very first start (before the driver has chosen)."""
 
@@ -130,6 +138,8 @@ class DaemonSettings(BaseSettings):
     store: StoreSettings = StoreSettings()
     policy: PolicySettings = PolicySettings()
     consent: ConsentSettings = ConsentSettings()
+    #: The D-Bus HMI bridge; absent: no D-Bus (the agent still decides and records).
+    dbus: DbusSettings | None = None
     #: How often time-based decisions run (expiry, snooze, reminders), in seconds.
     tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
 

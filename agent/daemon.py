@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from agent import state_codec
 from agent.config import DaemonSettings
@@ -40,6 +40,9 @@ from can_signals.errors import CanSignalsError
 from can_signals.pipeline import SignalPipeline
 from can_signals.sources import BusConfig
 from can_signals.update import SignalUpdate
+
+if TYPE_CHECKING:
+    from ui_bridge.bridge import DbusBridge
 
 _log = logging.getLogger(__name__)
 
@@ -98,6 +101,7 @@ class Daemon:
         self.boot_id = str(uuid.uuid4())
         self.open_report: OpenReport | None = None
         self.dtc_poller: DtcPoller | None = None
+        self.bridge: DbusBridge | None = None
         self.commits = 0
         self.started_at = 0.0
         #: Set when a finite signal source (a replay) has been consumed entirely.
@@ -154,6 +158,12 @@ class Daemon:
                 self.dtc_poller = DtcPoller(diagnostics, self._pipeline)
                 self.signal_taps.append(self.dtc_poller.observe)
             self._tasks.append(asyncio.create_task(self._consume_signals(), name="signals"))
+        if settings.dbus is not None:
+            from ui_bridge.bridge import DbusBridge  # noqa: PLC0415 - only with [dbus]
+
+            self.bridge = DbusBridge(self, settings.dbus.address, settings.dbus.locale)
+            await self.bridge.start()
+            self.sinks.append(self.bridge)
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
         self._committer = asyncio.create_task(self._commit_loop(), name="commit")
         interval = watchdog_interval()
@@ -241,6 +251,8 @@ class Daemon:
         self._notifier.stopping()
         if self.dtc_poller is not None:
             await self.dtc_poller.stop()
+        if self.bridge is not None:
+            await self.bridge.stop()
         if self._pipeline is not None:
             await self._pipeline.stop()
         for task in self._tasks:
@@ -372,9 +384,9 @@ class Daemon:
             else:
                 self.commits += 1
                 self._beat("commit")
-            changes = [c for p in batch for c in p.output.changes]
-            if changes:
-                await self._show(changes)
+            # Sinks hear of every commit, even without card changes: the vehicle state
+            # behind it (driving or parked) may have changed.
+            await self._show([c for p in batch for c in p.output.changes])
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_result(None)

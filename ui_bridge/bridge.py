@@ -1,0 +1,392 @@
+"""The D-Bus bridge: the agent's cards as D-Bus objects, the HMI's calls as agent inputs.
+
+It is a card sink of the daemon: told of visibility changes after they are durable, it
+exports a card object when a card appears (``InterfacesAdded`` from the object
+manager's path, public properties only), updates it in place (``PropertiesChanged``),
+and removes it (``CardClosed`` with the reason, then ``InterfacesRemoved``). Method
+calls from the HMI go through the daemon (``Daemon.apply``), so they are committed
+before they return; the agent's refusals come back as D-Bus errors.
+
+dbus-fast emits ``InterfacesAdded``/``InterfacesRemoved`` by itself on export, from the
+exported object's own path and with every property; the bus class here silences that,
+and the bridge emits them as the specification says, from the object manager.
+
+If the bus goes away (a restart of the dbus-daemon), the bridge reconnects with a
+back-off and exports everything again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata
+from typing import Any, Final, Protocol
+
+from dbus_fast import BusType, DBusError, Message, RequestNameReply, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import NameFlag
+from dbus_fast.service import ServiceInterface
+
+from agent.cards import LOCALES, MOVING_ACTIONS_MAX, MOVING_TITLE_MAX, Card, CloseReason
+from agent.consent import CONSENTABLE, PURPOSES, Category
+from agent.core import ActionError, Agent, Output
+from agent.errors import TouchpointError
+from agent.policy import CardChange, ChangeType
+from agent.rule_model import ACTION_KEYS
+from ui_bridge.card_object import CardObject, card_properties, public_properties
+from ui_bridge.manager import ConsentInterface, ManagerInterface
+from ui_bridge.names import (
+    API_VERSION,
+    BUS_NAME,
+    ERROR_FAILED,
+    ERROR_INVALID_ARGS,
+    ERROR_NOT_READY,
+    ERROR_PREFIX,
+    ERROR_UNKNOWN_CARD,
+    OBJECT_MANAGER,
+    ROOT_PATH,
+    card_id_from_path,
+    card_path,
+)
+
+_log = logging.getLogger(__name__)
+
+#: How long ``GetBookingSlots`` waits for the cloud's answer before saying NotReady.
+SLOTS_WAIT_S: Final = 5.0
+RECONNECT_MIN_S: Final = 0.5
+RECONNECT_MAX_S: Final = 10.0
+
+Step = Callable[[Agent, float, float], Output]
+
+
+class BridgeError(TouchpointError):
+    """The bridge cannot serve (the bus is unreachable, the name is taken or refused)."""
+
+
+class _Bus(MessageBus):
+    """A bus that leaves the ObjectManager signals to the bridge (see the module doc)."""
+
+    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:  # noqa: ARG002
+        return
+
+    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:  # noqa: ARG002
+        return
+
+
+class AgentHost(Protocol):
+    """What the bridge needs of the daemon (:class:`agent.daemon.Daemon` is one)."""
+
+    @property
+    def agent(self) -> Agent:
+        """The agent core."""
+
+    async def apply(self, step: Step) -> Output:
+        """Run an input through the agent and wait until it is durable."""
+
+    async def wipe(self, *, owner_change: bool) -> None:
+        """Delete the driver's data."""
+
+
+class DbusBridge:
+    """Serves the agent on D-Bus as ``org.touchpoint.Agent1``.
+
+    Args:
+        host: The daemon (``agent``, ``apply``, ``wipe``).
+        address: ``"system"``, ``"session"``, or a D-Bus address (``unix:path=...``).
+        locale: The initial display language.
+    """
+
+    def __init__(self, host: AgentHost, address: str = "system", locale: str = "zh-CN") -> None:
+        self._host = host
+        self._address = address
+        self.locale = locale if locale in LOCALES else LOCALES[0]
+        self.version = f"{API_VERSION} (touchpoint {_package_version()})"
+        self._bus: MessageBus | None = None
+        self._objects: dict[str, CardObject] = {}
+        self._manager = ManagerInterface(self)
+        self._consent = ConsentInterface(self)
+        self._restricted: bool | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.reconnects = 0
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, take the bus name, export the manager and the visible cards.
+
+        If the bus cannot be reached or the name is taken, the failure is logged and the
+        bridge keeps trying in the background: the agent serves on regardless.
+        """
+        try:
+            await self._connect()
+        except BridgeError as err:
+            _log.error("D-Bus: %s; retrying in the background", err)
+        self._watch = asyncio.create_task(self._watch_connection(), name="dbus watch")
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping
+
+    @property
+    def connected(self) -> bool:
+        """Whether the bridge serves on the bus now."""
+        return self._bus is not None
+
+    async def _connect(self) -> None:
+        try:
+            if self._address in ("system", "session"):
+                kind = BusType.SYSTEM if self._address == "system" else BusType.SESSION
+                bus = await _Bus(bus_type=kind).connect()
+            else:
+                bus = await _Bus(bus_address=self._address).connect()
+        except (OSError, DBusError, ValueError) as err:
+            raise BridgeError(f"cannot connect to the {self._address} bus: {err}") from err
+        bus.export(ROOT_PATH, self._manager)
+        bus.export(ROOT_PATH, self._consent)
+        try:
+            reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        except DBusError as err:
+            bus.disconnect()
+            raise BridgeError(f"not allowed to own {BUS_NAME}: {err.text}") from err
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            bus.disconnect()
+            raise BridgeError(f"{BUS_NAME} is owned by another process ({reply.name})")
+        self._bus = bus
+        self._objects.clear()
+        for card in self._host.agent.cards.visible:
+            self._add(card)
+        self._restricted = self.driving_restricted()
+        _log.info("serving %s on the %s bus", BUS_NAME, self._address)
+
+    async def _watch_connection(self) -> None:
+        delay = RECONNECT_MIN_S
+        while not self._stopping:
+            bus = self._bus
+            if bus is not None:
+                await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+                if self.stopping:
+                    return
+                _log.warning("the D-Bus connection was lost; reconnecting")
+                self._bus = None
+            try:
+                await self._connect()
+            except BridgeError as err:
+                _log.warning("D-Bus reconnect failed (%s); retrying in %.1f s", err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            self.reconnects += 1
+            delay = RECONNECT_MIN_S
+
+    async def stop(self) -> None:
+        """Release the name and disconnect."""
+        self._stopping = True
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            bus.disconnect()
+            with contextlib.suppress(Exception):
+                await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+
+    # -- the card sink ------------------------------------------------------------------
+
+    async def apply(self, changes: Sequence[CardChange]) -> None:
+        """Show durable card changes on the bus (and the driving restriction)."""
+        if self._bus is None:
+            return  # reconnecting: the cards are exported again once connected
+        for change in changes:
+            if change.type is ChangeType.ADDED:
+                self._add(change.card)
+            elif change.type is ChangeType.UPDATED:
+                self._update(change.card)
+            else:
+                self._remove(change.card, change.reason)
+        restricted = self.driving_restricted()
+        if restricted != self._restricted:
+            self._restricted = restricted
+            self._manager.announce_restriction(restricted)
+
+    def _add(self, card: Card) -> None:
+        bus = self._bus
+        path = card_path(card.id)
+        if bus is None or path in self._objects:
+            return
+        obj = CardObject(card, self)
+        bus.export(path, obj)
+        self._objects[path] = obj
+        self._signal(
+            OBJECT_MANAGER,
+            "InterfacesAdded",
+            "oa{sa{sv}}",
+            [path, {obj.name: public_properties(card, self.locale)}],
+        )
+
+    def _update(self, card: Card) -> None:
+        obj = self._objects.get(card_path(card.id))
+        if obj is None:
+            self._add(card)
+            return
+        was_pending = obj.card.pending
+        obj.update(card)
+        if was_pending and not card.pending and self._slots_known(card):
+            self._manager.SlotsAvailable(card_path(card.id))
+
+    def _remove(self, card: Card, reason: CloseReason) -> None:
+        path = card_path(card.id)
+        obj = self._objects.pop(path, None)
+        bus = self._bus
+        if obj is None or bus is None:
+            return
+        self._manager.CardClosed(path, int(reason))
+        bus.unexport(path, obj)
+        self._signal(OBJECT_MANAGER, "InterfacesRemoved", "oas", [path, [obj.name]])
+
+    def _signal(self, interface: str, member: str, signature: str, body: list[Any]) -> None:
+        if self._bus is not None:
+            self._bus.send(Message.new_signal(ROOT_PATH, interface, member, signature, body))
+
+    # -- backends of the interfaces -----------------------------------------------------
+
+    def driving_restricted(self) -> bool:
+        """Whether the driver-distraction restrictions apply now."""
+        return bool(self._host.agent.vehicle.driving)
+
+    def set_locale(self, locale: str) -> None:
+        """Switch the display language; every card's texts change with it."""
+        if locale == self.locale:
+            return
+        before = {p: o.card for p, o in self._objects.items()}
+        old = self.locale
+        self.locale = locale
+        for path, obj in self._objects.items():
+            obj.announce(card_properties(before[path], old), card_properties(obj.card, locale))
+        self._manager.announce_locale(locale)
+
+    def capabilities(self) -> dict[str, Variant]:
+        """What this agent can do, for the HMI to adapt to."""
+        policy = self._host.agent.config.policy
+        return {
+            "ApiVersion": Variant("u", API_VERSION),
+            "Locales": Variant("as", list(LOCALES)),
+            "MaxVisible": Variant("u", policy.max_visible),
+            "MovingTitleMax": Variant("u", MOVING_TITLE_MAX),
+            "MovingActionsMax": Variant("u", MOVING_ACTIONS_MAX),
+            "Actions": Variant("as", sorted(ACTION_KEYS)),
+            "CloseReasons": Variant("a{us}", {int(r): r.name.lower() for r in CloseReason if r}),
+        }
+
+    async def invoke_action(self, card_id: str, key: str, options: Mapping[str, Any]) -> None:
+        """The HMI's ``InvokeAction``."""
+        plain = {k: v.value if isinstance(v, Variant) else v for k, v in options.items()}
+        await self._run(lambda a, w, m: a.on_action(card_id, key, plain, w, m))
+
+    async def dismiss(self, card_id: str, reason: CloseReason) -> None:
+        """The HMI's ``Dismiss``."""
+        _log.debug("dismiss %s (%s)", card_id, reason.name)
+        await self._run(lambda a, w, m: a.on_dismiss(card_id, w, m))
+
+    async def report_shown(self, card_id: str) -> None:
+        """The HMI's ``ReportShown``."""
+        await self._run(lambda a, w, m: a.on_shown(card_id, w, m))
+
+    async def booking_slots(self, path: str) -> list[tuple[str, int, dict[str, Variant]]]:
+        """``GetBookingSlots``: waits up to 5 s for the cloud's answer."""
+        card_id = self._card_id(path)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SLOTS_WAIT_S
+        while True:
+            try:
+                slots = self._host.agent.booking_slots(card_id)
+            except ActionError as err:
+                raise DBusError(f"{ERROR_PREFIX}.{err.code}", str(err)) from err
+            if slots is not None:
+                return [
+                    (s.id, round(s.start * 1_000_000),
+                     {"Dealer": Variant("s", s.dealer.get(self.locale))} if s.dealer else {})
+                    for s in slots
+                ]  # fmt: skip
+            if loop.time() >= deadline:
+                raise DBusError(ERROR_NOT_READY, "the dealer's slots have not arrived yet")
+            await asyncio.sleep(0.1)
+
+    async def request_booking(self, path: str, slot_id: str) -> None:
+        """``RequestBooking``."""
+        card_id = self._card_id(path)
+        await self._run(lambda a, w, m: a.request_booking(card_id, slot_id, w, m))
+
+    def consents(self) -> list[tuple[str, str, bool, int, int]]:
+        """The Consent interface's ``Categories``."""
+        consent = self._host.agent.consent
+        rows = []
+        for category in CONSENTABLE:
+            grant = consent.grants.get(category)
+            granted = grant is not None and grant.granted
+            rows.append((
+                category.value, PURPOSES[category], granted,
+                round((grant.granted_at or 0) * 1_000_000) if grant else 0,
+                round((grant.expires_at or 0) * 1_000_000) if grant else 0,
+            ))  # fmt: skip
+        return rows
+
+    async def set_consent(self, category: str, *, granted: bool, valid_for_s: int) -> None:
+        """``SetConsent``."""
+        try:
+            chosen = Category(category)
+        except ValueError as err:
+            known = ", ".join(c.value for c in CONSENTABLE)
+            raise DBusError(ERROR_INVALID_ARGS, f"unknown category {category!r} ({known})") from err
+        valid_for = float(valid_for_s) if valid_for_s else None
+
+        def step(a: Agent, w: float, m: float) -> Output:
+            try:
+                return a.set_consent(chosen, granted=granted, valid_for=valid_for, wall=w,
+                                     monotonic=m)  # fmt: skip
+            except ValueError as err:
+                raise DBusError(ERROR_INVALID_ARGS, str(err)) from err
+
+        await self._run(step)
+        self._consent.announce()
+
+    async def wipe(self, *, owner_change: bool) -> None:
+        """``DeleteMyData`` / ``ResetForNewOwner``."""
+        await self._host.wipe(owner_change=owner_change)
+        self._consent.announce()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _card_id(self, path: str) -> str:
+        card_id = card_id_from_path(path)
+        if card_id is None:
+            raise DBusError(ERROR_UNKNOWN_CARD, f"not a card object path: {path}")
+        return card_id
+
+    def _slots_known(self, card: Card) -> bool:
+        try:
+            return self._host.agent.booking_slots(card.id) is not None
+        except ActionError:
+            return False
+
+    async def _run(self, step: Step) -> None:
+        try:
+            await self._host.apply(step)
+        except ActionError as err:
+            raise DBusError(f"{ERROR_PREFIX}.{err.code}", str(err)) from err
+        except DBusError:
+            raise
+        except TouchpointError as err:
+            _log.exception("a D-Bus call failed")
+            raise DBusError(ERROR_FAILED, str(err)) from err
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("touchpoint")
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,243 @@
+"""One card on the bus: an object under ``/org/touchpoint/Agent1/cards`` with the Card interface.
+
+Privacy: signals are broadcast to every peer on the bus, so the properties that may
+carry personal data (the title and body, which can name a coupon or a booking, and the
+template arguments, which carry ids) never travel in a signal. ``InterfacesAdded``
+carries the public properties; a change of a private property is announced in
+``PropertiesChanged`` as *invalidated* (its name, not its value). The HMI reads them
+with ``Get``/``GetAll``, method calls the bus policy restricts to the HMI group.
+"""
+
+# No "from __future__ import annotations": dbus-fast reads these annotations at class
+# creation, and a postponed "None" would not read as an empty D-Bus signature.
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Protocol
+
+from dbus_fast import DBusError, Variant
+from dbus_fast.annotations import (
+    DBusBool,
+    DBusDict,
+    DBusInt64,
+    DBusSignature,
+    DBusStr,
+    DBusUInt32,
+)
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
+
+from agent.cards import ArgValue, Card, CloseReason, Text
+from ui_bridge.names import (
+    CARD_INTERFACE,
+    ERROR_INVALID_ARGS,
+    MAX_OPTIONS,
+    MAX_STRING,
+)
+
+DBusActions = Annotated[list[tuple[str, str]], DBusSignature("a(ss)")]
+
+#: Properties that may carry personal data: never sent in a broadcast signal.
+PRIVATE: Final = frozenset({"Title", "Body", "TemplateArgs"})
+#: Close reasons an HMI may give when the driver (or the screen) removes a card.
+HMI_CLOSE_REASONS: Final = frozenset({CloseReason.EXPIRED, CloseReason.DISMISSED})
+
+
+class CardActions(Protocol):
+    """What a card object asks of the bridge when the HMI calls it."""
+
+    locale: str
+
+    async def invoke_action(self, card_id: str, key: str, options: Mapping[str, Any]) -> None:
+        """The driver tapped an action."""
+
+    async def dismiss(self, card_id: str, reason: CloseReason) -> None:
+        """The driver (or the screen) removed the card."""
+
+    async def report_shown(self, card_id: str) -> None:
+        """The driver saw the card."""
+
+
+def _micros(seconds: float | None) -> int:
+    return 0 if seconds is None else round(seconds * 1_000_000)
+
+
+def _arg_variant(value: ArgValue) -> Variant:  # noqa: PLR0911 - one arm per type
+    if isinstance(value, Text):
+        return Variant("a{ss}", value.to_json())
+    if isinstance(value, tuple):
+        if all(isinstance(v, str) for v in value):
+            return Variant("as", list(value))
+        return Variant(
+            "aa{ss}",
+            [v.to_json() if isinstance(v, Text) else {"zh-CN": v, "en": v} for v in value],
+        )
+    if isinstance(value, bool):
+        return Variant("b", value)
+    if isinstance(value, int):
+        return Variant("x", value)
+    if isinstance(value, float):
+        return Variant("d", value)
+    return Variant("s", str(value))
+
+
+def card_properties(card: Card, locale: str) -> dict[str, Any]:
+    """Every property of a card, as the Card interface shows it, in ``locale``."""
+    return {
+        "Id": card.id,
+        "Kind": int(card.kind),
+        "Urgency": int(card.urgency),
+        "DisplayPolicy": int(card.display),
+        "Priority": card.priority,
+        "Title": card.title.get(locale),
+        "Body": card.body.get(locale),
+        "TemplateId": card.template,
+        "TemplateArgs": {k: _arg_variant(v) for k, v in card.args.items()},
+        "Actions": [(a.key, a.label.get(locale)) for a in card.actions],
+        "Created": _micros(card.created),
+        "Expires": _micros(card.expires),
+        "State": int(card.state),
+        "Pending": card.pending,
+        "Extensions": {},
+    }
+
+
+def public_properties(card: Card, locale: str) -> dict[str, Variant]:
+    """The properties a broadcast may carry, as variants (for ``InterfacesAdded``)."""
+    values = card_properties(card, locale)
+    return {
+        name: Variant(SIGNATURES[name], values[name]) for name in SIGNATURES if name not in PRIVATE
+    }
+
+
+SIGNATURES: Final = {
+    "Id": "s", "Kind": "u", "Urgency": "u", "DisplayPolicy": "u", "Priority": "u",
+    "Title": "s", "Body": "s", "TemplateId": "s", "TemplateArgs": "a{sv}",
+    "Actions": "a(ss)", "Created": "x", "Expires": "x", "State": "u", "Pending": "b",
+    "Extensions": "a{sv}",
+}  # fmt: skip
+
+
+class CardObject(ServiceInterface):
+    """The ``org.touchpoint.Agent1.Card`` interface of one card."""
+
+    def __init__(self, card: Card, actions: CardActions) -> None:
+        super().__init__(CARD_INTERFACE)
+        self.card = card
+        self._actions = actions
+
+    def update(self, card: Card) -> None:
+        """Replace the card's content in place and announce the change (privately)."""
+        locale = self._actions.locale
+        before, after = card_properties(self.card, locale), card_properties(card, locale)
+        self.card = card
+        self.announce(before, after)
+
+    def announce(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+        """``PropertiesChanged`` for what differs: public values, private names only."""
+        changed = {k: v for k, v in after.items() if before.get(k) != v}
+        public = {k: v for k, v in changed.items() if k not in PRIVATE}
+        private = sorted(k for k in changed if k in PRIVATE)
+        if public or private:
+            self.emit_properties_changed(public, private)
+
+    # -- properties ---------------------------------------------------------------------
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Id(self) -> DBusStr:  # noqa: N802 - D-Bus names
+        """The card's id (a UUID)."""
+        return self.card.id
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Kind(self) -> DBusUInt32:  # noqa: N802
+        """0 unknown, 1 maintenance, 2 fault, 3 benefit, 4 booking, 5 campaign."""
+        return int(self.card.kind)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Urgency(self) -> DBusUInt32:  # noqa: N802
+        """0 unknown, 1 low, 2 normal, 3 critical."""
+        return int(self.card.urgency)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def DisplayPolicy(self) -> DBusUInt32:  # noqa: N802
+        """0 unknown, 1 parked only, 2 also while moving."""
+        return int(self.card.display)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Priority(self) -> DBusUInt32:  # noqa: N802
+        """0 to 100, higher first among cards of the same urgency."""
+        return self.card.priority
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Title(self) -> DBusStr:  # noqa: N802
+        """The title in the current locale (private: never in a signal)."""
+        return self.card.title.get(self._actions.locale)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Body(self) -> DBusStr:  # noqa: N802
+        """The body in the current locale (private: never in a signal)."""
+        return self.card.body.get(self._actions.locale)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def TemplateId(self) -> DBusStr:  # noqa: N802
+        """The template (rule) id, for HMIs that localise themselves."""
+        return self.card.template
+
+    @dbus_property(access=PropertyAccess.READ)
+    def TemplateArgs(self) -> DBusDict:  # noqa: N802
+        """The template's arguments (private: never in a signal)."""
+        return {k: _arg_variant(v) for k, v in self.card.args.items()}
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Actions(self) -> DBusActions:  # noqa: N802
+        """The buttons: (key, label in the current locale)."""
+        return [(a.key, a.label.get(self._actions.locale)) for a in self.card.actions]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Created(self) -> DBusInt64:  # noqa: N802
+        """When the card was made, microseconds since the Unix epoch."""
+        return _micros(self.card.created)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Expires(self) -> DBusInt64:  # noqa: N802
+        """When the card closes by itself, microseconds since the epoch (0: never)."""
+        return _micros(self.card.expires)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> DBusUInt32:  # noqa: N802
+        """0 unknown, 1 queued, 2 visible, 3 withdrawn, 4 snoozed, 5 closed."""
+        return int(self.card.state)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Pending(self) -> DBusBool:  # noqa: N802
+        """An action waits for the cloud's answer: show "pending"."""
+        return self.card.pending
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Extensions(self) -> DBusDict:  # noqa: N802
+        """Room for later additions without a new interface version (empty in v1)."""
+        return {}
+
+    # -- methods ------------------------------------------------------------------------
+
+    @dbus_method()
+    async def InvokeAction(self, key: DBusStr, options: DBusDict) -> None:  # noqa: N802
+        """Carry out one of the card's actions (``book``, ``snooze``, ``redeem``...)."""
+        if len(key) > MAX_STRING or len(options) > MAX_OPTIONS:
+            raise DBusError(ERROR_INVALID_ARGS, "action key or options too large")
+        await self._actions.invoke_action(self.card.id, key, options)
+
+    @dbus_method()
+    async def Dismiss(self, reason: DBusUInt32) -> None:  # noqa: N802
+        """Remove the card: reason 2 the driver dismissed it, 1 the screen timed it out."""
+        try:
+            close = CloseReason(reason)
+        except ValueError:
+            close = CloseReason.UNKNOWN
+        if close not in HMI_CLOSE_REASONS:
+            raise DBusError(ERROR_INVALID_ARGS, f"reason must be 1 or 2, not {reason}")
+        await self._actions.dismiss(self.card.id, close)
+
+    @dbus_method()
+    async def ReportShown(self) -> None:  # noqa: N802
+        """The driver actually saw the card (an impression)."""
+        await self._actions.report_shown(self.card.id)

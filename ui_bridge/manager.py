@@ -1,0 +1,172 @@
+"""The Manager and Consent interfaces, on ``/org/touchpoint/Agent1``.
+
+Manager: the driving restriction, the locale (settable by the HMI), the version and
+capabilities, and booking (slots and requests). Consent: the categories for a settings
+app, with their own bus policy, and the privacy wipes.
+"""
+
+# No "from __future__ import annotations": dbus-fast reads these annotations at class
+# creation, and a postponed "None" would not read as an empty D-Bus signature.
+
+from typing import Annotated, Protocol
+
+from dbus_fast import DBusError, Variant
+from dbus_fast.annotations import (
+    DBusBool,
+    DBusDict,
+    DBusInt64,
+    DBusObjectPath,
+    DBusSignature,
+    DBusStr,
+    DBusUInt32,
+)
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
+
+from agent.cards import LOCALES
+from ui_bridge.names import CONSENT_INTERFACE, ERROR_INVALID_ARGS, MANAGER_INTERFACE, MAX_STRING
+
+DBusSlots = Annotated[list[tuple[str, int, dict[str, Variant]]], DBusSignature("a(sxa{sv})")]
+DBusPathReason = Annotated[tuple[str, int], DBusSignature("ou")]
+DBusConsents = Annotated[list[tuple[str, str, bool, int, int]], DBusSignature("a(ssbxx)")]
+
+
+class ManagerBackend(Protocol):
+    """What the Manager interface asks of the bridge."""
+
+    locale: str
+    version: str
+
+    def driving_restricted(self) -> bool:
+        """Whether the driver-distraction restrictions apply now."""
+
+    def set_locale(self, locale: str) -> None:
+        """The HMI changed the display language."""
+
+    def capabilities(self) -> dict[str, Variant]:
+        """What this agent can do."""
+
+    async def booking_slots(self, card_path: str) -> list[tuple[str, int, dict[str, Variant]]]:
+        """Slots for booking from a card (waits briefly for the cloud)."""
+
+    async def request_booking(self, card_path: str, slot_id: str) -> None:
+        """The driver picked a slot."""
+
+
+class ConsentBackend(Protocol):
+    """What the Consent interface asks of the bridge."""
+
+    locale: str
+
+    def consents(self) -> list[tuple[str, str, bool, int, int]]:
+        """``(category, purpose, granted, granted_at µs, expires_at µs)`` for each category."""
+
+    async def set_consent(self, category: str, *, granted: bool, valid_for_s: int) -> None:
+        """The driver changed a consent."""
+
+    async def wipe(self, *, owner_change: bool) -> None:
+        """Delete the driver's data (or everything personal, for a new owner)."""
+
+
+class ManagerInterface(ServiceInterface):
+    """``org.touchpoint.Agent1.Manager``."""
+
+    def __init__(self, backend: ManagerBackend) -> None:
+        super().__init__(MANAGER_INTERFACE)
+        self._backend = backend
+
+    @dbus_property(access=PropertyAccess.READ)
+    def DrivingRestricted(self) -> DBusBool:  # noqa: N802 - D-Bus names
+        """True while the car is not parked: only critical fault cards are shown."""
+        return self._backend.driving_restricted()
+
+    @dbus_property(access=PropertyAccess.READWRITE)
+    def Locale(self) -> DBusStr:  # noqa: N802
+        """The display language of titles, bodies and labels: ``zh-CN`` or ``en``."""
+        return self._backend.locale
+
+    @Locale.setter  # type: ignore[no-redef]
+    def Locale(self, value: DBusStr) -> None:  # noqa: N802
+        if value not in LOCALES:
+            raise DBusError(ERROR_INVALID_ARGS, f"locale must be one of {', '.join(LOCALES)}")
+        self._backend.set_locale(value)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> DBusStr:  # noqa: N802
+        """The API version and the software version, e.g. ``1 (touchpoint 0.1.0)``."""
+        return self._backend.version
+
+    @dbus_method()
+    def GetCapabilities(self) -> DBusDict:  # noqa: N802
+        """Locales, limits of the driving restrictions, actions and close reasons."""
+        return self._backend.capabilities()
+
+    @dbus_method()
+    async def GetBookingSlots(self, card: DBusObjectPath) -> DBusSlots:  # noqa: N802
+        """``(slot id, start µs since the epoch, extras)`` for booking from ``card``."""
+        return await self._backend.booking_slots(card)
+
+    @dbus_method()
+    async def RequestBooking(self, card: DBusObjectPath, slot_id: DBusStr) -> None:  # noqa: N802
+        """Book the visit ``card`` is about in the slot ``slot_id``."""
+        if len(slot_id) > MAX_STRING:
+            raise DBusError(ERROR_INVALID_ARGS, "slot id too long")
+        await self._backend.request_booking(card, slot_id)
+
+    @dbus_signal()
+    def CardClosed(self, card: DBusObjectPath, reason: DBusUInt32) -> DBusPathReason:  # noqa: N802
+        """A card goes away for good, and why (numbered like freedesktop notifications)."""
+        return (card, reason)
+
+    @dbus_signal()
+    def SlotsAvailable(self, card: DBusObjectPath) -> DBusObjectPath:  # noqa: N802
+        """The cloud answered: ``GetBookingSlots(card)`` now returns the slots."""
+        return card
+
+    def announce_restriction(self, restricted: bool) -> None:  # noqa: FBT001
+        """``PropertiesChanged`` for DrivingRestricted."""
+        self.emit_properties_changed({"DrivingRestricted": restricted})
+
+    def announce_locale(self, locale: str) -> None:
+        """``PropertiesChanged`` for Locale."""
+        self.emit_properties_changed({"Locale": locale})
+
+
+class ConsentInterface(ServiceInterface):
+    """``org.touchpoint.Agent1.Consent``: for the settings app (its own bus policy)."""
+
+    def __init__(self, backend: ConsentBackend) -> None:
+        super().__init__(CONSENT_INTERFACE)
+        self._backend = backend
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Categories(self) -> DBusConsents:  # noqa: N802
+        """``(category, purpose, granted, granted_at µs, expires_at µs or 0)`` each."""
+        return self._backend.consents()
+
+    @dbus_method()
+    async def SetConsent(  # noqa: N802
+        self, category: DBusStr, granted: DBusBool, valid_for_s: DBusInt64
+    ) -> None:
+        """Grant (for ``valid_for_s`` seconds; 0 without end) or withdraw a category."""
+        if valid_for_s < 0:
+            raise DBusError(ERROR_INVALID_ARGS, "valid_for_s must be 0 or more")
+        await self._backend.set_consent(category, granted=granted, valid_for_s=valid_for_s)
+
+    @dbus_method()
+    async def DeleteMyData(self) -> None:  # noqa: N802
+        """Delete the driver's data in the car (cards, wallet, bookings, events to send)."""
+        await self._backend.wipe(owner_change=False)
+
+    @dbus_method()
+    async def ResetForNewOwner(self) -> None:  # noqa: N802
+        """Delete everything personal, consent included, for a new owner."""
+        await self._backend.wipe(owner_change=True)
+
+    def announce(self) -> None:
+        """``PropertiesChanged`` for Categories: invalidated, never the values.
+
+        A driver's choices are theirs: readers ``Get`` them, and the bus policy decides
+        who may.
+        """
+        self.emit_properties_changed({}, ["Categories"])
