@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from bench import signal_pipeline
+from bench import agent_decisions, daemon_figures, outbox, signal_pipeline
 from bench.report import DataMissingError, Section, format_table
 
 #: The registry: a name for the progress line, and the module's ``run``.
 BENCHMARKS: Final[tuple[tuple[str, Callable[[], list[Section]]], ...]] = (
     ("signal pipeline", signal_pipeline.run),
+    ("agent core decisions", agent_decisions.run),
+    ("outbox", outbox.run),
+    ("daemon start-up and memory", daemon_figures.run),
 )
 
 

@@ -1,0 +1,438 @@
+"""The running daemon: time from start to ``READY=1``, and resident memory after a long drive.
+
+Both figures come from ``touchpoint run --config FILE`` in a subprocess, as systemd runs
+it, on a car that has been in use: the reference car's DBC and mapping, a store on a
+real disk (:mod:`bench.scratch`) holding 100,000 events no cloud has drained (the
+default budget) and the agent's state with 50 cloud campaign rules active.
+
+- Start-up: ``$NOTIFY_SOCKET`` points at a datagram socket the benchmark binds; the
+  figure is the wall time from spawning the process to receiving ``READY=1``, on a live
+  (silent) python-can ``virtual`` bus. It is split into the interpreter's own start,
+  the imports (found with ``-X importtime``, timed without it), and the daemon's
+  ``start()`` (which it logs).
+- Memory: the daemon replays the whole simulated drive (:mod:`bench.drive`) at speed 0;
+  once it logs that the signal source ended and its commits have settled, ``VmRSS`` and
+  ``VmHWM`` (the peak) are read from ``/proc/PID/status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from agent import state_codec
+from bench.agent_setup import TYPICAL_RULES, bench_agent
+from bench.drive import CHANNEL, Drive, recorded_drive
+from bench.outbox import FULL_OUTBOX, prefill, quiet_store
+from bench.report import REPEATS, Row, Section
+from bench.rulesets import cloud_rules
+from bench.scratch import disk_dir
+from can_signals.simulator import reference_files
+
+#: The issue's targets.
+READY_TARGET_S: Final = 1.0
+RSS_TARGET_MB: Final = 50.0
+#: Runs of the long drive (each replays about 640,000 frames).
+MEMORY_REPEATS: Final = 3
+#: Give up on a daemon that has not said READY, or finished the drive, by then.
+READY_TIMEOUT_S: Final = 30.0
+DRIVE_TIMEOUT_S: Final = 300.0
+#: After the replay ends: time for the last commits and a tick or two.
+SETTLE_S: Final = 2.0
+#: What the daemon logs (at INFO, which ``touchpoint run`` uses) at these moments.
+_STARTED: Final = re.compile(r"touchpoint started in (\d+) ms")
+_SOURCE_ENDED: Final = "the signal source ended"
+_IMPORT_LINE: Final = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)")
+_KIB: Final = 1024
+_MB: Final = 1_000_000
+
+
+def _command(config: Path, *interpreter_options: str) -> list[str]:
+    """``touchpoint run --config FILE``, the console script run by this interpreter."""
+    script = Path(sys.executable).parent / "touchpoint"
+    entry = [str(script)] if script.is_file() else ["-m", "agent.cli"]
+    return [sys.executable, *interpreter_options, *entry, "run", "--config", str(config)]
+
+
+def _environment(notify: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WATCHDOG_", "NOTIFY_"))}
+    env.pop("JOURNAL_STREAM", None)  # plain log lines, which the benchmark parses
+    if notify is not None:
+        env["NOTIFY_SOCKET"] = str(notify)
+    return env
+
+
+def _write_config(path: Path, store: Path, *, replay: Path | None) -> None:
+    """A TOML config: the reference car, a live virtual bus or a replay at speed 0."""
+    files = reference_files()
+    source = (
+        f'replay = "{replay}"\nreplay_speed = 0\n'
+        if replay is not None
+        else (
+            "[[can.buses]]\n"
+            f'name = "{CHANNEL}"\ninterface = "virtual"\nchannel = "bench-{os.getpid()}"\n'
+        )
+    )
+    path.write_text(
+        f'[vehicle]\nid = "bench-car"\n\n'
+        f'[store]\npath = "{store}"\n\n'
+        f'[can]\nmapping = "{files.mapping}"\n{source}\n'
+        f'[[can.dbc]]\nfile = "{files.dbc}"\n',
+        encoding="utf-8",
+    )
+
+
+def _seed_store(path: Path, drive: Drive) -> None:
+    """The store of a car in use: a full outbox and the agent's state, rules included."""
+    start = drive.updates[0].timestamp
+    agent = bench_agent(cloud_rules(TYPICAL_RULES, start), start)
+    with quiet_store():
+        prefill(path, FULL_OUTBOX, start - FULL_OUTBOX, state_codec.encode(agent))
+
+
+@contextlib.contextmanager
+def _notify_socket(directory: Path) -> Iterator[tuple[socket.socket, Path]]:
+    path = directory / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(str(path))
+        yield sock, path
+    finally:
+        sock.close()
+        path.unlink(missing_ok=True)
+
+
+def _await_ready(sock: socket.socket, process: subprocess.Popen[bytes], log: Path) -> float:
+    """Block until ``READY=1`` arrives; its ``perf_counter`` time.
+
+    Raises:
+        RuntimeError: If the daemon exits or stays silent past the timeout.
+    """
+    deadline = time.perf_counter() + READY_TIMEOUT_S
+    sock.settimeout(0.05)
+    while time.perf_counter() < deadline:
+        try:
+            message = sock.recv(4096)
+        except TimeoutError:
+            if process.poll() is not None:
+                raise RuntimeError(f"the daemon exited before READY:\n{_tail(log)}") from None
+            continue
+        arrived = time.perf_counter()
+        if b"READY=1" in message.split(b"\n"):
+            return arrived
+    raise RuntimeError(f"no READY=1 within {READY_TIMEOUT_S} s:\n{_tail(log)}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the daemon commits and closes its store), SIGKILL if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
+
+
+# --- start-up --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """One start: spawn to READY, and what the daemon said its ``start()`` took."""
+
+    ready_s: float
+    start_method_s: float
+
+
+def _start_once(command: Sequence[str], directory: Path, sock: socket.socket) -> _Start:
+    log = directory / "daemon.log"
+    with log.open("wb") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=_environment(directory / "notify.sock"),
+        )
+        try:
+            ready = _await_ready(sock, process, log) - started
+        finally:
+            _stop(process)
+    text = log.read_text(encoding="utf-8", errors="replace")
+    match = _STARTED.search(text)
+    method = int(match.group(1)) / 1000 if match else float("nan")
+    if process.returncode not in (0, -signal.SIGTERM):
+        raise RuntimeError(f"the daemon exited with {process.returncode}:\n{_tail(log)}")
+    return _Start(ready, method)
+
+
+def _top_level_imports(stderr: str) -> list[str]:
+    """The modules ``-X importtime`` lists at the top level (imported by code, not by
+    another module's import), in order.
+    """
+    names = []
+    for line in stderr.splitlines():
+        match = _IMPORT_LINE.match(line)
+        if match and not match.group(3):
+            names.append(match.group(4))
+    return names
+
+
+def _daemon_imports(command: Sequence[str], directory: Path, sock: socket.socket) -> list[str]:
+    """What a start of the daemon imports up to READY, bare interpreter's own imports left out.
+
+    ``-X importtime`` slows every import down by its bookkeeping, so its times are not
+    used: only the names, which :func:`_import_seconds` then imports again, untraced.
+    """
+    _start_once(command, directory, sock)
+    daemon = _top_level_imports((directory / "daemon.log").read_text(encoding="utf-8"))
+    bare = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "pass"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=_environment(None),
+        cwd=directory,
+    )
+    startup = set(_top_level_imports(bare.stderr))
+    return [name for name in daemon if name not in startup]
+
+
+#: Imports the modules named in argv in order; prints the seconds it took and VmRSS (KiB).
+_TIME_IMPORTS: Final = (
+    "import importlib, pathlib, sys, time\n"
+    "began = time.perf_counter()\n"
+    "for name in sys.argv[1:]:\n"
+    "    importlib.import_module(name)\n"
+    "took = time.perf_counter() - began\n"
+    "status = pathlib.Path('/proc/self/status').read_text().splitlines()\n"
+    "rss = [line.split()[1] for line in status if line.startswith('VmRSS:')][0]\n"
+    "print(took, rss)\n"
+)
+
+
+def _import_figures(modules: Sequence[str], directory: Path) -> tuple[float, int]:
+    """Seconds a fresh interpreter takes to import ``modules`` (the daemon's), untraced,
+    and its resident set afterwards in bytes.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", _TIME_IMPORTS, *modules],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=_environment(None),
+        cwd=directory,
+    )
+    took, rss = result.stdout.split()[-2:]
+    return float(took), int(rss) * _KIB
+
+
+def _bare_interpreter_s(directory: Path) -> float:
+    """Wall time of ``python -c pass`` (spawn to exit): the interpreter's own start."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", "pass"], check=True, env=_environment(None), cwd=directory
+    )
+    return time.perf_counter() - started
+
+
+@dataclass(frozen=True, slots=True)
+class _Imports:
+    """What the daemon's imports cost a fresh interpreter (medians)."""
+
+    modules: tuple[str, ...]
+    seconds: float
+    rss: float
+
+
+def _startup_section(directory: Path, seed: Path) -> tuple[Section, _Imports]:
+    store = directory / "startup.db"
+    shutil.copyfile(seed, store)
+    config = directory / "startup.toml"
+    _write_config(config, store, replay=None)
+    command = _command(config)
+    load = os.getloadavg()[0]
+    with _notify_socket(directory) as (sock, _):
+        _start_once(command, directory, sock)  # warm-up: page cache, .pyc files, WAL
+        starts = [_start_once(command, directory, sock) for _ in range(REPEATS)]
+        modules = _daemon_imports(_command(config, "-X", "importtime"), directory, sock)
+    samples = [_import_figures(modules, directory) for _ in range(REPEATS)]
+    imported = statistics.median(s[0] for s in samples)
+    imports = _Imports(tuple(modules), imported, statistics.median(s[1] for s in samples))
+    interpreter = statistics.median(_bare_interpreter_s(directory) for _ in range(REPEATS))
+    ready = statistics.median(s.ready_s for s in starts)
+    method = statistics.median(s.start_method_s for s in starts)
+    rest = ready - interpreter - imported - method
+    ms = 1000
+    section = Section(
+        "Daemon start-up: spawn to READY=1 (wall clock)",
+        (
+            Row(
+                "touchpoint run: spawn to READY=1", ready * ms, "ms", READY_TARGET_S * ms, digits=0
+            ),
+            Row(
+                "  of which the interpreter's own start (python -c pass)",
+                interpreter * ms,
+                "ms",
+                digits=0,
+            ),
+            Row(
+                "  of which imports (agent.daemon & co, untraced)",
+                imported * ms,
+                "ms",
+                digits=0,
+            ),
+            Row("  of which Daemon.start() (store, agent, pipeline)", method * ms, "ms", digits=0),
+            Row(
+                "  of which the rest (settings, asyncio, logging; by difference)",
+                rest * ms,
+                "ms",
+                digits=0,
+            ),
+        ),
+        (
+            (
+                f"median of {REPEATS} starts after one warm-up (warm page cache); reference car "
+                "DBC and mapping, a live silent virtual bus, 50 cloud rules in the stored state; "
+                f"1-min load average {load:.1f} on {os.cpu_count()} CPUs (wall time: load counts)."
+            ),
+            (
+                f"the store holds {FULL_OUTBOX:,} events (a full outbox): opening it runs "
+                "quick_check and counts the outbox."
+            ),
+            (
+                "imports: the modules a start imports (found with -X importtime, minus a bare "
+                "interpreter's), imported again untraced in a fresh interpreter: "
+                f"{', '.join(modules)}."
+            ),
+        ),
+    )
+    return section, imports
+
+
+# --- memory ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Memory:
+    """Resident set figures of one drive, in bytes."""
+
+    at_ready: int
+    after: int
+    peak: int
+    anon: int
+    files: int
+    drive_s: float
+
+
+def _status_bytes(pid: int) -> dict[str, int]:
+    """``VmRSS``, ``VmHWM``, ``RssAnon`` and ``RssFile`` of ``pid``, in bytes."""
+    figures: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            figures[key] = int(value.split()[0]) * _KIB
+    return figures
+
+
+def _drive_once(directory: Path, seed: Path, drive: Drive, index: int) -> _Memory:
+    store = directory / f"memory-{index}.db"
+    shutil.copyfile(seed, store)
+    config = directory / "memory.toml"
+    _write_config(config, store, replay=drive.log)
+    log = directory / "daemon.log"
+    with _notify_socket(directory) as (sock, notify), log.open("wb") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            _command(config),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=_environment(notify),
+        )
+        try:
+            _await_ready(sock, process, log)
+            at_ready = _status_bytes(process.pid)["VmRSS"]
+            deadline = time.perf_counter() + DRIVE_TIMEOUT_S
+            while _SOURCE_ENDED not in log.read_text(encoding="utf-8", errors="replace"):
+                if process.poll() is not None or time.perf_counter() > deadline:
+                    raise RuntimeError(f"the drive did not finish:\n{_tail(log)}")
+                time.sleep(0.2)
+            drive_s = time.perf_counter() - started
+            time.sleep(SETTLE_S)
+            status = _status_bytes(process.pid)
+        finally:
+            _stop(process)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
+    return _Memory(
+        at_ready, status["VmRSS"], status["VmHWM"], status["RssAnon"], status["RssFile"], drive_s
+    )
+
+
+def _memory_section(directory: Path, seed: Path, drive: Drive, imports: _Imports) -> Section:
+    runs = [_drive_once(directory, seed, drive, i) for i in range(MEMORY_REPEATS)]
+    after = statistics.median(r.after for r in runs) / _MB
+    peak = statistics.median(r.peak for r in runs) / _MB
+    at_ready = statistics.median(r.at_ready for r in runs) / _MB
+    anon = statistics.median(r.anon for r in runs) / _MB
+    files = statistics.median(r.files for r in runs) / _MB
+    drive_s = statistics.median(r.drive_s for r in runs)
+    return Section(
+        "Daemon memory: resident set after a long drive, 100,000 events buffered",
+        (
+            Row("RSS after the drive (VmRSS)", after, "MB", RSS_TARGET_MB, digits=1),
+            Row("  of which anonymous (heap: objects, code)", anon, "MB", digits=1),
+            Row("  of which file-backed (shared libraries)", files, "MB", digits=1),
+            Row("peak RSS during the drive (VmHWM)", peak, "MB", RSS_TARGET_MB, digits=1),
+            Row("RSS at READY=1 (drive just starting)", at_ready, "MB", digits=1),
+            Row(
+                "RSS of a bare interpreter after the daemon's imports alone",
+                imports.rss / _MB,
+                "MB",
+                digits=1,
+            ),
+        ),
+        (
+            (
+                f"median of {MEMORY_REPEATS} runs of touchpoint run replaying the whole drive at "
+                f"speed 0: {drive.frames:,} frames, {drive.seconds / 60:.0f} min of driving and "
+                f"charging, {len(drive.updates):,} signal updates; {drive_s:.1f} s per run."
+            ),
+            (
+                f"store pre-filled with {FULL_OUTBOX:,} events and no cloud connected: the "
+                "drive's events evict the oldest low-priority ones. MB = 10^6 bytes."
+            ),
+        ),
+    )
+
+
+def run() -> list[Section]:
+    """Start the daemon again and again, then let it drive; return both tables."""
+    drive = recorded_drive()
+    with disk_dir("daemon") as directory:
+        seed = directory / "seed.db"
+        _seed_store(seed, drive)
+        startup, imports = _startup_section(directory, seed)
+        return [startup, _memory_section(directory, seed, drive, imports)]
