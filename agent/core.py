@@ -59,6 +59,21 @@ _CONDITION_SUFFIXES: Final = (
 )
 
 
+class _LazyFacts:
+    """Facts for rule conditions, built only if a rule gets as far as its conditions."""
+
+    __slots__ = ("_agent", "_lookup", "_now")
+
+    def __init__(self, agent: Agent, now: Now) -> None:
+        self._agent, self._now = agent, now
+        self._lookup: Any = None
+
+    def __call__(self, fact: str) -> Any:
+        if self._lookup is None:
+            self._lookup = self._agent.facts({}, self._now)
+        return self._lookup(fact)
+
+
 class ActionError(AgentError):
     """A tap the agent cannot carry out; ``code`` names it for the D-Bus error."""
 
@@ -155,13 +170,12 @@ class Agent:
                 specs = self.rules.on_signal(
                     update.path,
                     update.value,
-                    self._facts({}, now),
+                    _LazyFacts(self, now),
                     now.wall,
                     trusted=now.trusted,
                     tier=self._tier(),
                 )
                 self._post_all(specs, now)
-                self._out.dirty.add("rules")
         if recheck:
             self.reactions.check_maintenance(now)
         return self._finish(now)
@@ -169,18 +183,12 @@ class Agent:
     def on_tick(self, wall: float, monotonic: float) -> Output:
         """Time passed: expiries, snoozes, time-based maintenance, reminders, timed rules."""
         now = self._now(wall, monotonic)
-        self.reactions.check_maintenance(now)
+        self.reactions.maybe_check_maintenance(now)
         self.flows.tick(now)
-        marks = self.rules.time_marks
         specs = self.rules.on_tick(
-            self._facts({}, now), now.wall, trusted=now.trusted, tier=self._tier()
+            _LazyFacts(self, now), now.wall, trusted=now.trusted, tier=self._tier()
         )
-        if specs:
-            self._post_all(specs, now)
-        if specs or self.rules.time_marks != marks:
-            # A day used up without a card must be persisted too: else a restart
-            # brings the rule's time round again the same day.
-            self._out.dirty.add("rules")
+        self._post_all(specs, now)
         self.reactions.birthday(now)
         return self._finish(now)
 
@@ -297,12 +305,14 @@ class Agent:
         """The cloud told us the time (trusted)."""
         self.clock = self.clock.set_trusted(trusted_wall, monotonic, TimeSource.CLOUD)
         self._out.dirty.add("clock")
+        self.reactions.invalidate()  # time-based items may now be judged
         return self.on_tick(wall, monotonic)
 
     def set_plan(self, plan: ServicePlan, wall: float, monotonic: float) -> Output:
         """A new service plan (validated, newer) from the cloud."""
         self.plan = plan
         self._out.dirty.add("plan")
+        self.reactions.invalidate()
         return self.on_tick(wall, monotonic)
 
     def set_history(self, history: ServiceHistory, wall: float, monotonic: float) -> Output:
@@ -315,6 +325,7 @@ class Agent:
         if after < before:
             self.agent_event("service_completed", {}, now)
         self._out.dirty.add("maintenance")
+        self.reactions.invalidate()
         return self.on_tick(wall, monotonic)
 
     def set_catalogue(self, catalogue: DtcCatalogue, wall: float, monotonic: float) -> Output:
@@ -395,7 +406,7 @@ class Agent:
         if owner_change:
             self.consent = ConsentState()
         self.rules.forget_counters()
-        self._out.dirty |= {"cards", "flows", "wallet", "vehicle", "consent", "rules"}
+        self._out.dirty |= {"cards", "flows", "wallet", "vehicle", "consent"}
         # The driver's instruction, and the cloud's cue to delete its copy: always sent.
         self.note(
             "privacy.wiped",
@@ -437,13 +448,12 @@ class Agent:
             if card is not None:
                 self._close(card, CloseReason.CLOSED_BY_AGENT, now)
         specs = self.rules.on_event(
-            name, attrs, self._facts(attrs, now), now.wall, trusted=now.trusted, tier=self._tier()
+            name, attrs, self.facts(attrs, now), now.wall, trusted=now.trusted, tier=self._tier()
         )
-        if specs:
-            self._post_all(specs, now)
-            self._out.dirty.add("rules")
+        self._post_all(specs, now)
 
-    def _facts(self, attrs: Mapping[str, ArgValue], now: Now) -> Any:
+    def facts(self, attrs: Mapping[str, ArgValue], now: Now) -> Any:
+        """The fact lookup rule conditions use, at ``now`` with an event's ``attrs``."""
         return fact_lookup(
             self.vehicle, self.wallet, attrs, now, self.config.policy.utc_offset_minutes
         )
@@ -530,8 +540,14 @@ class Agent:
         if closed.kind is CardKind.MAINTENANCE and reason is CloseReason.DISMISSED:
             self.maintenance = mnt.on_dismissed(self.maintenance, now, self.vehicle.odometer_m)
             self._out.dirty.add("maintenance")
+            self.reactions.invalidate()  # where it resurfaces is a new boundary
 
     def _finish(self, now: Now) -> Output:
+        if self.rules.dirty:
+            # Edges, counters and time-of-day marks: persisted only when they changed
+            # (a day used up without a card too, or a restart would bring it round again).
+            self.rules.dirty = False
+            self._out.dirty.add("rule_state")
         changes, expired = self.cards.refresh(
             driving=self.vehicle.driving, now=now.wall, odometer_m=self.vehicle.odometer_m
         )

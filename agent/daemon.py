@@ -27,7 +27,6 @@ from agent import state_codec
 from agent.config import DaemonSettings
 from agent.consent import Category
 from agent.core import Agent, AgentConfig, Output
-from agent.diagnostics import DtcPoller
 from agent.events import EventDraft, Priority
 from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory
@@ -42,6 +41,7 @@ from can_signals.sources import BusConfig
 from can_signals.update import SignalUpdate
 
 if TYPE_CHECKING:
+    from agent.diagnostics import DtcPoller
     from ui_bridge.bridge import DbusBridge
 
 _log = logging.getLogger(__name__)
@@ -155,6 +155,9 @@ class Daemon:
             await self._pipeline.start()
             diagnostics = settings.can.diagnostics if settings.can else None
             if diagnostics is not None and settings.can and not settings.can.replay:
+                # ISO-TP is a sizeable import: only with [can.diagnostics].
+                from agent.diagnostics import DtcPoller  # noqa: PLC0415
+
                 self.dtc_poller = DtcPoller(diagnostics, self._pipeline)
                 self.signal_taps.append(self.dtc_poller.observe)
             self._tasks.append(asyncio.create_task(self._consume_signals(), name="signals"))

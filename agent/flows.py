@@ -187,6 +187,7 @@ class Flows:
             if booking.card_key == "maintenance" and booking.slot is not None:
                 self._agent.maintenance = mnt.on_booked(self._agent.maintenance, booking.slot.start)
                 self._agent.mark_dirty("maintenance")  # else a restart forgets the booking
+                self._agent.reactions.invalidate()
             if card is not None:
                 self._agent.close(card, CloseReason.COMPLETED, now)
             # The booking card (confirmed) replaces a "not confirmed" one in place.

@@ -17,6 +17,7 @@ Pure: state and input in, new state and reminders out.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
@@ -277,6 +278,30 @@ def _while_booked(
         notified_items=tuple(a.item.id for a in assessment.due),
         dismissed_at=None,
     ), reminder
+
+
+def next_boundary(plan: ServicePlan, state: MaintenanceState, odometer_m: int | None) -> float:
+    """The next odometer reading (metres) at which a distance rule can change a decision.
+
+    Every item's due-soon, due and overdue points, and where a dismissed reminder
+    resurfaces: between two of these, more distance changes nothing, so the engine need
+    not look (conditions and time have triggers of their own).
+    """
+    if odometer_m is None:
+        return -math.inf
+    latest = last_records(state.records)
+    points: list[float] = []
+    for item in plan.items:
+        if item.interval_km is None:
+            continue
+        record = latest.get(item.id)
+        due = (record.odometer_km * 1000 if record else 0.0) + item.interval_km * 1000
+        points += (due - item.lead_m, due, due + item.overdue_m)
+    if state.dismissed_at is not None and state.notified > ItemState.OK:
+        level = min(state.notified, ItemState.OVERDUE) - ItemState.DUE_SOON
+        points.append(state.dismissed_at[1] + plan.resurface_km[level] * 1000)
+    # _grade's due-soon test is "remaining <= lead": the boundary itself counts.
+    return min((p for p in points if p >= odometer_m), default=math.inf)
 
 
 def on_dismissed(state: MaintenanceState, now: Now, odometer_m: int | None) -> MaintenanceState:

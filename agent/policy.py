@@ -15,6 +15,7 @@ Pure: time and the vehicle state are arguments; the manager's state is what
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -108,6 +109,10 @@ class CardManager:
         self._shown_log: list[tuple[str, float]] = []
         # kind name -> time of the last dismissal, for cooldowns.
         self._dismissed: dict[str, float] = {}
+        # Bumped by every change to the cards; with the inputs of the last refresh, it
+        # tells refresh() when nothing can have changed (see _Settled).
+        self._version = 0
+        self._settled: _Settled | None = None
         if snapshot is not None:
             for card in snapshot.cards:
                 self._cards[card.id] = card
@@ -170,24 +175,28 @@ class CardManager:
                 snooze_until_odometer=None if woken else existing.snooze_until_odometer,
             )
             self._cards[existing.id] = updated
+            self._version += 1
             return updated, False
         if self.in_cooldown(card.kind, now):
             return None, False
         stored = replace(card, state=CardState.QUEUED)
         self._cards[stored.id] = stored
         self._by_key[stored.key] = stored.id
+        self._version += 1
         return stored, True
 
     def replace_card(self, card: Card) -> None:
         """Store a changed version of an open card (same id)."""
         if card.id in self._cards:
             self._cards[card.id] = card
+            self._version += 1
 
     def close(self, card_id: str, reason: CloseReason, now: float) -> Card | None:
         """Close a card for good; returns it as it was (``None`` if unknown)."""
         card = self._cards.pop(card_id, None)
         if card is None:
             return None
+        self._version += 1
         if self._by_key.get(card.key) == card_id:
             del self._by_key[card.key]
         if reason is CloseReason.DISMISSED:
@@ -203,6 +212,7 @@ class CardManager:
             card, state=CardState.SNOOZED, snooze_until=until, snooze_until_odometer=until_odometer
         )
         self._cards[card_id] = snoozed
+        self._version += 1
         return snoozed
 
     def refresh(
@@ -213,6 +223,12 @@ class CardManager:
         Returns:
             The visibility changes (for the HMI) and the cards that expired (closed).
         """
+        quiet = self.config.in_quiet_hours(now)
+        settled = self._settled
+        if settled is not None and settled.holds(
+            self._version, driving=driving, quiet=quiet, now=now, odometer_m=odometer_m
+        ):
+            return [], []  # nothing the choice depends on has changed: nor would it
         expired = [c for c in self._cards.values() if c.expires is not None and now >= c.expires]
         changes: list[CardChange] = []
         for card in expired:
@@ -248,7 +264,25 @@ class CardManager:
                 changes.append(CardChange(ChangeType.REMOVED, card, reason))
             elif card.state is CardState.WITHDRAWN and not driving:
                 self._cards[card.id] = replace(card, state=CardState.QUEUED)
+        self._settled = self._settle(driving=driving, quiet=quiet)
         return changes, expired
+
+    def _settle(self, *, driving: bool, quiet: bool) -> _Settled:
+        """What the result of a refresh depends on, and the next time it can change."""
+        deadline = math.inf
+        odometer = math.inf
+        for card in self._cards.values():
+            if card.expires is not None:
+                deadline = min(deadline, card.expires)
+            if card.state is CardState.SNOOZED:
+                if card.snooze_until is not None:
+                    deadline = min(deadline, card.snooze_until)
+                if card.snooze_until_odometer is not None:
+                    odometer = min(odometer, card.snooze_until_odometer)
+        if self._shown_log:
+            # A card held back by a daily cap may show once the oldest entry ages out.
+            deadline = min(deadline, min(t for _, t in self._shown_log) + DAY)
+        return _Settled(self._version, driving, quiet, deadline, odometer)
 
     def _choose(self, *, driving: bool, now: float) -> set[str]:
         quiet = self.config.in_quiet_hours(now)
@@ -290,6 +324,28 @@ class CardManager:
                 shown_today[card.kind.name] = count + 1
             chosen.add(card.id)
         return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """The inputs of the last refresh, and until when its result stands."""
+
+    version: int
+    driving: bool
+    quiet: bool
+    deadline: float
+    odometer: float
+
+    def holds(
+        self, version: int, *, driving: bool, quiet: bool, now: float, odometer_m: int | None
+    ) -> bool:
+        return (
+            version == self.version
+            and driving == self.driving
+            and quiet == self.quiet
+            and now < self.deadline
+            and (odometer_m is None or odometer_m < self.odometer)
+        )
 
 
 def _snooze_over(card: Card, now: float, odometer_m: int | None) -> bool:

@@ -8,6 +8,7 @@ as agent events (for the rules) and outbox events.
 from __future__ import annotations
 
 import logging
+import math
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -26,12 +27,33 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
+#: Time-based items change by the day: a tick looks at most this often (seconds).
+TIME_CHECK_S = 60.0
+
 
 class Reactions:
     """The agent's reactions to vehicle transitions (pure; part of the core)."""
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
+        # Where the odometer next matters, and when time last did (not persisted: the
+        # first reading after a start looks afresh).
+        self._next_check_m = -math.inf
+        self._last_time_check = -math.inf
+        self._stale = True
+
+    def invalidate(self) -> None:
+        """Look again at the next tick or odometer reading.
+
+        For changes made outside a check: the plan, the history, a dismissal, a booking.
+        """
+        self._stale = True
+        self._next_check_m = -math.inf
+
+    def maybe_check_maintenance(self, now: Now) -> None:
+        """On a tick: look when something changed, or once a minute for time-based items."""
+        if self._stale or now.monotonic - self._last_time_check >= TIME_CHECK_S:
+            self.check_maintenance(now)
 
     def on_transition(self, change: veh.Change, now: Now, monotonic: float) -> bool:
         """React to one transition; returns whether maintenance needs a fresh look."""
@@ -39,7 +61,8 @@ class Reactions:
         recheck = False
         if t is veh.Transition.ODOMETER_CHANGED:
             self._agent.mark_dirty("vehicle")
-            recheck = True
+            odometer = self._agent.vehicle.odometer_m
+            recheck = odometer is not None and odometer >= self._next_check_m
             before = self._agent.maintenance
             self._agent.maintenance, reached = mnt.milestone(
                 self._agent.plan, before, self._agent.vehicle.odometer_m
@@ -90,6 +113,8 @@ class Reactions:
 
     def check_maintenance(self, now: Now) -> None:
         """Assess the plan and remind the driver if the engine decides to."""
+        self._stale = False
+        self._last_time_check = now.monotonic
         assessment = mnt.assess(self._agent.plan, self._agent.maintenance, self._agent.vehicle, now)
         before = self._agent.maintenance
         self._agent.maintenance, reminder = mnt.decide(
@@ -102,6 +127,9 @@ class Reactions:
             self._agent.agent_event("maintenance_ok", {}, now)
         if self._agent.maintenance != before:
             self._agent.mark_dirty("maintenance")
+        self._next_check_m = mnt.next_boundary(
+            self._agent.plan, self._agent.maintenance, self._agent.vehicle.odometer_m
+        )
         if reminder is None:
             return
         payload = mnt.assessment_payload(assessment, self._agent.vehicle)

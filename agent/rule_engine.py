@@ -31,7 +31,6 @@ from agent.rule_model import (
     NotOf,
     Rule,
     RuleSetDocument,
-    SignalCondition,
     SignalTrigger,
     TimeTrigger,
 )
@@ -93,8 +92,31 @@ class _RuleState:
     version: int | None = None  # the rule version these counters belong to
 
 
+@dataclass(slots=True)
+class _SignalRule:
+    """A signal-triggered rule, compiled: the comparison ready to run on every update."""
+
+    rule: Rule
+    state: _RuleState
+    op: str
+    threshold: Any
+    compare: Callable[[Any, Any], bool] | None  # set when the threshold is a number
+    min_interval: float
+
+
+_OPERATORS: Final[dict[str, Callable[[Any, Any], bool]]] = {
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+    ">": operator.gt, ">=": operator.ge,
+}  # fmt: skip
+
+
 class RuleEngine:
-    """Evaluates rules against agent events, signals and the time of day."""
+    """Evaluates rules against agent events, signals and the time of day.
+
+    :attr:`dirty` turns true whenever the engine's persistent state changes (an edge
+    flips, a rule fires, a time-of-day rule's day is used up); the agent persists the
+    state then, and only then, and clears the flag.
+    """
 
     def __init__(
         self,
@@ -109,6 +131,7 @@ class RuleEngine:
         self._cloud = cloud
         self._previous: RuleSetDocument | None = None
         self._offset = utc_offset_minutes * 60
+        self.dirty = False
         self._state: dict[str, _RuleState] = defaultdict(_RuleState)
         for rule_id, raw in (state or {}).items():
             self._state[rule_id] = _RuleState(
@@ -155,7 +178,7 @@ class RuleEngine:
             rules.update({r.id: r for r in self._cloud.rules})
         self._rules = rules
         self._by_event: dict[str, list[Rule]] = defaultdict(list)
-        self._by_signal: dict[str, list[Rule]] = defaultdict(list)
+        self._by_signal: dict[str, list[_SignalRule]] = defaultdict(list)
         self._timed: list[Rule] = []
         self._closers: dict[str, list[Rule]] = defaultdict(list)
         for rule in rules.values():
@@ -165,7 +188,15 @@ class RuleEngine:
             if isinstance(trigger, EventTrigger):
                 self._by_event[trigger.event].append(rule)
             elif isinstance(trigger, SignalTrigger):
-                self._by_signal[trigger.signal.path].append(rule)
+                condition = trigger.signal
+                threshold = condition.value
+                numeric = _is_number(threshold)
+                self._by_signal[condition.path].append(
+                    _SignalRule(
+                        rule, self._state_of(rule), condition.op, threshold,
+                        _OPERATORS[condition.op] if numeric else None, trigger.min_interval_s,
+                    )
+                )  # fmt: skip
             elif isinstance(trigger, TimeTrigger):
                 self._timed.append(rule)
             for event in rule.closes_on:
@@ -211,20 +242,33 @@ class RuleEngine:
         trusted: bool,
         tier: str | None,
     ) -> list[CardSpec]:
-        """Cards asked for by rules whose signal condition on ``path`` just became true."""
+        """Cards asked for by rules whose signal condition on ``path`` just became true.
+
+        Only a rule whose condition flips does any work beyond one comparison: this is
+        run on every update of a watched signal.
+        """
+        entries = self._by_signal.get(path)
+        if not entries:
+            return []
+        number = _is_number(value)
         specs = []
-        for rule in self._by_signal.get(path, ()):
-            trigger = rule.trigger
-            assert isinstance(trigger, SignalTrigger)
-            state = self._state_of(rule)
-            truth = _signal_holds(trigger.signal, value)
-            rising, state.edge = truth and not state.edge, truth
-            if not rising:
+        for entry in entries:
+            compare = entry.compare
+            if number and compare is not None:
+                truth = compare(value, entry.threshold)
+            else:
+                truth = _compare(value, entry.op, entry.threshold)
+            state = entry.state
+            if truth == state.edge:
                 continue
-            if state.last_fired is not None and now - state.last_fired < trigger.min_interval_s:
+            state.edge = truth
+            self.dirty = True
+            if not truth:
                 continue
-            if self._eligible(rule, facts, now, trusted=trusted, tier=tier):
-                specs.append(self._fire(rule, {"path": path, "value": _arg(value)}, now))
+            if state.last_fired is not None and now - state.last_fired < entry.min_interval:
+                continue
+            if self._eligible(entry.rule, facts, now, trusted=trusted, tier=tier):
+                specs.append(self._fire(entry.rule, {"path": path, "value": _arg(value)}, now))
         return specs
 
     def on_tick(
@@ -244,6 +288,7 @@ class RuleEngine:
             if minute < hours * 60 + minutes or state.last_day == day:
                 continue
             state.last_day = day
+            self.dirty = True
             if self._eligible(rule, facts, now, trusted=trusted, tier=tier):
                 specs.append(self._fire(rule, {}, now))
         return specs
@@ -282,6 +327,7 @@ class RuleEngine:
         state.fired.append(now)
         state.total += 1
         state.last_fired = now
+        self.dirty = True
         card = rule.card
         args = {"rule_id": rule.id, **attrs}
         return CardSpec(
@@ -301,6 +347,8 @@ class RuleEngine:
     def forget_counters(self) -> None:
         """Drop every rule's counters and edges (a wipe of the driver's data)."""
         self._state.clear()
+        self._index()  # the compiled rules hold their state objects
+        self.dirty = True
 
     def _state_of(self, rule: Rule) -> _RuleState:
         """The rule's counters; a new version of a rule starts with fresh ones."""
@@ -347,10 +395,6 @@ def _arg(value: Any) -> ArgValue:
     if isinstance(value, tuple):
         return tuple(str(v) for v in value)
     return str(value)
-
-
-def _signal_holds(condition: SignalCondition, value: Any) -> bool:
-    return _compare(value, condition.op, condition.value)
 
 
 def evaluate(condition: Condition, facts: FactLookup) -> bool:

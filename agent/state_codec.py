@@ -48,6 +48,7 @@ SECTIONS: Final = (
     "wallet",
     "consent",
     "rules",
+    "rule_state",
     "cards",
     "flows",
 )
@@ -159,10 +160,9 @@ def _rule_state(data: Any) -> dict[str, dict[str, Any]]:
 
 
 def encode(agent: Agent, sections: set[str] | None = None) -> dict[str, str]:
-    """The JSON of the given sections (all if ``None``)."""
-    state = agent.state()
+    """The JSON of the given sections (all if ``None``), read straight from the agent."""
     wanted = SECTIONS if sections is None else [s for s in SECTIONS if s in sections]
-    return {name: _dumps(_ENCODERS[name](state)) for name in wanted}
+    return {name: _dumps(_ENCODERS[name](agent)) for name in wanted}
 
 
 def decode(sections: Mapping[str, str]) -> AgentState:
@@ -363,26 +363,29 @@ def _model_or_none(model: Any) -> Any:
     return None if model is None else model.model_dump(mode="json", by_alias=True)
 
 
-_ENCODERS: Final[dict[str, Callable[[AgentState], Any]]] = {
-    "vehicle": lambda s: {
-        "odometer_m": s.odometer_m,
-        "drive_cycle": s.drive_cycle,
-        "scenes": dict(s.scenes),
+_ENCODERS: Final[dict[str, Callable[[Agent], Any]]] = {
+    "vehicle": lambda a: {
+        "odometer_m": a.vehicle.odometer_m,
+        "drive_cycle": a.vehicle.drive_cycle,
+        "scenes": dict(a.scenes),
     },
-    "clock": lambda s: {"last_trusted": s.clock.last_trusted},
-    "plan": lambda s: _model_or_none(s.plan),
-    "catalogue": lambda s: _model_or_none(s.catalogue),
-    "maintenance": lambda s: _maintenance_json(s.maintenance),
-    "faults": lambda s: {"announced": dict(s.announced)},
-    "wallet": lambda s: {"wallet": _model_or_none(s.wallet), "offered": dict(s.offered)},
-    "consent": lambda s: s.consent.to_json(),
-    "rules": lambda s: {"cloud": _model_or_none(s.cloud_rules), "state": dict(s.rule_state)},
-    "cards": lambda s: _cards_json(s.cards),
-    "flows": lambda s: {
-        "bookings": [_booking_json(b) for b in s.bookings],
+    "clock": lambda a: {"last_trusted": a.clock.last_trusted},
+    "plan": lambda a: _model_or_none(a.plan),
+    "catalogue": lambda a: _model_or_none(a.catalogue),
+    "maintenance": lambda a: _maintenance_json(a.maintenance),
+    "faults": lambda a: {"announced": dict(a.announced)},
+    "wallet": lambda a: {"wallet": _model_or_none(a.wallet), "offered": dict(a.offered)},
+    "consent": lambda a: a.consent.to_json(),
+    # The cloud's rule document changes rarely and is large; the counters change often
+    # and are small: two sections, so that a counter never rewrites the document.
+    "rules": lambda a: {"cloud": _model_or_none(a.rules.cloud_document)},
+    "rule_state": lambda a: a.rules.snapshot(),
+    "cards": lambda a: _cards_json(a.cards.snapshot()),
+    "flows": lambda a: {
+        "bookings": [_booking_json(b) for b in a.flows.bookings_state()],
         "redemptions": [
             {"request_id": r.request_id, "coupon_id": r.coupon_id, "card_key": r.card_key}
-            for r in s.redemptions
+            for r in a.flows.redemptions_state()
         ],
     },
 }
@@ -403,12 +406,14 @@ _DECODERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
         "offered": _strings(d.get("offered", {})),
     },
     "consent": lambda d: {"consent": ConsentState.from_json(d)},
+    # Older stores kept the counters inside "rules" (under "state"): still read.
     "rules": lambda d: {
         "cloud_rules": None
         if d.get("cloud") is None
         else RuleSetDocument.model_validate(d["cloud"]),
-        "rule_state": _rule_state(d.get("state", {})),
+        **({"rule_state": _rule_state(d["state"])} if "state" in d else {}),
     },
+    "rule_state": lambda d: {"rule_state": _rule_state(d)},
     "cards": lambda d: {"cards": _cards(d)},
     "flows": lambda d: {
         "bookings": tuple(_booking(b) for b in d.get("bookings", [])),

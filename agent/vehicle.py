@@ -14,7 +14,7 @@ says so.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
@@ -154,14 +154,17 @@ def apply(state: VehicleState, update: SignalUpdate) -> tuple[VehicleState, list
         changes.append(Change(Transition.SERVICE_RESET, {"counter": update.value}))
     elif update.path == GNSS_TIME and isinstance(update.value, str):
         changes.append(Change(Transition.GNSS_TIME, {"time": update.value}))
-    new = replace(state, signals=MappingProxyType(signals), odometer_m=odometer, faults=faults)
-    return _derive(state, new, changes)
+    return _derive(state, signals, odometer, faults, changes)
 
 
 def _derive(
-    old: VehicleState, new: VehicleState, changes: list[Change]
+    old: VehicleState,
+    signals: dict[str, SignalValue],
+    odometer: int | None,
+    faults: tuple[str, ...],
+    changes: list[Change],
 ) -> tuple[VehicleState, list[Change]]:
-    ignition = new.signals.get(IGNITION)
+    ignition = signals.get(IGNITION)
     in_cycle = old.in_drive_cycle
     cycle = old.drive_cycle
     if ignition in _ON_STATES and not in_cycle:
@@ -170,22 +173,16 @@ def _derive(
     elif ignition in _OFF_STATES and in_cycle:
         in_cycle = False
         changes.append(Change(Transition.DRIVE_CYCLE_ENDED, {"cycle": cycle}))
-    parked = _is_parked(new.signals)
+    parked = _is_parked(signals)
     if parked != old.parked:
         changes.append(Change(Transition.PARKED if parked else Transition.DRIVING_STARTED))
-    charging = new.signals.get(IS_CHARGING) is True
+    charging = signals.get(IS_CHARGING) is True
     if charging != old.charging:
         transition = Transition.CHARGING_STARTED if charging else Transition.CHARGING_STOPPED
-        changes.append(Change(transition, {"soc": new.signals.get(STATE_OF_CHARGE)}))
-    if (in_cycle, cycle, parked, charging) == (
-        new.in_drive_cycle,
-        new.drive_cycle,
-        new.parked,
-        new.charging,
-    ):
-        return new, changes
-    return replace(
-        new, in_drive_cycle=in_cycle, drive_cycle=cycle, parked=parked, charging=charging
+        changes.append(Change(transition, {"soc": signals.get(STATE_OF_CHARGE)}))
+    # One construction per update (this runs for every signal the car sends).
+    return VehicleState(
+        MappingProxyType(signals), odometer, cycle, in_cycle, parked, charging, faults
     ), changes
 
 

@@ -1,16 +1,19 @@
 """The database schema and its migrations (sqlite-utils), versioned by ``PRAGMA user_version``.
 
 Each migration runs once, in order, in its own transaction. The hot path does not use
-sqlite-utils: see :mod:`agent.store.store`.
+sqlite-utils: see :mod:`agent.store.store`. sqlite-utils is imported only when a
+migration has to run: it is a large import (with its plugins, and numpy when that is
+installed), and a daemon whose schema is current starts faster and smaller without it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -74,6 +77,10 @@ def migrate(connection: sqlite3.Connection) -> int:
             f"the database has schema version {current}, newer than this touchpoint "
             f"({SCHEMA_VERSION}); refusing to touch it"
         )
+    if current == SCHEMA_VERSION:
+        return current
+    import sqlite_utils  # noqa: PLC0415 - see the module docstring
+
     db = sqlite_utils.Database(connection)
     for version in range(current, SCHEMA_VERSION):
         # The connection is in autocommit mode: an explicit transaction makes the

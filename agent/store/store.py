@@ -29,11 +29,14 @@ from typing import Final
 from agent.errors import AgentError
 from agent.events import Event
 from agent.store.schema import migrate
+from can_signals.ratelimit import RateLimitedLog
 
 _log = logging.getLogger(__name__)
 
 #: Bytes an event takes on the wire besides its payload (ids, type, times, category).
 EVENT_OVERHEAD: Final = 200
+#: SQLite's page cache, in KiB.
+CACHE_KIB: Final = 512
 #: The database may grow to this multiple of the byte budget before SQLite refuses.
 PAGE_HEADROOM: Final = 4
 
@@ -136,6 +139,8 @@ class Store:
         self._db = connection
         self.path = path
         self.limits = limits
+        # Once at its budget the outbox evicts on every commit: say so once a minute.
+        self._evictions_log = RateLimitedLog(_log)
         self._count, self._bytes = self._totals()
 
     @classmethod
@@ -256,7 +261,9 @@ class Store:
             raise
         self._count, self._bytes = count, size
         if evicted_rows:
-            _log.warning("outbox full: evicted %d low-priority events", evicted_rows)
+            self._evictions_log.warning(
+                "evicted", "outbox full: evicted %d low-priority events", evicted_rows
+            )
         return CommitResult(inserted, evicted_rows)
 
     def _totals(self) -> tuple[int, int]:
@@ -516,6 +523,9 @@ def _configure(connection: sqlite3.Connection, path: Path, limits: StoreLimits) 
     if str(mode).lower() != "wal":
         _log.warning("store %s: journal mode is %s, not WAL", path, mode)
     connection.execute("PRAGMA synchronous = FULL")
+    # The hot path appends and reads the head of an index: a small page cache does
+    # (SQLite's default is 2 MiB, a head unit has better uses for it).
+    connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
     pages = max(1000, PAGE_HEADROOM * limits.max_bytes // page_size)
     connection.execute(f"PRAGMA max_page_count = {pages}")
