@@ -320,7 +320,7 @@ class Agent:
         now = self._now(wall, monotonic)
         local = tuple(r for r in self.maintenance.records if r.source != "cloud")
         before = mnt.assess(self.plan, self.maintenance, self.vehicle, now).state
-        self.maintenance = replace(self.maintenance, records=(*history.records, *local))
+        self.maintenance = mnt.with_records(self.maintenance, (*history.records, *local))
         after = mnt.assess(self.plan, self.maintenance, self.vehicle, now).state
         if after < before:
             self.agent_event("service_completed", {}, now)

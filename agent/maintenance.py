@@ -27,6 +27,8 @@ from agent.clock import Now
 from agent.plan import DAY, Condition, ServiceItem, ServicePlan, ServiceRecord
 from agent.vehicle import OIL_LIFE, VehicleState
 
+_TYRE_LOW_SUFFIX: Final = ".Tire.IsPressureLow"
+
 #: Oil life (percent remaining) at which the oil item is due soon / due / overdue.
 OIL_LIFE_THRESHOLDS: Final = (15, 5, 0)
 #: Brake pad wear (percent worn) at which the pad item is due soon / due / overdue.
@@ -208,14 +210,34 @@ class Assessment:
 def assess(
     plan: ServicePlan, state: MaintenanceState, vehicle: VehicleState, now: Now
 ) -> Assessment:
-    """Assess every item of the plan."""
+    """Assess every item of the plan.
+
+    Unknown is not OK: an item whose condition input has not been heard yet (just after
+    a start) or whose time criterion waits for a trusted clock keeps the state it last
+    had when that state was worse. Otherwise a restart would end the reminder episode
+    ("all serviced") and start it again a moment later, bringing back cards the driver
+    had dismissed.
+    """
     latest = last_records(state.records)
-    return Assessment(
-        tuple(
-            assess_item(item, latest.get(item.id), vehicle.odometer_m, now, vehicle)
-            for item in plan.items
+    items = []
+    for item in plan.items:
+        assessed = assess_item(item, latest.get(item.id), vehicle.odometer_m, now, vehicle)
+        unknown = assessed.time_unknown or (
+            item.condition is not None and not _condition_known(item.condition, vehicle)
         )
-    )
+        last = state.last_states.get(item.id, ItemState.OK)
+        if unknown and last > assessed.state:
+            assessed = replace(assessed, state=last, reason="last_known")
+        items.append(assessed)
+    return Assessment(tuple(items))
+
+
+def _condition_known(condition: Condition, vehicle: VehicleState) -> bool:
+    if condition is Condition.OIL_LIFE:
+        return isinstance(vehicle.value(OIL_LIFE), int | float)
+    if condition is Condition.BRAKE_PAD_WEAR:
+        return vehicle.brake_pad_wear() is not None
+    return any(path.endswith(_TYRE_LOW_SUFFIX) for path in vehicle.signals)
 
 
 def decide(
@@ -317,7 +339,19 @@ def on_booked(state: MaintenanceState, appointment: float) -> MaintenanceState:
 def on_serviced(state: MaintenanceState, record: ServiceRecord) -> MaintenanceState:
     """A service was carried out (from the cloud, or a reset seen on CAN)."""
     records = (*state.records, record)[-200:]
-    return replace(state, records=records)
+    return with_records(state, records)
+
+
+def with_records(state: MaintenanceState, records: Sequence[ServiceRecord]) -> MaintenanceState:
+    """Replace the service records; an item whose latest record changed is judged afresh.
+
+    The last known state of a serviced item must not be carried forward while its
+    inputs are unknown (see :func:`assess`): the service made it obsolete.
+    """
+    before, after = last_records(state.records), last_records(records)
+    serviced = {item for item, record in after.items() if before.get(item) != record}
+    last_states = {k: v for k, v in state.last_states.items() if k not in serviced}
+    return replace(state, records=tuple(records), last_states=last_states)
 
 
 def reset_record(

@@ -6,6 +6,12 @@ code 0 means none). Both, plus the result of an on-demand ISO-TP read, are folde
 ``Vehicle.Diagnostics.DTCList`` (J2012 codes, then ``LAMP:<name>`` for lit lamps) and
 ``DTCCount``, published whenever the set changes. A broadcast code that is no longer
 seen for its hold time is dropped, which is how a cleared fault disappears.
+
+The first list is published only once it is whole: every slot has gone round once (a
+code came back, or the ECU said "none"), or its hold time has passed since the first
+fault frame. A list made of the first code of a rotation (or of a lamp frame that came
+before the DTC frame) would tell the agent the other faults had cleared, and they would
+"appear" again a moment later, after every start.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ class _Slot:
     #: whole rotation has been seen, it is at least one step per code seen.
     step: float = 0.0
     last_change: float | None = None
+    #: The slot has gone round once (a code seen again, or "none active").
+    complete: bool = False
 
     def holds_for(self) -> float:
         """How long a code may go unseen before it counts as cleared."""
@@ -53,6 +61,7 @@ class FaultAssembler:
         self._lamps: dict[str, bool] = {}
         self._reads: dict[str, tuple[str, ...]] = {}
         self._published: tuple[str, ...] | None = None
+        self._first: float | None = None  # the first fault frame: the warm-up's start
 
     def add_slot(self, slot_id: int, bus: str, hold: float, last_seen: Callable[[], float]) -> None:
         """Register a broadcast DTC slot; ``last_seen`` gives its frame's latest timestamp."""
@@ -62,6 +71,7 @@ class FaultAssembler:
         """A DTC slot showed ``codes`` (empty: the ECU says no fault is active)."""
         slot = self._slots[slot_id]
         if not codes:
+            slot.complete = True
             slot.seen.clear()
             slot.rotation = slot.step = 0.0
         if slot.last_change is not None:
@@ -69,6 +79,8 @@ class FaultAssembler:
         slot.last_change = timestamp
         for code in codes:
             previous = slot.seen.get(code)
+            if previous is not None:
+                slot.complete = True
             if previous is not None and code not in slot.current:
                 # Back after the other codes had their turn: one rotation. The estimate
                 # decays, so it follows the list as it shrinks.
@@ -101,8 +113,22 @@ class FaultAssembler:
                     changed = slot.bus
         if changed:
             self._publish(now, changed)
+        elif self._published is None and self._first is not None and self._slots:
+            self._publish(now, next(iter(self._slots.values())).bus)  # the warm-up may be over
+
+    def _warming_up(self, timestamp: float) -> bool:
+        if self._first is None:
+            self._first = timestamp
+        if self._published is not None:
+            return False
+        return not all(
+            slot.complete or timestamp - self._first >= slot.holds_for()
+            for slot in self._slots.values()
+        )
 
     def _publish(self, timestamp: float, bus: str) -> None:
+        if self._warming_up(timestamp):
+            return
         codes: set[str] = set()
         for slot in self._slots.values():
             codes.update(slot.seen)

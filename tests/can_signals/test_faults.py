@@ -64,11 +64,13 @@ def test_a_cycling_slot_lists_its_codes_sorted_with_the_lamps(faults: Harness) -
     for n in range(10):  # P0420 and P0301 take turns, every 100 ms
         _send(faults, n / 10, ("P0420", "P0301")[n % 2], mil=int(n >= 5))
 
+    # Nothing before the slot has gone round once (P0420 back at 0.2 s): a first list of
+    # one code would say the other had cleared.
     assert _listings(faults) == [
-        ("P0420",),
         ("P0301", "P0420"),
         ("P0301", "P0420", MIL),
     ]
+    assert faults.timestamps(DTC_LIST)[0] == pytest.approx(0.2)
     _assert_counts_match(faults)
 
 
@@ -88,10 +90,11 @@ def test_a_code_not_seen_for_its_hold_time_disappears(faults: Harness) -> None:
 def test_code_zero_clears_the_slot_at_once(faults: Harness) -> None:
     _send(faults, 0.0, "P0420", mil=1)
     _send(faults, 0.1, "P0301", mil=1)
-    _send(faults, 0.2, None, mil=1)
+    _send(faults, 0.2, "P0420", mil=1)  # round once: the list is whole
+    _send(faults, 0.3, None, mil=1)
 
-    assert _listings(faults)[-3:] == [("P0420", MIL), ("P0301", "P0420", MIL), (MIL,)]
-    _send(faults, 0.3, None, mil=0)
+    assert _listings(faults)[-2:] == [("P0301", "P0420", MIL), (MIL,)]
+    _send(faults, 0.4, None, mil=0)
     assert _listings(faults)[-1] == ()
     _assert_counts_match(faults)
 
@@ -143,6 +146,8 @@ def test_a_diagnostic_read_adds_its_codes_and_replaces_its_last_result(
     faults: Harness,
 ) -> None:
     _send(faults, 0.0, "P0420", mil=1)
+    _send(faults, 0.1, None, mil=1)  # the slot says "none"...
+    _send(faults, 0.2, "P0420", mil=1)  # ...and shows P0420 again: whole, and settled
     faults.processor.dtc_read_result("engine", ("U0100", "B1234"), 0.5)
     faults.processor.dtc_read_result("transmission", ("P0700",), 0.6)
     faults.processor.dtc_read_result("engine", (), 0.7)  # the engine's codes were cleared
@@ -155,6 +160,16 @@ def test_a_diagnostic_read_adds_its_codes_and_replaces_its_last_result(
     read = [u for u in faults.updates if u.path == DTC_LIST and u.timestamp >= 0.5]
     assert {u.bus for u in read} == {"diag"}
     _assert_counts_match(faults)
+
+
+def test_a_first_list_waits_for_a_whole_rotation(faults: Harness) -> None:
+    """After a start, the slot's first code alone is not the list (the kill loop's find)."""
+    _send(faults, 0.0, "P0301", mil=1)  # the lamp and the first of three codes
+    _send(faults, 0.1, "P0420", mil=1)
+    assert _listings(faults) == []  # not yet: P0171 has not had its turn
+    _send(faults, 0.2, "P0171", mil=1)
+    _send(faults, 0.3, "P0301", mil=1)  # round once
+    assert _listings(faults) == [("P0171", "P0301", "P0420", MIL)]
 
 
 def test_the_same_read_twice_publishes_once(faults: Harness) -> None:
@@ -174,7 +189,8 @@ def test_a_three_byte_uds_code_drops_its_failure_type(make_harness: HarnessFacto
         dbc=dbc,
     )
 
-    harness.send("UDS_DTC", 0.0, DTC24=(0x0301 << 8) | 0x13)  # P0301, failure type 0x13
+    for n in range(7):  # one code, over and over: whole once its hold time (5 s) passed
+        harness.send("UDS_DTC", float(n), DTC24=(0x0301 << 8) | 0x13)  # P0301, type 0x13
 
     assert harness.values(DTC_LIST) == [("P0301",)]
 
