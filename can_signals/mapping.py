@@ -29,9 +29,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Final
-
-import yaml
+from typing import Any, Final
 
 from can_signals.errors import ExpressionError, MappingError, Problem
 from can_signals.expression import compile_expression
@@ -356,21 +354,17 @@ class _Reader:
                     Problem(self.file, f"line {err.lineno}", f"not valid JSON: {err.msg}")
                 )
                 return None
-        loader = _StrictYamlLoader(self.text)
+        # PyYAML is imported only for YAML files: a daemon reading a JSON mapping (KUKSA's
+        # own form) does without it.
+        from can_signals.yaml_reader import YamlProblem, read_yaml  # noqa: PLC0415
+
         try:
-            document = loader.get_single_data()
-        except yaml.MarkedYAMLError as err:
-            line = f"line {err.problem_mark.line + 1}" if err.problem_mark else ""
-            self.problems.append(Problem(self.file, line, f"not valid YAML: {err.problem}"))
+            document, duplicates = read_yaml(self.text)
+        except YamlProblem as err:
+            self.problems.append(Problem(self.file, err.where, err.message))
             return None
-        except yaml.YAMLError as err:
-            self.problems.append(Problem(self.file, "", f"not valid YAML: {err}"))
-            return None
-        finally:
-            loader.dispose()
         self.problems.extend(
-            Problem(self.file, f"line {line}", f"duplicate key {key!r}")
-            for key, line in loader.duplicates
+            Problem(self.file, f"line {line}", f"duplicate key {key!r}") for key, line in duplicates
         )
         return document
 
@@ -394,71 +388,12 @@ class _Reader:
 
     def _line_of(self, key_path: KeyPath) -> int | None:
         if self._lines is None:
-            self._lines = _index_lines(self.text)
+            from can_signals.yaml_reader import index_lines  # noqa: PLC0415 - problems only
+
+            self._lines = index_lines(self.text)
         # The deepest ancestor that has a line: a missing key is reported at its parent.
         for end in range(len(key_path), 0, -1):
             line = self._lines.get(key_path[:end])
             if line is not None:
                 return line
         return None
-
-
-def _index_lines(text: str) -> dict[KeyPath, int]:
-    """Map every key path of the document to its line (YAML's composer keeps positions)."""
-    try:
-        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError:
-        return {}
-    lines: dict[KeyPath, int] = {}
-    stack: list[tuple[KeyPath, yaml.Node]] = [((), root)] if root is not None else []
-    while stack:
-        prefix, node = stack.pop()
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = (*prefix, str(key_node.value))
-                lines.setdefault(key, key_node.start_mark.line + 1)
-                stack.append((key, value_node))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                key = (*prefix, str(index))
-                lines.setdefault(key, item.start_mark.line + 1)
-                stack.append((key, item))
-    return lines
-
-
-class _StrictYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """A safe YAML loader that notes duplicate keys (``duplicates``) instead of hiding them.
-
-    Only ``true`` and ``false`` are booleans (as in YAML 1.2 and JSON): YAML 1.1 also
-    reads ``on``, ``off``, ``yes``, ``no`` so, which would silently turn a DBC label such
-    as ``ON`` in a ``mapping`` transform into the number 1.
-    """
-
-    yaml_implicit_resolvers: ClassVar[dict[Any, list[tuple[str, re.Pattern[str]]]]] = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.duplicates: list[tuple[Any, int]] = []
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:  # noqa: FBT001, FBT002
-        keys: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                seen = key in keys
-            except TypeError:  # unhashable: the base class reports it
-                break
-            if seen:
-                self.duplicates.append((key, key_node.start_mark.line + 1))
-            keys.add(key)
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
-
-
-_StrictYamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
