@@ -184,6 +184,8 @@ class Agent:
         """Time passed: expiries, snoozes, time-based maintenance, reminders, timed rules."""
         now = self._now(wall, monotonic)
         self.reactions.maybe_check_maintenance(now)
+        if self.reactions.lamps_waiting:
+            self.reactions.check_faults(now)
         self.flows.tick(now)
         specs = self.rules.on_tick(
             _LazyFacts(self, now), now.wall, trusted=now.trusted, tier=self._tier()
@@ -555,7 +557,11 @@ class Agent:
             self._card_event("card.expired", card, now, reason=CloseReason.EXPIRED.name)
         for change in changes:
             if change.type is ChangeType.ADDED:
-                self._card_event("card.displayed", change.card, now)
+                # Whether the car was parked when the card went on screen: the context
+                # operators look at, and the driver-distraction rule made checkable.
+                self._card_event(
+                    "card.displayed", change.card, now, parked=not self.vehicle.driving
+                )
             elif change.reason is CloseReason.WITHDRAWN_FOR_DRIVING:
                 self._card_event("card.withdrawn", change.card, now, reason="driving")
         if changes or expired:

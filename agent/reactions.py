@@ -29,6 +29,8 @@ _log = logging.getLogger(__name__)
 
 #: Time-based items change by the day: a tick looks at most this often (seconds).
 TIME_CHECK_S = 60.0
+#: A lamp a code can explain waits this long for that code before it is announced.
+LAMP_SETTLE_S = 2.0
 
 
 class Reactions:
@@ -41,6 +43,13 @@ class Reactions:
         self._next_check_m = -math.inf
         self._last_time_check = -math.inf
         self._stale = True
+        # Generic lamps waiting for the code that explains them, since when (monotonic).
+        self._unexplained_since: dict[str, float] = {}
+
+    @property
+    def lamps_waiting(self) -> bool:
+        """Whether a lamp waits to be announced (the tick must look again)."""
+        return bool(self._unexplained_since)
 
     def invalidate(self) -> None:
         """Look again at the next tick or odometer reading.
@@ -152,8 +161,23 @@ class Reactions:
         self._agent.agent_event("maintenance_reminder", attrs, now)
 
     def check_faults(self, now: Now) -> None:
-        """Announce faults that appeared and retract those that cleared."""
+        """Announce faults that appeared and retract those that cleared.
+
+        A generic lamp (one a code can explain: the check-engine light) is lit a moment
+        before the code behind it reaches the bus: it waits ``LAMP_SETTLE_S`` for that
+        code, so the driver sees "cylinder misfire", not "check engine light" replaced a
+        second later.
+        """
         faults = active_faults(self._agent.catalogue, self._agent.vehicle.faults)
+        for code in list(self._unexplained_since):
+            if code not in faults:
+                del self._unexplained_since[code]
+        for code, fault in list(faults.items()):
+            if fault.entry.explained_by is None or code in self._agent.announced:
+                continue
+            since = self._unexplained_since.setdefault(code, now.monotonic)
+            if now.monotonic - since < LAMP_SETTLE_S:
+                del faults[code]  # not yet
         appeared, cleared = diff(self._agent.announced, faults)
         for fault in appeared:
             entry = fault.entry

@@ -57,14 +57,26 @@ def test_the_check_engine_lamp_is_explained_by_a_p_code(car: Car) -> None:
     car.dtcs("LAMP:MalfunctionIndicator", "P0301")
     assert car.card("fault:LAMP:MalfunctionIndicator") is None
     assert car.card("fault:P0301") is not None
-    # The code clears, the lamp stays lit: now the lamp is all we know.
+    # The code clears, the lamp stays lit: once it has waited for another code in vain,
+    # the lamp is all we know.
     car.dtcs("LAMP:MalfunctionIndicator")
     assert car.card("fault:P0301") is None
+    assert car.card("fault:LAMP:MalfunctionIndicator") is None  # still waiting
+    car.tick(3)
     lamp = car.card("fault:LAMP:MalfunctionIndicator")
     assert lamp is not None
     assert lamp.title.en == "Check engine light on"
     # A P-code again explains it: the lamp's card goes.
     car.dtcs("LAMP:MalfunctionIndicator", "P0420")
+    assert car.card("fault:LAMP:MalfunctionIndicator") is None
+
+
+def test_the_check_engine_lamp_waits_for_the_code_that_explains_it(car: Car) -> None:
+    car.dtcs("LAMP:MalfunctionIndicator")  # the lamp frame comes first...
+    car.advance(0.3)
+    car.dtcs("LAMP:MalfunctionIndicator", "P0301")  # ...the code a moment later
+    car.tick(5)
+    assert [e.payload["code"] for e in car.events_of("fault.detected")] == ["P0301"]
     assert car.card("fault:LAMP:MalfunctionIndicator") is None
 
 
