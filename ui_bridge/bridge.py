@@ -167,11 +167,12 @@ class DbusBridge:
         while not self._stopping:
             bus = self._bus
             if bus is not None:
-                await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+                cause = await _disconnected(bus)
                 if self.stopping:
                     return
-                _log.warning("the D-Bus connection was lost; reconnecting")
+                _log.warning("the D-Bus connection was lost (%s); reconnecting", cause)
                 self._bus = None
+                bus.disconnect()  # closes the socket if the peer's end went first
             try:
                 await self._connect()
             except BridgeError as err:
@@ -383,6 +384,15 @@ class DbusBridge:
         except TouchpointError as err:
             _log.exception("a D-Bus call failed")
             raise DBusError(ERROR_FAILED, str(err)) from err
+
+
+async def _disconnected(bus: MessageBus) -> str:
+    """Wait for ``bus`` to go; say why (dbus-fast raises the reader's error, e.g. EOF)."""
+    try:
+        await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+    except Exception as err:  # noqa: BLE001 - any reader error means the same: it is gone
+        return f"{type(err).__name__}: {err}".rstrip(": ")
+    return "disconnected"
 
 
 def _package_version() -> str:

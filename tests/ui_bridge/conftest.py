@@ -12,7 +12,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,26 +44,42 @@ SESSION_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Co
 """
 
 
-@contextlib.contextmanager
-def private_bus(config_text: str | None = None) -> Iterator[str]:
-    """Start a dbus-daemon with a config (a session-like one by default); yield its address."""
-    directory = Path(tempfile.mkdtemp(prefix="tp-dbus-"))
-    config = directory / "bus.conf"
-    config.write_text((config_text or SESSION_CONFIG).format(directory=directory))
+def start_dbus_daemon(config: Path) -> tuple[subprocess.Popen[str], str]:
+    """Start a dbus-daemon with ``config``; return it and the address it listens on."""
     process = subprocess.Popen(
         ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
+    assert process.stdout is not None
+    address = process.stdout.readline().strip()
+    if not address:
+        stop_dbus_daemon(process)
+        raise RuntimeError("dbus-daemon did not start")
+    return process, address
+
+
+def stop_dbus_daemon(process: subprocess.Popen[str]) -> None:
+    """Stop a daemon from :func:`start_dbus_daemon`."""
+    process.terminate()
+    process.wait(timeout=10)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@contextlib.contextmanager
+def private_bus(config_text: str | None = None, directory: Path | None = None) -> Iterator[str]:
+    """Start a dbus-daemon with a config (a session-like one by default); yield its address."""
+    owned = directory is None
+    directory = Path(tempfile.mkdtemp(prefix="tp-dbus-")) if directory is None else directory
+    config = directory / "bus.conf"
+    config.write_text((config_text or SESSION_CONFIG).format(directory=directory))
+    process, address = start_dbus_daemon(config)
     try:
-        assert process.stdout is not None
-        address = process.stdout.readline().strip()
-        if not address:
-            raise RuntimeError("dbus-daemon did not start")
         yield address
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(directory, ignore_errors=True)
+        stop_dbus_daemon(process)
+        if owned:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -86,9 +103,14 @@ def settings(store: Path, address: str, locale: str = "en") -> DaemonSettings:
 
 
 @contextlib.asynccontextmanager
-async def serving(store: Path, address: str, locale: str = "en") -> AsyncIterator[Daemon]:
-    """A started daemon whose bridge owns org.touchpoint.Agent1 on ``address``."""
-    daemon = Daemon(settings(store, address, locale))
+async def serving(
+    store: Path, address: str, locale: str = "en", wall: Callable[[], float] | None = None
+) -> AsyncIterator[Daemon]:
+    """A started daemon whose bridge owns org.touchpoint.Agent1 on ``address``.
+
+    ``wall`` replaces the daemon's wall clock (to let expiry times pass without waiting).
+    """
+    daemon = Daemon(settings(store, address, locale), wall=wall or time.time)
     await daemon.start()
     try:
         assert daemon.bridge is not None
