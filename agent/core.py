@@ -204,10 +204,23 @@ class Agent:
             self._out.dirty.add("cards")
         return self._finish(now)
 
-    def on_dismiss(self, card_id: str, wall: float, monotonic: float) -> Output:
-        """The driver dismissed a card."""
+    def on_dismiss(
+        self,
+        card_id: str,
+        wall: float,
+        monotonic: float,
+        reason: CloseReason = CloseReason.DISMISSED,
+    ) -> Output:
+        """The driver dismissed a card, or (``EXPIRED``) the screen timed it out.
+
+        Both take the card away and a maintenance reminder comes back after the same
+        wait; they are told apart in the record (``card.dismissed`` is the driver's
+        answer, ``card.expired`` is not), which is what the member platform counts.
+        """
+        if reason not in (CloseReason.DISMISSED, CloseReason.EXPIRED):
+            raise ValueError(f"a screen closes a card as dismissed or expired, not {reason.name}")
         now = self._now(wall, monotonic)
-        self._close(self._visible(card_id), CloseReason.DISMISSED, now)
+        self._close(self._visible(card_id), reason, now)
         return self._finish(now)
 
     def on_action(
@@ -539,7 +552,12 @@ class Agent:
             self._out.changes.append(CardChange(ChangeType.REMOVED, closed, reason))
         name = {CloseReason.DISMISSED: "card.dismissed", CloseReason.EXPIRED: "card.expired"}
         self._card_event(name.get(reason, "card.closed"), closed, now, reason=reason.name)
-        if closed.kind is CardKind.MAINTENANCE and reason is CloseReason.DISMISSED:
+        # EXPIRED reaches here only from a screen's timeout (see ``on_dismiss``); a
+        # card's own expiry is settled in ``_finish``.
+        if closed.kind is CardKind.MAINTENANCE and reason in (
+            CloseReason.DISMISSED,
+            CloseReason.EXPIRED,
+        ):
             self.maintenance = mnt.on_dismissed(self.maintenance, now, self.vehicle.odometer_m)
             self._out.dirty.add("maintenance")
             self.reactions.invalidate()  # where it resurfaces is a new boundary

@@ -291,7 +291,7 @@ class DbusBridge:
     async def dismiss(self, card_id: str, reason: CloseReason) -> None:
         """The HMI's ``Dismiss``."""
         _log.debug("dismiss %s (%s)", card_id, reason.name)
-        await self._run(lambda a, w, m: a.on_dismiss(card_id, w, m))
+        await self._run(lambda a, w, m: a.on_dismiss(card_id, w, m, reason))
 
     async def report_shown(self, card_id: str) -> None:
         """The HMI's ``ReportShown``."""

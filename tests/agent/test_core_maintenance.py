@@ -248,3 +248,20 @@ def test_the_reminder_event_tells_the_dealer(car: Car, km: int) -> None:
     car.keep(car.agent.set_wallet(Wallet(version=1, dealer_id="D-42"), car.wall, car.mono))
     car.odometer_km(km)
     assert reminders(car)[-1]["dealer_id"] == "D-42"
+
+
+def test_a_screen_timeout_is_not_the_drivers_answer(car: Car) -> None:
+    car.odometer_km(9_000)
+    [card] = car.visible(CardKind.MAINTENANCE)
+    out = car.keep(car.agent.on_dismiss(card.id, car.wall, car.mono, CloseReason.EXPIRED))
+    assert [(c.type, c.reason) for c in out.changes] == [(ChangeType.REMOVED, CloseReason.EXPIRED)]
+    assert car.events_of("card.expired")[-1].payload["card_id"] == card.id
+    assert car.events_of("card.dismissed") == []
+    with pytest.raises(ValueError, match="dismissed or expired"):
+        car.agent.on_dismiss(card.id, car.wall, car.mono, CloseReason.SUPERSEDED)
+    # Not straight back (a flicker loop), but after the same wait as a dismissal.
+    car.tick(PLAN.resurface_days[0] * DAY - 60)
+    assert car.visible() == []
+    car.tick(60)
+    [back] = car.visible(CardKind.MAINTENANCE)
+    assert back.id != card.id

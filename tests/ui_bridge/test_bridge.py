@@ -210,8 +210,17 @@ def test_expiry_removes_the_card_with_reason_expired(tmp_path: Path, bus_address
             await daemon.apply(lambda a, w, m: a.on_tick(w, m))
             closed = await hmi.wait(lambda m: m.member == "CardClosed")
             assert closed.body == [added.body[0], CloseReason.EXPIRED]
+            # A screen that times a card out says so: reason 1, recorded as expired.
+            hmi.signals.clear()
+            path, _ = await _card_on_screen(daemon, hmi)
+            await hmi.call(path, CARD_INTERFACE, "Dismiss", "u", [1])
+            closed = await hmi.wait(lambda m: m.member == "CardClosed")
+            assert closed.body == [path, CloseReason.EXPIRED]
 
     asyncio.run(scenario())
+    expired = [e for e in _events(tmp_path / "t.db") if e["type"] == "card.expired"]
+    assert len(expired) == 2
+    assert not [e for e in _events(tmp_path / "t.db") if e["type"] == "card.dismissed"]
 
 
 def test_driving_restricted_follows_the_vehicle(tmp_path: Path, bus_address: str) -> None:
