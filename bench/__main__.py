@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from bench import agent_decisions, daemon_figures, outbox, signal_pipeline
+from bench import agent_decisions, daemon_figures, dbus_bridge, outbox, signal_pipeline
 from bench.report import DataMissingError, Section, format_table
 
 #: The registry: a name for the progress line, and the module's ``run``.
@@ -20,6 +20,7 @@ BENCHMARKS: Final[tuple[tuple[str, Callable[[], list[Section]]], ...]] = (
     ("agent core decisions", agent_decisions.run),
     ("outbox", outbox.run),
     ("daemon start-up and memory", daemon_figures.run),
+    ("D-Bus bridge", dbus_bridge.run),
 )
 
 

@@ -35,7 +35,7 @@ from agent.core import ActionError, Agent, Output
 from agent.errors import TouchpointError
 from agent.policy import CardChange, ChangeType
 from agent.rule_model import ACTION_KEYS
-from ui_bridge.card_object import CardObject, card_properties, public_properties
+from ui_bridge.card_object import CardObject
 from ui_bridge.manager import ConsentInterface, ManagerInterface
 from ui_bridge.names import (
     API_VERSION,
@@ -226,7 +226,7 @@ class DbusBridge:
             OBJECT_MANAGER,
             "InterfacesAdded",
             "oa{sa{sv}}",
-            [path, {obj.name: public_properties(card, self.locale)}],
+            [path, {obj.name: obj.public_properties()}],
         )
 
     def _update(self, card: Card) -> None:
@@ -263,11 +263,9 @@ class DbusBridge:
         """Switch the display language; every card's texts change with it."""
         if locale == self.locale:
             return
-        before = {p: o.card for p, o in self._objects.items()}
-        old = self.locale
         self.locale = locale
-        for path, obj in self._objects.items():
-            obj.announce(card_properties(before[path], old), card_properties(obj.card, locale))
+        for obj in self._objects.values():
+            obj.update()
         self._manager.announce_locale(locale)
 
     def capabilities(self) -> dict[str, Variant]:

@@ -101,20 +101,13 @@ def card_properties(card: Card, locale: str) -> dict[str, Any]:
     }
 
 
-def public_properties(card: Card, locale: str) -> dict[str, Variant]:
-    """The properties a broadcast may carry, as variants (for ``InterfacesAdded``)."""
-    values = card_properties(card, locale)
-    return {
-        name: Variant(SIGNATURES[name], values[name]) for name in SIGNATURES if name not in PRIVATE
-    }
-
-
 SIGNATURES: Final = {
     "Id": "s", "Kind": "u", "Urgency": "u", "DisplayPolicy": "u", "Priority": "u",
     "Title": "s", "Body": "s", "TemplateId": "s", "TemplateArgs": "a{sv}",
     "Actions": "a(ss)", "Created": "x", "Expires": "x", "State": "u", "Pending": "b",
     "Extensions": "a{sv}",
 }  # fmt: skip
+PUBLIC: Final = tuple(name for name in SIGNATURES if name not in PRIVATE)
 
 
 class CardObject(ServiceInterface):
@@ -124,21 +117,29 @@ class CardObject(ServiceInterface):
         super().__init__(CARD_INTERFACE)
         self.card = card
         self._actions = actions
+        # What the HMI was last told, to announce only what differs.
+        self._told = card_properties(card, actions.locale)
 
-    def update(self, card: Card) -> None:
-        """Replace the card's content in place and announce the change (privately)."""
-        locale = self._actions.locale
-        before, after = card_properties(self.card, locale), card_properties(card, locale)
-        self.card = card
-        self.announce(before, after)
+    def update(self, card: Card | None = None) -> None:
+        """Replace the card's content (or re-read it after a change of locale) in place.
 
-    def announce(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
-        """``PropertiesChanged`` for what differs: public values, private names only."""
-        changed = {k: v for k, v in after.items() if before.get(k) != v}
-        public = {k: v for k, v in changed.items() if k not in PRIVATE}
-        private = sorted(k for k in changed if k in PRIVATE)
+        ``PropertiesChanged`` carries the public values that differ and only the names
+        of the private ones.
+        """
+        if card is not None:
+            self.card = card
+        after = card_properties(self.card, self._actions.locale)
+        before, self._told = self._told, after
+        changed = [k for k, v in after.items() if before.get(k) != v]
+        public = {k: after[k] for k in changed if k not in PRIVATE}
+        private = [k for k in changed if k in PRIVATE]
         if public or private:
             self.emit_properties_changed(public, private)
+
+    def public_properties(self) -> dict[str, Variant]:
+        """The properties a broadcast may carry, as variants (for ``InterfacesAdded``)."""
+        told = self._told
+        return {name: Variant(SIGNATURES[name], told[name]) for name in PUBLIC}
 
     # -- properties ---------------------------------------------------------------------
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -28,58 +25,9 @@ from agent.config import (
 from agent.consent import Category
 from agent.daemon import Daemon
 from can_signals.update import SignalUpdate
+from ui_bridge.private_bus import private_bus
 
-SESSION_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir={directory}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
-
-
-def start_dbus_daemon(config: Path) -> tuple[subprocess.Popen[str], str]:
-    """Start a dbus-daemon with ``config``; return it and the address it listens on."""
-    process = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert process.stdout is not None
-    address = process.stdout.readline().strip()
-    if not address:
-        stop_dbus_daemon(process)
-        raise RuntimeError("dbus-daemon did not start")
-    return process, address
-
-
-def stop_dbus_daemon(process: subprocess.Popen[str]) -> None:
-    """Stop a daemon from :func:`start_dbus_daemon`."""
-    process.terminate()
-    process.wait(timeout=10)
-    if process.stdout is not None:
-        process.stdout.close()
-
-
-@contextlib.contextmanager
-def private_bus(config_text: str | None = None, directory: Path | None = None) -> Iterator[str]:
-    """Start a dbus-daemon with a config (a session-like one by default); yield its address."""
-    owned = directory is None
-    directory = Path(tempfile.mkdtemp(prefix="tp-dbus-")) if directory is None else directory
-    config = directory / "bus.conf"
-    config.write_text((config_text or SESSION_CONFIG).format(directory=directory))
-    process, address = start_dbus_daemon(config)
-    try:
-        yield address
-    finally:
-        stop_dbus_daemon(process)
-        if owned:
-            shutil.rmtree(directory, ignore_errors=True)
+__all__ = ["private_bus"]  # the bus policy tests start buses of their own with it
 
 
 @pytest.fixture(scope="session")

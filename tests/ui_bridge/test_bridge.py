@@ -26,11 +26,8 @@ from tests.ui_bridge.conftest import (
     DRIVE,
     DUE_SOON,
     PARK,
-    SESSION_CONFIG,
     feed,
     serving,
-    start_dbus_daemon,
-    stop_dbus_daemon,
 )
 from ui_bridge.introspection import DIRECTORY, files
 from ui_bridge.names import (
@@ -42,6 +39,7 @@ from ui_bridge.names import (
     ROOT_PATH,
     card_path,
 )
+from ui_bridge.private_bus import session_config, start_dbus_daemon, stop_dbus_daemon
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
 PRIVATE = {"Title", "Body", "TemplateArgs"}
@@ -369,9 +367,7 @@ def _members(xml: str, interface: str) -> set[tuple[str, str, str]]:
 def test_the_bridge_reconnects_when_the_bus_restarts(tmp_path: Path) -> None:
     # A fixed socket path, so the restarted bus is at the same address.
     config = tmp_path / "bus.conf"
-    config.write_text(
-        SESSION_CONFIG.replace("unix:dir={directory}", f"unix:path={tmp_path}/socket")
-    )
+    config.write_text(session_config(f"unix:path={tmp_path}/socket"))
 
     async def scenario() -> None:
         bus, address = start_dbus_daemon(config)
