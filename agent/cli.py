@@ -20,6 +20,7 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
     "signals": ("can_signals.cli_signals", "decode CAN (live or a recorded log) to VSS signals"),
     "dtc": ("agent.cli_dtc", "read the ECUs' stored DTCs over ISO-TP"),
     "sim": ("can_signals.cli_sim", "run the vehicle simulator on a CAN bus or into a log"),
+    "hmi": ("ui_bridge.hmi_app", "the reference HMI: follow and tap the cards over D-Bus"),
 }
 
 
