@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
+
+from pydantic import BaseModel
 
 from agent import maintenance as mnt
 from agent import vehicle as veh
@@ -27,6 +29,7 @@ from agent.booking import Booking, BookingStatus, Redemption, Slot
 from agent.cards import Action, ArgValue, Card, CardKind, CardState, CloseReason, Text
 from agent.clock import ClockState, Now, TimeSource
 from agent.consent import Category, ConsentState
+from agent.documents import CloudCard, ConsentText
 from agent.errors import AgentError
 from agent.events import Event, EventDraft, Priority
 from agent.facts import fact_lookup
@@ -43,7 +46,7 @@ from agent.policy import (
     moving_allowed,
 )
 from agent.reactions import Reactions
-from agent.rule_engine import CardSpec, RuleEngine, Targets
+from agent.rule_engine import CardSpec, RuleEngine, Targets, card_spec
 from agent.rule_model import RuleSetDocument
 from can_signals.update import SignalUpdate
 
@@ -152,6 +155,9 @@ class Agent:
         self.cards = CardManager(config.policy, st.cards)
         self.flows = Flows(self, st.bookings, st.redemptions)
         self.reactions = Reactions(self)
+        #: The version of the cloud document of each kind in effect (see apply_document).
+        self.document_versions: dict[str, int] = dict(st.document_versions)
+        self.consent_text: ConsentText | None = st.consent_text
         self._out = Output()
 
     # -- inputs -------------------------------------------------------------------------
@@ -399,6 +405,75 @@ class Agent:
         )
         return self._finish(now)
 
+    def apply_document(
+        self, kind: str, version: int, body: BaseModel, wall: float, monotonic: float
+    ) -> Output:
+        """A signed cloud document, checked by cloud sync, takes effect.
+
+        The version it came with is kept with it, in the same commit: a document and
+        the version that says which one is in effect cannot disagree after a crash.
+
+        Raises:
+            TypeError: ``body`` is not a document the agent knows.
+        """
+        now = self._now(wall, monotonic)
+        self.document_versions[kind] = version
+        self._out.dirty.add("documents")
+        self.note(
+            "downlink.applied", Category.SERVICE_REQUESTS, now, Priority.NORMAL,
+            kind=kind, version=version,
+        )  # fmt: skip
+        setter = self._document_setters().get(type(body))
+        if setter is not None:
+            return setter(body, wall, monotonic)
+        if isinstance(body, ConsentText):
+            self.consent_text = body
+        elif isinstance(body, CloudCard):
+            self._cloud_card(body, version, now)
+        else:
+            raise TypeError(f"not a cloud document: {type(body).__name__}")
+        return self._finish(now)
+
+    def _document_setters(self) -> dict[type[BaseModel], Callable[[Any, float, float], Output]]:
+        return {
+            ServicePlan: self.set_plan,
+            ServiceHistory: self.set_history,
+            DtcCatalogue: self.set_catalogue,
+            Wallet: self.set_wallet,
+            RuleSetDocument: self.set_rules,
+        }
+
+    def reject_document(
+        self,
+        reason: str,
+        *,
+        kind: str | None,
+        version: int | None,
+        topic: str,
+        wall: float,
+        monotonic: float,
+    ) -> Output:
+        """Record that a cloud document was refused (the one in effect stays)."""
+        now = self._now(wall, monotonic)
+        self.note(
+            "downlink.rejected", Category.SERVICE_REQUESTS, now, Priority.NORMAL,
+            kind=kind, version=version, reason=reason, topic=topic,
+        )  # fmt: skip
+        return self._finish(now)
+
+    def _cloud_card(self, document: CloudCard, version: int, now: Now) -> None:
+        key = f"cloud:{document.card_id}"
+        if document.withdraw or document.card is None:
+            card = self.cards.by_key(key)
+            if card is not None:
+                self.close(card, CloseReason.CLOSED_BY_AGENT, now)
+            return
+        template = document.card.model_copy(update={"key": key})
+        name = f"cloud.{document.card_id}"
+        self.post(
+            card_spec(name, f"{name}@{version}", template, {"card_id": document.card_id}), now
+        )
+
     def wipe(self, *, owner_change: bool, wall: float, monotonic: float) -> Output:
         """Forget the driver's data: "delete my data in the car", or a change of owner.
 
@@ -489,14 +564,14 @@ class Agent:
             display=spec.display,
             title=spec.title,
             body=spec.body,
-            template=spec.rule.id,
+            template=spec.template,
             created=now.wall,
             category=category,
             priority=spec.priority,
             args=spec.args,
             actions=tuple(Action(k, label) for k, label in spec.actions),
             expires=None if spec.ttl is None else now.wall + spec.ttl,
-            rule=spec.rule.ref,
+            rule=spec.rule,
         )
         stored, new = self.cards.post(card, now.wall)
         self._out.dirty.add("cards")
@@ -662,6 +737,8 @@ class Agent:
             cards=self.cards.snapshot(),
             bookings=self.flows.bookings_state(),
             redemptions=self.flows.redemptions_state(),
+            document_versions=dict(self.document_versions),
+            consent_text=self.consent_text,
         )
 
 
@@ -685,3 +762,5 @@ class AgentState:
     cards: ManagerSnapshot | None = None
     bookings: tuple[Booking, ...] = ()
     redemptions: tuple[Redemption, ...] = ()
+    document_versions: Mapping[str, int] = field(default_factory=dict)
+    consent_text: ConsentText | None = None

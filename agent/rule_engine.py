@@ -25,6 +25,7 @@ from agent.cards import ArgValue, CardKind, Display, Text, Urgency, render
 from agent.rule_model import (
     AllOf,
     AnyOf,
+    CardTemplate,
     Comparison,
     Condition,
     EventTrigger,
@@ -67,9 +68,15 @@ class Targets:
 
 @dataclass(frozen=True, slots=True)
 class CardSpec:
-    """A card a rule asks for, rendered in both locales (the agent gives it an id)."""
+    """A card a rule (or the cloud) asks for, rendered in both locales (the agent gives it an id).
 
-    rule: Rule
+    Attributes:
+        template: The template id HMIs that localise themselves go by (the rule's id).
+        rule: ``id@version`` of what made it, for the card and its events.
+    """
+
+    template: str
+    rule: str
     key: str
     kind: CardKind
     urgency: Urgency
@@ -80,6 +87,26 @@ class CardSpec:
     args: Mapping[str, ArgValue]
     actions: tuple[tuple[str, Text], ...]
     ttl: float | None
+
+
+def card_spec(
+    template_id: str, ref: str, card: CardTemplate, args: Mapping[str, ArgValue]
+) -> CardSpec:
+    """The card ``card`` describes, its placeholders filled from ``args``."""
+    return CardSpec(
+        template=template_id,
+        rule=ref,
+        key=render(card.key, args, "en"),
+        kind=_KINDS[card.kind],
+        urgency=_URGENCIES[card.urgency],
+        display=_DISPLAYS[card.display],
+        priority=card.priority,
+        title=Text(render(card.title.zh_cn, args, "zh-CN"), render(card.title.en, args, "en")),
+        body=Text(render(card.body.zh_cn, args, "zh-CN"), render(card.body.en, args, "en")),
+        args=args,
+        actions=tuple((a.key, a.label.text()) for a in card.actions),
+        ttl=card.ttl_s,
+    )
 
 
 @dataclass(slots=True)
@@ -328,21 +355,7 @@ class RuleEngine:
         state.total += 1
         state.last_fired = now
         self.dirty = True
-        card = rule.card
-        args = {"rule_id": rule.id, **attrs}
-        return CardSpec(
-            rule=rule,
-            key=_render_key(rule, args),
-            kind=_KINDS[card.kind],
-            urgency=_URGENCIES[card.urgency],
-            display=_DISPLAYS[card.display],
-            priority=card.priority,
-            title=Text(render(card.title.zh_cn, args, "zh-CN"), render(card.title.en, args, "en")),
-            body=Text(render(card.body.zh_cn, args, "zh-CN"), render(card.body.en, args, "en")),
-            args=args,
-            actions=tuple((a.key, a.label.text()) for a in card.actions),
-            ttl=card.ttl_s,
-        )
+        return card_spec(rule.id, rule.ref, rule.card, {"rule_id": rule.id, **attrs})
 
     def forget_counters(self) -> None:
         """Drop every rule's counters and edges (a wipe of the driver's data)."""

@@ -31,6 +31,7 @@ from agent.cards import (
 from agent.clock import ClockState
 from agent.consent import Category, ConsentState
 from agent.core import Agent, AgentState
+from agent.documents import ConsentText
 from agent.fault_engine import DtcCatalogue
 from agent.plan import ServicePlan, ServiceRecord
 from agent.policy import ManagerSnapshot
@@ -51,9 +52,14 @@ SECTIONS: Final = (
     "rule_state",
     "cards",
     "flows",
+    "documents",
 )
-#: Sections that describe the car, not its owner: kept when the owner changes.
-VEHICLE_SECTIONS: Final = ("vehicle", "clock", "plan", "catalogue", "maintenance", "faults")
+#: Sections that describe the car, not its owner: kept when the owner changes. (The
+#: document versions too: an old owner's wallet, still retained on the broker, must not
+#: come back as new.)
+VEHICLE_SECTIONS: Final = (
+    "vehicle", "clock", "plan", "catalogue", "maintenance", "faults", "documents",
+)  # fmt: skip
 
 
 def _dumps(value: Any) -> str:
@@ -381,6 +387,10 @@ _ENCODERS: Final[dict[str, Callable[[Agent], Any]]] = {
     "rules": lambda a: {"cloud": _model_or_none(a.rules.cloud_document)},
     "rule_state": lambda a: a.rules.snapshot(),
     "cards": lambda a: _cards_json(a.cards.snapshot()),
+    "documents": lambda a: {
+        "versions": dict(a.document_versions),
+        "consent_text": _model_or_none(a.consent_text),
+    },
     "flows": lambda a: {
         "bookings": [_booking_json(b) for b in a.flows.bookings_state()],
         "redemptions": [
@@ -415,6 +425,14 @@ _DECODERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
     },
     "rule_state": lambda d: {"rule_state": _rule_state(d)},
     "cards": lambda d: {"cards": _cards(d)},
+    "documents": lambda d: {
+        "document_versions": {
+            _text(k): _integer(v) or 0 for k, v in _object(d.get("versions", {})).items()
+        },
+        "consent_text": None
+        if d.get("consent_text") is None
+        else ConsentText.model_validate(d["consent_text"]),
+    },
     "flows": lambda d: {
         "bookings": tuple(_booking(b) for b in d.get("bookings", [])),
         "redemptions": tuple(

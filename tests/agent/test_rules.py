@@ -295,7 +295,7 @@ def engine(*rules: dict[str, Any], cloud: RuleSetDocument | None = None) -> Rule
 
 def signal(eng: RuleEngine, value: Any, now: float, *, trusted: bool = True) -> list[str]:
     return [
-        s.rule.id
+        s.template
         for s in eng.on_signal(
             STATE_OF_CHARGE, value, facts_of({}), now, trusted=trusted, tier=None
         )
@@ -351,7 +351,7 @@ def test_the_card_spec_is_rendered_from_the_template() -> None:
 def event(eng: RuleEngine, now: float, *, trusted: bool = True, tier: str | None = None,
           values: Mapping[str, Any] | None = None, name: str = "parked") -> list[str]:  # fmt: skip
     return [
-        s.rule.id
+        s.template
         for s in eng.on_event(name, {}, facts_of(values or {}), now, trusted=trusted, tier=tier)
     ]
 
@@ -412,7 +412,7 @@ def test_a_time_of_day_rule_fires_once_per_local_day() -> None:
     eng = engine(rule_json(trigger={"time_of_day": "13:30"}))
 
     def tick(now: float, *, trusted: bool = True) -> list[str]:
-        return [s.rule.id for s in eng.on_tick(facts_of({}), now, trusted=trusted, tier=None)]
+        return [s.template for s in eng.on_tick(facts_of({}), now, trusted=trusted, tier=None)]
 
     assert tick(T0) == []  # 12:00 local
     assert tick(T0 + 1.5 * HOUR - 60) == []  # 13:29
@@ -439,14 +439,14 @@ def test_a_cloud_rule_overrides_a_builtin_by_id_and_rolls_back() -> None:
     assert eng.cloud_version == 5
     assert {r.id for r in eng.rules} == {"shared", "extra"}
     titles = {
-        s.rule.id: s.title.en
+        s.template: s.title.en
         for s in eng.on_event("parked", {}, facts_of({}), T0, trusted=True, tier=None)
     }
     assert titles == {"shared": "new", "extra": "Campaign extra"}
     cloud2 = document(rule_json("extra", enabled=False), version=6)
     eng.activate(cloud2)
     titles = {
-        s.rule.id: s.title.en
+        s.template: s.title.en
         for s in eng.on_event("parked", {}, facts_of({}), T0, trusted=True, tier=None)
     }
     assert titles == {"shared": "old"}
@@ -466,12 +466,12 @@ def test_the_engine_state_survives_a_restart() -> None:
     rules = (soc_rule(caps={"total": 2}), rule_json(trigger={"time_of_day": "12:00"}))
     eng = engine(*rules)
     assert signal(eng, 10.0, T0) == ["soc.low"]
-    assert [s.rule.id for s in eng.on_tick(facts_of({}), T0, trusted=True, tier=None)] == [
+    assert [s.template for s in eng.on_tick(facts_of({}), T0, trusted=True, tier=None)] == [
         "camp.one"
     ]
     again = RuleEngine(document(*rules), TARGETS, state=eng.snapshot())
     assert signal(again, 5.0, T0 + 1) == []  # still below: no new edge
-    assert [s.rule.id for s in again.on_tick(facts_of({}), T0 + 60, trusted=True, tier=None)] == []
+    assert [s.template for s in again.on_tick(facts_of({}), T0 + 60, trusted=True, tier=None)] == []
     assert signal(again, 30.0, T0 + 2) == []
     assert signal(again, 10.0, T0 + 3) == ["soc.low"]
     assert signal(again, 30.0, T0 + 4) == []
