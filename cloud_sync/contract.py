@@ -1,0 +1,298 @@
+"""The MQTT contract, version 1: topics, and a pydantic model for every payload.
+
+Everything for one vehicle lives under ``tp/v1/{vehicle_id}/`` (the provisioned device
+identity, never the VIN), so a broker ACL can confine a car to its own prefix:
+
+========================  ====  =====================================================
+topic                     dir   payload
+========================  ====  =====================================================
+``events``                up    :class:`EventBatch` (QoS 1)
+``status``                up    :class:`Status`, retained; the last will says offline
+``req/{name}``            up    :class:`WireEvent` of type ``request.{name}``; MQTT 5
+                                response topic ``res/{name}``, correlation data the
+                                request id, message expiry from the request's expiry
+``res/{name}``            down  :class:`SlotsReply`, :class:`BookingReply`,
+                                :class:`RedemptionReply`
+``config/{kind}``         down  :class:`SignedDocument`, retained (one per kind)
+``cards``                 down  :class:`SignedDocument` of kind ``card``
+========================  ====  =====================================================
+
+Every payload is UTF-8 JSON with ``schema_version``; unknown fields are refused (a
+new field is a new schema version). ``docs/asyncapi.yaml`` describes the same, and a
+test checks the two agree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.benefits import Wallet
+from agent.documents import CloudCard, ConsentText
+from agent.fault_engine import DtcCatalogue
+from agent.plan import LocalisedText, ServiceHistory, ServicePlan
+from agent.rule_model import RuleSetDocument
+
+PREFIX: Final = "tp/v1"
+SCHEMA_VERSION: Final = 1
+#: A vehicle id: what a topic level and a certificate's common name can both carry.
+VEHICLE_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: The largest payload the car accepts from the cloud, and sends in one batch.
+MAX_DOWNLINK_BYTES: Final = 256 * 1024
+MAX_BATCH_EVENTS: Final = 1000
+
+VehicleId = Annotated[str, Field(pattern=VEHICLE_ID.pattern)]
+EventId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class RequestName(StrEnum):
+    """The requests a car makes (``request.{name}`` events)."""
+
+    BOOKING_SLOTS = "booking_slots"
+    BOOKING = "booking"
+    REDEMPTION = "redemption"
+
+
+class DocumentKind(StrEnum):
+    """What a signed document carries."""
+
+    SERVICE_PLAN = "service_plan"
+    SERVICE_HISTORY = "service_history"
+    DTC_CATALOGUE = "dtc_catalogue"
+    WALLET = "wallet"
+    RULES = "rules"
+    CONSENT_TEXT = "consent_text"
+    CARD = "card"
+
+
+#: The kinds published retained under ``config/``; ``card`` travels on ``cards``.
+CONFIG_KINDS: Final = tuple(k for k in DocumentKind if k is not DocumentKind.CARD)
+
+
+class Topics:
+    """The topics of one vehicle."""
+
+    def __init__(self, vehicle_id: str) -> None:
+        if not VEHICLE_ID.match(vehicle_id):
+            raise ValueError(f"not a valid vehicle id for a topic: {vehicle_id!r}")
+        self.vehicle_id = vehicle_id
+        self.root = f"{PREFIX}/{vehicle_id}"
+        self.events = f"{self.root}/events"
+        self.status = f"{self.root}/status"
+        self.cards = f"{self.root}/cards"
+        self.config_filter = f"{self.root}/config/+"
+        self.response_filter = f"{self.root}/res/+"
+
+    def request(self, name: RequestName) -> str:
+        """Where a request goes."""
+        return f"{self.root}/req/{name.value}"
+
+    def response(self, name: RequestName) -> str:
+        """Where its answer comes back (the request's MQTT 5 response topic)."""
+        return f"{self.root}/res/{name.value}"
+
+    def config(self, kind: DocumentKind) -> str:
+        """Where the retained document of ``kind`` is."""
+        return f"{self.root}/config/{kind.value}"
+
+
+def parse_topic(topic: str) -> tuple[str, str] | None:
+    """``(vehicle_id, rest)`` of a topic under the prefix, or ``None``."""
+    head = f"{PREFIX}/"
+    if not topic.startswith(head):
+        return None
+    vehicle_id, _, rest = topic[len(head) :].partition("/")
+    if not rest or not VEHICLE_ID.match(vehicle_id):
+        return None
+    return vehicle_id, rest
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+
+
+# -- up ----------------------------------------------------------------------------------
+
+
+class WireEvent(BaseModel):
+    """One event as recorded in the car (see the event catalogue in the README).
+
+    ``id`` is a UUIDv7 and the de-duplication key: delivery is at least once.
+    ``time`` is seconds since the epoch by the car's clock, ``time_trusted`` whether
+    that clock was set from GNSS or the cloud; ``boot_id`` and ``seq`` order events
+    whose clock was not trusted.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: EventId
+    type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$", max_length=64)]
+    category: Annotated[str, Field(max_length=32)]
+    time: float
+    time_trusted: bool
+    boot_id: Annotated[str, Field(max_length=64)]
+    seq: Annotated[int, Field(ge=0)]
+    payload: dict[str, Any]
+    request_id: Annotated[str, Field(max_length=64)] | None = None
+
+
+class EventBatch(_Message):
+    """Events up, in the car's sending order (priority, then age)."""
+
+    vehicle_id: VehicleId
+    sent_at: float
+    events: Annotated[list[WireEvent], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+
+
+class Status(_Message):
+    """The car's connection, retained; the broker publishes ``offline`` as its last will."""
+
+    vehicle_id: VehicleId
+    state: Literal["online", "offline"]
+    at: float
+    software: Annotated[str, Field(max_length=64)] = ""
+    #: Events waiting in the outbox when it came online.
+    backlog: Annotated[int, Field(ge=0)] | None = None
+
+
+# -- down: replies ---------------------------------------------------------------------
+
+
+class WireSlot(BaseModel):
+    """An appointment a dealer offers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    start: float
+    dealer: LocalisedText | None = None
+
+
+class SlotsReply(_Message):
+    """The answer to ``request.booking_slots``."""
+
+    request_id: Annotated[str, Field(max_length=64)]
+    slots: Annotated[list[WireSlot], Field(max_length=50)]
+
+
+class BookingReply(_Message):
+    """The answer to ``request.booking``."""
+
+    request_id: Annotated[str, Field(max_length=64)]
+    status: Literal["confirmed", "declined", "cancelled"]
+    booking_id: Annotated[str, Field(max_length=64)] | None = None
+    reason: Annotated[str, Field(max_length=200)] | None = None
+    slot: WireSlot | None = None
+
+
+class RedemptionReply(_Message):
+    """The answer to ``request.redemption``."""
+
+    request_id: Annotated[str, Field(max_length=64)]
+    accepted: bool
+    message: LocalisedText | None = None
+
+
+REPLIES: Final[dict[RequestName, type[SlotsReply | BookingReply | RedemptionReply]]] = {
+    RequestName.BOOKING_SLOTS: SlotsReply,
+    RequestName.BOOKING: BookingReply,
+    RequestName.REDEMPTION: RedemptionReply,
+}
+
+
+# -- down: signed documents --------------------------------------------------------------
+
+
+class SignedDocument(_Message):
+    """A document from the cloud, signed with Ed25519.
+
+    ``signed`` is the JSON text of a :class:`DocumentHeader` plus ``body``, kept as
+    text so the signature covers the exact bytes (no canonical JSON to agree on):
+    ``signature`` is the base64 of the Ed25519 signature of ``signed`` encoded as
+    UTF-8, by the key ``key_id`` names.
+    """
+
+    key_id: Annotated[str, Field(min_length=1, max_length=64)]
+    signed: Annotated[str, Field(min_length=2, max_length=MAX_DOWNLINK_BYTES)]
+    signature: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class DocumentHeader(BaseModel):
+    """What a signed document says about itself (the fields of ``signed`` besides body)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: DocumentKind
+    #: The vehicle it is for, or ``*`` for every vehicle subscribed.
+    vehicle_id: Annotated[str, Field(pattern=rf"^(\*|{VEHICLE_ID.pattern[1:-1]})$")]
+    #: Must increase for each kind: an older or equal version is a replay.
+    version: Annotated[int, Field(ge=1)]
+    issued_at: float
+    body: dict[str, Any]
+
+
+# -- the registry the AsyncAPI document is generated from ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """One channel of the contract.
+
+    Attributes:
+        id: Its name in the AsyncAPI document.
+        address: The topic, with ``{vehicle_id}`` (and ``{name}``/``{kind}``) parameters.
+        direction: ``up`` (the car publishes) or ``down`` (the car subscribes).
+        messages: The payload models it carries.
+        qos: The MQTT QoS used.
+        retain: Whether its messages are retained.
+        description: What it is for.
+    """
+
+    id: str
+    address: str
+    direction: Literal["up", "down"]
+    messages: tuple[type[BaseModel], ...]
+    qos: int
+    retain: bool
+    description: str
+
+
+CHANNELS: Final = (
+    Channel("events", f"{PREFIX}/{{vehicle_id}}/events", "up", (EventBatch,), 1, False,
+            "Events recorded in the car, batched, in priority then age order. Delivery is "
+            "at least once: drop duplicates by event id."),
+    Channel("status", f"{PREFIX}/{{vehicle_id}}/status", "up", (Status,), 1, True,
+            "Online when the car connects; the broker publishes offline (the last will) "
+            "when it goes without a clean disconnect."),
+    Channel("requests", f"{PREFIX}/{{vehicle_id}}/req/{{name}}", "up", (WireEvent,), 1, False,
+            "A request the driver made (booking slots, a booking, a redemption), as its "
+            "request.{name} event. MQTT 5 properties: response topic res/{name}, "
+            "correlation data the request id, message expiry from the request's expiry."),
+    Channel("replies", f"{PREFIX}/{{vehicle_id}}/res/{{name}}", "down",
+            (SlotsReply, BookingReply, RedemptionReply), 1, False,
+            "The cloud's answer to a request, with the request's correlation data. A "
+            "repeated answer is ignored."),
+    Channel("config", f"{PREFIX}/{{vehicle_id}}/config/{{kind}}", "down", (SignedDocument,),
+            1, True,
+            "A signed configuration document, retained: the newest of each kind is "
+            "delivered on every (re)connection."),
+    Channel("cards", f"{PREFIX}/{{vehicle_id}}/cards", "down", (SignedDocument,), 1, False,
+            "A signed card document (CloudCard) the cloud posts to one car."),
+)  # fmt: skip
+
+#: What ``body`` of a signed document is, by kind (a test checks each has a model).
+DOCUMENT_BODIES: Final[dict[DocumentKind, type[BaseModel]]] = {
+    DocumentKind.SERVICE_PLAN: ServicePlan,
+    DocumentKind.SERVICE_HISTORY: ServiceHistory,
+    DocumentKind.DTC_CATALOGUE: DtcCatalogue,
+    DocumentKind.WALLET: Wallet,
+    DocumentKind.RULES: RuleSetDocument,
+    DocumentKind.CONSENT_TEXT: ConsentText,
+    DocumentKind.CARD: CloudCard,
+}
