@@ -139,9 +139,14 @@ class ConsentInterface(ServiceInterface):
         super().__init__(CONSENT_INTERFACE)
         self._backend = backend
 
-    @dbus_property(access=PropertyAccess.READ)
-    def Categories(self) -> DBusConsents:  # noqa: N802
-        """``(category, purpose, granted, granted_at µs, expires_at µs or 0)`` each."""
+    @dbus_method()
+    def GetCategories(self) -> DBusConsents:  # noqa: N802
+        """``(category, purpose, granted, granted_at µs, expires_at µs or 0)`` each.
+
+        A method, not a property: ``Properties.Get`` is one bus-policy permission for
+        every interface, so the HMI could read consent; a Consent method is the
+        settings app's alone.
+        """
         return self._backend.consents()
 
     @dbus_method()
@@ -163,10 +168,10 @@ class ConsentInterface(ServiceInterface):
         """Delete everything personal, consent included, for a new owner."""
         await self._backend.wipe(owner_change=True)
 
-    def announce(self) -> None:
-        """``PropertiesChanged`` for Categories: invalidated, never the values.
+    @dbus_signal()
+    def CategoriesChanged(self) -> None:  # noqa: N802
+        """Consent changed (or was wiped): call ``GetCategories``. Never the values."""
 
-        A driver's choices are theirs: readers ``Get`` them, and the bus policy decides
-        who may.
-        """
-        self.emit_properties_changed({}, ["Categories"])
+    def announce(self) -> None:
+        """``CategoriesChanged``: a driver's choices are theirs, not a broadcast's."""
+        self.CategoriesChanged()

@@ -20,6 +20,7 @@ from dbus_fast import DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from agent.cards import CloseReason
+from agent.consent import Category
 from agent.daemon import Daemon
 from agent.rule_model import RuleSetDocument
 from tests.ui_bridge.conftest import (
@@ -388,3 +389,24 @@ def test_the_bridge_reconnects_when_the_bus_restarts(tmp_path: Path) -> None:
             stop_dbus_daemon(bus)
 
     asyncio.run(scenario())
+
+
+def test_consent_is_read_by_method_and_announced_without_values(
+    tmp_path: Path, bus_address: str
+) -> None:
+    store = tmp_path / "t.db"
+
+    async def scenario() -> None:
+        async with serving(store, bus_address) as daemon, client(bus_address) as hmi:
+            await hmi.call(ROOT_PATH, CONSENT_INTERFACE, "SetConsent", "sbx",
+                           ["location", True, 3600])  # fmt: skip
+            changed = await hmi.wait(lambda m: m.member == "CategoriesChanged")
+            assert changed.body == []  # the driver's choices never travel in a broadcast
+            [rows] = await hmi.call(ROOT_PATH, CONSENT_INTERFACE, "GetCategories")
+            location = next(r for r in rows if r[0] == "location")
+            assert location[2] is True
+            assert location[4] - location[3] == 3600 * 1_000_000
+            assert daemon.agent.consent.allows(Category.LOCATION, time.time())
+
+    asyncio.run(scenario())
+    assert any(e["type"] == "consent.changed" for e in _events(store))

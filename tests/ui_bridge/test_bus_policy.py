@@ -543,8 +543,7 @@ CALLS: Final[dict[str, tuple[str, str, tuple[str, ...]]]] = {
     "Set(Manager.DrivingRestricted)": (
         ROOT_PATH, f"{PROPERTIES}.Set", (f"'{MANAGER_INTERFACE}'", "'DrivingRestricted'",
                                          "<true>")),
-    "Get(Consent.Categories)": (
-        ROOT_PATH, f"{PROPERTIES}.Get", (f"'{CONSENT_INTERFACE}'", "'Categories'")),
+    "Consent.GetCategories": (ROOT_PATH, f"{CONSENT_INTERFACE}.GetCategories", ()),
     "Manager.GetCapabilities": (ROOT_PATH, f"{MANAGER_INTERFACE}.GetCapabilities", ()),
     "Card.ReportShown": (CARD, f"{CARD_INTERFACE}.ReportShown", ()),
     "Card.InvokeAction": (
@@ -575,16 +574,20 @@ EXPECTED: Final[dict[str, dict[str, str]]] = {
         "Card.ReportShown": OK,
         "Card.InvokeAction": "org.touchpoint.Agent1.Error.UnknownAction",
         "Card.Dismiss": "org.freedesktop.DBus.Error.InvalidArgs",
+        "Consent.GetCategories": DENIED,
         "Consent.SetConsent": DENIED,
         "Consent.DeleteMyData": DENIED,
     },
     "settings": {
-        "ObjectManager.GetManagedObjects": OK,
+        # No Properties, no ObjectManager: the settings app cannot read the cards.
+        "ObjectManager.GetManagedObjects": DENIED,
+        "GetAll(Card)": DENIED,
+        "Get(Manager.DrivingRestricted)": DENIED,
         "Introspectable.Introspect": OK,
         "Peer.Ping": OK,
         "Peer.GetMachineId": OK,
-        "Get(Consent.Categories)": OK,
-        "Set(Manager.Locale)": OK,
+        "Consent.GetCategories": OK,
+        "Set(Manager.Locale)": DENIED,
         "Consent.SetConsent": OK,
         "Manager.GetCapabilities": DENIED,
         "Card.ReportShown": DENIED,
