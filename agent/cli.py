@@ -21,6 +21,7 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
     "dtc": ("agent.cli_dtc", "read the ECUs' stored DTCs over ISO-TP"),
     "sim": ("can_signals.cli_sim", "run the vehicle simulator on a CAN bus or into a log"),
     "hmi": ("ui_bridge.hmi_app", "the reference HMI: follow and tap the cards over D-Bus"),
+    "cloud-sim": ("cloud_sync.cli_cloud_sim", "the reference cloud: consume events, answer, sign"),
 }
 
 

@@ -26,7 +26,7 @@ from typing import Final, TextIO
 
 import can
 
-from agent.benefits import Coupon, Wallet
+from agent.benefits import Wallet
 from agent.cards import CardKind
 from agent.config import (
     BusSettings,
@@ -39,7 +39,7 @@ from agent.config import (
 )
 from agent.consent import Category
 from agent.daemon import Daemon
-from agent.plan import LocalisedText, ServiceHistory, ServiceRecord, default_plan
+from agent.plan import ServiceHistory
 from agent.policy import CardChange, ChangeType
 from can_signals.simulator import (
     BusSink,
@@ -53,6 +53,7 @@ from can_signals.simulator import (
     reference_files,
 )
 from can_signals.update import SignalUpdate
+from cloud_sync.demo_content import demo_history, demo_wallet
 
 #: Where the story starts: 3 km before the engine oil's "due soon" point (13,500 km).
 START_KM: Final = 13_497.0
@@ -158,29 +159,7 @@ def _settings(directory: Path, channel: str) -> DaemonSettings:
 
 
 def _cloud_documents() -> tuple[ServiceHistory, Wallet]:
-    plan = default_plan()
-    delivery = ServiceRecord(
-        items=tuple(i.id for i in plan.items), odometer_km=0, source="delivery"
-    )
-    tyres = ServiceRecord(items=("tyre_rotation", "cabin_filter"), odometer_km=10_020)
-    wallet = Wallet(
-        version=1,
-        tier="gold",
-        points=3200,
-        dealer_id="dealer-sh-017",
-        coupons=(
-            Coupon(
-                id="coffee-charge-01",
-                title=LocalisedText(zh_cn="充电时送您一杯咖啡", en="A coffee while you charge"),
-                body=LocalisedText(
-                    zh_cn="合作咖啡店凭券免费兑换一杯咖啡。",
-                    en="Show this at the partner café for a free coffee.",
-                ),
-                scenes=("charging_started",),
-            ),
-        ),
-    )
-    return ServiceHistory(version=1, records=(delivery, tyres)), wallet
+    return demo_history(), demo_wallet()
 
 
 #: The oil-life monitor's reading at the start: high enough that distance decides.

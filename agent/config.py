@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.consent import Category
@@ -120,6 +120,45 @@ class DbusSettings(_Section):
     locale: Literal["zh-CN", "en"] = "zh-CN"
 
 
+class CloudSettings(_Section):
+    """Cloud sync over MQTT 5 (see the README's MQTT contract)."""
+
+    host: Annotated[str, Field(min_length=1)] = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8883
+    #: Mutual TLS: the CA the broker's certificate must chain to (pinned: the system's
+    #: CAs are not used), and the car's own certificate and key. ``tls = false`` only
+    #: for a broker on loopback during development.
+    tls: bool = True
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 60
+    #: How long the broker keeps the car's session (subscriptions, queued downlink)
+    #: while it is offline: garages and tunnels last hours, a holiday weeks.
+    session_expiry_s: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 14 * 86_400
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    #: Events per message and bytes per message (events up are batched).
+    batch_events: Annotated[int, Field(ge=1, le=1000)] = 200
+    batch_bytes: Annotated[int, Field(ge=1024, le=256 * 1024)] = 128 * 1024
+    #: Messages published and not yet acknowledged, at most.
+    window: Annotated[int, Field(ge=1, le=1000)] = 16
+    #: Attempts before an event the broker keeps refusing goes to the dead-letter table.
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
+    #: The cloud's Ed25519 public keys (key id -> base64 of the 32 raw bytes).
+    signing_keys: dict[Annotated[str, Field(min_length=1, max_length=64)], str] = {}
+    #: Requests (slots, booking, redemption) expire from the broker after this long.
+    request_expiry_s: Annotated[int, Field(ge=10, le=30 * 86_400)] = 7 * 86_400
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Self:
+        if self.tls and None in (self.ca_file, self.cert_file, self.key_file):
+            raise ValueError("with tls, ca_file, cert_file and key_file are all needed")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must not be below reconnect_min_s")
+        return self
+
+
 class ConsentSettings(_Section):
     """Consent granted at the very first start (before the driver has chosen)."""
 
@@ -140,6 +179,8 @@ class DaemonSettings(BaseSettings):
     consent: ConsentSettings = ConsentSettings()
     #: The D-Bus HMI bridge; absent: no D-Bus (the agent still decides and records).
     dbus: DbusSettings | None = None
+    #: Cloud sync; absent: events stay in the outbox (up to its budget).
+    cloud: CloudSettings | None = None
     #: How often time-based decisions run (expiry, snooze, reminders), in seconds.
     tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
 

@@ -44,6 +44,7 @@ from can_signals.update import SignalUpdate
 
 if TYPE_CHECKING:
     from agent.diagnostics import DtcPoller
+    from cloud_sync.sync import CloudSync
     from ui_bridge.bridge import DbusBridge
 
 _log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class Daemon:
         self.open_report: OpenReport | None = None
         self.dtc_poller: DtcPoller | None = None
         self.bridge: DbusBridge | None = None
+        self.cloud: CloudSync | None = None
         self.commits = 0
         self.started_at = 0.0
         #: Set when a finite signal source (a replay) has been consumed entirely.
@@ -180,6 +182,12 @@ class Daemon:
             self.bridge = DbusBridge(self, settings.dbus.address, settings.dbus.locale)
             await self.bridge.start()
             self.sinks.append(self.bridge)
+        if settings.cloud is not None:
+            from cloud_sync.sync import CloudSync  # noqa: PLC0415 - only with [cloud]
+
+            self.cloud = CloudSync(self, settings.cloud, settings.vehicle.id)
+            await self.cloud.start()
+            self.sinks.append(self.cloud)
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
         self._committer = asyncio.create_task(self._commit_loop(), name="commit")
         interval = watchdog_interval()
@@ -269,6 +277,8 @@ class Daemon:
         self._notifier.stopping()
         if self.dtc_poller is not None:
             await self.dtc_poller.stop()
+        if self.cloud is not None:
+            await self.cloud.stop()
         if self.bridge is not None:
             await self.bridge.stop()
         if self._pipeline is not None:

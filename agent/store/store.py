@@ -114,6 +114,7 @@ class OutboxRow:
     payload: str
     size: int
     attempts: int
+    expires: float | None = None
 
     def to_json(self) -> dict[str, object]:
         """The event as the cloud receives it."""
@@ -310,8 +311,8 @@ class Store:
         self._drop_expired(stamp)
         rows = self._db.execute(
             "SELECT id, type, category, priority, time, time_trusted, boot_id, seq, request_id, "
-            "payload, size, attempts FROM outbox WHERE state = 0 ORDER BY priority DESC, rowid ASC "
-            "LIMIT ?",
+            "payload, size, attempts, expires FROM outbox WHERE state = 0 "
+            "ORDER BY priority DESC, rowid ASC LIMIT ?",
             (limit,),
         ).fetchall()
         batch: list[OutboxRow] = []
@@ -334,6 +335,7 @@ class Store:
                     row[9],
                     row[10],
                     row[11],
+                    row[12],
                 )
             )
         return batch
@@ -377,13 +379,19 @@ class Store:
         self._count -= len(sizes)
         self._bytes -= sum(sizes)
 
-    def release(self, ids: Iterable[str], error: str | None = None) -> None:
-        """Events that were not delivered go back to pending (for a retry)."""
-        self._batch(
-            "UPDATE outbox SET state = 0, last_error = ? WHERE id = ?",
-            [(error, i) for i in ids],
-            pairs=True,
+    def release(self, ids: Iterable[str], error: str | None = None, *, count: bool = True) -> None:
+        """Events that were not delivered go back to pending (for a retry).
+
+        ``count=False``: the send did not count as an attempt (the connection went, the
+        broker did not refuse), so it does not bring the event closer to dead letters.
+        """
+        sql = (
+            "UPDATE outbox SET state = 0, last_error = ? WHERE id = ?"
+            if count
+            else "UPDATE outbox SET state = 0, last_error = ?, "
+            "attempts = MAX(attempts - 1, 0) WHERE id = ?"
         )
+        self._batch(sql, [(error, i) for i in ids], pairs=True)
 
     def _release_in_flight(self) -> None:
         # After a restart nothing is in flight any more: those events are sent again.

@@ -1,0 +1,445 @@
+"""Cloud sync in the daemon: the outbox up, documents and answers down.
+
+Up (store-and-forward): the SQLite outbox is the queue. Events leave it in priority
+then age order, batched up to a count and a byte limit, with at most ``window``
+messages unacknowledged. A row is deleted only when its PUBACK carries a success
+reason code; a failure code releases it for a retry, and after ``max_attempts`` it
+goes to the dead-letter table with the broker's reason. On a disconnect, what was in
+flight goes back to pending (a restart does the same when the store opens): delivery
+is at least once, and every event carries its id for the cloud to drop duplicates.
+Consent is checked again at send time: an event whose category the driver has
+withdrawn since it was recorded is deleted, not sent.
+
+Down: replies to requests go to the agent's flows; signed documents pass the
+:class:`~cloud_sync.downlink.DownlinkGate` and take effect through
+:meth:`agent.core.Agent.apply_document`, or are refused with a ``downlink.rejected``
+event. Messages are handled one at a time, in arrival order, each committed before
+the next is looked at (so a version check always sees the version in effect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Final, Protocol
+
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import ValidationError
+
+from agent.booking import BookingStatus, Slot
+from agent.config import CloudSettings
+from agent.consent import Category
+from agent.core import Agent, Output
+from agent.policy import CardChange
+from agent.store.store import OutboxRow, Store
+from can_signals.ratelimit import RateLimitedLog
+from cloud_sync.contract import (
+    BookingReply,
+    RedemptionReply,
+    RequestName,
+    SlotsReply,
+    Status,
+    Topics,
+    WireSlot,
+    parse_topic,
+)
+from cloud_sync.downlink import Accepted, DownlinkGate, Ignored
+from cloud_sync.link import Incoming, MqttLink, Outgoing
+from cloud_sync.signing import Verifier
+
+_log = logging.getLogger(__name__)
+_rejections = RateLimitedLog(_log, interval=10.0)
+
+REQUEST_PREFIX: Final = "request."
+Step = Callable[[Agent, float, float], Output]
+
+
+class SyncHost(Protocol):
+    """What cloud sync needs of the daemon (:class:`agent.daemon.Daemon` is one)."""
+
+    @property
+    def agent(self) -> Agent:
+        """The agent core."""
+
+    async def apply(self, step: Step) -> Output:
+        """Run an input through the agent and wait until it is durable."""
+
+    async def in_store_thread(self, function: Callable[[Store], object]) -> object:
+        """Run ``function(store)`` in the store's thread."""
+
+
+@dataclass(slots=True)
+class SyncStats:
+    """What cloud sync has done since the daemon started."""
+
+    connections: int = 0
+    messages_sent: int = 0
+    events_sent: int = 0
+    events_acknowledged: int = 0
+    events_refused: int = 0
+    events_dead_lettered: int = 0
+    events_withheld: int = 0
+    replies: int = 0
+    documents_applied: int = 0
+    documents_rejected: int = 0
+    last_refusal: str | None = None
+
+
+@dataclass(slots=True)
+class _InFlight:
+    ids: list[str]
+    attempts: dict[str, int] = field(default_factory=dict)
+
+
+class CloudSync:
+    """The daemon's link to the cloud.
+
+    Args:
+        host: The daemon.
+        settings: ``[cloud]``.
+        vehicle_id: This car's id (``[vehicle] id``).
+    """
+
+    def __init__(self, host: SyncHost, settings: CloudSettings, vehicle_id: str) -> None:
+        self._host = host
+        self._settings = settings
+        self.topics = Topics(vehicle_id)
+        self._gate = DownlinkGate(vehicle_id, Verifier(settings.signing_keys))
+        self.stats = SyncStats()
+        self._inflight: dict[int, _InFlight] = {}
+        self._tokens = 0
+        self._connected = False
+        self._wake = asyncio.Event()
+        self._inbox: asyncio.Queue[Incoming] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._chores: set[asyncio.Task[None]] = set()
+        self._software = _package_version()
+        self._backlog = 0
+        self.link = MqttLink(
+            settings,
+            vehicle_id,
+            subscriptions=(
+                self.topics.config_filter,
+                self.topics.cards,
+                self.topics.response_filter,
+            ),
+            will=(self.topics.status, self._status("offline")),
+            online=(self.topics.status, lambda: self._status("online", self._backlog)),
+            listener=self,
+        )
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker accepted the connection and it is up."""
+        return self._connected
+
+    async def start(self) -> None:
+        """Connect in the background and start sending (an unreachable broker is normal)."""
+        self._backlog = int(await self._host.in_store_thread(lambda s: s.outbox_count))  # type: ignore[call-overload]
+        self.link.start()
+        self._tasks = [
+            asyncio.create_task(self._send_loop(), name="cloud send"),
+            asyncio.create_task(self._receive_loop(), name="cloud receive"),
+        ]
+
+    async def stop(self) -> None:
+        """Say offline, disconnect, and put what was in flight back to pending."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._chores:
+            await asyncio.gather(*self._chores, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.link.stop(self._status("offline"))
+        )
+        await self._release_all("the daemon stopped")
+
+    # -- the daemon's card sink: told after every commit ----------------------------------
+
+    async def apply(self, changes: Sequence[CardChange]) -> None:  # noqa: ARG002
+        """A commit happened: there may be events to send."""
+        self._wake.set()
+
+    # -- the link's listener (on the event loop) ----------------------------------------
+
+    def on_connected(self, session_present: bool) -> None:  # noqa: FBT001
+        """The broker accepted us: start sending."""
+        self._connected = True
+        self.stats.connections += 1
+        _log.info("connected to the cloud broker (session %s)",
+                  "resumed" if session_present else "new")  # fmt: skip
+        self._wake.set()
+
+    def on_disconnected(self, reason: str) -> None:
+        """In-flight events go back to pending: they will be sent again."""
+        self._connected = False
+        _log.info("disconnected from the cloud broker: %s", reason)
+        self._spawn(self._release_all(reason))
+
+    def on_published(self, token: int, reason: ReasonCode | None) -> None:
+        """A PUBACK: delete, retry or dead-letter the message's events."""
+        entry = self._inflight.pop(token, None)
+        if entry is None:
+            return  # sent on a connection that has since gone; released already
+        self._spawn(self._settle(entry, reason))
+
+    def on_received(self, message: Incoming) -> None:
+        """A downlink message: handled in order by the receive loop."""
+        self._inbox.put_nowait(message)
+
+    # -- up ------------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._connected and len(self._inflight) < self._settings.window:
+                if not await self._send_next():
+                    break
+
+    async def _send_next(self) -> bool:
+        settings = self._settings
+        now = time.time()
+        rows: list[OutboxRow] = await self._host.in_store_thread(  # type: ignore[assignment]
+            lambda s: s.pending(settings.batch_events, settings.batch_bytes, now)
+        )
+        if not rows:
+            return False
+        consent = self._host.agent.consent
+        send = [r for r in rows if _allowed(consent.allows, r.category, now)]
+        withheld = [r.id for r in rows if r not in send]
+        sent_ids = [r.id for r in send]
+
+        def bookkeeping(store: Store) -> None:
+            if withheld:
+                store.acknowledge(withheld)
+            store.mark_in_flight(sent_ids)
+
+        await self._host.in_store_thread(bookkeeping)
+        if withheld:
+            self.stats.events_withheld += len(withheld)
+            _log.info("%d events withheld: their consent was withdrawn", len(withheld))
+        for message, entry in self._messages(send, now):
+            self._tokens += 1
+            self._inflight[self._tokens] = entry
+            self.link.publish(
+                Outgoing(
+                    self._tokens, message.topic, message.payload,
+                    response_topic=message.response_topic, correlation=message.correlation,
+                    expiry_s=message.expiry_s,
+                )
+            )  # fmt: skip
+            self.stats.messages_sent += 1
+            self.stats.events_sent += len(entry.ids)
+        return True
+
+    def _messages(self, rows: Sequence[OutboxRow], now: float) -> list[tuple[Outgoing, _InFlight]]:
+        """Rows to messages, in order: a batch of events, or one request each."""
+        out: list[tuple[Outgoing, _InFlight]] = []
+        batch: list[OutboxRow] = []
+
+        def flush() -> None:
+            if batch:
+                text = _batch_json(self.topics.vehicle_id, now, batch)
+                entry = _InFlight([r.id for r in batch], {r.id: r.attempts + 1 for r in batch})
+                out.append((Outgoing(0, self.topics.events, text.encode()), entry))
+                batch.clear()
+
+        for row in rows:
+            if not row.type.startswith(REQUEST_PREFIX):
+                batch.append(row)
+                continue
+            flush()
+            out.append((self._request(row, now), _InFlight([row.id], {row.id: row.attempts + 1})))
+        flush()
+        return out
+
+    def _request(self, row: OutboxRow, now: float) -> Outgoing:
+        try:
+            name = RequestName(row.type.removeprefix(REQUEST_PREFIX))
+        except ValueError:
+            name = RequestName.BOOKING  # unknown requests: sent, not stuck (logged)
+            _log.error("no request topic for %s; sending it on %s", row.type, name.value)
+        remaining = (row.expires - now) if row.expires else self._settings.request_expiry_s
+        return Outgoing(
+            0, self.topics.request(name), _event_json(row).encode(),
+            response_topic=self.topics.response(name),
+            correlation=(row.request_id or row.id).encode(),
+            expiry_s=max(1, int(remaining)),
+        )  # fmt: skip
+
+    async def _settle(self, entry: _InFlight, reason: ReasonCode | None) -> None:
+        if reason is None or not reason.is_failure:
+            await self._host.in_store_thread(lambda s: s.acknowledge(entry.ids))
+            self.stats.events_acknowledged += len(entry.ids)
+            self._backlog = max(0, self._backlog - len(entry.ids))
+        else:
+            why = f"the broker refused it: {reason}"
+            self.stats.events_refused += len(entry.ids)
+            self.stats.last_refusal = why
+            _rejections.warning("refused", "%d events refused by the broker: %s",
+                                len(entry.ids), reason)  # fmt: skip
+            dead = [i for i in entry.ids if entry.attempts.get(i, 0) >= self._settings.max_attempts]
+            retry = [i for i in entry.ids if i not in dead]
+
+            def settle(store: Store) -> None:
+                for event_id in dead:
+                    store.dead_letter(event_id, why)
+                store.release(retry, why)
+
+            await self._host.in_store_thread(settle)
+            self.stats.events_dead_lettered += len(dead)
+        self._wake.set()
+
+    async def _release_all(self, reason: str) -> None:
+        ids = [i for entry in self._inflight.values() for i in entry.ids]
+        self._inflight.clear()
+        if ids:
+            # Not the broker's refusal: this send does not count as an attempt.
+            await self._host.in_store_thread(lambda s: s.release(ids, None, count=False))
+            _log.info("%d events back to pending (%s)", len(ids), reason)
+
+    # -- down ----------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        while True:
+            message = await self._inbox.get()
+            try:
+                await self._handle(message)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the others
+                _log.exception("handling %s failed", message.topic)
+
+    async def _handle(self, message: Incoming) -> None:
+        parsed = parse_topic(message.topic)
+        if parsed is None or parsed[0] != self.topics.vehicle_id:
+            _log.debug("ignored a message on %s", message.topic)
+            return
+        rest = parsed[1]
+        if rest.startswith("res/"):
+            await self._reply(rest.removeprefix("res/"), message)
+            return
+        verdict = self._gate.check(
+            message.topic, message.payload, self._host.agent.document_versions
+        )
+        if isinstance(verdict, Ignored):
+            _log.debug("downlink on %s ignored: %s", message.topic, verdict.why)
+        elif isinstance(verdict, Accepted):
+            await self._host.apply(
+                lambda a, w, m: a.apply_document(
+                    verdict.kind.value, verdict.version, verdict.body, w, m
+                )
+            )
+            self.stats.documents_applied += 1
+            _log.info("%s version %d is in effect", verdict.kind.value, verdict.version)
+        else:
+            await self._refuse(verdict.reason, message.topic, verdict.kind, verdict.version)
+
+    async def _refuse(
+        self, reason: str, topic: str, kind: Any = None, version: int | None = None
+    ) -> None:
+        self.stats.documents_rejected += 1
+        _rejections.warning("downlink", "refused a message on %s: %s", topic, reason)
+        kind_name = None if kind is None else str(getattr(kind, "value", kind))
+        await self._host.apply(
+            lambda a, w, m: a.reject_document(
+                reason, kind=kind_name, version=version, topic=topic, wall=w, monotonic=m
+            )
+        )
+
+    async def _reply(self, name: str, message: Incoming) -> None:
+        try:
+            request = RequestName(name)
+            reply = _REPLY_MODELS[request].model_validate_json(message.payload)
+        except (ValueError, ValidationError) as err:
+            reason = " ".join(f"not a valid {name} reply: {err}".split())[:300]
+            await self._refuse(reason, message.topic)
+            return
+        if message.correlation is not None and message.correlation != reply.request_id.encode():
+            await self._refuse("the correlation data does not match the request id",
+                               message.topic)  # fmt: skip
+            return
+        self.stats.replies += 1
+        await self._host.apply(_reply_step(reply))
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        # Store work started from a callback; kept so it is not collected mid-way, and
+        # awaited at stop.
+        task = asyncio.get_running_loop().create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    def _status(self, state: str, backlog: int | None = None) -> bytes:
+        status = Status(vehicle_id=self.topics.vehicle_id, state=state,  # type: ignore[arg-type]
+                        at=time.time(), software=self._software, backlog=backlog)  # fmt: skip
+        return status.model_dump_json(exclude_none=True).encode()
+
+
+_REPLY_MODELS: Final[dict[RequestName, type[SlotsReply | BookingReply | RedemptionReply]]] = {
+    RequestName.BOOKING_SLOTS: SlotsReply,
+    RequestName.BOOKING: BookingReply,
+    RequestName.REDEMPTION: RedemptionReply,
+}
+
+
+def _slot(slot: WireSlot) -> Slot:
+    return Slot(slot.id, slot.start, slot.dealer.text() if slot.dealer else None)
+
+
+def _reply_step(reply: SlotsReply | BookingReply | RedemptionReply) -> Step:
+    if isinstance(reply, SlotsReply):
+        slots = [_slot(s) for s in reply.slots]
+        return lambda a, w, m: a.on_slots(reply.request_id, slots, w, m)
+    if isinstance(reply, BookingReply):
+        slot = _slot(reply.slot) if reply.slot else None
+        return lambda a, w, m: a.on_booking_answer(
+            reply.request_id, BookingStatus(reply.status), w, m,
+            booking_id=reply.booking_id, reason=reply.reason, slot=slot,
+        )  # fmt: skip
+    message = reply.message.text() if reply.message else None
+    return lambda a, w, m: a.on_redemption_answer(
+        reply.request_id, accepted=reply.accepted, wall=w, monotonic=m, message=message
+    )
+
+
+def _allowed(allows: Callable[[Category, float], bool], category: str, now: float) -> bool:
+    try:
+        return allows(Category(category), now)
+    except ValueError:
+        return False  # a category this version does not know: not consented to
+
+
+def _event_json(row: OutboxRow) -> str:
+    """The event as JSON, its stored payload spliced in as it is (no re-encoding)."""
+    head: dict[str, Any] = {
+        "id": row.id, "type": row.type, "category": row.category, "time": row.time,
+        "time_trusted": row.time_trusted, "boot_id": row.boot_id, "seq": row.seq,
+    }  # fmt: skip
+    if row.request_id is not None:
+        head["request_id"] = row.request_id
+    text = json.dumps(head, ensure_ascii=False, separators=(",", ":"))
+    return f'{text[:-1]},"payload":{row.payload}}}'
+
+
+def _batch_json(vehicle_id: str, now: float, rows: Sequence[OutboxRow]) -> str:
+    events = ",".join(_event_json(r) for r in rows)
+    head = json.dumps({"schema_version": 1, "vehicle_id": vehicle_id, "sent_at": now},
+                      separators=(",", ":"))  # fmt: skip
+    return f'{head[:-1]},"events":[{events}]}}'
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("touchpoint")
+    except metadata.PackageNotFoundError:
+        return "unknown"
