@@ -14,7 +14,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.consent import Category
@@ -36,10 +43,18 @@ class _Section(BaseModel):
 class VehicleSettings(_Section):
     """What car this is."""
 
-    #: The provisioned device identity (not the VIN): the cloud topic prefix uses it.
+    #: The provisioned device identity (not the VIN): the cloud topic prefix uses it,
+    #: and it is the common name of the car's certificate. ``cloud`` is the backend's.
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "dev-vehicle"
     model: Annotated[str, Field(min_length=1, max_length=64)] = "touchpoint-ref"
     market: Annotated[str, Field(min_length=2, max_length=8)] = "CN"
+
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value == "cloud":
+            raise ValueError("'cloud' is the backend's identity, not a vehicle's")
+        return value
 
 
 class DbcSettings(_Section):

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from cloud_sync.cloud_sim import CloudSim, Dedup, Endpoint
+from cloud_sync.cloud_sim import GROUP, CloudSim, Dedup, Endpoint
 from cloud_sync.contract import WireEvent
 from cloud_sync.signing import SigningKey
 
@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dedup-db", type=Path,
                         help="an SQLite file of event ids shared by several instances")  # fmt: skip
     parser.add_argument("--instance", default="1", help="this instance's name")
+    parser.add_argument("--group", default=GROUP,
+                        help="the shared-subscription group (secret in a deployment)")  # fmt: skip
     parser.add_argument("--no-documents", action="store_true",
                         help="do not publish documents to cars that come online")  # fmt: skip
     parser.add_argument("--print", dest="show", action="store_true",
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     sim = CloudSim(
         endpoint, key, instance=args.instance, booking=args.booking,
         booking_delay_s=args.booking_delay, dedup=dedup, documents=not args.no_documents,
-        on_event=show if args.show else None,
+        on_event=show if args.show else None, group=args.group,
     )  # fmt: skip
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -19,7 +19,6 @@ import sqlite3
 import ssl
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,7 +53,11 @@ from cloud_sync.signing import SigningKey
 _log = logging.getLogger(__name__)
 
 BookingAnswer = Literal["confirm", "decline", "delay"]
-#: The shared-subscription group every instance joins.
+#: How long the broker keeps an instance's session (and queues its messages) while away.
+SESSION_EXPIRY_S: Final = 7 * 86_400
+#: The shared-subscription group instances join by default. Mosquitto 2.0 does not check
+#: subscriptions against the ACL: a car that guessed the group could join it and have
+#: events dropped. In a deployment the group name is a secret (``--group``).
 GROUP: Final = "touchpoint-cloud"
 
 
@@ -132,6 +135,7 @@ class CloudSim:
         dedup: The de-duplication table (shared by instances, or private).
         documents: Which documents to publish to each car that comes online.
         on_event: Called with each new (not duplicate) event, on the MQTT thread.
+        group: The shared-subscription group (secret in a deployment; see GROUP).
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class CloudSim:
         dedup: Dedup | None = None,
         documents: bool = True,
         on_event: Callable[[str, WireEvent], None] | None = None,
+        group: str = GROUP,
     ) -> None:
         self.endpoint = endpoint
         self.key = key
@@ -155,6 +160,7 @@ class CloudSim:
         self._owns_dedup = dedup is None
         self._documents = documents
         self._on_event = on_event
+        self._group = group
         self._published: set[str] = set()
         self._versions: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
@@ -162,7 +168,9 @@ class CloudSim:
         self._connected = threading.Event()
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"cloud-sim-{instance}-{uuid.uuid4().hex[:6]}",
+            # A stable id with a persistent session: while an instance is away (a
+            # restart, the broker's), the broker keeps its share of the group's messages.
+            client_id=f"cloud-sim-{instance}",
             protocol=mqtt.MQTTv5,
         )
         context = endpoint.tls_context()
@@ -181,18 +189,31 @@ class CloudSim:
         Raises:
             TimeoutError: Not connected within ``timeout``.
         """
-        self.client.connect(self.endpoint.host, self.endpoint.port, keepalive=30)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.client.connect(self.endpoint.host, self.endpoint.port, keepalive=30,
+                            clean_start=False, properties=properties)  # fmt: skip
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         self.client.loop_start()
         if not self._connected.wait(timeout):
             self.stop()
             raise TimeoutError(f"cloud-sim: no connection to {self.endpoint.host}:"
                                f"{self.endpoint.port} within {timeout:.0f} s")  # fmt: skip
 
-    def stop(self) -> None:
-        """Disconnect and stop the network thread."""
+    def stop(self, *, keep_session: bool = False) -> None:
+        """Disconnect and stop the network thread.
+
+        Without ``keep_session`` the session ends with the connection: an instance that
+        is gone for good leaves the shared group, or the broker would keep queueing its
+        share of the events for it.
+        """
         for timer in self._timers:
             timer.cancel()
-        self.client.disconnect()
+        properties = None
+        if not keep_session:
+            properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 0
+        self.client.disconnect(properties=properties)
         self.client.loop_stop()
         if self._owns_dedup:
             self._dedup.close()
@@ -249,8 +270,8 @@ class CloudSim:
         if reason.is_failure:
             _log.error("cloud-sim: the broker refused the connection: %s", reason)
             return
-        client.subscribe(f"$share/{GROUP}/{PREFIX}/+/events", qos=1)
-        client.subscribe(f"$share/{GROUP}/{PREFIX}/+/req/+", qos=1)
+        client.subscribe(f"$share/{self._group}/{PREFIX}/+/events", qos=1)
+        client.subscribe(f"$share/{self._group}/{PREFIX}/+/req/+", qos=1)
         client.subscribe(f"{PREFIX}/+/status", qos=1)
         self._connected.set()
 

@@ -45,6 +45,8 @@ VEHICLE_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_DOWNLINK_BYTES: Final = 256 * 1024
 MAX_BATCH_EVENTS: Final = 1000
 
+#: Identities that are not vehicles: a car certificate named so would get their rights.
+RESERVED_IDS: Final = frozenset({"cloud"})
 VehicleId = Annotated[str, Field(pattern=VEHICLE_ID.pattern)]
 EventId = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -77,7 +79,7 @@ class Topics:
     """The topics of one vehicle."""
 
     def __init__(self, vehicle_id: str) -> None:
-        if not VEHICLE_ID.match(vehicle_id):
+        if not VEHICLE_ID.match(vehicle_id) or vehicle_id in RESERVED_IDS:
             raise ValueError(f"not a valid vehicle id for a topic: {vehicle_id!r}")
         self.vehicle_id = vehicle_id
         self.root = f"{PREFIX}/{vehicle_id}"

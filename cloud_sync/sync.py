@@ -57,6 +57,10 @@ _log = logging.getLogger(__name__)
 _rejections = RateLimitedLog(_log, interval=10.0)
 
 REQUEST_PREFIX: Final = "request."
+#: The PUBACK reason "no matching subscribers" (see ``CloudSync._unheard``).
+NO_MATCHING_SUBSCRIBERS: Final = 0x10
+QUIET_MIN_S: Final = 0.5
+QUIET_MAX_S: Final = 30.0
 Step = Callable[[Agent, float, float], Output]
 
 
@@ -85,6 +89,7 @@ class SyncStats:
     events_refused: int = 0
     events_dead_lettered: int = 0
     events_withheld: int = 0
+    events_unheard: int = 0
     replies: int = 0
     documents_applied: int = 0
     documents_rejected: int = 0
@@ -121,6 +126,8 @@ class CloudSync:
         self._chores: set[asyncio.Task[None]] = set()
         self._software = _package_version()
         self._backlog = 0
+        self._quiet_s = 0.0
+        self._resume_at = 0.0
         self.link = MqttLink(
             settings,
             vehicle_id,
@@ -202,6 +209,9 @@ class CloudSync:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            pause = self._resume_at - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
             while self._connected and len(self._inflight) < self._settings.window:
                 if not await self._send_next():
                     break
@@ -278,7 +288,10 @@ class CloudSync:
         )  # fmt: skip
 
     async def _settle(self, entry: _InFlight, reason: ReasonCode | None) -> None:
-        if reason is None or not reason.is_failure:
+        if reason is not None and reason.value == NO_MATCHING_SUBSCRIBERS:
+            await self._unheard(entry)
+        elif reason is None or not reason.is_failure:
+            self._quiet_s = 0.0
             await self._host.in_store_thread(lambda s: s.acknowledge(entry.ids))
             self.stats.events_acknowledged += len(entry.ids)
             self._backlog = max(0, self._backlog - len(entry.ids))
@@ -299,6 +312,22 @@ class CloudSync:
             await self._host.in_store_thread(settle)
             self.stats.events_dead_lettered += len(dead)
         self._wake.set()
+
+    async def _unheard(self, entry: _InFlight) -> None:
+        """The broker took the message but nobody subscribes: the cloud is not there.
+
+        0x10 is a success code to MQTT, not to us: an event nobody received is not
+        delivered. It goes back to pending (not an attempt), and sending pauses, longer
+        each time, until the cloud's consumers are back.
+        """
+        await self._host.in_store_thread(
+            lambda s: s.release(entry.ids, "no subscriber", count=False)
+        )
+        self.stats.events_unheard += len(entry.ids)
+        self._quiet_s = min(max(self._quiet_s * 2, QUIET_MIN_S), QUIET_MAX_S)
+        self._resume_at = time.monotonic() + self._quiet_s
+        _rejections.warning("unheard", "no cloud consumer subscribes to %s; holding events "
+                            "for %.0f s", self.topics.events, self._quiet_s)  # fmt: skip
 
     async def _release_all(self, reason: str) -> None:
         ids = [i for entry in self._inflight.values() for i in entry.ids]
