@@ -64,7 +64,7 @@ class CardState(IntEnum):
 
 
 class CloseReason(IntEnum):
-    """Why a card went away for good."""
+    """Why a card left the screen: for good, or (5, 8) until it comes back."""
 
     UNKNOWN = 0
     EXPIRED = 1
@@ -74,6 +74,7 @@ class CloseReason(IntEnum):
     WITHDRAWN_FOR_DRIVING = 5  # used for removal from view; the card itself survives
     SUPERSEDED = 6
     COMPLETED = 7  # its action was carried out (a booking confirmed, a coupon redeemed)
+    SNOOZED = 8  # taken off the screen by the driver until later; the card survives
 
 
 @dataclass(frozen=True, slots=True)

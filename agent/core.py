@@ -34,7 +34,7 @@ from agent.errors import AgentError
 from agent.events import Event, EventDraft, Priority
 from agent.facts import fact_lookup
 from agent.fault_engine import DtcCatalogue
-from agent.flows import Flows
+from agent.flows import BookingInProgressError, Flows
 from agent.ids import IdFactory
 from agent.plan import DAY, ServiceHistory, ServicePlan
 from agent.policy import (
@@ -270,7 +270,8 @@ class Agent:
         """The driver picked a slot.
 
         Raises:
-            ActionError: Unknown card, or a slot that was not offered.
+            ActionError: Unknown card, a slot that was not offered, or a booking already
+                requested or confirmed.
         """
         now = self._now(wall, monotonic)
         card = self.cards.get(card_id)
@@ -278,6 +279,8 @@ class Agent:
             raise ActionError("UnknownCard", f"no such card: {card_id}")
         try:
             self.flows.request_booking(card, slot_id, now)
+        except BookingInProgressError as err:
+            raise ActionError("AlreadyRequested", str(err)) from err
         except ValueError as err:
             raise ActionError("NoSuchSlot", str(err)) from err
         return self._finish(now)
@@ -611,7 +614,7 @@ class Agent:
         until_odometer = None if odometer is None else odometer + int(km * 1000)
         self.cards.snooze(card.id, now.wall + days * DAY, until_odometer)
         self._out.dirty.add("cards")
-        self._out.changes.append(CardChange(ChangeType.REMOVED, card, CloseReason.DISMISSED))
+        self._out.changes.append(CardChange(ChangeType.REMOVED, card, CloseReason.SNOOZED))
         self._card_event("card.snoozed", card, now, days=days, km=km)
 
     def close(self, card: Card, reason: CloseReason, now: Now) -> None:

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 REQUEST_TTL = 7 * 86_400.0
 
 
+class BookingInProgressError(ValueError):
+    """A booking was already requested (or confirmed) for this card."""
+
+
 class Flows:
     """Bookings and redemptions in progress; part of the agent core (pure)."""
 
@@ -123,6 +127,11 @@ class Flows:
             ValueError: No slots were offered for this card, or not this one.
         """
         booking = self._bookings.get(self.origin_key(card))
+        if booking is not None and booking.status in (
+            BookingStatus.REQUESTED,
+            BookingStatus.CONFIRMED,
+        ):
+            raise BookingInProgressError(f"a booking is already {booking.status.value}")
         if booking is None or booking.status not in (
             BookingStatus.SLOTS_OFFERED,
             BookingStatus.DECLINED,

@@ -53,8 +53,6 @@ from ui_bridge.names import (
 
 _log = logging.getLogger(__name__)
 
-#: How long ``GetBookingSlots`` waits for the cloud's answer before saying NotReady.
-SLOTS_WAIT_S: Final = 5.0
 RECONNECT_MIN_S: Final = 0.5
 RECONNECT_MAX_S: Final = 10.0
 
@@ -296,24 +294,23 @@ class DbusBridge:
         await self._run(lambda a, w, m: a.on_shown(card_id, w, m))
 
     async def booking_slots(self, path: str) -> list[tuple[str, int, dict[str, Variant]]]:
-        """``GetBookingSlots``: waits up to 5 s for the cloud's answer."""
+        """``GetBookingSlots``: the slots, or NotReady at once (``SlotsAvailable`` follows).
+
+        It never holds the call open waiting for the cloud: an HMI that calls D-Bus
+        synchronously would freeze meanwhile.
+        """
         card_id = self._card_id(path)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SLOTS_WAIT_S
-        while True:
-            try:
-                slots = self._host.agent.booking_slots(card_id)
-            except ActionError as err:
-                raise DBusError(f"{ERROR_PREFIX}.{err.code}", str(err)) from err
-            if slots is not None:
-                return [
-                    (s.id, round(s.start * 1_000_000),
-                     {"Dealer": Variant("s", s.dealer.get(self.locale))} if s.dealer else {})
-                    for s in slots
-                ]  # fmt: skip
-            if loop.time() >= deadline:
-                raise DBusError(ERROR_NOT_READY, "the dealer's slots have not arrived yet")
-            await asyncio.sleep(0.1)
+        try:
+            slots = self._host.agent.booking_slots(card_id)
+        except ActionError as err:
+            raise DBusError(f"{ERROR_PREFIX}.{err.code}", str(err)) from err
+        if slots is None:
+            raise DBusError(ERROR_NOT_READY, "the dealer's slots have not arrived yet")
+        return [
+            (s.id, round(s.start * 1_000_000),
+             {"Dealer": Variant("s", s.dealer.get(self.locale))} if s.dealer else {})
+            for s in slots
+        ]  # fmt: skip
 
     async def request_booking(self, path: str, slot_id: str) -> None:
         """``RequestBooking``."""

@@ -115,7 +115,11 @@ class ManagerInterface(ServiceInterface):
 
     @dbus_signal()
     def CardClosed(self, card: DBusObjectPath, reason: DBusUInt32) -> DBusPathReason:  # noqa: N802
-        """A card goes away for good, and why (numbered like freedesktop notifications)."""
+        """A card leaves the screen, and why (numbered like freedesktop notifications).
+
+        For good, except 5 (withdrawn while driving) and 8 (snoozed): such a card comes
+        back later as a new ``InterfacesAdded``.
+        """
         return (card, reason)
 
     @dbus_signal()

@@ -27,6 +27,7 @@ ERROR_UNKNOWN_ACTION: Final = f"{ERROR_PREFIX}.UnknownAction"
 ERROR_NO_BOOKING: Final = f"{ERROR_PREFIX}.NoBooking"
 ERROR_NO_SUCH_SLOT: Final = f"{ERROR_PREFIX}.NoSuchSlot"
 ERROR_NOT_READY: Final = f"{ERROR_PREFIX}.NotReady"
+ERROR_ALREADY_REQUESTED: Final = f"{ERROR_PREFIX}.AlreadyRequested"
 ERROR_FAILED: Final = f"{ERROR_PREFIX}.Failed"
 ERROR_INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
 

@@ -145,6 +145,10 @@ def test_bad_taps_are_errors(car: Car) -> None:
     with pytest.raises(ActionError) as err:
         car.agent.request_booking(card.id, "s9", car.wall, car.mono)
     assert err.value.code == "NoSuchSlot"
+    car.keep(car.agent.request_booking(card.id, "s1", car.wall, car.mono))
+    with pytest.raises(ActionError) as err:
+        car.agent.request_booking(card.id, "s2", car.wall, car.mono)
+    assert err.value.code == "AlreadyRequested"  # not "no slots offered": they were
     car.drive()
     with pytest.raises(ActionError) as err:
         car.agent.on_action(card.id, "snooze", {}, car.wall, car.mono)

@@ -78,7 +78,9 @@ def test_snooze_brings_the_card_back_after_the_snooze_distance(car: Car) -> None
     car.odometer_km(9_000)
     [card] = car.visible(CardKind.MAINTENANCE)
     out = car.tap(card, "snooze")
-    assert [(c.type, c.card.id) for c in out.changes] == [(ChangeType.REMOVED, card.id)]
+    assert [(c.type, c.card.id, c.reason) for c in out.changes] == [
+        (ChangeType.REMOVED, card.id, CloseReason.SNOOZED)  # an HMI can tell it from a dismissal
+    ]
     assert car.visible() == []
     car.drive()
     car.odometer_km(9_000 + PLAN.snooze_km - 1)
