@@ -53,6 +53,10 @@ def signing_key(path: Path) -> SigningKey:
     return key
 
 
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f} s"
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM (or ``--duration``); print the counts."""
     host, _, port = str(args.broker).rpartition(":")
@@ -101,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     stats = sim.snapshot()
     print(f"events {stats.events}, duplicates dropped {stats.duplicates}, "
           f"requests {stats.requests}, answered {stats.answered}, malformed {stats.malformed}, "
-          f"vehicles {len(stats.by_vehicle)}")  # fmt: skip
+          f"vehicles {len(stats.by_vehicle)}, latency p50 {_seconds(stats.latency_p50_s)} "
+          f"p99 {_seconds(stats.latency_p99_s)}")  # fmt: skip
     for kind, count in sorted(stats.by_type.items()):
         print(f"  {kind:28} {count}")
     return 0

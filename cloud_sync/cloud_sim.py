@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import sqlite3
 import ssl
 import threading
@@ -48,6 +49,7 @@ from cloud_sync.contract import (
     parse_topic,
 )
 from cloud_sync.demo_content import demo_campaign, demo_history, demo_slots, demo_wallet
+from cloud_sync.link import client_tls_context
 from cloud_sync.signing import SigningKey
 
 _log = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ SESSION_EXPIRY_S: Final = 7 * 86_400
 #: subscriptions against the ACL: a car that guessed the group could join it and have
 #: events dropped. In a deployment the group name is a secret (``--group``).
 GROUP: Final = "touchpoint-cloud"
+#: End-to-end latencies kept for the percentiles (a uniform sample of all of them).
+LATENCY_SAMPLES: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +80,45 @@ class Endpoint:
         """The client TLS context (pinned CA, client certificate), or None for plain."""
         if self.ca_file is None:
             return None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_verify_locations(cafile=self.ca_file)
-        if self.cert_file is not None:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        return context
+        return client_tls_context(self.ca_file, self.cert_file, self.key_file)
+
+
+class Reservoir:
+    """A bounded uniform sample of a stream of values (reservoir sampling), for percentiles.
+
+    Args:
+        size: Values kept at most.
+        seed: For the sampling (``None``: different each run).
+    """
+
+    def __init__(self, size: int = LATENCY_SAMPLES, seed: int | None = None) -> None:
+        self.size = size
+        self.seen = 0
+        self.values: list[float] = []
+        self._rng = random.Random(seed)  # noqa: S311 - a sample, not a secret
+
+    def add(self, value: float) -> None:
+        """Offer a value: kept with probability ``size / seen``, replacing one at random."""
+        self.seen += 1
+        if len(self.values) < self.size:
+            self.values.append(value)
+            return
+        slot = self._rng.randrange(self.seen)
+        if slot < self.size:
+            self.values[slot] = value
+
+    def percentile(self, pct: float) -> float | None:
+        """The ``pct`` th percentile of the sample (nearest rank), ``None`` if empty."""
+        if not self.values:
+            return None
+        ordered = sorted(self.values)
+        return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+    def copy(self) -> Reservoir:
+        """An independent copy."""
+        other = Reservoir(self.size)
+        other.seen, other.values = self.seen, list(self.values)
+        return other
 
 
 @dataclass(slots=True)
@@ -97,6 +134,18 @@ class CloudStats:
     by_type: Counter[str] = field(default_factory=Counter)
     by_vehicle: Counter[str] = field(default_factory=Counter)
     online: set[str] = field(default_factory=set)
+    #: Seconds from an event's time in the car to its arrival here (trusted times only).
+    latency: Reservoir = field(default_factory=Reservoir)
+
+    @property
+    def latency_p50_s(self) -> float | None:
+        """The median end-to-end latency, seconds."""
+        return self.latency.percentile(50)
+
+    @property
+    def latency_p99_s(self) -> float | None:
+        """The 99th percentile of the end-to-end latency, seconds."""
+        return self.latency.percentile(99)
 
 
 class Dedup:
@@ -293,6 +342,7 @@ class CloudSim:
             _log.warning("cloud-sim: malformed message on %s: %s", msg.topic, err)
 
     def _events(self, vehicle_id: str, payload: bytes) -> None:
+        arrived = time.time()
         batch = EventBatch.model_validate_json(payload)
         if batch.vehicle_id != vehicle_id:
             with self._lock:
@@ -309,6 +359,9 @@ class CloudSim:
                 self.stats.events += 1
                 self.stats.by_type[event.type] += 1
                 self.stats.by_vehicle[vehicle_id] += 1
+                # A car whose clock was never set says so: its time measures nothing.
+                if event.time_trusted:
+                    self.stats.latency.add(arrived - event.time)
         if self._on_event is not None:
             for event, new in zip(batch.events, fresh, strict=True):
                 if new:
@@ -397,4 +450,5 @@ class CloudSim:
                 by_type=Counter(self.stats.by_type),
                 by_vehicle=Counter(self.stats.by_vehicle),
                 online=set(self.stats.online),
+                latency=self.stats.latency.copy(),
             )

@@ -25,6 +25,7 @@ import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 import paho.mqtt.client as mqtt
@@ -369,11 +370,18 @@ def _close(client: mqtt.Client) -> None:
         sock.close()
 
 
-def _tls_context(settings: CloudSettings) -> ssl.SSLContext:
+def client_tls_context(
+    ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None
+) -> ssl.SSLContext:
     """Mutual TLS with a pinned CA: only ``ca_file`` is trusted, TLS 1.2 at least."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_verify_locations(cafile=settings.ca_file)
-    assert settings.cert_file is not None  # checked by the settings model
-    context.load_cert_chain(settings.cert_file, settings.key_file)
+    context.load_verify_locations(cafile=ca_file)
+    if cert_file is not None:
+        context.load_cert_chain(cert_file, key_file)
     return context
+
+
+def _tls_context(settings: CloudSettings) -> ssl.SSLContext:
+    assert settings.ca_file is not None  # checked by the settings model
+    return client_tls_context(settings.ca_file, settings.cert_file, settings.key_file)

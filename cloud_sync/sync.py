@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from typing import Any, Final, Protocol
 
@@ -128,6 +129,8 @@ class CloudSync:
         self._backlog = 0
         self._quiet_s = 0.0
         self._resume_at = 0.0
+        self._acked: list[str] = []
+        self._acking = False
         self.link = MqttLink(
             settings,
             vehicle_id,
@@ -219,25 +222,17 @@ class CloudSync:
     async def _send_next(self) -> bool:
         settings = self._settings
         now = time.time()
-        rows: list[OutboxRow] = await self._host.in_store_thread(  # type: ignore[assignment]
-            lambda s: s.pending(settings.batch_events, settings.batch_bytes, now)
-        )
-        if not rows:
-            return False
         consent = self._host.agent.consent
-        send = [r for r in rows if _allowed(consent.allows, r.category, now)]
-        withheld = [r.id for r in rows if r not in send]
-        sent_ids = [r.id for r in send]
-
-        def bookkeeping(store: Store) -> None:
-            if withheld:
-                store.acknowledge(withheld)
-            store.mark_in_flight(sent_ids)
-
-        await self._host.in_store_thread(bookkeeping)
+        allowed = {c.value for c in Category if consent.allows(c, now)}
+        taken: tuple[list[OutboxRow], int] = await self._host.in_store_thread(  # type: ignore[assignment]
+            lambda s: s.take(settings.batch_events, settings.batch_bytes, allowed, now)
+        )
+        send, withheld = taken
         if withheld:
-            self.stats.events_withheld += len(withheld)
-            _log.info("%d events withheld: their consent was withdrawn", len(withheld))
+            self.stats.events_withheld += withheld
+            _log.info("%d events withheld: their consent was withdrawn", withheld)
+        if not send:
+            return False
         for message, entry in self._messages(send, now):
             self._tokens += 1
             self._inflight[self._tokens] = entry
@@ -292,9 +287,7 @@ class CloudSync:
             await self._unheard(entry)
         elif reason is None or not reason.is_failure:
             self._quiet_s = 0.0
-            await self._host.in_store_thread(lambda s: s.acknowledge(entry.ids))
-            self.stats.events_acknowledged += len(entry.ids)
-            self._backlog = max(0, self._backlog - len(entry.ids))
+            await self._acknowledge(entry.ids)
         else:
             why = f"the broker refused it: {reason}"
             self.stats.events_refused += len(entry.ids)
@@ -313,6 +306,21 @@ class CloudSync:
             self.stats.events_dead_lettered += len(dead)
         self._wake.set()
 
+    async def _acknowledge(self, ids: list[str]) -> None:
+        """Delete acknowledged events; PUBACKs arriving meanwhile share one commit."""
+        self._acked.extend(ids)
+        if self._acking:
+            return  # the running flush takes these too
+        self._acking = True
+        try:
+            while self._acked:
+                batch, self._acked = self._acked, []
+                await self._host.in_store_thread(partial(Store.acknowledge, ids=batch))
+                self.stats.events_acknowledged += len(batch)
+                self._backlog = max(0, self._backlog - len(batch))
+        finally:
+            self._acking = False
+
     async def _unheard(self, entry: _InFlight) -> None:
         """The broker took the message but nobody subscribes: the cloud is not there.
 
@@ -327,7 +335,7 @@ class CloudSync:
         self._quiet_s = min(max(self._quiet_s * 2, QUIET_MIN_S), QUIET_MAX_S)
         self._resume_at = time.monotonic() + self._quiet_s
         _rejections.warning("unheard", "no cloud consumer subscribes to %s; holding events "
-                            "for %.0f s", self.topics.events, self._quiet_s)  # fmt: skip
+                            "for %.1f s", self.topics.events, self._quiet_s)  # fmt: skip
 
     async def _release_all(self, reason: str) -> None:
         ids = [i for entry in self._inflight.values() for i in entry.ids]
@@ -439,13 +447,6 @@ def _reply_step(reply: SlotsReply | BookingReply | RedemptionReply) -> Step:
     return lambda a, w, m: a.on_redemption_answer(
         reply.request_id, accepted=reply.accepted, wall=w, monotonic=m, message=message
     )
-
-
-def _allowed(allows: Callable[[Category, float], bool], category: str, now: float) -> bool:
-    try:
-        return allows(Category(category), now)
-    except ValueError:
-        return False  # a category this version does not know: not consented to
 
 
 def _event_json(row: OutboxRow) -> str:

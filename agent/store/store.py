@@ -21,7 +21,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -340,12 +340,51 @@ class Store:
             )
         return batch
 
+    def take(
+        self,
+        limit: int,
+        max_bytes: int,
+        allowed: Collection[str],
+        now: float | None = None,
+    ) -> tuple[list[OutboxRow], int]:
+        """The next batch to send, marked in flight, in one transaction (one sync).
+
+        Rows whose category is not in ``allowed`` (consent withdrawn since they were
+        recorded) are deleted instead of sent; their number is returned with the batch.
+        """
+        withheld = 0
+        while True:
+            rows = self.pending(limit, max_bytes, now)
+            keep = [r for r in rows if r.category in allowed]
+            gone = [r.id for r in rows if r.category not in allowed]
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                sizes = [
+                    db.execute("DELETE FROM outbox WHERE id = ? RETURNING size", (i,)).fetchone()
+                    for i in gone
+                ]
+                db.executemany(
+                    "UPDATE outbox SET state = 1, attempts = attempts + 1 WHERE id = ?",
+                    [(r.id,) for r in keep],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+            freed = [int(g[0]) for g in sizes if g is not None]
+            self._count -= len(freed)
+            self._bytes -= sum(freed)
+            withheld += len(freed)
+            if keep or not rows:
+                return keep, withheld
+
     def _drop_expired(self, now: float) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             gone = db.execute(
-                "DELETE FROM outbox WHERE expires IS NOT NULL AND expires < ? AND state = 0 "
+                "DELETE FROM outbox WHERE expires IS NOT NULL AND expires < ? AND +state = 0 "
                 "RETURNING size",
                 (now,),
             ).fetchall()

@@ -379,3 +379,66 @@ def test_summary_and_wipe(store: Store, db: Path) -> None:
     assert store.load_sections() == {"vehicle": "{}"}
     store.wipe()
     assert store.load_sections() == {}
+
+
+def test_take_marks_a_batch_in_flight_and_deletes_what_consent_no_longer_allows(
+    store: Store,
+) -> None:
+    analytics = [event(priority=Priority.LOW) for _ in range(3)]
+    request = event("request.booking", Priority.HIGH)
+    store.commit([*analytics, request], {}, now=T0)
+    allowed = {Category.SERVICE_REQUESTS.value}
+    rows, withheld = store.take(10, 1 << 20, allowed, now=T0)
+    assert ids(rows) == [request.id]
+    assert withheld == 3
+    assert store.outbox_count == 1
+    assert store.pending(now=T0) == []  # in flight
+    store.release([request.id], None, count=False)
+    [again] = store.pending(now=T0)
+    assert again.attempts == 0  # a lost connection is not an attempt
+
+
+def test_the_next_batch_is_read_off_an_index_in_sending_order(store: Store, db: Path) -> None:
+    # No sort of the whole outbox per batch (the v1 schema made SQLite do one).
+    with sqlite3.connect(db) as check:
+        plan = check.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE state = 0 "
+            "ORDER BY priority DESC, rowid ASC LIMIT 10"
+        ).fetchall()
+        expired = check.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM outbox WHERE expires IS NOT NULL AND expires < 1 "
+            "AND +state = 0"
+        ).fetchall()
+    check.close()
+    details = " ".join(str(row[-1]) for row in plan)
+    assert "idx_outbox_send" in details
+    assert "TEMP B-TREE" not in details
+    assert "idx_outbox_expires" in " ".join(str(row[-1]) for row in expired)
+
+
+def test_a_version_1_database_is_migrated(db: Path) -> None:
+    import sqlite_utils  # noqa: PLC0415
+
+    from agent.store.schema import MIGRATIONS  # noqa: PLC0415
+
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as old:
+        MIGRATIONS[0](sqlite_utils.Database(old))
+        old.execute("PRAGMA user_version = 1")
+        old.execute(
+            "INSERT INTO outbox (id, type, category, priority, time, payload, size, state) "
+            "VALUES ('kept', 'card.shown', 'usage_analytics', 50, 0, '{}', 210, 0)"
+        )
+    old.close()
+    store, report = Store.open(db)
+    try:
+        assert report.schema_from == 1
+        assert ids(store.pending(now=T0)) == ["kept"]
+    finally:
+        store.close()
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        names = {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    check.close()
+    assert {"idx_outbox_send", "idx_outbox_expires"} <= names
+    assert "idx_outbox_state_priority" not in names
