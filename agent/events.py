@@ -84,4 +84,13 @@ class Event:
 
     def payload_json(self) -> str:
         """The payload, serialised compactly for the store."""
-        return json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+        return json.dumps(
+            self.payload, separators=(",", ":"), ensure_ascii=False, sort_keys=True, default=_plain
+        )
+
+
+def _plain(value: object) -> object:
+    """Read-only mappings (the drafts' default payload is one) serialise as objects."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
