@@ -1,73 +1,72 @@
-"""``touchpoint demo``: a simulated car through the real CAN layer into the real agent.
+"""``touchpoint demo``: the whole loop, from a simulated car to cards to the cloud and back.
 
-The vehicle simulator drives the reference car on a python-can virtual bus; the daemon
-decodes it through the reference DBC and mapping, decides, and commits to a SQLite
-store in a temporary directory; this command prints the timeline (phases, signals,
-cards) and a summary, and exits 0 only if the story happened: the service came due and
-its card appeared once the car was parked; the charging stop surfaced the coupon.
+It starts, privately and on loopback only (:mod:`agent.demo.stack`): a D-Bus bus, a
+Mosquitto broker with mutual TLS, the reference cloud, and the agent reading the
+vehicle simulator's CAN frames from a virtual bus through the real CAN signal layer. A
+scripted driver (:mod:`agent.demo.driver`) uses the D-Bus API as an HMI would. The
+timeline shows what every component does; the summary what was shown, tapped, sent,
+acknowledged and received; the exit status is 0 only if the story happened as it should
+(:mod:`agent.demo.stories`).
 
-The cloud's documents (service history, member wallet) are loaded locally until cloud
-sync exists; the D-Bus HMI and the MQTT cloud join the loop with their issues.
+``--interactive`` opens the reference HMI instead of the scripted driver, so a person
+can tap the cards; the timeline then goes to a file.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import contextlib
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Final, TextIO
 
 import can
 
-from agent.benefits import Wallet
-from agent.cards import CardKind
-from agent.config import (
-    BusSettings,
-    CanSettings,
-    ConsentSettings,
-    DaemonSettings,
-    DbcSettings,
-    PolicySettings,
-    StoreSettings,
-)
-from agent.consent import Category
 from agent.daemon import Daemon
-from agent.plan import ServiceHistory
-from agent.policy import CardChange, ChangeType
+from agent.demo.driver import ScriptedDriver
+from agent.demo.stack import Stack, running_stack
+from agent.demo.stories import STORIES, Drive, Outcome, Story
+from agent.demo.timeline import Timeline
 from can_signals.simulator import (
     BusSink,
     FrameEncoder,
     Phase,
+    RunResult,
+    Scenario,
     ScenarioOptions,
     ScenarioRunner,
     VehicleState,
     build_scenario,
     load_reference_database,
-    reference_files,
 )
-from can_signals.update import SignalUpdate
-from cloud_sync.demo_content import demo_history, demo_wallet
+from cloud_sync.cloud_sim import BookingAnswer
+from cloud_sync.contract import WireEvent
 
-#: Where the story starts: 3 km before the engine oil's "due soon" point (13,500 km).
-START_KM: Final = 13_497.0
-_WATCHED: Final = {
-    "Vehicle.LowVoltageSystemState": "ignition",
-    "Vehicle.Powertrain.Transmission.SelectedGear": "gear",
-    "Vehicle.Powertrain.TractionBattery.Charging.IsCharging": "charging",
-    "Vehicle.Diagnostics.DTCList": "faults",
-}
-_GEARS: Final = {126: "P", 127: "D", 0: "N", -1: "R"}
+#: The oil-life monitor's reading at the start: high enough that distance decides.
+OIL_LIFE_PCT: Final = 40.0
+#: How long the demo waits for the cloud, the driver or the outbox at each step.
+WAIT_S: Final = 30.0
+#: The story is over when the car has recorded nothing new for this long.
+QUIET_S: Final = 1.0
+#: How long the car may rest between drives, on the scenario clock (ended earlier).
+REST_MS: Final = 3_600_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the subcommand's options."""
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(STORIES),
+        default="service",
+        help="the story: 'service' (the service comes due, is booked; a charging stop "
+        "unlocks a coupon) or 'fault' (a misfire lights the check-engine lamp); "
+        "default: service",
+    )
     parser.add_argument(
         "--speed",
         type=float,
@@ -75,7 +74,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how much faster than real time the car drives (default 60)",
     )
     parser.add_argument(
-        "--full", action="store_true", help="the full-length scenarios instead of the short ones"
+        "--full", action="store_true", help="the full-length drives instead of the short ones"
+    )
+    parser.add_argument(
+        "--interactive",
+        action="store_true",
+        help="open the reference HMI instead of the scripted driver, and keep running "
+        "until it is closed (q)",
+    )
+    parser.add_argument(
+        "--timeline",
+        type=Path,
+        metavar="FILE",
+        help="write the timeline to FILE (default: the terminal; with --interactive, "
+        "touchpoint-demo.log)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show every kilometre of the odometer"
     )
 
 
@@ -84,191 +99,299 @@ def run(args: argparse.Namespace) -> int:
     if args.speed <= 0:
         print("error: --speed must be positive", file=sys.stderr)
         return 2
-    return asyncio.run(_demo(args.speed, short=not args.full, out=sys.stdout))
+    story = STORIES[args.scenario]
+    path: Path | None = args.timeline or (Path("touchpoint-demo.log") if args.interactive else None)
+    with contextlib.ExitStack() as files:
+        out: TextIO = sys.stdout
+        if path is not None:
+            out = files.enter_context(path.open("w", encoding="utf-8"))
+            print(f"touchpoint demo: the timeline goes to {path}", flush=True)
+        demo = Demo(story, out, speed=args.speed, short=not args.full, verbose=args.verbose)
+        status = asyncio.run(demo.run(interactive=args.interactive))
+    if path is not None and not args.interactive:
+        print(path.read_text(encoding="utf-8"), end="")
+    return status
 
 
-class Timeline:
-    """Prints what happens, with the time since the start and the odometer."""
+class Demo:
+    """One run of a story through every component."""
 
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._start = time.monotonic()
-        self.odometer_km = 0.0
-        self.changes: list[CardChange] = []
-        self._last_km = -1
-        self._values: dict[str, object] = {}
+    def __init__(
+        self,
+        story: Story,
+        out: TextIO,
+        *,
+        speed: float,
+        short: bool,
+        verbose: bool = False,
+        booking: BookingAnswer = "confirm",
+    ) -> None:
+        self.story = story
+        self.booking: BookingAnswer = booking
+        self.out = out
+        self.speed = speed
+        self.short = short
+        self.timeline = Timeline(out, verbose=verbose)
+        self.outcome: Outcome | None = None
+        self.figures: list[str] = []
+        self._recorded, self._recorded_at = 0, 0.0
+        self._runners: list[ScenarioRunner] = []
+        self._resting: asyncio.Task[RunResult] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def line(self, text: str) -> None:
-        """One line of the timeline."""
-        elapsed = time.monotonic() - self._start
-        self._out.write(f"[{elapsed:6.1f}s] {self.odometer_km:10,.1f} km  {text}\n")
-        self._out.flush()
-
-    def on_signals(self, updates: Sequence[SignalUpdate]) -> None:
-        """A signal tap: the odometer each kilometre and the watched signals' changes."""
-        for update in updates:
-            if update.path == "Vehicle.TraveledDistance" and isinstance(update.value, int):
-                self.odometer_km = update.value / 1000
-                if int(self.odometer_km) != self._last_km:
-                    self._last_km = int(self.odometer_km)
-                    self.line(f"odometer {self.odometer_km:,.1f} km")
-            name = _WATCHED.get(update.path)
-            if name is None or self._values.get(name) == update.value:
-                continue
-            self._values[name] = update.value
-            value = update.value
-            if name == "gear" and isinstance(value, int):
-                value = _GEARS.get(value, value)
-            if name == "faults" and isinstance(value, tuple):
-                value = ", ".join(value) or "none"
-            self.line(f"signal   {name}: {value}")
-
-    async def apply(self, changes: Sequence[CardChange]) -> None:
-        """A card sink: every card shown or taken away."""
-        for change in changes:
-            self.changes.append(change)
-            card = change.card
-            if change.type is ChangeType.ADDED:
-                self.line(
-                    f"CARD     shown: [{card.kind.name.lower()}] {card.title.en} — {card.body.en}"
+    async def run(self, *, interactive: bool = False) -> int:
+        """Start everything, play the story, stop everything; the exit status."""
+        self._loop = asyncio.get_running_loop()
+        timeline = self.timeline
+        timeline.line(f"DEMO     story '{self.story.name}': {self.story.description}", state="-")
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="touchpoint-demo-") as directory:
+            async with running_stack(
+                Path(directory),
+                on_cloud_event=self._from_cloud,
+                before_start=self._attach,
+                booking=self.booking,
+            ) as stack:
+                self._vehicle_from(stack)
+                timeline.line(
+                    f"DEMO     private D-Bus at {stack.bus_address.split(',')[0]}; Mosquitto "
+                    f"(mutual TLS) on "
+                    f"127.0.0.1:{stack.broker.port}; reference cloud on :{stack.broker.cloud_port}"
                 )
-            elif change.type is ChangeType.REMOVED:
-                self.line(f"CARD     removed ({change.reason.name.lower()}): {card.title.en}")
-            else:
-                self.line(f"CARD     updated: {card.title.en}")
+                if interactive:
+                    await self._interactive(stack)
+                    return 0
+                await self._scripted(stack)
+        return self._summary(time.monotonic() - started)
 
+    # -- wiring ---------------------------------------------------------------------------
 
-def _settings(directory: Path, channel: str) -> DaemonSettings:
-    files = reference_files()
-    return DaemonSettings(
-        store=StoreSettings(path=directory / "touchpoint.db"),
-        can=CanSettings(
-            mapping=files.mapping,
-            dbc=[DbcSettings(file=files.dbc)],
-            buses=[BusSettings(name="can0", interface="virtual", channel=channel)],
-        ),
-        policy=PolicySettings(quiet_hours=None),  # the demo runs at any hour
-        consent=ConsentSettings(
-            defaults={
-                Category.VEHICLE_HEALTH: True,
-                Category.USAGE_ANALYTICS: True,
-                Category.MARKETING: True,
-            }
-        ),
-    )
+    def _attach(self, daemon: Daemon) -> None:
+        daemon.sinks.append(self.timeline)
+        daemon.signal_taps.append(self.timeline.on_signals)
+        daemon.event_taps.append(self.timeline.on_events)
 
+    def _vehicle_from(self, stack: Stack) -> None:
+        self.timeline._vehicle = lambda: stack.daemon.agent.vehicle  # noqa: SLF001
 
-def _cloud_documents() -> tuple[ServiceHistory, Wallet]:
-    return demo_history(), demo_wallet()
+    def _from_cloud(self, vehicle_id: str, event: WireEvent) -> None:
+        # On the cloud's MQTT thread: the timeline is the event loop's.
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.timeline.on_cloud_event, vehicle_id, event)
 
+    # -- the scripted run ---------------------------------------------------------------------
 
-#: The oil-life monitor's reading at the start: high enough that distance decides.
-OIL_LIFE_PCT: Final = 40.0
-
-
-async def _drive(
-    name: str,
-    options: ScenarioOptions,
-    channel: str,
-    speed: float,
-    timeline: Timeline,
-    *,
-    after: VehicleState | None = None,
-) -> VehicleState:
-    scenario = build_scenario(name, options)
-    # One car, several scenarios: what the car carries over (oil life, fuel, the service
-    # counter) continues from where the previous scenario left it.
-    carried = after or replace(scenario.initial, oil_life_pct=OIL_LIFE_PCT)
-    initial = replace(
-        scenario.initial,
-        oil_life_pct=carried.oil_life_pct,
-        fuel_pct=carried.fuel_pct,
-        service_resets=carried.service_resets,
-    )
-    scenario = replace(scenario, initial=initial)
-    timeline.line(f"SIM      scenario {scenario.name}: {scenario.description}")
-
-    def phase(index: int, p: Phase, _state: VehicleState) -> None:
-        timeline.line(f"SIM      phase {index + 1}/{len(scenario.phases)}: {p.name}")
-
-    bus = can.Bus(interface="virtual", channel=channel, preserve_timestamps=True)
-    runner = ScenarioRunner(
-        scenario,
-        FrameEncoder(load_reference_database()),
-        [BusSink(bus)],
-        speed=speed,
-        on_phase=phase,
-    )
-    try:
-        result = await asyncio.to_thread(runner.run)
-    finally:
-        bus.shutdown()
-    return result.final
-
-
-async def _demo(speed: float, *, short: bool, out: TextIO) -> int:
-    timeline = Timeline(out)
-    channel = f"touchpoint-demo-{os.getpid()}"
-    with tempfile.TemporaryDirectory(prefix="touchpoint-demo-") as directory:
-        daemon = Daemon(_settings(Path(directory), channel))
-        daemon.sinks.append(timeline)
-        daemon.signal_taps.append(timeline.on_signals)
-        await daemon.start()
+    async def _scripted(self, stack: Stack) -> None:
+        timeline = self.timeline
+        driver = ScriptedDriver(stack.bus_address, timeline.line, lambda: timeline.moving)
+        driver.start()
         try:
-            history, wallet = _cloud_documents()
-            await daemon.apply(lambda a, w, m: a.set_history(history, w, m))
-            await daemon.apply(lambda a, w, m: a.set_wallet(wallet, w, m))
-            timeline.line("CLOUD    service history and member wallet loaded")
-            start = int(time.time())
-            first = await _drive(
-                "highway_service",
-                ScenarioOptions(short=short, start_odometer_km=START_KM, utc_start_s=start),
-                channel,
-                speed,
-                timeline,
+            await self._documents(stack)
+            await self._drives(stack)
+            await driver.idle()
+            await self._until(lambda: self._settled(stack), "every event to reach the cloud")
+            timeline.line(
+                f"CLOUD    has all {len(timeline.car_events)} events the car recorded", state="-"
             )
-            await _drive(
-                "park_charge",
-                ScenarioOptions(
-                    short=short,
-                    start_odometer_km=first.odometer_km,
-                    utc_start_s=first.utc_start_s + first.clock_ms // 1000 + 1,
-                ),
-                channel,
-                speed,
-                timeline,
-                after=first,
-            )
-            await asyncio.sleep(0.5)  # the last frames through the pipeline
-            await daemon.settle()
-            return _summary(daemon, timeline, out)
+            self.outcome = await self._outcome(stack, driver)
         finally:
-            await daemon.stop()
+            await driver.stop()
+            await self._wake_up()
+
+    async def _documents(self, stack: Stack) -> None:
+        cloud = stack.daemon.cloud
+        assert cloud is not None
+        await self._until(lambda: cloud.connected, "the car to connect to the broker")
+        self.timeline.line("CLOUD    the car is online (mutual TLS); the cloud sends its documents")
+        await self._until(
+            lambda: cloud.stats.documents_applied >= 5, "the cloud's documents to take effect"
+        )
+        self.timeline.line(
+            f"CLOUD    {cloud.stats.documents_applied} signed documents verified and applied "
+            "(service plan, history, DTC catalogue, wallet, campaign)"
+        )
+
+    async def _drives(self, stack: Stack) -> None:
+        after: VehicleState | None = None
+        for drive in self.story.drives:
+            after = await self._drive(drive, stack.can_channel, after)
+            for wanted in drive.wait_for:
+                types = wanted.split("|")
+                await self._until(
+                    lambda t=types: any(self.timeline.car_types()[x] for x in t),  # type: ignore[misc]
+                    " or ".join(types),
+                )
+
+    async def _drive(self, drive: Drive, channel: str, after: VehicleState | None) -> VehicleState:
+        """Play one drive; the car then rests, its ECUs awake, until the next one."""
+        rested = await self._wake_up()
+        after = rested or after
+        start = int(time.time()) if after is None else after.utc_s + 1
+        odometer = self.story.start_km if after is None else after.odometer_km
+        options = ScenarioOptions(short=self.short, start_odometer_km=odometer, utc_start_s=start)
+        scenario = build_scenario(drive.scenario, options)
+        phases = tuple(p for p in scenario.phases if not p.name.startswith(drive.without))
+        # One car, several drives: what the car carries (oil life, fuel, the service
+        # counter) continues from where the last drive left it.
+        carried = after or replace(scenario.initial, oil_life_pct=OIL_LIFE_PCT)
+        initial = replace(
+            scenario.initial,
+            oil_life_pct=carried.oil_life_pct,
+            fuel_pct=carried.fuel_pct,
+            service_resets=carried.service_resets,
+        )
+        scenario = replace(scenario, initial=initial, phases=phases)
+        self.timeline.line(f"SIM      drive '{scenario.name}': {scenario.description}")
+        result = await self._play(scenario, channel, self.speed, report=True)
+        # Parked and locked, a car's ECUs stay awake a while: the bus does not go
+        # silent (which the agent would rightly take as "state unknown").
+        final = result.final
+        # The rest's clock starts at 0 (the runner paces from it); its frames' time goes
+        # on from the drive's, rounded up to the next second.
+        resting = replace(final, utc_start_s=final.utc_s + 1, clock_ms=0)
+        rest = Scenario("rest", "parked, the ECUs still awake", resting, (Phase("rest", REST_MS),))
+        self._resting = asyncio.create_task(self._play(rest, channel, 1.0), name="car at rest")
+        return result.final
+
+    async def _wake_up(self) -> VehicleState | None:
+        """End the rest between drives; the car's state after it."""
+        task, self._resting = self._resting, None
+        if task is None:
+            return None
+        self._runners[-1].stop()
+        return (await task).final
+
+    async def _play(
+        self, scenario: Scenario, channel: str, speed: float, *, report: bool = False
+    ) -> RunResult:
+        loop = asyncio.get_running_loop()
+
+        def phase(index: int, p: Phase, _state: VehicleState) -> None:
+            text = f"SIM      phase {index + 1}/{len(scenario.phases)}: {p.name}"
+            loop.call_soon_threadsafe(self.timeline.line, text)
+
+        bus = can.Bus(interface="virtual", channel=channel, preserve_timestamps=True)
+        runner = ScenarioRunner(
+            scenario,
+            FrameEncoder(load_reference_database()),
+            [BusSink(bus)],
+            speed=speed,
+            on_phase=phase if report else None,
+        )
+        self._runners.append(runner)
+        try:
+            return await asyncio.to_thread(runner.run)
+        finally:
+            bus.shutdown()
+
+    async def _until(self, condition: Callable[[], bool], what: str) -> bool:
+        deadline = time.monotonic() + WAIT_S
+        while not condition():
+            if time.monotonic() > deadline:
+                self.timeline.line(f"DEMO     gave up waiting for {what} after {WAIT_S:.0f} s")
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def _settled(self, stack: Stack) -> bool:
+        """Whether the cloud has every event and the car has had nothing new for a while."""
+        recorded = len(self.timeline.car_events)
+        now = time.monotonic()
+        if recorded != self._recorded:
+            self._recorded, self._recorded_at = recorded, now
+        quiet = now - self._recorded_at >= QUIET_S
+        delivered = set(self.timeline.car_events) <= self.timeline.cloud_ids()
+        return quiet and delivered and stack.daemon.store.outbox_count == 0
+
+    async def _outcome(self, stack: Stack, driver: ScriptedDriver) -> Outcome:
+        daemon = stack.daemon
+        await daemon.settle()
+        cloud = daemon.cloud
+        assert cloud is not None
+        dead = await daemon.in_store_thread(lambda store: store.dead_letter_count())
+        assert isinstance(dead, int)
+        self.figures = _figures(stack)
+        return Outcome(
+            cards_shown=self.timeline.cards_shown(),
+            car_events=self.timeline.car_types(),
+            car_ids=frozenset(self.timeline.car_events),
+            cloud_ids=frozenset(self.timeline.cloud_ids()),
+            outbox_left=daemon.store.outbox_count,
+            dead_letters=dead,
+            documents_applied=cloud.stats.documents_applied,
+            documents_rejected=cloud.stats.documents_rejected,
+            driver=driver.log,
+        )
+
+    # -- the interactive run -----------------------------------------------------------------
+
+    async def _interactive(self, stack: Stack) -> None:
+        from ui_bridge.hmi_app import HmiApp  # noqa: PLC0415 - Textual only when asked
+
+        await self._documents(stack)
+        drives = asyncio.create_task(self._drives(stack), name="demo drives")
+        try:
+            await HmiApp(stack.bus_address, locale="en").run_async()
+        finally:
+            drives.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drives
+            for runner in self._runners:
+                runner.stop()
+            await self._wake_up()
+
+    # -- the summary -------------------------------------------------------------------------
+
+    def _summary(self, seconds: float) -> int:
+        out, outcome = self.out, self.outcome
+        if outcome is None:
+            return 1
+        driver = outcome.driver
+        kinds = ", ".join(f"{k.name.lower()} {n}" for k, n in outcome.cards_shown.items())
+        taps = ", ".join(key for key, _ in driver.taps) or "none"
+        missing = len(outcome.car_ids - outcome.cloud_ids)
+        out.write(f"\nsummary ({seconds:.0f} s)\n")
+        out.write(f"  cards shown: {sum(outcome.cards_shown.values())} ({kinds})\n")
+        out.write(f"  driver (over D-Bus): {driver.impressions} cards seen, taps: {taps}\n")
+        out.write(
+            f"  events: {len(outcome.car_ids)} recorded by the car, "
+            f"{len(outcome.cloud_ids)} received by the cloud, {missing} missing, "
+            f"{outcome.outbox_left} still waiting, {outcome.dead_letters} dead letters\n"
+        )
+        out.writelines(f"  {line}\n" for line in self.figures)
+        out.write("  story:\n")
+        results = [(text, check(outcome)) for text, check in self.story.checks]
+        out.writelines(f"    [{'ok' if ok else 'FAILED'}] {text}\n" for text, ok in results)
+        for violation in driver.violations:
+            out.write(f"    violation: {violation}\n")
+        ok = all(passed for _, passed in results)
+        out.write(f"  result: {'the story happened' if ok else 'the story did NOT happen'}\n")
+        out.flush()
+        return 0 if ok else 1
 
 
-def _summary(daemon: Daemon, timeline: Timeline, out: TextIO) -> int:
-    first_shown = {c.card.id: c.card.kind for c in timeline.changes if c.type is ChangeType.ADDED}
-    shown = Counter(first_shown.values())
-    summary = daemon.store.summary()
-    events = sum(n for _, _, n, _ in summary)
-    stats = daemon.pipeline.stats() if daemon.pipeline else None
-    out.write("\nsummary\n")
-    kinds = ", ".join(f"{kind.name.lower()} {count}" for kind, count in shown.items())
-    out.write(f"  cards shown: {sum(shown.values())} ({kinds})\n")
-    out.write(f"  events waiting for the cloud: {events}\n")
-    out.writelines(
-        f"    {category:18} priority {priority:3}: {count:4} events, {size:,} bytes\n"
-        for category, priority, count, size in summary
+def _figures(stack: Stack) -> list[str]:
+    """What the broker, the cloud and the CAN layer counted."""
+    daemon = stack.daemon
+    sync = daemon.cloud.stats if daemon.cloud is not None else None
+    cloud = stack.cloud.snapshot()
+    lines = []
+    if sync is not None:
+        lines.append(
+            f"MQTT: {sync.events_sent} events sent in {sync.messages_sent} messages, "
+            f"{sync.events_acknowledged} acknowledged by the broker, {sync.events_refused} "
+            f"refused, {sync.connections} connection(s)"
+        )
+    lines.append(
+        f"cloud: {cloud.events} events taken in, {cloud.duplicates} duplicates dropped, "
+        f"{cloud.requests} requests, {cloud.answered} answers, {cloud.malformed} malformed"
     )
+    rejected = sync.documents_rejected if sync is not None else 0
+    stats = daemon.pipeline.stats() if daemon.pipeline is not None else None
     if stats is not None:
         p = stats.processor
-        out.write(
-            f"  CAN: {p.frames:,} frames, {p.updates:,} updates, {p.rejected} rejected, "
-            f"{stats.dropped_updates} dropped\n"
+        lines.append(
+            f"CAN: {p.frames:,} frames decoded into {p.updates:,} signal updates, "
+            f"{p.rejected} rejected; downlink documents rejected: {rejected}"
         )
-    ok = shown[CardKind.MAINTENANCE] >= 1 and shown[CardKind.BENEFIT] >= 1
-    out.write(
-        "  story: "
-        + ("complete\n" if ok else "INCOMPLETE: a maintenance and a benefit card were expected\n")
-    )
-    return 0 if ok else 1
+    return lines

@@ -29,7 +29,7 @@ from agent import state_codec
 from agent.config import DaemonSettings
 from agent.consent import Category
 from agent.core import Agent, AgentConfig, Output
-from agent.events import EventDraft, Priority
+from agent.events import Event, EventDraft, Priority
 from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory
 from agent.plan import default_plan
@@ -99,6 +99,8 @@ class Daemon:
         self.sinks: list[CardSink] = []
         #: Called with every batch of signal updates the agent receives (timelines, tools).
         self.signal_taps: list[Callable[[Sequence[SignalUpdate]], None]] = []
+        #: Called (on the event loop) with the events of each commit once it is durable.
+        self.event_taps: list[Callable[[Sequence[Event]], None]] = []
         self._notifier = notifier or Notifier()
         self._wall, self._monotonic = wall, monotonic
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -412,6 +414,9 @@ class Daemon:
             else:
                 self.commits += 1
                 self._beat("commit")
+                if events:
+                    for tap in self.event_taps:
+                        tap(events)
             # Sinks hear of every commit, even without card changes: the vehicle state
             # behind it (driving or parked) may have changed.
             await self._show([c for p in batch for c in p.output.changes])

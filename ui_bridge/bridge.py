@@ -29,7 +29,14 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 from dbus_fast.service import ServiceInterface
 
-from agent.cards import LOCALES, MOVING_ACTIONS_MAX, MOVING_TITLE_MAX, Card, CloseReason
+from agent.cards import (
+    LOCALES,
+    MOVING_ACTIONS_MAX,
+    MOVING_TITLE_MAX,
+    Card,
+    CloseReason,
+    Display,
+)
 from agent.consent import CONSENTABLE, PURPOSES, Category
 from agent.core import ActionError, Agent, Output
 from agent.errors import TouchpointError
@@ -58,6 +65,9 @@ RECONNECT_MAX_S: Final = 10.0
 
 Step = Callable[[Agent, float, float], Output]
 
+
+#: Commits the announcement of a restriction may wait for the withdrawals it implies.
+MAX_RESTRICTION_DEFERRALS: Final = 2
 
 class BridgeError(TouchpointError):
     """The bridge cannot serve (the bus is unreachable, the name is taken or refused)."""
@@ -106,6 +116,7 @@ class DbusBridge:
         self._manager = ManagerInterface(self)
         self._consent = ConsentInterface(self)
         self._restricted: bool | None = None
+        self._deferrals = 0
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.reconnects = 0
@@ -200,6 +211,12 @@ class DbusBridge:
         """Show durable card changes on the bus (and the driving restriction)."""
         if self._bus is None:
             return  # reconnecting: the cards are exported again once connected
+        # An HMI must never see a parked-only card while told the car is moving: a
+        # restriction is announced after the cards it withdraws are gone, its end
+        # before the cards it lets back are added.
+        restricted = self.driving_restricted()
+        if not restricted:
+            self._announce_restriction(restricted)
         for change in changes:
             if change.type is ChangeType.ADDED:
                 self._add(change.card)
@@ -207,7 +224,17 @@ class DbusBridge:
                 self._update(change.card)
             else:
                 self._remove(change.card, change.reason)
-        restricted = self.driving_restricted()
+        # The agent's state runs ahead of what is committed: driving may have begun in
+        # an input whose withdrawals are in the next commit. Until they are (a commit
+        # or two), the screen is not yet restricted.
+        waiting = any(obj.card.display is Display.PARKED_ONLY for obj in self._objects.values())
+        if restricted and waiting and self._deferrals < MAX_RESTRICTION_DEFERRALS:
+            self._deferrals += 1
+        elif restricted:
+            self._deferrals = 0
+            self._announce_restriction(restricted)
+
+    def _announce_restriction(self, restricted: bool) -> None:  # noqa: FBT001
         if restricted != self._restricted:
             self._restricted = restricted
             self._manager.announce_restriction(restricted)

@@ -484,6 +484,10 @@ class Store:
         """Bytes of events in the outbox."""
         return self._bytes
 
+    def dead_letter_count(self) -> int:
+        """Events moved to the dead-letter table (refused for good by the cloud)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
+
     def evicted_total(self) -> int:
         """Events evicted since the database was created."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'evicted'").fetchone()
