@@ -388,6 +388,9 @@ class Fleet:
                 AgentConfig(), boot_id=boot_id, ids=IdFactory(), plan=plan,
                 catalogue=catalogue, builtin_rules=rules, state=_in_use_state(),
             )  # fmt: skip
+            # The agent forgets a trusted clock's anchor across a (re)start; the cars
+            # have had GNSS time since, so their events' times measure the latency.
+            agent.clock = agent.clock.set_trusted(time.time(), time.monotonic(), TimeSource.GNSS)
             worker = self._workers[index % len(self._workers)]
             worker.stores.append(store)
             car = SimCar(vehicle_id, agent, store, worker, options.settings(vehicle_id))

@@ -64,6 +64,8 @@ def test_every_event_the_fleet_records_reaches_the_cloud_once(
         assert sorted(received) == sorted(recorded)
         assert {vid for vid, _ in received} == set(vehicle_ids(prefix, 0, 4))
         assert sim.stats.duplicates == 0
+        # The cars' clocks are trusted, so the cloud measures the end-to-end latency.
+        assert sim.stats.latency_p50_s is not None
 
 
 def test_a_fleet_larger_than_a_process_can_select_on_is_refused(tmp_path: Path) -> None:
