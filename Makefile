@@ -7,15 +7,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the test suite talks to for real (private buses and brokers per test session).
-DEB_PACKAGES := dbus mosquitto mosquitto-clients
+# Debian packages the test suite talks to for real (private buses and brokers per test session;
+# systemd for systemd-analyze and systemd-sysusers, which check the unit in systemd/).
+DEB_PACKAGES := dbus mosquitto mosquitto-clients systemd
 # Where each package's binary lands, to tell whether it is installed (sbin may not be on PATH).
-DEB_PROBES := /usr/bin/dbus-daemon /usr/sbin/mosquitto /usr/bin/mosquitto_sub
+DEB_PROBES := /usr/bin/dbus-daemon /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/bin/systemd-analyze
 
 .PHONY: help venv deb-deps lint typecheck pytest test demo bench clean
 
 help:
-	@echo "make demo   - run the whole loop: simulated car -> decoded signals (grows with each issue)"
+	@echo "make demo   - the whole loop: simulated car -> CAN -> agent -> D-Bus HMI + MQTT cloud, and back"
 	@echo "make test   - venv + packages + lint + type checks + test suite"
 	@echo "make bench  - print the performance figures"
 
