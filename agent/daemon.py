@@ -37,7 +37,7 @@ from agent.policy import CardChange, PolicyConfig
 from agent.rule_model import builtin_rules
 from agent.sdnotify import Notifier, watchdog_interval
 from agent.store.store import OpenReport, Store, StoreError, StoreLimits
-from can_signals.errors import CanSignalsError
+from can_signals.errors import CanSignalsError, SourceError
 from can_signals.pipeline import SignalPipeline
 from can_signals.sources import BusConfig
 from can_signals.update import SignalUpdate
@@ -51,6 +51,8 @@ _log = logging.getLogger(__name__)
 
 #: After a failed commit, wait this long before retrying.
 COMMIT_RETRY_S: Final = 1.0
+#: How often CAN buses that could not be opened are tried again.
+CAN_RETRY_S: Final = 5.0
 #: At shutdown, a store that keeps failing is given up on after this many tries.
 CLOSING_RETRIES: Final = 3
 #: A loop that has not made progress for this long stops the watchdog.
@@ -118,6 +120,8 @@ class Daemon:
         self.open_report: OpenReport | None = None
         self.dtc_poller: DtcPoller | None = None
         self.bridge: DbusBridge | None = None
+        #: Why the CAN buses are not open (retried in the background), or ``None``.
+        self.can_problem: str | None = None
         self.cloud: CloudSync | None = None
         self.commits = 0
         self.started_at = 0.0
@@ -169,15 +173,18 @@ class Daemon:
         self._first_start(sections, report)
         self._pipeline = self._build_pipeline()
         if self._pipeline is not None:
-            await self._pipeline.start()
-            diagnostics = settings.can.diagnostics if settings.can else None
-            if diagnostics is not None and settings.can and not settings.can.replay:
-                # ISO-TP is a sizeable import: only with [can.diagnostics].
-                from agent.diagnostics import DtcPoller  # noqa: PLC0415
-
-                self.dtc_poller = DtcPoller(diagnostics, self._pipeline)
-                self.signal_taps.append(self.dtc_poller.observe)
-            self._tasks.append(asyncio.create_task(self._consume_signals(), name="signals"))
+            try:
+                await self._pipeline.start()
+            except SourceError as err:
+                if settings.can is not None and settings.can.replay is not None:
+                    raise  # a log that cannot be read will not appear later
+                # An interface not up yet (a late driver, a bus brought up by a unit
+                # after ours): cards, D-Bus and the cloud serve on while it is retried.
+                self.can_problem = str(err)
+                _log.error("cannot open the CAN buses: %s; retrying every %.0f s", err, CAN_RETRY_S)
+                self._tasks.append(asyncio.create_task(self._open_can_later(), name="can retry"))
+            else:
+                self._can_started()
         if settings.dbus is not None:
             from ui_bridge.bridge import DbusBridge  # noqa: PLC0415 - only with [dbus]
 
@@ -200,6 +207,34 @@ class Daemon:
         _release_heap()
         self._notifier.ready(self._status())
         _log.info("touchpoint started in %.0f ms", (self._monotonic() - self.started_at) * 1000)
+
+    def _can_started(self) -> None:
+        settings, pipeline = self.settings, self._pipeline
+        assert pipeline is not None
+        self.can_problem = None
+        diagnostics = settings.can.diagnostics if settings.can else None
+        if diagnostics is not None and settings.can and not settings.can.replay:
+            # ISO-TP is a sizeable import: only with [can.diagnostics].
+            from agent.diagnostics import DtcPoller  # noqa: PLC0415
+
+            self.dtc_poller = DtcPoller(diagnostics, pipeline)
+            self.signal_taps.append(self.dtc_poller.observe)
+        self._tasks.append(asyncio.create_task(self._consume_signals(), name="signals"))
+
+    async def _open_can_later(self) -> None:
+        pipeline = self._pipeline
+        assert pipeline is not None
+        while True:
+            await asyncio.sleep(CAN_RETRY_S)
+            try:
+                await pipeline.start()
+            except SourceError as err:
+                self.can_problem = str(err)
+                _log.debug("the CAN buses still cannot be opened: %s", err)
+                continue
+            _log.info("the CAN buses are open")
+            self._can_started()
+            return
 
     def _build_agent(self, state: object) -> Agent:
         settings = self.settings

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from pathlib import Path
 
+import can
 import pytest
 
-from agent.config import ConsentSettings, DaemonSettings
+from agent import daemon as daemon_module
+from agent.config import BusSettings, ConsentSettings, DaemonSettings
 from agent.daemon import Daemon
+from can_signals import sources
+from can_signals.errors import SourceError
 from tests.daemon.conftest import RecordingSink
 
 
@@ -110,3 +115,81 @@ def test_a_broken_mapping_degrades_to_no_can(
         await daemon.stop()
 
     asyncio.run(scenario())
+
+
+def _live(settings: DaemonSettings, interface: str, channel: str) -> DaemonSettings:
+    assert settings.can is not None
+    bus = BusSettings(name="can0", interface=interface, channel=channel)
+    can = settings.can.model_copy(update={"replay": None, "buses": [bus]})
+    return settings.model_copy(update={"can": can})
+
+
+def test_a_can_interface_that_cannot_be_opened_does_not_stop_the_daemon(
+    rav4_settings: DaemonSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # This kernel has no AF_CAN: opening a socketcan bus fails for real.
+    settings = _live(rav4_settings, "socketcan", "tp-missing0")
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        try:
+            assert daemon.can_problem is not None
+            assert daemon.pipeline is not None
+            # The agent serves on: a tick commits as usual.
+            commits = daemon.commits
+            await daemon.apply(lambda agent, wall, mono: agent.on_tick(wall, mono))
+            assert daemon.commits > commits
+        finally:
+            await daemon.stop()
+
+    asyncio.run(scenario())
+    assert "cannot open the CAN buses" in caplog.text
+
+
+def test_a_can_interface_that_appears_later_is_picked_up(
+    rav4_settings: DaemonSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An interface coming up late cannot be staged without kernel CAN: the first two
+    # opening attempts fail as a missing interface does, then the virtual bus opens.
+    real_open = sources._open_bus
+    attempts: list[str] = []
+
+    def open_late(config: sources.BusConfig, mapped: list[tuple[int, bool]]) -> can.BusABC:
+        attempts.append(config.name)
+        if len(attempts) <= 2:
+            raise SourceError("cannot open can0: No such device")
+        return real_open(config, mapped)
+
+    monkeypatch.setattr(sources, "_open_bus", open_late)
+    monkeypatch.setattr(daemon_module, "CAN_RETRY_S", 0.05)
+    channel = f"tp-late-{uuid.uuid4().hex[:8]}"
+    settings = _live(rav4_settings, "virtual", channel)
+
+    async def scenario() -> None:
+        daemon = Daemon(settings)
+        heard: list[str] = []
+        daemon.signal_taps.append(lambda updates: heard.extend(u.path for u in updates))
+        await daemon.start()
+        try:
+            for _ in range(100):
+                if daemon.can_problem is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert daemon.can_problem is None
+            sender = can.Bus(interface="virtual", channel=channel)
+            try:
+                # The RAV4's speed frame (0xB4), from the recording's DBC.
+                sender.send(can.Message(arbitration_id=0xB4, data=bytes(8), is_extended_id=False))
+                for _ in range(100):
+                    if heard:
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                sender.shutdown()
+            assert heard
+        finally:
+            await daemon.stop()
+
+    asyncio.run(scenario())
+    assert len(attempts) == 3
