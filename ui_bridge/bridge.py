@@ -69,6 +69,7 @@ Step = Callable[[Agent, float, float], Output]
 #: Commits the announcement of a restriction may wait for the withdrawals it implies.
 MAX_RESTRICTION_DEFERRALS: Final = 2
 
+
 class BridgeError(TouchpointError):
     """The bridge cannot serve (the bus is unreachable, the name is taken or refused)."""
 
