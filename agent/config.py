@@ -43,11 +43,32 @@ class _Section(BaseModel):
 class VehicleSettings(_Section):
     """What car this is."""
 
-    #: The provisioned device identity (not the VIN): the cloud topic prefix uses it,
-    #: and it is the common name of the car's certificate. ``cloud`` is the backend's.
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "dev-vehicle"
-    model: Annotated[str, Field(min_length=1, max_length=64)] = "touchpoint-ref"
-    market: Annotated[str, Field(min_length=2, max_length=8)] = "CN"
+    id: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9_-]{1,64}$",
+            description="The provisioned device identity (not the VIN): the prefix of the "
+            "car's MQTT topics and the common name of its certificate. `cloud` is reserved "
+            "for the backend.",
+        ),
+    ] = "dev-vehicle"
+    model: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=64,
+            description="The car model, matched against a card rule's `targeting.models`.",
+        ),
+    ] = "touchpoint-ref"
+    market: Annotated[
+        str,
+        Field(
+            min_length=2,
+            max_length=8,
+            description="The market the car is sold in, matched against a card rule's "
+            "`targeting.markets`.",
+        ),
+    ] = "CN"
 
     @field_validator("id")
     @classmethod
@@ -60,110 +81,292 @@ class VehicleSettings(_Section):
 class DbcSettings(_Section):
     """A DBC file, for one bus or (without ``bus``) every bus."""
 
-    file: Path
-    bus: str | None = None
+    file: Annotated[Path, Field(description="The DBC file.")]
+    bus: Annotated[
+        str | None,
+        Field(
+            description="The bus (a `name` from `[[can.buses]]`, or the replay log's "
+            "interface name) it describes; absent: every bus."
+        ),
+    ] = None
 
 
 class BusSettings(_Section):
     """A live CAN bus."""
 
-    name: Annotated[str, Field(min_length=1, max_length=32)]
-    interface: Annotated[str, Field(min_length=1)]
-    channel: Annotated[str, Field(min_length=1)]
-    options: dict[str, Any] = {}
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=32,
+            description="The bus's name, as `[[can.dbc]] bus` and `[can.diagnostics] bus` "
+            "refer to it.",
+        ),
+    ]
+    interface: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="The python-can interface: `socketcan` on a head unit, `virtual` or "
+            "`remote` in development.",
+        ),
+    ]
+    channel: Annotated[
+        str, Field(min_length=1, description="The interface's channel, e.g. `can0` or `vcan0`.")
+    ]
+    options: Annotated[
+        dict[str, Any],
+        Field(description="Further keyword arguments for python-can's `can.Bus`."),
+    ] = {}
 
 
 class EcuSettings(_Section):
     """An ECU to ask for its stored DTCs (physical ISO-TP addressing)."""
 
-    name: Annotated[str, Field(min_length=1, max_length=32)] = "engine"
-    request_id: Annotated[int, Field(ge=0, le=0x1FFFFFFF)] = 0x7E0
-    response_id: Annotated[int, Field(ge=0, le=0x1FFFFFFF)] = 0x7E8
-    extended_id: bool = False
-    protocol: Literal["obd", "uds"] = "obd"
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=32, description="A name for logs and the DTC source."),
+    ] = "engine"
+    request_id: Annotated[
+        int, Field(ge=0, le=0x1FFFFFFF, description="The CAN id requests are sent to.")
+    ] = 0x7E0
+    response_id: Annotated[
+        int, Field(ge=0, le=0x1FFFFFFF, description="The CAN id the ECU answers on.")
+    ] = 0x7E8
+    extended_id: Annotated[
+        bool, Field(description="Whether the two ids are 29-bit (extended) CAN ids.")
+    ] = False
+    protocol: Annotated[
+        Literal["obd", "uds"],
+        Field(description="`obd`: OBD-II service 03; `uds`: UDS ReadDTCInformation 0x19 0x02."),
+    ] = "obd"
 
 
 class DiagnosticsSettings(_Section):
     """On-demand reads of stored DTCs over ISO-TP (OBD-II service 03 or UDS 0x19 0x02)."""
 
-    #: The live bus to talk on (a name from ``[can] buses``).
-    bus: Annotated[str, Field(min_length=1)]
-    ecus: Annotated[list[EcuSettings], Field(min_length=1, max_length=16)] = [EcuSettings()]
-    #: Read when the ignition comes on, and when the check-engine lamp lights.
-    on_drive_cycle: bool = True
-    on_lamp: bool = True
-    #: Never more often than this.
-    min_interval_s: Annotated[float, Field(ge=0)] = 60.0
-    timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+    bus: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="The live bus to talk on (a `name` from `[[can.buses]]`). Not used "
+            "with a replay.",
+        ),
+    ]
+    ecus: Annotated[
+        list[EcuSettings],
+        Field(min_length=1, max_length=16, description="Default: the engine ECU alone."),
+    ] = [EcuSettings()]
+    on_drive_cycle: Annotated[
+        bool, Field(description="Read when the ignition comes on (a drive cycle starts).")
+    ] = True
+    on_lamp: Annotated[bool, Field(description="Read when the check-engine lamp (MIL) lights.")] = (
+        True
+    )
+    min_interval_s: Annotated[
+        float, Field(ge=0, description="Never read more often than this, in seconds.")
+    ] = 60.0
+    timeout_s: Annotated[
+        float, Field(gt=0, le=30, description="How long to wait for each ECU's answer, in seconds.")
+    ] = 1.0
 
 
 class CanSettings(_Section):
     """Where signals come from: DBC files, a mapping, and live buses or a replay."""
 
-    mapping: Path
-    dbc: Annotated[list[DbcSettings], Field(min_length=1)]
-    buses: list[BusSettings] = []
-    replay: Path | None = None
-    replay_speed: Annotated[float, Field(ge=0)] = 1.0
-    queue_capacity: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
-    diagnostics: DiagnosticsSettings | None = None
+    mapping: Annotated[
+        Path,
+        Field(
+            description="The VSS mapping file (KUKSA `dbc2vss` format, JSON or YAML; see "
+            "docs/new-car.md)."
+        ),
+    ]
+    dbc: Annotated[
+        list[DbcSettings],
+        Field(min_length=1, description="At least one."),
+    ]
+    buses: Annotated[
+        list[BusSettings],
+        Field(description="The buses to read; ignored when `replay` is set."),
+    ] = []
+    replay: Annotated[
+        Path | None,
+        Field(
+            description="A recorded log (candump `.log`, `.asc`, `.blf`, `.trc`) to play "
+            "instead of the live buses, for development."
+        ),
+    ] = None
+    replay_speed: Annotated[
+        float,
+        Field(ge=0, description="Replay pace: 1 real time, 10 ten times faster, 0 at once."),
+    ] = 1.0
+    queue_capacity: Annotated[
+        int,
+        Field(
+            ge=10,
+            le=1_000_000,
+            description="Decoded signal updates waiting for the agent, at most; beyond it a "
+            "live bus drops the oldest (counted), a replay waits.",
+        ),
+    ] = 10_000
+    diagnostics: Annotated[
+        DiagnosticsSettings | None,
+        Field(description="Absent: no DTC reads."),
+    ] = None
 
 
 class StoreSettings(_Section):
     """The SQLite store."""
 
-    path: Path = DEFAULT_STATE_DIR / "touchpoint.db"
-    max_events: Annotated[int, Field(ge=100)] = 100_000
-    max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 64 * 1024 * 1024
+    path: Annotated[
+        Path,
+        Field(
+            description="The database file (WAL mode: its `-wal` and `-shm` files sit beside it)."
+        ),
+    ] = DEFAULT_STATE_DIR / "touchpoint.db"
+    max_events: Annotated[
+        int,
+        Field(
+            ge=100,
+            description="Outbox budget in events: beyond it the lowest-priority, oldest events "
+            "are evicted (the driver's requests never are).",
+        ),
+    ] = 100_000
+    max_bytes: Annotated[
+        int,
+        Field(ge=1024 * 1024, description="Outbox budget in bytes, evicting the same way."),
+    ] = 64 * 1024 * 1024
 
 
 class PolicySettings(_Section):
     """The card policy."""
 
-    max_visible: Annotated[int, Field(ge=1, le=10)] = 3
-    quiet_hours: (
-        tuple[Annotated[int, Field(ge=0, le=23)], Annotated[int, Field(ge=0, le=23)]] | None
-    ) = (22, 7)
-    utc_offset_minutes: Annotated[int, Field(ge=-720, le=840)] = 480
+    max_visible: Annotated[
+        int, Field(ge=1, le=10, description="Cards on screen at once, at most.")
+    ] = 3
+    quiet_hours: Annotated[
+        tuple[Annotated[int, Field(ge=0, le=23)], Annotated[int, Field(ge=0, le=23)]] | None,
+        Field(
+            description="Local hours `[start, end)` in which only critical cards appear "
+            "(`[22, 7]` spans midnight)."
+        ),
+    ] = (22, 7)
+    utc_offset_minutes: Annotated[
+        int,
+        Field(
+            ge=-720,
+            le=840,
+            description="The car's local time zone, in minutes east of UTC: quiet hours, "
+            "time-of-day rules and booking times use it.",
+        ),
+    ] = 480
 
 
 class DbusSettings(_Section):
     """The HMI bridge on D-Bus (``org.touchpoint.Agent1``)."""
 
-    #: ``system``, ``session``, or a D-Bus address such as ``unix:path=/run/dbus/x``.
-    address: Annotated[str, Field(min_length=1)] = "system"
-    locale: Literal["zh-CN", "en"] = "zh-CN"
+    address: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="`system`, `session`, or a D-Bus address such as `unix:path=/run/dbus/x`.",
+        ),
+    ] = "system"
+    locale: Annotated[
+        Literal["zh-CN", "en"],
+        Field(description="The initial display language (the HMI can change it)."),
+    ] = "zh-CN"
 
 
 class CloudSettings(_Section):
-    """Cloud sync over MQTT 5 (see the README's MQTT contract)."""
+    """Cloud sync over MQTT 5 (the contract: ``docs/asyncapi.yaml``)."""
 
-    host: Annotated[str, Field(min_length=1)] = "localhost"
-    port: Annotated[int, Field(ge=1, le=65535)] = 8883
-    #: Mutual TLS: the CA the broker's certificate must chain to (pinned: the system's
-    #: CAs are not used), and the car's own certificate and key. ``tls = false`` only
-    #: for a broker on loopback during development.
-    tls: bool = True
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 60
-    #: How long the broker keeps the car's session (subscriptions, queued downlink)
-    #: while it is offline: garages and tunnels last hours, a holiday weeks.
-    session_expiry_s: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 14 * 86_400
-    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 1.0
-    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
-    #: Events per message and bytes per message (events up are batched).
-    batch_events: Annotated[int, Field(ge=1, le=1000)] = 200
-    batch_bytes: Annotated[int, Field(ge=1024, le=256 * 1024)] = 128 * 1024
-    #: Messages published and not yet acknowledged, at most.
-    window: Annotated[int, Field(ge=1, le=1000)] = 16
-    #: Attempts before an event the broker keeps refusing goes to the dead-letter table.
-    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
-    #: The cloud's Ed25519 public keys (key id -> base64 of the 32 raw bytes).
-    signing_keys: dict[Annotated[str, Field(min_length=1, max_length=64)], str] = {}
-    #: Requests (slots, booking, redemption) expire from the broker after this long.
-    request_expiry_s: Annotated[int, Field(ge=10, le=30 * 86_400)] = 7 * 86_400
+    host: Annotated[str, Field(min_length=1, description="The MQTT broker's host name.")] = (
+        "localhost"
+    )
+    port: Annotated[int, Field(ge=1, le=65535, description="The broker's port.")] = 8883
+    # Mutual TLS: the CA the broker's certificate must chain to (pinned), and the car's
+    # own certificate and key.
+    tls: Annotated[
+        bool,
+        Field(
+            description="Mutual TLS; `false` only for a broker on loopback during development. "
+            "With TLS, `ca_file`, `cert_file` and `key_file` are all required."
+        ),
+    ] = True
+    ca_file: Annotated[
+        Path | None,
+        Field(
+            description="The CA the broker's certificate must chain to (pinned: the system's "
+            "CAs are not used)."
+        ),
+    ] = None
+    cert_file: Annotated[
+        Path | None,
+        Field(description="The car's certificate (its common name is `[vehicle] id`)."),
+    ] = None
+    key_file: Annotated[Path | None, Field(description="The car's private key.")] = None
+    keepalive_s: Annotated[
+        int, Field(ge=5, le=3600, description="MQTT keep-alive interval, in seconds.")
+    ] = 60
+    session_expiry_s: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=0xFFFFFFFF,
+            description="How long the broker keeps the car's session (subscriptions, queued "
+            "downlink) while it is offline: garages and tunnels last hours, a holiday weeks.",
+        ),
+    ] = 14 * 86_400
+    reconnect_min_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=60,
+            description="The reconnect back-off after a first failure; it doubles with "
+            "each failure, and each wait is a random part of it (full jitter).",
+        ),
+    ] = 1.0
+    reconnect_max_s: Annotated[
+        float,
+        Field(gt=0, le=3600, description="The back-off's ceiling (not below `reconnect_min_s`)."),
+    ] = 120.0
+    batch_events: Annotated[
+        int, Field(ge=1, le=1000, description="Events per uplink message, at most.")
+    ] = 200
+    batch_bytes: Annotated[
+        int,
+        Field(ge=1024, le=256 * 1024, description="Bytes of events per uplink message, at most."),
+    ] = 128 * 1024
+    window: Annotated[
+        int,
+        Field(ge=1, le=1000, description="Messages published and not yet acknowledged, at most."),
+    ] = 16
+    max_attempts: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1000,
+            description="Attempts before an event the broker keeps refusing goes to the "
+            "dead-letter table.",
+        ),
+    ] = 5
+    signing_keys: Annotated[
+        dict[Annotated[str, Field(min_length=1, max_length=64)], str],
+        Field(
+            description="The cloud's Ed25519 public keys: key id = base64 of the 32 raw bytes. "
+            "Several let a key be rotated; a document signed by any other key is refused."
+        ),
+    ] = {}
+    request_expiry_s: Annotated[
+        int,
+        Field(
+            ge=10,
+            le=30 * 86_400,
+            description="Requests (booking slots, booking, redemption) expire from the broker "
+            "after this long, in seconds.",
+        ),
+    ] = 7 * 86_400
 
     @model_validator(mode="after")
     def _tls_files(self) -> Self:
@@ -177,7 +380,14 @@ class CloudSettings(_Section):
 class ConsentSettings(_Section):
     """Consent granted at the very first start (before the driver has chosen)."""
 
-    defaults: dict[Category, bool] = {}
+    defaults: Annotated[
+        dict[Category, bool],
+        Field(
+            description="Category = granted, applied at the first start (a store with no consent "
+            "yet); the driver's later choices win. Absent categories stay refused; "
+            "`service_requests` needs no consent and is ignored here."
+        ),
+    ] = {}
 
 
 class DaemonSettings(BaseSettings):
@@ -187,17 +397,37 @@ class DaemonSettings(BaseSettings):
         env_prefix="TOUCHPOINT_", env_nested_delimiter="__", extra="forbid"
     )
 
-    vehicle: VehicleSettings = VehicleSettings()
-    can: CanSettings | None = None
-    store: StoreSettings = StoreSettings()
-    policy: PolicySettings = PolicySettings()
-    consent: ConsentSettings = ConsentSettings()
-    #: The D-Bus HMI bridge; absent: no D-Bus (the agent still decides and records).
-    dbus: DbusSettings | None = None
-    #: Cloud sync; absent: events stay in the outbox (up to its budget).
-    cloud: CloudSettings | None = None
-    #: How often time-based decisions run (expiry, snooze, reminders), in seconds.
-    tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    vehicle: Annotated[VehicleSettings, Field(description="Every key has a default.")] = (
+        VehicleSettings()
+    )
+    can: Annotated[
+        CanSettings | None,
+        Field(description="Absent: the agent runs without CAN signals."),
+    ] = None
+    store: Annotated[StoreSettings, Field(description="Every key has a default.")] = StoreSettings()
+    policy: Annotated[PolicySettings, Field(description="Every key has a default.")] = (
+        PolicySettings()
+    )
+    consent: Annotated[ConsentSettings, Field(description="Absent: nothing is granted.")] = (
+        ConsentSettings()
+    )
+    dbus: Annotated[
+        DbusSettings | None,
+        Field(description="Absent: no D-Bus (the agent still decides and records)."),
+    ] = None
+    cloud: Annotated[
+        CloudSettings | None,
+        Field(description="Absent: events stay in the outbox (up to its budget)."),
+    ] = None
+    tick_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=60,
+            description="How often time-based decisions run (expiry, snooze, reminders), "
+            "in seconds.",
+        ),
+    ] = 1.0
 
     @classmethod
     def settings_customise_sources(
