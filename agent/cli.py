@@ -22,6 +22,12 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
     "sim": ("can_signals.cli_sim", "run the vehicle simulator on a CAN bus or into a log"),
     "hmi": ("ui_bridge.hmi_app", "the reference HMI: follow and tap the cards over D-Bus"),
     "cloud-sim": ("cloud_sync.cli_cloud_sim", "the reference cloud: consume events, answer, sign"),
+    "fleet-sim": ("cloud_sync.cli_fleet_sim", "many simulated cars' cloud sync against one broker"),
+    "doctor": (
+        "agent.cli_doctor",
+        "check a head unit's set-up: settings, D-Bus, CAN, cloud, store",
+    ),
+    "outbox": ("agent.cli_outbox", "what waits to be sent to the cloud, read-only"),
 }
 
 

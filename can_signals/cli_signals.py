@@ -7,15 +7,24 @@ import asyncio
 import contextlib
 import json
 import signal
+import struct
 import sys
 from collections.abc import Callable
-from typing import TextIO
+from pathlib import Path
+from typing import Final, TextIO
 
+import can
+from can.io.blf import BLFParseError
+
+from agent.progress import REFRESH_S, Progress
 from can_signals.dbc import parse_dbc_argument
 from can_signals.errors import CanSignalsError
 from can_signals.pipeline import PipelineStats, SignalPipeline
 from can_signals.sources import BusConfig
 from can_signals.update import SignalUpdate
+
+#: Text logs larger than this are not counted up front: the progress has no total then.
+COUNT_LIMIT_BYTES: Final = 512 * 1024 * 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replay speed: 1 real time (default), 2 twice as fast, 0 as fast as possible",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON lines")
+    parser.add_argument(
+        "--no-progress", action="store_true",
+        help="no replay progress on stderr (a bar on a terminal, a line every 5 s otherwise)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,14 +83,25 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     printer: Callable[[SignalUpdate], str] = _print_json if args.json else _print_text
+    progress = (
+        Progress(estimate_frames(Path(args.replay)), unit="frames", label="replay",
+                 stream=sys.stderr)
+        if args.replay and not args.no_progress
+        else None
+    )  # fmt: skip
     async with pipeline:
         consumer = asyncio.create_task(_consume(pipeline, printer, out))
         stopper = asyncio.create_task(stopping.wait())
+        watcher = asyncio.create_task(_follow(pipeline, progress)) if progress else None
         await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
     await consumer  # drains what was decoded before the stop
     with contextlib.suppress(BrokenPipeError):
         out.flush()
+    if progress is not None and watcher is not None:
+        watcher.cancel()
+        progress.update(pipeline.processor.frames)
+        progress.close()
     _print_summary(pipeline.stats(), sys.stderr)
     return 1 if pipeline.stats().replay_error else 0
 
@@ -90,6 +114,50 @@ async def _consume(
             out.write("".join(printer(u) for u in batch))
         except BrokenPipeError:  # `| head` closed the pipe: stop quietly
             return
+
+
+async def _follow(pipeline: SignalPipeline, progress: Progress) -> None:
+    """Feed the replay's frame count to the progress display (it throttles its output)."""
+    while True:
+        await asyncio.sleep(REFRESH_S)
+        progress.update(pipeline.processor.frames)
+
+
+def estimate_frames(path: Path) -> int | None:
+    """About how many frames a log holds, cheaply; ``None`` if it cannot tell.
+
+    A BLF file says how many objects it has in its header; a text log is counted line
+    by line (frames only: not the header of an ``.asc`` or the comments of a ``.trc``).
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".blf":
+            with path.open("rb") as handle:
+                reader = can.BLFReader(handle)
+                count = int(reader.object_count)
+                reader.stop()
+            return count or None
+        if suffix not in (".log", ".asc", ".trc") or path.stat().st_size > COUNT_LIMIT_BYTES:
+            return None
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if _is_frame_line(line, suffix))
+    except (OSError, ValueError, EOFError, struct.error, can.CanError, BLFParseError):
+        return None  # the replay itself reports a file it cannot read
+
+
+def _is_frame_line(line: bytes, suffix: str) -> bool:
+    if suffix == ".log":
+        return line.startswith(b"(")
+    if suffix == ".trc":
+        stripped = line.strip()
+        return bool(stripped) and not stripped.startswith(b";")
+    # .asc: a frame line is a timestamp, then a channel number (or CANFD), not an event.
+    words = line.split(maxsplit=2)
+    return (
+        len(words) == 3  # timestamp, channel, the rest
+        and words[0].replace(b".", b"", 1).isdigit()
+        and (words[1].isdigit() or words[1] == b"CANFD")
+    )
 
 
 def _print_json(update: SignalUpdate) -> str:
