@@ -11,7 +11,15 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from bench import agent_decisions, daemon_figures, dbus_bridge, outbox, signal_pipeline
+from bench import (
+    agent_decisions,
+    cloud_drain,
+    cloud_fleet,
+    daemon_figures,
+    dbus_bridge,
+    outbox,
+    signal_pipeline,
+)
 from bench.report import DataMissingError, Section, format_table
 
 #: The registry: a name for the progress line, and the module's ``run``.
@@ -21,6 +29,8 @@ BENCHMARKS: Final[tuple[tuple[str, Callable[[], list[Section]]], ...]] = (
     ("outbox", outbox.run),
     ("daemon start-up and memory", daemon_figures.run),
     ("D-Bus bridge", dbus_bridge.run),
+    ("cloud drain", cloud_drain.run),
+    ("fleet capacity", cloud_fleet.run),
 )
 
 
