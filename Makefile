@@ -53,10 +53,10 @@ pytest: $(STAMP) deb-deps
 
 test: lint typecheck pytest
 
-demo: $(STAMP)
+demo: $(STAMP) deb-deps
 	$(BIN)/touchpoint demo
 
-bench: $(STAMP)
+bench: $(STAMP) deb-deps
 	$(BIN)/python -m bench
 
 clean:
