@@ -7,6 +7,7 @@ so tests can look at the whole event stream.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -228,3 +229,11 @@ def car() -> Car:
     car.history(serviced_at(0, T0 - 100 * DAY))
     car.park()
     return car
+
+
+@pytest.fixture
+def no_touchpoint_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``TOUCHPOINT_*`` variable of the machine running the tests reaches the settings."""
+    for name in list(os.environ):
+        if name.startswith("TOUCHPOINT_"):
+            monkeypatch.delenv(name)

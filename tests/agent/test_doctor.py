@@ -8,7 +8,6 @@ sysfs is a directory of files written here (the machine has no CAN devices).
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -36,11 +35,7 @@ from tests.agent.doctor_helpers import event, make_store, only, statuses, toml_c
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _no_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("TOUCHPOINT_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_touchpoint_environment")
 
 
 @pytest.fixture

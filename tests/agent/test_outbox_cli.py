@@ -7,7 +7,6 @@ On real stores: events committed through :meth:`Store.commit`, some taken for se
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -25,11 +24,7 @@ from tests.agent.doctor_helpers import event
 ALL = {c.value for c in Category}
 
 
-@pytest.fixture(autouse=True)
-def _no_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("TOUCHPOINT_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_touchpoint_environment")
 
 
 @pytest.fixture
