@@ -10,11 +10,12 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from agent.config import ConfigError, load_settings
+from agent.progress import Progress
 from agent.store.readonly import (
     OutboxReport,
     human_size,
@@ -23,6 +24,9 @@ from agent.store.readonly import (
     schema_version,
 )
 from agent.store.store import StoreError
+
+#: How often ``--follow`` looks at the outbox.
+FOLLOW_POLL_S: Final = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="show at most N dead letters, the latest first (default: 20)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="one JSON document, for machines")
+    parser.add_argument(
+        "--follow", action="store_true",
+        help="watch the daemon send what waits: a progress bar (plain lines when not on a "
+             "terminal) with the rate and the time left, until the outbox is empty (Ctrl-C "
+             "stops watching)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +70,14 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as err:
         print(f"touchpoint outbox: {err}", file=sys.stderr)
         return 1
+    if args.follow:
+        try:
+            return follow(connection, sys.stderr)
+        except sqlite3.DatabaseError as err:
+            print(f"touchpoint outbox: cannot read {path}: {err}", file=sys.stderr)
+            return 1
+        finally:
+            connection.close()
     try:
         version = schema_version(connection)
         report = read_outbox(connection, args.dead_letters)
@@ -80,6 +98,38 @@ def run(args: argparse.Namespace) -> int:
     else:
         show(report, path, version, now, sys.stdout, budget=(max_events, max_bytes))
     return 0
+
+
+def follow(
+    connection: sqlite3.Connection,
+    stream: TextIO,
+    *,
+    poll_s: float = FOLLOW_POLL_S,
+    until: Callable[[], bool] = lambda: False,
+) -> int:
+    """Show the outbox draining until it is empty (or ``until()``, or Ctrl-C); 0.
+
+    Events the daemon records meanwhile join the total; what leaves the outbox counts
+    as sent (acknowledged, expired or evicted alike: what no longer waits).
+    """
+    last = _count(connection)
+    with Progress(last, unit="events", label="outbox", stream=stream) as progress:
+        try:
+            while last > 0 and not until():
+                time.sleep(poll_s)
+                now = _count(connection)
+                if now > last:
+                    progress.set_total((progress.total or 0) + now - last)
+                else:
+                    progress.advance(last - now)
+                last = now
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _count(connection: sqlite3.Connection) -> int:
+    return int(connection.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
 
 def show(

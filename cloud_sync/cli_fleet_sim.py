@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from agent.config import CloudSettings
+from agent.progress import Progress
 from cloud_sync.cli_cloud_sim import DEV_KEY_ID
 from cloud_sync.fleet_sim import (
     DEFAULT_RATE,
@@ -440,9 +441,12 @@ async def _measure(args: argparse.Namespace, members: list[_Member], processes: 
     window = end.at - start.at
     print(f"stopped recording after {window:.1f} s", flush=True)
     now = end
-    while now.backlog and time.monotonic() - end.at < args.drain and not stop.is_set():
-        await _wait(stop, 0.25)
-        now = await total(lambda m: m.snapshot())
+    if now.backlog:
+        with Progress(now.backlog, unit="events", label="draining", stream=sys.stderr) as bar:
+            while now.backlog and time.monotonic() - end.at < args.drain and not stop.is_set():
+                await _wait(stop, 0.25)
+                now = await total(lambda m: m.snapshot())
+                bar.update(max(0, end.backlog - now.backlog))
     print(f"backlog {now.backlog} after draining {time.monotonic() - end.at:.1f} s", flush=True)
     summary = _summary(start, end, now, window, processes)
     print(_summary_line(summary), flush=True)

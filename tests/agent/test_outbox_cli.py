@@ -6,8 +6,10 @@ On real stores: events committed through :meth:`Store.commit`, some taken for se
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
+from agent.cli_outbox import follow
 from agent.consent import Category
 from agent.events import Priority
 from agent.store.readonly import open_readonly, read_outbox
@@ -168,3 +171,41 @@ def test_no_database_and_a_corrupt_one_exit_1(
     assert broken == 1
     assert "cannot read" in broken_err
     assert "Traceback" not in missing_err + broken_err
+
+
+def test_follow_shows_a_running_daemon_draining_the_outbox(tmp_path: Path) -> None:
+    db_path = tmp_path / "drain.db"
+    sent = threading.Event()
+
+    def daemon_side() -> None:
+        # The daemon's store in its own thread: 300 events, then acknowledged in
+        # batches of 50, with 50 new ones recorded halfway (in a round of their own:
+        # the outbox is polled, so only its net change is seen).
+        store, _ = Store.open(db_path)
+        try:
+            store.commit([event(time=1000.0 + i) for i in range(300)], {})
+            ready.set()
+            for round_ in range(8):
+                time.sleep(0.1)
+                if round_ == 3:
+                    store.commit([event(time=2000.0 + i) for i in range(50)], {})
+                    continue
+                rows, _ = store.take(50, 1 << 20, ALL, time.time())
+                store.acknowledge(row.id for row in rows)
+            sent.set()
+        finally:
+            store.close()
+
+    ready = threading.Event()
+    worker = threading.Thread(target=daemon_side)
+    worker.start()
+    assert ready.wait(10)
+    out = io.StringIO()
+    connection = open_readonly(db_path)
+    try:
+        assert follow(connection, out, poll_s=0.02, until=lambda: False) == 0
+    finally:
+        connection.close()
+        worker.join()
+    # Every event that left is counted, the 50 recorded meanwhile included.
+    assert out.getvalue().splitlines()[-1].startswith("outbox: 350 events in ")
