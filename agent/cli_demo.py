@@ -152,7 +152,7 @@ class Demo:
                 before_start=self._attach,
                 booking=self.booking,
             ) as stack:
-                self._vehicle_from(stack)
+                self.timeline.vehicle = lambda: stack.daemon.agent.vehicle
                 timeline.line(
                     f"DEMO     private D-Bus at {stack.bus_address.split(',')[0]}; Mosquitto "
                     f"(mutual TLS) on "
@@ -170,9 +170,6 @@ class Demo:
         daemon.sinks.append(self.timeline)
         daemon.signal_taps.append(self.timeline.on_signals)
         daemon.event_taps.append(self.timeline.on_events)
-
-    def _vehicle_from(self, stack: Stack) -> None:
-        self.timeline._vehicle = lambda: stack.daemon.agent.vehicle  # noqa: SLF001
 
     def _from_cloud(self, vehicle_id: str, event: WireEvent) -> None:
         # On the cloud's MQTT thread: the timeline is the event loop's.

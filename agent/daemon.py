@@ -84,6 +84,7 @@ class _Pending:
     output: Output
     sections: dict[str, str]
     done: asyncio.Future[None]
+    driving: bool  # the vehicle's state when the output was made
 
 
 class Daemon:
@@ -120,6 +121,10 @@ class Daemon:
         self.open_report: OpenReport | None = None
         self.dtc_poller: DtcPoller | None = None
         self.bridge: DbusBridge | None = None
+        #: Whether the car was driving as of the last commit the sinks were told of. The
+        #: agent's own state runs ahead: driving may have begun in an input whose card
+        #: withdrawals are still to be committed.
+        self.driving = True
         #: Why the CAN buses are not open (retried in the background), or ``None``.
         self.can_problem: str | None = None
         self.cloud: CloudSync | None = None
@@ -170,6 +175,7 @@ class Daemon:
         self._store, self.open_report = store, report
         sections = await loop.run_in_executor(self._executor, store.load_sections)
         self._agent = self._build_agent(state_codec.decode(sections))
+        self.driving = self._agent.vehicle.driving
         self._first_start(sections, report)
         self._pipeline = self._build_pipeline()
         if self._pipeline is not None:
@@ -358,7 +364,7 @@ class Daemon:
         """Queue an output for the next commit; the future resolves once it is durable."""
         sections = state_codec.encode(self.agent, output.dirty) if output.dirty else {}
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(output, sections, done))
+        self._pending.append(_Pending(output, sections, done, self.agent.vehicle.driving))
         self._last_done = done
         self._wake.set()
         return done
@@ -454,6 +460,7 @@ class Daemon:
                         tap(events)
             # Sinks hear of every commit, even without card changes: the vehicle state
             # behind it (driving or parked) may have changed.
+            self.driving = batch[-1].driving
             await self._show([c for p in batch for c in p.output.changes])
             for pending in batch:
                 if not pending.done.done():

@@ -328,7 +328,7 @@ def _run_step(
     errors = directory / f"fleet-{vehicles}.err"
     cloud = _Cloud(broker, directory, f"bench-{vehicles}")
     argv = [
-        sys.executable, "-m", "cloud_sync.cli_fleet_sim",
+        sys.executable, "-m", "agent.cli", "fleet-sim",
         "--broker", f"{broker.host}:{broker.port}", "--cert-dir", str(broker.pki.directory),
         "--vehicles", str(vehicles), "--rate", repr(DEFAULT_RATE),
         "--duration", repr(record_s), "--drain", repr(DRAIN_S), "--store-dir", str(stores),

@@ -7,7 +7,7 @@ and what the broker acknowledged, the backlog, reconnects and the CPU it took. L
 that sample other processes over the same span.
 
 A process holds a few hundred cars (see :func:`cloud_sync.fleet_sim.capacity`); a
-larger fleet is shared out to worker processes (this module with ``--worker``), which
+larger fleet is shared out to worker processes (``fleet-sim --worker``), which
 this one drives over their standard input and output, one JSON line per answer.
 """
 
@@ -223,7 +223,9 @@ class _Worker:
     @classmethod
     async def spawn(cls, argv: Sequence[str]) -> _Worker:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cloud_sync.cli_fleet_sim", *argv, "--worker",
+            sys.executable, "-m", "agent.cli",
+            f"--log-level={logging.getLevelName(logging.getLogger().getEffectiveLevel())}",
+            "fleet-sim", *argv, "--worker",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         worker = cls(process)
@@ -381,7 +383,6 @@ def _worker_argv(
         "--rate", repr(args.rate), "--prefix", args.prefix, "--store-dir", str(store_dir),
         "--store-threads", str(args.store_threads),
         "--connect-rate", repr(args.connect_rate / count),
-        "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()),
     ]  # fmt: skip
     if args.plain:
         argv.append("--plain")
@@ -503,22 +504,3 @@ def _summary_line(s: dict[str, Any]) -> str:
         f"{s['connect_failures']}, failed commits {s['commit_failures']}; cpu {s['cpu_s']:.1f} s "
         f"({s['window_cpu_s']:.1f} s while recording)"
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cloud_sync.cli_fleet_sim``: the subcommand without ``touchpoint``."""
-    parser = argparse.ArgumentParser(prog="touchpoint fleet-sim", description=HELP)
-    parser.add_argument("--log-level", default="WARNING",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])  # fmt: skip
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,12 +16,13 @@ import sys
 from agent.cards import CardKind
 from agent.cli_demo import Demo
 from agent.demo.stories import FAULT, SERVICE, Outcome
+from cloud_sync.cloud_sim import BookingAnswer
 
 
-def play(story_name: str = "service", **options: object) -> tuple[int, Demo, str]:
+def play(story_name: str = "service", booking: BookingAnswer = "confirm") -> tuple[int, Demo, str]:
     out = io.StringIO()
     story = {"service": SERVICE, "fault": FAULT}[story_name]
-    demo = Demo(story, out, speed=60.0, short=True, **options)  # type: ignore[arg-type]
+    demo = Demo(story, out, speed=60.0, short=True, booking=booking)
     status = asyncio.run(demo.run())
     return status, demo, out.getvalue()
 

@@ -35,7 +35,6 @@ from agent.cards import (
     MOVING_TITLE_MAX,
     Card,
     CloseReason,
-    Display,
 )
 from agent.consent import CONSENTABLE, PURPOSES, Category
 from agent.core import ActionError, Agent, Output
@@ -66,10 +65,6 @@ RECONNECT_MAX_S: Final = 10.0
 Step = Callable[[Agent, float, float], Output]
 
 
-#: Commits the announcement of a restriction may wait for the withdrawals it implies.
-MAX_RESTRICTION_DEFERRALS: Final = 2
-
-
 class BridgeError(TouchpointError):
     """The bridge cannot serve (the bus is unreachable, the name is taken or refused)."""
 
@@ -90,6 +85,10 @@ class AgentHost(Protocol):
     @property
     def agent(self) -> Agent:
         """The agent core."""
+
+    @property
+    def driving(self) -> bool:
+        """Whether the car was driving as of the last commit the bridge was told of."""
 
     async def apply(self, step: Step) -> Output:
         """Run an input through the agent and wait until it is durable."""
@@ -117,7 +116,6 @@ class DbusBridge:
         self._manager = ManagerInterface(self)
         self._consent = ConsentInterface(self)
         self._restricted: bool | None = None
-        self._deferrals = 0
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.reconnects = 0
@@ -225,14 +223,7 @@ class DbusBridge:
                 self._update(change.card)
             else:
                 self._remove(change.card, change.reason)
-        # The agent's state runs ahead of what is committed: driving may have begun in
-        # an input whose withdrawals are in the next commit. Until they are (a commit
-        # or two), the screen is not yet restricted.
-        waiting = any(obj.card.display is Display.PARKED_ONLY for obj in self._objects.values())
-        if restricted and waiting and self._deferrals < MAX_RESTRICTION_DEFERRALS:
-            self._deferrals += 1
-        elif restricted:
-            self._deferrals = 0
+        if restricted:
             self._announce_restriction(restricted)
 
     def _announce_restriction(self, restricted: bool) -> None:  # noqa: FBT001
@@ -282,8 +273,8 @@ class DbusBridge:
     # -- backends of the interfaces -----------------------------------------------------
 
     def driving_restricted(self) -> bool:
-        """Whether the driver-distraction restrictions apply now."""
-        return bool(self._host.agent.vehicle.driving)
+        """Whether the driver-distraction restrictions apply, as far as committed."""
+        return self._host.driving
 
     def set_locale(self, locale: str) -> None:
         """Switch the display language; every card's texts change with it."""

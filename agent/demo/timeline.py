@@ -63,7 +63,8 @@ class Timeline:
         verbose: bool = False,
     ) -> None:
         self._out = out
-        self._vehicle = vehicle
+        #: The agent's view of the car (set once the daemon exists).
+        self.vehicle = vehicle
         self._verbose = verbose
         self._start = time.monotonic()
         self._lock = threading.Lock()
@@ -81,7 +82,7 @@ class Timeline:
     def line(self, text: str, *, state: str | None = None) -> None:
         """One line of the timeline."""
         elapsed = time.monotonic() - self._start
-        label = state if state is not None else vehicle_label(self._vehicle())
+        label = state if state is not None else vehicle_label(self.vehicle())
         with self._lock:
             self._out.write(f"[{elapsed:6.1f}s] {self.odometer_km:10,.1f} km  {label:8}  {text}\n")
             self._out.flush()

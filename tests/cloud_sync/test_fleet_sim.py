@@ -94,7 +94,7 @@ def test_the_command_shares_the_fleet_out_to_processes(broker: Broker, tmp_path:
 
     with cloud(broker, on_event=on_event, documents=True):
         command = [
-            sys.executable, "-m", "cloud_sync.cli_fleet_sim",
+            sys.executable, "-m", "agent.cli", "fleet-sim",
             "--broker", f"{broker.host}:{broker.port}", "--cert-dir", str(broker.pki.directory),
             "--vehicles", "6", "--processes", "2", "--rate", "5", "--duration", "2",
             "--interval", "1", "--prefix", prefix, "--seed", "3", "--json",
