@@ -2,8 +2,8 @@
 
 Every key of :class:`agent.config.DaemonSettings` and its section models is listed with
 its TOML type, its default, its environment variable and its ``Field`` description.
-The environment variable names are derived from the model's own ``env_prefix`` and
-``env_nested_delimiter``, exactly as pydantic-settings derives them.
+The environment variable names are derived from :data:`agent.config.ENV_PREFIX` and
+:data:`agent.config.ENV_NESTED_DELIMITER`, exactly as the settings loader reads them.
 
 Usage::
 
@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from agent.config import DaemonSettings
+from agent.config import ENV_NESTED_DELIMITER, ENV_PREFIX, DaemonSettings
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 #: The generated reference, relative to the repository root.
@@ -147,10 +147,7 @@ def _walk(
 
 
 def _env_name(path: tuple[str, ...]) -> str:
-    config = DaemonSettings.model_config
-    prefix = config.get("env_prefix", "")
-    delimiter = config.get("env_nested_delimiter") or "__"
-    return (prefix + delimiter.join(path)).upper()
+    return (ENV_PREFIX + ENV_NESTED_DELIMITER.join(path)).upper()
 
 
 def _env_cell(variable: str, annotation: Any) -> str:
@@ -424,7 +421,7 @@ def render_document(all_sections: Sequence[Section] | None = None) -> str:
     """The text of ``docs/configuration.md``."""
     found = sections() if all_sections is None else all_sections
     example = _env_name(("store", "path"))
-    delimiter = DaemonSettings.model_config.get("env_nested_delimiter") or "__"
+    delimiter = ENV_NESTED_DELIMITER
     lines = [
         (
             f"<!-- Generated from agent/config.py by `{COMMAND}`: do not edit by hand "
@@ -441,7 +438,10 @@ def render_document(all_sections: Sequence[Section] | None = None) -> str:
             f"written as JSON (`{_env_name(('policy', 'quiet_hours'))}='[23, 6]'`); the keys "
             "inside an array of tables have no variables of their own (set the whole array). "
             "`null` in the environment sets a value that may be absent to absent (TOML has "
-            "no null)."
+            "no null). A variable whose first part names no table or top-level key is not a "
+            f"setting and is ignored (`{_env_name(('kill_seed',))}` belongs to the test "
+            f"suite); an unknown key inside a table (`{_env_name(('store', 'pth'))}`) is a "
+            "wrong value."
         ),
         "",
         _wrap(

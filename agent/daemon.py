@@ -55,21 +55,39 @@ COMMIT_RETRY_S: Final = 1.0
 CAN_RETRY_S: Final = 5.0
 #: At shutdown, a store that keeps failing is given up on after this many tries.
 CLOSING_RETRIES: Final = 3
+#: How often the heap freed since (a burst of signals, commits, a document) is given
+#: back to the system: without it a head unit keeps the high-water mark of every drive.
+HEAP_TRIM_S: Final = 10.0
 #: A loop that has not made progress for this long stops the watchdog.
 STALL_S: Final = 30.0
 
 Clock = Callable[[], float]
 
 
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: its allocator gives memory back itself
+        return None
+
+
+_MALLOC_TRIM: Final = _find_malloc_trim()
+
+
+def _trim_heap() -> None:
+    """Give the memory glibc holds freed back to the system (about 70 µs)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def _release_heap() -> None:
-    """Give the heap that start-up freed back to the system.
+    """Collect garbage, then give the heap that start-up freed back to the system.
 
     Loading the DBC files and the mapping makes many short-lived objects; glibc keeps
     the freed memory in its arenas. On a head unit that memory is better returned.
     """
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    _trim_heap()
 
 
 class CardSink(Protocol):
@@ -415,10 +433,15 @@ class Daemon:
         self.signals_finished.set()
 
     async def _tick(self) -> None:
+        trimmed = self._monotonic()
         while True:
             self._beat("tick")
             await asyncio.sleep(self.settings.tick_seconds)
-            self.submit(self.agent.on_tick(self._wall(), self._monotonic()))
+            now = self._monotonic()
+            self.submit(self.agent.on_tick(self._wall(), now))
+            if now - trimmed >= HEAP_TRIM_S:
+                _trim_heap()
+                trimmed = now
 
     # -- commits ------------------------------------------------------------------------
 

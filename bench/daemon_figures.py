@@ -25,7 +25,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,8 +32,10 @@ from pathlib import Path
 from typing import Final
 
 from agent import state_codec
+from agent.daemon import HEAP_TRIM_S
 from bench.agent_setup import TYPICAL_RULES, bench_agent
 from bench.drive import CHANNEL, Drive, recorded_drive
+from bench.installed import Interpreter, clean_environment, development, installed
 from bench.outbox import FULL_OUTBOX, prefill, quiet_store
 from bench.report import REPEATS, Row, Section
 from bench.rulesets import cloud_rules
@@ -49,8 +50,8 @@ MEMORY_REPEATS: Final = 3
 #: Give up on a daemon that has not said READY, or finished the drive, by then.
 READY_TIMEOUT_S: Final = 30.0
 DRIVE_TIMEOUT_S: Final = 300.0
-#: After the replay ends: time for the last commits and a tick or two.
-SETTLE_S: Final = 2.0
+#: After the replay ends: time for the last commits and one heap release of the daemon's.
+SETTLE_S: Final = HEAP_TRIM_S + 2.0
 #: What the daemon logs (at INFO, which ``touchpoint run`` uses) at these moments.
 _STARTED: Final = re.compile(r"touchpoint started in (\d+) ms")
 _SOURCE_ENDED: Final = "the signal source ended"
@@ -59,15 +60,17 @@ _KIB: Final = 1024
 _MB: Final = 1_000_000
 
 
-def _command(config: Path, *interpreter_options: str) -> list[str]:
-    """``touchpoint run --config FILE``, the console script run by this interpreter."""
-    script = Path(sys.executable).parent / "touchpoint"
-    entry = [str(script)] if script.is_file() else ["-m", "agent.cli"]
-    return [sys.executable, *interpreter_options, *entry, "run", "--config", str(config)]
+def _command(python: Interpreter, config: Path, *interpreter_options: str) -> list[str]:
+    """``touchpoint run --config FILE`` as ``python`` runs it."""
+    return [str(python.python), *interpreter_options, *python.entry, "run", "--config", str(config)]
 
 
 def _environment(notify: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WATCHDOG_", "NOTIFY_"))}
+    env = {
+        k: v
+        for k, v in clean_environment().items()
+        if not k.startswith(("WATCHDOG_", "NOTIFY_", "TOUCHPOINT_"))
+    }
     env.pop("JOURNAL_STREAM", None)  # plain log lines, which the benchmark parses
     if notify is not None:
         env["NOTIFY_SOCKET"] = str(notify)
@@ -174,6 +177,7 @@ def _start_once(command: Sequence[str], directory: Path, sock: socket.socket) ->
             stdout=subprocess.DEVNULL,
             stderr=err,
             env=_environment(directory / "notify.sock"),
+            cwd=directory,
         )
         try:
             ready = _await_ready(sock, process, log) - started
@@ -199,16 +203,18 @@ def _top_level_imports(stderr: str) -> list[str]:
     return names
 
 
-def _daemon_imports(command: Sequence[str], directory: Path, sock: socket.socket) -> list[str]:
+def _daemon_imports(
+    python: Interpreter, config: Path, directory: Path, sock: socket.socket
+) -> list[str]:
     """What a start of the daemon imports up to READY, bare interpreter's own imports left out.
 
     ``-X importtime`` slows every import down by its bookkeeping, so its times are not
     used: only the names, which :func:`_import_seconds` then imports again, untraced.
     """
-    _start_once(command, directory, sock)
+    _start_once(_command(python, config, "-X", "importtime"), directory, sock)
     daemon = _top_level_imports((directory / "daemon.log").read_text(encoding="utf-8"))
     bare = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "pass"],
+        [str(python.python), "-X", "importtime", "-c", "pass"],
         check=True,
         capture_output=True,
         text=True,
@@ -232,12 +238,14 @@ _TIME_IMPORTS: Final = (
 )
 
 
-def _import_figures(modules: Sequence[str], directory: Path) -> tuple[float, int]:
+def _import_figures(
+    python: Interpreter, modules: Sequence[str], directory: Path
+) -> tuple[float, int]:
     """Seconds a fresh interpreter takes to import ``modules`` (the daemon's), untraced,
     and its resident set afterwards in bytes.
     """
     result = subprocess.run(
-        [sys.executable, "-c", _TIME_IMPORTS, *modules],
+        [str(python.python), "-c", _TIME_IMPORTS, *modules],
         check=True,
         capture_output=True,
         text=True,
@@ -248,74 +256,78 @@ def _import_figures(modules: Sequence[str], directory: Path) -> tuple[float, int
     return float(took), int(rss) * _KIB
 
 
-def _bare_interpreter_s(directory: Path) -> float:
+def _bare_interpreter_s(python: Interpreter, directory: Path) -> float:
     """Wall time of ``python -c pass`` (spawn to exit): the interpreter's own start."""
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-c", "pass"], check=True, env=_environment(None), cwd=directory
+        [str(python.python), "-c", "pass"], check=True, env=_environment(None), cwd=directory
     )
     return time.perf_counter() - started
 
 
 @dataclass(frozen=True, slots=True)
-class _Imports:
-    """What the daemon's imports cost a fresh interpreter (medians)."""
+class _Startup:
+    """One interpreter's start-up figures (medians), in seconds; RSS after imports in bytes."""
 
+    ready: float
+    interpreter: float
+    imported: float
+    method: float
     modules: tuple[str, ...]
-    seconds: float
-    rss: float
+    imports_rss: float
 
 
-def _startup_section(directory: Path, seed: Path) -> tuple[Section, _Imports]:
+def _measure_startup(python: Interpreter, directory: Path, seed: Path) -> _Startup:
     store = directory / "startup.db"
     shutil.copyfile(seed, store)
     config = directory / "startup.toml"
     _write_config(config, store, replay=None)
-    command = _command(config)
-    load = os.getloadavg()[0]
+    command = _command(python, config)
     with _notify_socket(directory) as (sock, _):
         _start_once(command, directory, sock)  # warm-up: page cache, .pyc files, WAL
         starts = [_start_once(command, directory, sock) for _ in range(REPEATS)]
-        modules = _daemon_imports(_command(config, "-X", "importtime"), directory, sock)
-    samples = [_import_figures(modules, directory) for _ in range(REPEATS)]
-    imported = statistics.median(s[0] for s in samples)
-    imports = _Imports(tuple(modules), imported, statistics.median(s[1] for s in samples))
-    interpreter = statistics.median(_bare_interpreter_s(directory) for _ in range(REPEATS))
-    ready = statistics.median(s.ready_s for s in starts)
-    method = statistics.median(s.start_method_s for s in starts)
-    rest = ready - interpreter - imported - method
+        modules = _daemon_imports(python, config, directory, sock)
+    samples = [_import_figures(python, modules, directory) for _ in range(REPEATS)]
+    return _Startup(
+        ready=statistics.median(s.ready_s for s in starts),
+        interpreter=statistics.median(_bare_interpreter_s(python, directory) for _ in range(3)),
+        imported=statistics.median(s[0] for s in samples),
+        method=statistics.median(s.start_method_s for s in starts),
+        modules=tuple(modules),
+        imports_rss=statistics.median(s[1] for s in samples),
+    )
+
+
+def _startup_section(
+    main: tuple[Interpreter, _Startup],
+    other: tuple[Interpreter, _Startup] | None,
+    notes: Sequence[str],
+) -> Section:
+    python, figures = main
     ms = 1000
-    section = Section(
-        "Daemon start-up: spawn to READY=1 (wall clock)",
-        (
-            Row(
-                "touchpoint run: spawn to READY=1", ready * ms, "ms", READY_TARGET_S * ms, digits=0
-            ),
-            Row(
-                "  of which the interpreter's own start (python -c pass)",
-                interpreter * ms,
-                "ms",
-                digits=0,
-            ),
-            Row(
-                "  of which imports (agent.daemon & co, untraced)",
-                imported * ms,
-                "ms",
-                digits=0,
-            ),
-            Row("  of which Daemon.start() (store, agent, pipeline)", method * ms, "ms", digits=0),
-            Row(
-                "  of which the rest (settings, asyncio, logging; by difference)",
-                rest * ms,
-                "ms",
-                digits=0,
-            ),
+    rest = figures.ready - figures.interpreter - figures.imported - figures.method
+    rows = [
+        Row("touchpoint run: spawn to READY=1", figures.ready * ms, "ms", READY_TARGET_S * ms),
+        Row(
+            "  of which the interpreter's own start (python -c pass)",
+            figures.interpreter * ms,
+            "ms",
         ),
+        Row("  of which imports (agent.daemon & co, untraced)", figures.imported * ms, "ms"),
+        Row("  of which Daemon.start() (store, agent, pipeline)", figures.method * ms, "ms"),
+        Row("  of which the rest (settings, asyncio, logging; by difference)", rest * ms, "ms"),
+    ]
+    if other is not None:
+        rows.append(Row(f"spawn to READY=1, {other[0].label}", other[1].ready * ms, "ms"))
+    return Section(
+        f"Daemon start-up: spawn to READY=1 (wall clock), {python.label}",
+        tuple(Row(r.label, r.value, "ms", r.target, digits=0) for r in rows),
         (
             (
                 f"median of {REPEATS} starts after one warm-up (warm page cache); reference car "
                 "DBC and mapping, a live silent virtual bus, 50 cloud rules in the stored state; "
-                f"1-min load average {load:.1f} on {os.cpu_count()} CPUs (wall time: load counts)."
+                f"1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall "
+                "time: load counts)."
             ),
             (
                 f"the store holds {FULL_OUTBOX:,} events (a full outbox): opening it runs "
@@ -324,11 +336,11 @@ def _startup_section(directory: Path, seed: Path) -> tuple[Section, _Imports]:
             (
                 "imports: the modules a start imports (found with -X importtime, minus a bare "
                 "interpreter's), imported again untraced in a fresh interpreter: "
-                f"{', '.join(modules)}."
+                f"{', '.join(figures.modules)}."
             ),
+            *notes,
         ),
     )
-    return section, imports
 
 
 # --- memory ----------------------------------------------------------------------------
@@ -348,7 +360,7 @@ class _Memory:
 
 def _status_bytes(pid: int) -> dict[str, int]:
     """``VmRSS``, ``VmHWM``, ``RssAnon`` and ``RssFile`` of ``pid``, in bytes."""
-    figures: dict[str, int] = {}
+    figures = {}
     for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
@@ -356,7 +368,9 @@ def _status_bytes(pid: int) -> dict[str, int]:
     return figures
 
 
-def _drive_once(directory: Path, seed: Path, drive: Drive, index: int) -> _Memory:
+def _drive_once(
+    python: Interpreter, directory: Path, seed: Path, drive: Drive, index: int
+) -> _Memory:
     store = directory / f"memory-{index}.db"
     shutil.copyfile(seed, store)
     config = directory / "memory.toml"
@@ -365,11 +379,12 @@ def _drive_once(directory: Path, seed: Path, drive: Drive, index: int) -> _Memor
     with _notify_socket(directory) as (sock, notify), log.open("wb") as err:
         started = time.perf_counter()
         process = subprocess.Popen(
-            _command(config),
+            _command(python, config),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
             env=_environment(notify),
+            cwd=directory,
         )
         try:
             _await_ready(sock, process, log)
@@ -391,48 +406,102 @@ def _drive_once(directory: Path, seed: Path, drive: Drive, index: int) -> _Memor
     )
 
 
-def _memory_section(directory: Path, seed: Path, drive: Drive, imports: _Imports) -> Section:
-    runs = [_drive_once(directory, seed, drive, i) for i in range(MEMORY_REPEATS)]
-    after = statistics.median(r.after for r in runs) / _MB
-    peak = statistics.median(r.peak for r in runs) / _MB
-    at_ready = statistics.median(r.at_ready for r in runs) / _MB
-    anon = statistics.median(r.anon for r in runs) / _MB
-    files = statistics.median(r.files for r in runs) / _MB
-    drive_s = statistics.median(r.drive_s for r in runs)
-    return Section(
-        "Daemon memory: resident set after a long drive, 100,000 events buffered",
-        (
-            Row("RSS after the drive (VmRSS)", after, "MB", RSS_TARGET_MB, digits=1),
-            Row("  of which anonymous (heap: objects, code)", anon, "MB", digits=1),
-            Row("  of which file-backed (shared libraries)", files, "MB", digits=1),
-            Row("peak RSS during the drive (VmHWM)", peak, "MB", RSS_TARGET_MB, digits=1),
-            Row("RSS at READY=1 (drive just starting)", at_ready, "MB", digits=1),
-            Row(
-                "RSS of a bare interpreter after the daemon's imports alone",
-                imports.rss / _MB,
-                "MB",
-                digits=1,
-            ),
+def _measure_memory(python: Interpreter, directory: Path, seed: Path, drive: Drive) -> _Memory:
+    """Medians of :data:`MEMORY_REPEATS` drives."""
+    runs = [_drive_once(python, directory, seed, drive, i) for i in range(MEMORY_REPEATS)]
+
+    def median(field: str) -> int:
+        return int(statistics.median(getattr(r, field) for r in runs))
+
+    return _Memory(
+        median("at_ready"),
+        median("after"),
+        median("peak"),
+        median("anon"),
+        median("files"),
+        statistics.median(r.drive_s for r in runs),
+    )
+
+
+def _memory_section(
+    main: tuple[Interpreter, _Memory, _Startup],
+    other: tuple[Interpreter, _Memory] | None,
+    drive: Drive,
+    notes: Sequence[str],
+) -> Section:
+    python, figures, startup = main
+    rows = [
+        Row("RSS after the drive (VmRSS)", figures.after / _MB, "MB", RSS_TARGET_MB),
+        Row("  of which anonymous (heap: objects, code)", figures.anon / _MB, "MB"),
+        Row("  of which file-backed (shared libraries)", figures.files / _MB, "MB"),
+        Row("peak RSS during the drive (VmHWM)", figures.peak / _MB, "MB", RSS_TARGET_MB),
+        Row("RSS at READY=1 (drive just starting)", figures.at_ready / _MB, "MB"),
+        Row(
+            "RSS of a bare interpreter after the daemon's imports alone",
+            startup.imports_rss / _MB,
+            "MB",
         ),
+    ]
+    if other is not None:
+        compared, theirs = other
+        rows += [
+            Row(f"RSS after the drive, {compared.label}", theirs.after / _MB, "MB"),
+            Row("  of which file-backed (shared libraries)", theirs.files / _MB, "MB"),
+        ]
+    return Section(
+        f"Daemon memory: resident set after a long drive, 100,000 events buffered, {python.label}",
+        tuple(Row(r.label, r.value, r.unit, r.target, digits=1) for r in rows),
         (
             (
                 f"median of {MEMORY_REPEATS} runs of touchpoint run replaying the whole drive at "
                 f"speed 0: {drive.frames:,} frames, {drive.seconds / 60:.0f} min of driving and "
-                f"charging, {len(drive.updates):,} signal updates; {drive_s:.1f} s per run."
+                f"charging, {len(drive.updates):,} signal updates; "
+                f"{figures.drive_s:.1f} s per run."
+            ),
+            (
+                f"read {SETTLE_S:.0f} s after the replay ends (the last commits, and one round of "
+                f"the heap release the daemon does every {HEAP_TRIM_S:.0f} s)."
             ),
             (
                 f"store pre-filled with {FULL_OUTBOX:,} events and no cloud connected: the "
                 "drive's events evict the oldest low-priority ones. MB = 10^6 bytes."
             ),
+            *notes,
         ),
     )
 
 
 def run() -> list[Section]:
-    """Start the daemon again and again, then let it drive; return both tables."""
+    """Start the daemon again and again, then let it drive; return both tables.
+
+    Measured on the installed form (what the target is about) and on the development
+    venv; with only the latter when the installed form cannot be built.
+    """
     drive = recorded_drive()
+    develop = development()
     with disk_dir("daemon") as directory:
         seed = directory / "seed.db"
         _seed_store(seed, drive)
-        startup, imports = _startup_section(directory, seed)
-        return [startup, _memory_section(directory, seed, drive, imports)]
+        built = installed(directory / "install")
+        if isinstance(built, str):
+            main, compared = develop, None
+            notes: tuple[str, ...] = (f"measured in the {develop.label} only: {built}.",)
+        else:
+            main, compared = built, develop
+            notes = (
+                (
+                    "the target is checked on the installed form, as the systemd unit runs it "
+                    "(docs/systemd.md); the development venv differs by its interpreter (a "
+                    "pyenv build with a shared libpython) and its editable install."
+                ),
+            )
+        main_start = _measure_startup(main, directory, seed)
+        main_memory = _measure_memory(main, directory, seed, drive)
+        other_start = other_memory = None
+        if compared is not None:
+            other_start = (compared, _measure_startup(compared, directory, seed))
+            other_memory = (compared, _measure_memory(compared, directory, seed, drive))
+        return [
+            _startup_section((main, main_start), other_start, notes),
+            _memory_section((main, main_memory, main_start), other_memory, drive, notes),
+        ]

@@ -11,7 +11,6 @@ from each signal to its VSS path.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -303,6 +302,8 @@ def _expression_reads(entry: MappingEntry, message: Message) -> frozenset[str]:
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
+    import difflib  # noqa: PLC0415 - a mistake's suggestion; the daemon does not carry it
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -183,3 +183,70 @@ def test_a_file_that_is_not_utf8_is_reported(tmp_path: Path) -> None:
     assert settings == DaemonSettings()
     [problem] = problems
     assert "not valid TOML" in problem
+
+
+# --- the environment, variable by variable (passed explicitly: no monkeypatching) ---------
+
+
+def test_lower_case_variables_work_too() -> None:
+    settings, problems = load_settings(None, {"touchpoint_vehicle__market": "JP"})
+    assert problems == []
+    assert settings.vehicle.market == "JP"
+
+
+def test_other_touchpoint_variables_are_not_settings() -> None:
+    environ = {"TOUCHPOINT_KILL_SEED": "7", "TOUCHPOINT_BENCH_FLEET_MAX": "9", "HOME": "/root"}
+    settings, problems = load_settings(None, environ)
+    assert problems == []
+    assert settings == DaemonSettings()
+
+
+def test_a_misspelt_key_in_a_known_section_stops_the_daemon() -> None:
+    with pytest.raises(ConfigError, match=r"store\.pth: Extra inputs are not permitted"):
+        load_settings(None, {"TOUCHPOINT_STORE__PTH": "/tmp/x.db"})
+
+
+def test_a_table_that_is_not_json_stops_the_daemon() -> None:
+    with pytest.raises(ConfigError, match=r"TOUCHPOINT_POLICY__QUIET_HOURS: .*JSON"):
+        load_settings(None, {"TOUCHPOINT_POLICY__QUIET_HOURS": "23-6"})
+
+
+def test_a_key_of_a_file_table_is_overridden_alone(tmp_path: Path) -> None:
+    path = write(tmp_path, '[can]\nmapping = "file.yaml"\ndbc = [{file = "car.dbc"}]\n')
+    settings, problems = load_settings(path, {"TOUCHPOINT_CAN__MAPPING": "env.yaml"})
+    assert problems == []
+    assert settings.can is not None
+    assert settings.can.mapping == Path("env.yaml")
+    assert [entry.file for entry in settings.can.dbc] == [Path("car.dbc")]
+
+
+def test_a_whole_table_from_json_then_a_key_over_it() -> None:
+    environ = {
+        "TOUCHPOINT_STORE": '{"path": "/json/t.db", "max_events": 600}',
+        "TOUCHPOINT_STORE__MAX_EVENTS": "800",
+    }
+    settings, problems = load_settings(None, environ)
+    assert problems == []
+    assert settings.store.path == Path("/json/t.db")
+    assert settings.store.max_events == 800
+
+
+def test_a_wrong_file_value_under_an_environment_override_falls_back(tmp_path: Path) -> None:
+    path = write(tmp_path, "[policy]\nmax_visible = 99\n")
+    settings, problems = load_settings(path, {"TOUCHPOINT_POLICY__QUIET_HOURS": "[22, 7]"})
+    assert settings.policy.quiet_hours == (22, 7)
+    assert settings.policy.max_visible == DaemonSettings().policy.max_visible
+    [problem] = problems
+    assert "policy.max_visible" in problem
+
+
+def test_a_table_the_environment_leaves_incomplete_stops_the_daemon() -> None:
+    with pytest.raises(ConfigError, match=r"can\.mapping: Field required"):
+        load_settings(None, {"TOUCHPOINT_CAN__DBC": '[{"file": "car.dbc"}]'})
+
+
+def test_the_environment_wins_even_over_a_wrong_file_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "tick_seconds = -1\n")
+    settings, problems = load_settings(path, {"TOUCHPOINT_TICK_SECONDS": "3"})
+    assert problems == []
+    assert settings.tick_seconds == 3.0
