@@ -560,8 +560,10 @@ def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():
         below = merged.get(key)
-        both_tables = isinstance(value, dict) and isinstance(below, dict)
-        merged[key] = _merged(below, value) if both_tables else value  # type: ignore[arg-type]
+        if isinstance(value, dict) and isinstance(below, dict):
+            merged[key] = _merged(below, value)
+        else:
+            merged[key] = value
     return merged
 
 
