@@ -469,15 +469,16 @@ def load_settings(
             for error in err.errors():
                 location = tuple(str(p) for p in error["loc"])
                 where = ".".join(location)
-                if not _set_in(overrides, location) and _drop(data, location):
+                variable = _variable_for(overrides, location)
+                if variable is not None:
+                    raise ConfigError(f"{variable} ({where}): {error['msg']}") from err
+                if _drop(data, location):
                     problems.append(
                         f"{path or 'environment'}: {where}: {error['msg']}; using the default"
                     )
                     dropped = True
                 else:
-                    raise ConfigError(
-                        f"{where}: {error['msg']} (set in the environment, or required)"
-                    ) from err
+                    raise ConfigError(f"{where}: {error['msg']} (no default can stand in)") from err
             if not dropped:
                 raise ConfigError(str(err)) from err
     raise ConfigError("the settings do not converge to valid values")
@@ -567,16 +568,16 @@ def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _set_in(overrides: dict[str, Any], location: tuple[str, ...]) -> bool:
-    """Whether the environment set the value at ``location`` (or a table or array holding it)."""
+def _variable_for(overrides: dict[str, Any], location: tuple[str, ...]) -> str | None:
+    """The variable that set the value at ``location`` (or the table or array holding it)."""
     node: Any = overrides
-    for key in location:
-        if not isinstance(node, dict):
-            return True  # the environment gave the whole value this is part of
-        if key not in node:
-            return False
-        node = node[key]
-    return True
+    depth = 0
+    while depth < len(location) and isinstance(node, dict):
+        if location[depth] not in node:
+            return None
+        node = node[location[depth]]
+        depth += 1
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(location[:depth]).upper()
 
 
 def _drop(data: dict[str, Any], location: tuple[str, ...]) -> bool:

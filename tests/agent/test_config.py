@@ -202,8 +202,14 @@ def test_other_touchpoint_variables_are_not_settings() -> None:
 
 
 def test_a_misspelt_key_in_a_known_section_stops_the_daemon() -> None:
-    with pytest.raises(ConfigError, match=r"store\.pth: Extra inputs are not permitted"):
+    expected = r"^TOUCHPOINT_STORE__PTH \(store\.pth\): Extra inputs are not permitted"
+    with pytest.raises(ConfigError, match=expected):
         load_settings(None, {"TOUCHPOINT_STORE__PTH": "/tmp/x.db"})
+
+
+def test_a_wrong_value_in_a_json_array_names_its_variable() -> None:
+    with pytest.raises(ConfigError, match=r"^TOUCHPOINT_CAN__DBC \(can\.dbc\.0\.file\)"):
+        load_settings(None, {"TOUCHPOINT_CAN__MAPPING": "m.yaml", "TOUCHPOINT_CAN__DBC": "[{}]"})
 
 
 def test_a_table_that_is_not_json_stops_the_daemon() -> None:
