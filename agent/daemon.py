@@ -13,7 +13,6 @@ only while the loops (signals, time, commits) make progress, ``STOPPING=1`` on S
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import gc
 import logging
@@ -37,6 +36,7 @@ from agent.policy import CardChange, PolicyConfig
 from agent.rule_model import builtin_rules
 from agent.sdnotify import Notifier, watchdog_interval
 from agent.store.store import OpenReport, Store, StoreError, StoreLimits
+from agent.tasks import cancel_and_wait
 from can_signals.errors import CanSignalsError, SourceError
 from can_signals.pipeline import SignalPipeline
 from can_signals.sources import BusConfig
@@ -344,11 +344,7 @@ class Daemon:
             await self.bridge.stop()
         if self._pipeline is not None:
             await self._pipeline.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         # The committer is never cancelled (a commit cut short would leave its batch
         # unaccounted for): it drains what is pending and returns.

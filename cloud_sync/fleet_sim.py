@@ -67,6 +67,7 @@ from agent.ids import IdFactory
 from agent.plan import default_plan
 from agent.rule_model import builtin_rules
 from agent.store.store import Store, StoreError
+from agent.tasks import cancel_and_wait
 from cloud_sync.sync import CloudSync, Step
 
 _log = logging.getLogger(__name__)
@@ -436,10 +437,7 @@ class Fleet:
     async def stop_recording(self) -> None:
         """Stop recording events (what was recorded is still sent)."""
         task, self._generator = self._generator, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
 
     async def _generate(self) -> None:
         # The cars' Poisson processes together are one of the summed rate, each event

@@ -20,7 +20,6 @@ the next is looked at (so a version check always sees the version in effect).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -39,6 +38,7 @@ from agent.consent import Category
 from agent.core import Agent, Output
 from agent.policy import CardChange
 from agent.store.store import OutboxRow, Store
+from agent.tasks import cancel_and_wait
 from can_signals.ratelimit import RateLimitedLog
 from cloud_sync.contract import (
     BookingReply,
@@ -160,11 +160,7 @@ class CloudSync:
 
     async def stop(self) -> None:
         """Say offline, disconnect, and put what was in flight back to pending."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self._chores:
             await asyncio.gather(*self._chores, return_exceptions=True)

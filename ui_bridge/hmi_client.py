@@ -32,6 +32,7 @@ from dbus_fast.errors import DBusFastError
 
 from agent.cards import CardKind, CardState, CloseReason, Display, Urgency
 from agent.errors import TouchpointError
+from agent.tasks import cancel_and_wait
 from ui_bridge.names import BUS_NAME, CARD_INTERFACE, MANAGER_INTERFACE, OBJECT_MANAGER, ROOT_PATH
 
 _log = logging.getLogger(__name__)
@@ -292,10 +293,7 @@ class HmiClient:
     async def close(self) -> None:
         """Stop following and disconnect."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
 
     async def run(self) -> None:
         """Connect, follow the agent, and reconnect after losing the bus, until cancelled."""

@@ -16,7 +16,6 @@ loaded machine its commit can trail the first decoded speed by a few millisecond
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from agent.cards import CardKind, Display
+from agent.tasks import cancel_and_wait
 from ui_bridge.hmi_client import CardView, HmiClient, HmiError, Update
 
 _log = logging.getLogger(__name__)
@@ -75,11 +75,7 @@ class ScriptedDriver:
 
     async def stop(self) -> None:
         """Stop following; what is being tapped is abandoned."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(list(self._tasks))
         await self.client.close()
 
     async def idle(self) -> None:
