@@ -53,8 +53,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def _chosen_subcommand(argv: Sequence[str]) -> str | None:
-    words = [a for a in argv if not a.startswith("-")]
-    return words[0] if words and words[0] in SUBCOMMANDS and "-h" not in argv[:1] else None
+    # The first word that names a subcommand is it: the top-level options' values
+    # (``--log-level INFO``) never do, and a subcommand's own come after it.
+    if argv[:1] in (["-h"], ["--help"]):
+        return None
+    return next((word for word in argv if word in SUBCOMMANDS), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -220,7 +220,7 @@ class Daemon:
 
             self.cloud = CloudSync(self, settings.cloud, settings.vehicle.id)
             await self.cloud.start()
-            self.sinks.append(self.cloud)
+            self.event_taps.append(self.cloud.events_committed)
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
         self._committer = asyncio.create_task(self._commit_loop(), name="commit")
         interval = watchdog_interval()
@@ -477,10 +477,13 @@ class Daemon:
                 if events:
                     for tap in self.event_taps:
                         tap(events)
-            # Sinks hear of every commit, even without card changes: the vehicle state
-            # behind it (driving or parked) may have changed.
+            # Sinks hear of card changes, and of a change of the vehicle state behind
+            # them (driving or parked) even without one.
+            changes = [c for p in batch for c in p.output.changes]
+            driving_changed = batch[-1].driving != self.driving
             self.driving = batch[-1].driving
-            await self._show([c for p in batch for c in p.output.changes])
+            if changes or driving_changed:
+                await self._show(changes)
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_result(None)
@@ -514,6 +517,9 @@ class Daemon:
         agent = self._agent
         visible = len(agent.cards.visible) if agent else 0
         outbox = self._store.outbox_count if self._store else 0
-        source = "no CAN" if self._pipeline is None else "CAN ok"
+        if self._pipeline is None:
+            source = "no CAN"
+        else:
+            source = "CAN not open (retrying)" if self.can_problem else "CAN ok"
         driving = "driving" if agent and agent.vehicle.driving else "parked"
         return f"{source}, {driving}, {visible} card(s) shown, {outbox} event(s) to send"

@@ -272,7 +272,7 @@ class _StoreWorker:
                 for event in events:
                     self._on_record(car.vehicle_id, event)
             if events:
-                await car.cloud.apply(())  # there is something to send
+                car.cloud.events_committed(events)
 
 
 def _commit_all(work: list[tuple[Store, list[Event], dict[str, str]]], now: float) -> set[int]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from agent.errors import TouchpointError
+from cloud_sync.link import client_tls_context
 from cloud_sync.pki import CLOUD_USER, BrokerConfig, DevPki, render_broker_config
 
 LOOPBACK: Final = "127.0.0.1"
@@ -212,12 +213,11 @@ class PrivateBroker:
                 none.
             certificate: A (cert, key) pair to present instead, e.g. from another CA.
         """
-        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
         if certificate is None and common_name is not None:
             certificate = self.credentials(common_name)
-        if certificate is not None:
-            context.load_cert_chain(str(certificate[0]), str(certificate[1]))
-        return context
+        if certificate is None:
+            return client_tls_context(self.pki.ca_cert)
+        return client_tls_context(self.pki.ca_cert, *certificate)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from importlib import metadata
 from typing import Any, Final, Protocol
 
 from paho.mqtt.reasoncodes import ReasonCode
@@ -36,11 +35,13 @@ from agent.booking import BookingStatus, Slot
 from agent.config import CloudSettings
 from agent.consent import Category
 from agent.core import Agent, Output
-from agent.policy import CardChange
+from agent.events import Event
 from agent.store.store import OutboxRow, Store
 from agent.tasks import cancel_and_wait
+from agent.version import package_version
 from can_signals.ratelimit import RateLimitedLog
 from cloud_sync.contract import (
+    REPLIES,
     BookingReply,
     RedemptionReply,
     RequestName,
@@ -125,7 +126,7 @@ class CloudSync:
         self._inbox: asyncio.Queue[Incoming] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._chores: set[asyncio.Task[None]] = set()
-        self._software = _package_version()
+        self._software = package_version()
         self._backlog = 0
         self._quiet_s = 0.0
         self._resume_at = 0.0
@@ -169,10 +170,10 @@ class CloudSync:
         )
         await self._release_all("the daemon stopped")
 
-    # -- the daemon's card sink: told after every commit ----------------------------------
+    # -- the daemon's event tap: told after each commit that recorded events ------------
 
-    async def apply(self, changes: Sequence[CardChange]) -> None:  # noqa: ARG002
-        """A commit happened: there may be events to send."""
+    def events_committed(self, events: Sequence[Event]) -> None:  # noqa: ARG002
+        """Events are durable in the outbox: there is something to send."""
         self._wake.set()
 
     # -- the link's listener (on the event loop) ----------------------------------------
@@ -391,7 +392,7 @@ class CloudSync:
     async def _reply(self, name: str, message: Incoming) -> None:
         try:
             request = RequestName(name)
-            reply = _REPLY_MODELS[request].model_validate_json(message.payload)
+            reply = REPLIES[request].model_validate_json(message.payload)
         except (ValueError, ValidationError) as err:
             reason = " ".join(f"not a valid {name} reply: {err}".split())[:300]
             await self._refuse(reason, message.topic)
@@ -416,13 +417,6 @@ class CloudSync:
         status = Status(vehicle_id=self.topics.vehicle_id, state=state,  # type: ignore[arg-type]
                         at=time.time(), software=self._software, backlog=backlog)  # fmt: skip
         return status.model_dump_json(exclude_none=True).encode()
-
-
-_REPLY_MODELS: Final[dict[RequestName, type[SlotsReply | BookingReply | RedemptionReply]]] = {
-    RequestName.BOOKING_SLOTS: SlotsReply,
-    RequestName.BOOKING: BookingReply,
-    RequestName.REDEMPTION: RedemptionReply,
-}
 
 
 def _slot(slot: WireSlot) -> Slot:
@@ -462,10 +456,3 @@ def _batch_json(vehicle_id: str, now: float, rows: Sequence[OutboxRow]) -> str:
     head = json.dumps({"schema_version": 1, "vehicle_id": vehicle_id, "sent_at": now},
                       separators=(",", ":"))  # fmt: skip
     return f'{head[:-1]},"events":[{events}]}}'
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("touchpoint")
-    except metadata.PackageNotFoundError:
-        return "unknown"

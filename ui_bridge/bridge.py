@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from importlib import metadata
 from typing import Any, Final, Protocol
 
 from dbus_fast import BusType, DBusError, Message, RequestNameReply, Variant
@@ -41,6 +40,7 @@ from agent.core import ActionError, Agent, Output
 from agent.errors import TouchpointError
 from agent.policy import CardChange, ChangeType
 from agent.rule_model import ACTION_KEYS
+from agent.version import package_version
 from ui_bridge.card_object import CardObject
 from ui_bridge.manager import ConsentInterface, ManagerInterface
 from ui_bridge.names import (
@@ -110,7 +110,7 @@ class DbusBridge:
         self._host = host
         self._address = address
         self.locale = locale if locale in LOCALES else LOCALES[0]
-        self.version = f"{API_VERSION} (touchpoint {_package_version()})"
+        self.version = f"{API_VERSION} (touchpoint {package_version()})"
         self._bus: MessageBus | None = None
         self._objects: dict[str, CardObject] = {}
         self._manager = ManagerInterface(self)
@@ -407,10 +407,3 @@ async def _disconnected(bus: MessageBus) -> str:
     except Exception as err:  # noqa: BLE001 - any reader error means the same: it is gone
         return f"{type(err).__name__}: {err}".rstrip(": ")
     return "disconnected"
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("touchpoint")
-    except metadata.PackageNotFoundError:
-        return "unknown"

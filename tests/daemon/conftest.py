@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,14 @@ def rav4_settings(tmp_path: Path, realdata_dir: Path, repo_root: Path) -> Daemon
             defaults={Category.VEHICLE_HEALTH: True, Category.USAGE_ANALYTICS: True}
         ),
     )
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A real datagram socket standing in for systemd's ``$NOTIFY_SOCKET``."""
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(2)
+    yield sock, path
+    sock.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from agent import daemon as daemon_module
 from agent.config import BusSettings, ConsentSettings, DaemonSettings
 from agent.daemon import Daemon
+from agent.sdnotify import Notifier
 from can_signals import sources
 from can_signals.errors import SourceError
 from tests.daemon.conftest import RecordingSink
@@ -125,16 +127,22 @@ def _live(settings: DaemonSettings, interface: str, channel: str) -> DaemonSetti
 
 
 def test_a_can_interface_that_cannot_be_opened_does_not_stop_the_daemon(
-    rav4_settings: DaemonSettings, caplog: pytest.LogCaptureFixture
+    rav4_settings: DaemonSettings,
+    caplog: pytest.LogCaptureFixture,
+    listener: tuple[socket.socket, str],
 ) -> None:
     # This kernel has no AF_CAN: opening a socketcan bus fails for real.
     settings = _live(rav4_settings, "socketcan", "tp-missing0")
+    sock, address = listener
 
     async def scenario() -> None:
-        daemon = Daemon(settings)
+        daemon = Daemon(settings, notifier=Notifier(address))
         await daemon.start()
         try:
             assert daemon.can_problem is not None
+            ready = sock.recv(4096).decode().splitlines()
+            assert ready[0] == "READY=1"
+            assert ready[1].startswith("STATUS=CAN not open (retrying), ")
             assert daemon.pipeline is not None
             # The agent serves on: a tick commits as usual.
             commits = daemon.commits

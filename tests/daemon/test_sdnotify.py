@@ -5,23 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.logsetup import JournalFormatter
 from agent.sdnotify import Notifier, watchdog_interval
-
-
-@pytest.fixture
-def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(2)
-    yield sock, path
-    sock.close()
 
 
 def test_ready_status_watchdog_stopping_reach_the_socket(
