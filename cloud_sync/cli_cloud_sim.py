@@ -53,21 +53,28 @@ def signing_key(path: Path) -> SigningKey:
     return key
 
 
+def host_port(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (the last colon splits, so ``::1:8883`` works); ``None`` if malformed."""
+    host, _, port = str(text).rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
 def _seconds(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f} s"
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM (or ``--duration``); print the counts."""
-    host, _, port = str(args.broker).rpartition(":")
-    if not host or not port.isdigit():
+    address = host_port(args.broker)
+    if address is None:
         print(f"--broker must be HOST:PORT, not {args.broker!r}", file=sys.stderr)
         return 2
+    host, port = address
     if args.plain_user is None and None in (args.ca, args.cert, args.key):
         print("give --ca, --cert and --key (mutual TLS), or --plain-user", file=sys.stderr)
         return 2
     endpoint = Endpoint(
-        host, int(port),
+        host, port,
         ca_file=None if args.plain_user else args.ca,
         cert_file=None if args.plain_user else args.cert,
         key_file=None if args.plain_user else args.key,

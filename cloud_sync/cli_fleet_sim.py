@@ -31,7 +31,7 @@ from typing import Any, Final, Protocol
 
 from agent.config import CloudSettings
 from agent.progress import Progress
-from cloud_sync.cli_cloud_sim import DEV_KEY_ID
+from cloud_sync.cli_cloud_sim import DEV_KEY_ID, host_port
 from cloud_sync.fleet_sim import (
     DEFAULT_RATE,
     Fleet,
@@ -118,18 +118,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> str | None:
-    if _host_port(args.broker) is None:
+    if host_port(args.broker) is None:
         return f"--broker must be HOST:PORT, not {args.broker!r}"
     if not args.plain and args.cert_dir is None:
         return "give --cert-dir (mutual TLS), or --plain"
     if args.vehicles < 1 or args.rate < 0 or args.processes < 0 or args.store_threads < 1:
         return "--vehicles and --store-threads must be positive, --rate not negative"
     return None
-
-
-def _host_port(text: str) -> tuple[str, int] | None:
-    host, _, port = str(text).rpartition(":")
-    return (host, int(port)) if host and port.isdigit() else None
 
 
 def _signing_key(text: str) -> tuple[str, str]:
@@ -144,7 +139,7 @@ def settings_factory(args: argparse.Namespace) -> Callable[[str], CloudSettings]
     Raises:
         FleetError: (from the factory) A car has no certificate and none can be issued.
     """
-    address = _host_port(args.broker)
+    address = host_port(args.broker)
     assert address is not None  # checked by _check
     host, port = address
     keys = dict([_signing_key(args.cloud_key)]) if args.cloud_key else {}

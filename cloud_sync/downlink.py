@@ -93,7 +93,7 @@ class DownlinkGate:
         try:
             document = SignedDocument.model_validate_json(payload)
         except ValidationError as err:
-            return Rejected(_short(f"not a signed document: {err}"), expected)
+            return Rejected(short_reason(f"not a signed document: {err}"), expected)
         try:
             self._verifier.verify(document)
         except SignatureError as err:
@@ -101,7 +101,7 @@ class DownlinkGate:
         try:
             header = DocumentHeader.model_validate_json(document.signed)
         except ValidationError as err:
-            return Rejected(_short(f"malformed signed header: {err}"), expected)
+            return Rejected(short_reason(f"malformed signed header: {err}"), expected)
         if header.vehicle_id not in ("*", self.vehicle_id):
             return Ignored(f"signed for vehicle {header.vehicle_id}")
         if header.kind is not expected:
@@ -139,9 +139,8 @@ def _body(header: DocumentHeader) -> Accepted | Rejected:
     try:
         body = model.model_validate(header.body)
     except ValidationError as err:
-        return Rejected(
-            _short(f"the {header.kind.value} body is invalid: {err}"), header.kind, header.version
-        )
+        reason = short_reason(f"the {header.kind.value} body is invalid: {err}")
+        return Rejected(reason, header.kind, header.version)
     own = getattr(body, "version", None)
     # A body with a version of its own must carry the signed one: the two could
     # otherwise say different things about which document is in effect.
@@ -153,6 +152,7 @@ def _body(header: DocumentHeader) -> Accepted | Rejected:
     return Accepted(header.kind, header.version, body)
 
 
-def _short(text: str) -> str:
+def short_reason(text: str) -> str:
+    """A rejection reason on one line, cut to what the event and the log keep."""
     flat = " ".join(text.split())
     return flat if len(flat) <= _REASON_MAX else flat[: _REASON_MAX - 1] + "…"

@@ -55,7 +55,7 @@ from types import MappingProxyType
 from typing import Final, TypeVar
 
 from agent import state_codec
-from agent.clock import ClockState, TimeSource
+from agent.clock import TimeSource
 from agent.config import CloudSettings
 from agent.consent import CONSENTABLE, ConsentState
 from agent.core import Agent, AgentConfig, AgentState, Output
@@ -497,13 +497,12 @@ def _drafts() -> tuple[list[EventDraft], list[int]]:
 
 
 def _in_use_state() -> AgentState:
-    """A car in use: every consent granted, the clock set (as from GNSS)."""
-    wall, monotonic = time.time(), time.monotonic()
+    """A car in use: every consent granted (its clock is set once the agent exists)."""
+    wall = time.time()
     consent = ConsentState()
     for category in CONSENTABLE:
         consent = consent.set(category, granted=True, now=wall)
-    clock = ClockState().set_trusted(wall, monotonic, TimeSource.GNSS)
-    return AgentState(clock=clock, consent=consent)
+    return AgentState(consent=consent)
 
 
 def _raise_descriptor_limit(needed: int) -> bool:

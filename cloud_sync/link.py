@@ -45,12 +45,11 @@ _TICK_S: Final = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A message to publish; ``token`` comes back in :meth:`LinkListener.on_published`."""
+    """A message to publish at QoS 1; ``token`` comes back in :meth:`LinkListener.on_published`."""
 
     token: int
     topic: str
     payload: bytes
-    qos: int = 1
     retain: bool = False
     response_topic: str | None = None
     correlation: bytes | None = None
@@ -64,7 +63,6 @@ class Incoming:
     topic: str
     payload: bytes
     correlation: bytes | None
-    retained: bool
 
 
 class LinkListener(Protocol):
@@ -282,16 +280,13 @@ class MqttLink:
                 if message.expiry_s:
                     properties.MessageExpiryInterval = message.expiry_s
             info = client.publish(
-                message.topic, message.payload, message.qos, message.retain, properties
+                message.topic, message.payload, 1, message.retain, properties
             )
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 # Not sent (the connection is going): the owner releases everything in
                 # flight when it hears of the disconnect.
                 continue
-            if message.qos == 0:
-                self._tell("on_published", message.token, None)
-            else:
-                self._mids[info.mid] = message.token
+            self._mids[info.mid] = message.token
 
     # -- paho's callbacks (on this thread) -----------------------------------------------
 
@@ -357,7 +352,7 @@ class MqttLink:
         correlation = getattr(properties, "CorrelationData", None)
         self._tell(
             "on_received",
-            Incoming(msg.topic, bytes(msg.payload), correlation, bool(msg.retain)),
+            Incoming(msg.topic, bytes(msg.payload), correlation),
         )
 
 

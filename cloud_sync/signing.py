@@ -102,11 +102,6 @@ class Verifier:
             except (SignatureError, ValueError) as err:
                 raise SignatureError(f"signing key {key_id!r} is not usable: {err}") from err
 
-    @property
-    def key_ids(self) -> tuple[str, ...]:
-        """The ids of the keys trusted."""
-        return tuple(self._keys)
-
     def verify(self, document: SignedDocument) -> None:
         """Check ``document``'s signature.
 

@@ -20,6 +20,7 @@ the next is looked at (so a version check always sees the version in effect).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -51,7 +52,7 @@ from cloud_sync.contract import (
     WireSlot,
     parse_topic,
 )
-from cloud_sync.downlink import Accepted, DownlinkGate, Ignored
+from cloud_sync.downlink import Accepted, DownlinkGate, Ignored, short_reason
 from cloud_sync.link import Incoming, MqttLink, Outgoing
 from cloud_sync.signing import Verifier
 
@@ -221,10 +222,13 @@ class CloudSync:
         now = time.time()
         consent = self._host.agent.consent
         allowed = {c.value for c in Category if consent.allows(c, now)}
-        taken: tuple[list[OutboxRow], int] = await self._host.in_store_thread(  # type: ignore[assignment]
-            lambda s: s.take(settings.batch_events, settings.batch_bytes, allowed, now)
-        )
-        send, withheld = taken
+
+        def take(store: Store) -> tuple[list[OutboxRow], int, int]:
+            send, withheld = store.take(settings.batch_events, settings.batch_bytes, allowed, now)
+            return send, withheld, store.outbox_count
+
+        taken: tuple[list[OutboxRow], int, int] = await self._host.in_store_thread(take)  # type: ignore[assignment]
+        send, withheld, self._backlog = taken
         if withheld:
             self.stats.events_withheld += withheld
             _log.info("%d events withheld: their consent was withdrawn", withheld)
@@ -233,13 +237,7 @@ class CloudSync:
         for message, entry in self._messages(send, now):
             self._tokens += 1
             self._inflight[self._tokens] = entry
-            self.link.publish(
-                Outgoing(
-                    self._tokens, message.topic, message.payload,
-                    response_topic=message.response_topic, correlation=message.correlation,
-                    expiry_s=message.expiry_s,
-                )
-            )  # fmt: skip
+            self.link.publish(dataclasses.replace(message, token=self._tokens))
             self.stats.messages_sent += 1
             self.stats.events_sent += len(entry.ids)
         return True
@@ -312,9 +310,9 @@ class CloudSync:
         try:
             while self._acked:
                 batch, self._acked = self._acked, []
-                await self._host.in_store_thread(partial(Store.acknowledge, ids=batch))
+                backlog = await self._host.in_store_thread(partial(_acknowledge, ids=batch))
                 self.stats.events_acknowledged += len(batch)
-                self._backlog = max(0, self._backlog - len(batch))
+                self._backlog = int(backlog)  # type: ignore[call-overload]
         finally:
             self._acking = False
 
@@ -394,7 +392,7 @@ class CloudSync:
             request = RequestName(name)
             reply = REPLIES[request].model_validate_json(message.payload)
         except (ValueError, ValidationError) as err:
-            reason = " ".join(f"not a valid {name} reply: {err}".split())[:300]
+            reason = short_reason(f"not a valid {name} reply: {err}")
             await self._refuse(reason, message.topic)
             return
         if message.correlation is not None and message.correlation != reply.request_id.encode():
@@ -417,6 +415,12 @@ class CloudSync:
         status = Status(vehicle_id=self.topics.vehicle_id, state=state,  # type: ignore[arg-type]
                         at=time.time(), software=self._software, backlog=backlog)  # fmt: skip
         return status.model_dump_json(exclude_none=True).encode()
+
+
+def _acknowledge(store: Store, ids: list[str]) -> int:
+    """Delete acknowledged events; what is left in the outbox (the backlog the status tells)."""
+    store.acknowledge(ids)
+    return store.outbox_count
 
 
 def _slot(slot: WireSlot) -> Slot:
