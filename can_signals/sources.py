@@ -165,6 +165,25 @@ class BatchingNotifier(can.Notifier):
             time.sleep(self.gather)
 
 
+def check_log(path: Path) -> None:
+    """Open a recorded log as a replay would, and close it again.
+
+    Raises:
+        SourceError: If the file is missing or of a format python-can cannot read.
+    """
+    if not path.is_file():
+        raise SourceError(f"no such log file: {path}")
+    try:
+        if path.suffix.lower() == ".blf":
+            # Our own handle: closed even when the reader refuses the file's header.
+            with path.open("rb") as handle:
+                can.BLFReader(handle).stop()
+        else:
+            can.LogReader(path).stop()
+    except (OSError, *_READ_ERRORS, *_BINARY_ERRORS) as err:
+        raise SourceError(f"cannot read log {path}: {err}") from err
+
+
 class Replay:
     """Plays a recorded log into a processor from a worker thread.
 
@@ -200,22 +219,8 @@ class Replay:
         self.error: str | None = None
 
     def check(self) -> None:
-        """Fail early on a log that cannot be opened.
-
-        Raises:
-            SourceError: If the file is missing or of a format python-can cannot read.
-        """
-        if not self.path.is_file():
-            raise SourceError(f"no such log file: {self.path}")
-        try:
-            if self.path.suffix.lower() == ".blf":
-                # Our own handle: closed even when the reader refuses the file's header.
-                with self.path.open("rb") as handle:
-                    can.BLFReader(handle).stop()
-            else:
-                can.LogReader(self.path).stop()
-        except (OSError, *_READ_ERRORS, *_BINARY_ERRORS) as err:
-            raise SourceError(f"cannot read log {self.path}: {err}") from err
+        """Fail early on a log that cannot be opened (:func:`check_log`)."""
+        check_log(self.path)
 
     def start(self) -> None:
         """Start playing in a worker thread."""

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Final
 
 import can
-from can.io.player import MESSAGE_READERS
 
 from agent.config import BusSettings, CanSettings
 from agent.doctor.report import Check, fail, ok, shorten, warn
 from can_signals.binding import Binding, bind
 from can_signals.dbc import DbcSource, load_dbcs
-from can_signals.errors import DbcError, MappingError
+from can_signals.errors import DbcError, MappingError, SourceError
 from can_signals.mapping import read_mapping
+from can_signals.sources import check_log
 
 SYSFS_NET: Final = Path("/sys/class/net")
 #: ``/sys/class/net/<if>/type`` of a CAN device (ARPHRD_CAN).
@@ -118,19 +118,12 @@ def _check_mapping(
 
 
 def _check_replay(path: Path) -> Check:
-    if not path.is_file():
-        return fail("can.replay", f"no such log file: {path}", "fix [can] replay")
-    if path.suffix.lower() not in MESSAGE_READERS:
-        return fail(
-            "can.replay",
-            f"{path}: python-can reads no {path.suffix!r} logs",
-            "use a candump .log, .asc, .blf or .trc file",
-        )
     try:
-        with path.open("rb") as handle:
-            handle.read(1)
-    except OSError as err:
-        return fail("can.replay", f"{path}: {err.strerror}", "make it readable by the daemon")
+        check_log(path)  # what the daemon does before replaying it
+    except SourceError as err:
+        return fail(
+            "can.replay", str(err), "fix [can] replay: a readable candump .log, .asc, .blf or .trc"
+        )
     return warn(
         "can.replay",
         f"the agent replays {path}, not a live bus (a development set-up)",

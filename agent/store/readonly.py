@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from agent.store.store import StoreError
+from agent.store.store import StoreError, dead_letter_count, evicted_total
 
 #: Byte 18 of an SQLite file header is 2 for a database in WAL mode.
 _WAL_HEADER_VERSION: Final = 2
@@ -200,10 +200,7 @@ def read_outbox(connection: sqlite3.Connection, dead_letter_limit: int = 20) -> 
             (max(0, dead_letter_limit),),
         ).fetchall()
     )
-    dead_count = int(connection.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
-    row = connection.execute("SELECT value FROM meta WHERE key = 'evicted'").fetchone()
-    evicted = int(row[0]) if row and str(row[0]).isdigit() else 0
-    return OutboxReport(groups, dead, dead_count, evicted)
+    return OutboxReport(groups, dead, dead_letter_count(connection), evicted_total(connection))
 
 
 def read_section(connection: sqlite3.Connection, section: str) -> tuple[Any, float] | None:

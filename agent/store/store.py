@@ -360,10 +360,7 @@ class Store:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                sizes = [
-                    db.execute("DELETE FROM outbox WHERE id = ? RETURNING size", (i,)).fetchone()
-                    for i in gone
-                ]
+                freed = self._delete(gone)
                 db.executemany(
                     "UPDATE outbox SET state = 1, attempts = attempts + 1 WHERE id = ?",
                     [(r.id,) for r in keep],
@@ -372,9 +369,7 @@ class Store:
             except BaseException:
                 _rollback(db)
                 raise
-            freed = [int(g[0]) for g in sizes if g is not None]
-            self._count -= len(freed)
-            self._bytes -= sum(freed)
+            self._forget(freed)
             withheld += len(freed)
             if keep or not rows:
                 return keep, withheld
@@ -392,29 +387,30 @@ class Store:
         except BaseException:
             _rollback(db)
             raise
-        if gone:
-            self._count -= len(gone)
-            self._bytes -= sum(int(r[0]) for r in gone)
-
-    def mark_in_flight(self, ids: Iterable[str]) -> None:
-        """Events handed to the network: not picked again until acked or released."""
-        self._batch("UPDATE outbox SET state = 1, attempts = attempts + 1 WHERE id = ?", ids)
+        self._forget([int(r[0]) for r in gone])
 
     def acknowledge(self, ids: Iterable[str]) -> None:
         """Events the cloud acknowledged: they leave the outbox."""
-        id_list = list(ids)
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            gone = [
-                db.execute("DELETE FROM outbox WHERE id = ? RETURNING size", (i,)).fetchone()
-                for i in id_list
-            ]
+            sizes = self._delete(ids)
             db.execute("COMMIT")
         except BaseException:
             _rollback(db)
             raise
-        sizes = [int(g[0]) for g in gone if g is not None]
+        self._forget(sizes)
+
+    def _delete(self, ids: Iterable[str]) -> list[int]:
+        """Delete outbox rows inside the open transaction; the sizes of those that were there."""
+        rows = [
+            self._db.execute("DELETE FROM outbox WHERE id = ? RETURNING size", (i,)).fetchone()
+            for i in ids
+        ]
+        return [int(row[0]) for row in rows if row is not None]
+
+    def _forget(self, sizes: Sequence[int]) -> None:
+        """Count deleted rows out, once their transaction has committed."""
         self._count -= len(sizes)
         self._bytes -= sum(sizes)
 
@@ -486,22 +482,11 @@ class Store:
 
     def dead_letter_count(self) -> int:
         """Events moved to the dead-letter table (refused for good by the cloud)."""
-        return int(self._db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
+        return dead_letter_count(self._db)
 
     def evicted_total(self) -> int:
         """Events evicted since the database was created."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'evicted'").fetchone()
-        return int(row[0]) if row else 0
-
-    def summary(self) -> list[tuple[str, int, int, int]]:
-        """``(category, priority, events, bytes)`` of what waits in the outbox."""
-        return [
-            (str(c), int(p), int(n), int(b))
-            for c, p, n, b in self._db.execute(
-                "SELECT category, priority, COUNT(*), SUM(size) FROM outbox "
-                "GROUP BY category, priority ORDER BY priority DESC, category"
-            ).fetchall()
-        ]
+        return evicted_total(self._db)
 
     def integrity_check(self) -> str:
         """``ok``, or what ``PRAGMA integrity_check`` found."""
@@ -596,3 +581,14 @@ def _move_aside(path: Path) -> Path:
         if source.exists():
             source.rename(Path(f"{target}{suffix}"))
     return target
+
+
+def dead_letter_count(connection: sqlite3.Connection) -> int:
+    """Events in the dead-letter table (a store's own connection or a read-only one)."""
+    return int(connection.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
+
+
+def evicted_total(connection: sqlite3.Connection) -> int:
+    """Events evicted since the database was created."""
+    row = connection.execute("SELECT value FROM meta WHERE key = 'evicted'").fetchone()
+    return int(row[0]) if row and str(row[0]).isdigit() else 0

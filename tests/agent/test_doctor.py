@@ -360,6 +360,27 @@ def test_a_broken_dbc_fails_with_file_and_line(tmp_path: Path) -> None:
     assert only(checks, "can.mapping").status is Status.WARN  # not checkable without the DBC
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "status"),
+    [
+        ("corrupt.blf", b"LOGG" + bytes(200), Status.FAIL),  # the daemon would refuse it
+        ("missing.log", None, Status.FAIL),
+        ("drive.log", b"(1.0) vcan0 123#00\n", Status.WARN),  # readable: a development set-up
+    ],
+)
+def test_a_replay_is_checked_as_the_daemon_opens_it(
+    tmp_path: Path, name: str, content: bytes | None, status: Status
+) -> None:
+    log = tmp_path / name
+    if content is not None:
+        log.write_bytes(content)
+    settings = _can(tmp_path).model_copy(update={"replay": log})
+
+    checks = list(check_can(settings))
+
+    assert only(checks, "can.replay").status is status
+
+
 def test_the_diagnostics_bus_must_be_configured(tmp_path: Path) -> None:
     bus = {"name": "can0", "interface": "virtual", "channel": "doctor-diag"}
     settings = CanSettings.model_validate(

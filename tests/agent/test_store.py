@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -11,6 +12,7 @@ import pytest
 
 from agent.consent import Category
 from agent.events import Event, Priority
+from agent.store.readonly import read_outbox
 from agent.store.schema import SCHEMA_VERSION
 from agent.store.store import EVENT_OVERHEAD, OutboxRow, Store, StoreError, StoreLimits
 from tests.agent.conftest import T0
@@ -203,7 +205,8 @@ def test_in_flight_acknowledge_release_dead_letter(db: Path) -> None:
     store, _ = Store.open(db)
     a, b, c, d = event(), event(), event(), event()
     store.commit([a, b, c, d], {}, now=T0)
-    store.mark_in_flight([a.id, b.id, c.id])
+    taken, _ = store.take(3, 1_000_000, {a.category}, now=T0)
+    assert ids(taken) == [a.id, b.id, c.id]
     assert ids(store.pending(now=T0)) == [d.id]
     store.acknowledge([a.id, "unknown"])
     assert store.outbox_count == 3
@@ -370,9 +373,18 @@ def test_summary_and_wipe(store: Store, db: Path) -> None:
         {"vehicle": "{}", "consent": "{}", "wallet": "{}"},
         now=T0,
     )
-    summary = store.summary()
-    assert summary[0][:3] == ("service_requests", int(Priority.HIGH), 1)
-    assert summary[1][:3] == ("usage_analytics", int(Priority.NORMAL), 2)
+    with contextlib.closing(sqlite3.connect(db)) as reader:
+        groups = read_outbox(reader).groups
+    assert (groups[0].category, groups[0].priority, groups[0].events) == (
+        "service_requests",
+        int(Priority.HIGH),
+        1,
+    )
+    assert (groups[1].category, groups[1].priority, groups[1].events) == (
+        "usage_analytics",
+        int(Priority.NORMAL),
+        2,
+    )
     store.wipe(keep_sections=["vehicle"])
     assert store.outbox_count == 0
     assert store.pending(now=T0) == []
