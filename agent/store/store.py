@@ -426,7 +426,14 @@ class Store:
             else "UPDATE outbox SET state = 0, last_error = ?, "
             "attempts = MAX(attempts - 1, 0) WHERE id = ?"
         )
-        self._batch(sql, [(error, i) for i in ids], pairs=True)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(sql, [(error, i) for i in ids])
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
 
     def _release_in_flight(self) -> None:
         # After a restart nothing is in flight any more: those events are sent again.
@@ -453,20 +460,7 @@ class Store:
         except BaseException:
             _rollback(db)
             raise
-        if row is not None:
-            self._count -= 1
-            self._bytes -= int(row[5])
-
-    def _batch(self, sql: str, values: Iterable[object], *, pairs: bool = False) -> None:
-        params = list(values) if pairs else [(v,) for v in values]
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany(sql, params)  # type: ignore[arg-type]
-            db.execute("COMMIT")
-        except BaseException:
-            _rollback(db)
-            raise
+        self._forget([int(row[5])] if row is not None else [])
 
     # -- tooling ------------------------------------------------------------------------
 
