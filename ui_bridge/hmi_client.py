@@ -45,7 +45,7 @@ ERROR_DISCONNECTED: Final = "org.touchpoint.Hmi.Error.NotConnected"
 ERROR_TIMEOUT: Final = "org.touchpoint.Hmi.Error.Timeout"
 #: The card properties that never travel in a signal (see :mod:`ui_bridge.card_object`).
 PRIVATE: Final = frozenset({"Title", "Body", "TemplateArgs"})
-CALL_TIMEOUT_S: Final = 15.0  # GetBookingSlots alone may take 5 s
+CALL_TIMEOUT_S: Final = 15.0  # a call waits for its commit; a busy store can be slow
 RECONNECT_MIN_S: Final = 0.2
 RECONNECT_MAX_S: Final = 5.0
 

@@ -47,7 +47,7 @@ class ManagerBackend(Protocol):
         """What this agent can do."""
 
     async def booking_slots(self, card_path: str) -> list[tuple[str, int, dict[str, Variant]]]:
-        """Slots for booking from a card (waits briefly for the cloud)."""
+        """Slots for booking from a card, or NotReady at once (``SlotsAvailable`` follows)."""
 
     async def request_booking(self, card_path: str, slot_id: str) -> None:
         """The driver picked a slot."""

@@ -293,16 +293,19 @@ def test_a_client_that_disappears_mid_call_does_no_harm(tmp_path: Path, bus_addr
     async def scenario() -> None:
         async with serving(tmp_path / "t.db", bus_address) as daemon, client(bus_address) as hmi:
             path, _ = await _card_on_screen(daemon, hmi)
-            await hmi.call(path, CARD_INTERFACE, "InvokeAction", "sa{sv}", ["book", {}])
-            # GetBookingSlots waits for the cloud; its caller vanishes meanwhile.
+            # InvokeAction answers once the dismissal is durable; its caller is gone by
+            # then (it leaves as soon as the call is on the wire).
             gone = await MessageBus(bus_address=bus_address).connect()
-            gone.send(Message(destination=BUS_NAME, path=ROOT_PATH, interface=MANAGER_INTERFACE,
-                              member="GetBookingSlots", signature="o", body=[path]))  # fmt: skip
-            await asyncio.sleep(0.1)
+            await gone.send(Message(destination=BUS_NAME, path=path, interface=CARD_INTERFACE,
+                                    member="InvokeAction", signature="sa{sv}",
+                                    body=["dismiss", {}]))  # fmt: skip
             gone.disconnect()
-            [values] = await hmi.call(path, PROPERTIES, "GetAll", "s", [CARD_INTERFACE])
-            assert values["Pending"].value is True
-            await hmi.call(path, CARD_INTERFACE, "ReportShown")
+            removed = await hmi.wait(lambda m: m.member == "InterfacesRemoved")
+            assert removed.body[0] == path
+            assert not daemon.agent.cards.visible
+            # And the agent serves the next caller as before.
+            [objects] = await hmi.call(ROOT_PATH, OBJECT_MANAGER, "GetManagedObjects")
+            assert path not in objects
 
     asyncio.run(scenario())
 
