@@ -12,7 +12,7 @@ with ``Get``/``GetAll``, method calls the bus policy restricts to the HMI group.
 # creation, and a postponed "None" would not read as an empty D-Bus signature.
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Final, Protocol
+from typing import Annotated, Any, Final, Protocol, TypedDict
 
 from dbus_fast import DBusError, Variant
 from dbus_fast.annotations import (
@@ -80,7 +80,27 @@ def _arg_variant(value: ArgValue) -> Variant:  # noqa: PLR0911 - one arm per typ
     return Variant("s", str(value))
 
 
-def card_properties(card: Card, locale: str) -> dict[str, Any]:
+class CardProperties(TypedDict):
+    """Every property of the Card interface, with its Python type (D-Bus types: SIGNATURES)."""
+
+    Id: str
+    Kind: int
+    Urgency: int
+    DisplayPolicy: int
+    Priority: int
+    Title: str
+    Body: str
+    TemplateId: str
+    TemplateArgs: dict[str, Variant]
+    Actions: list[tuple[str, str]]
+    Created: int
+    Expires: int
+    State: int
+    Pending: bool
+    Extensions: dict[str, Variant]
+
+
+def card_properties(card: Card, locale: str) -> CardProperties:
     """Every property of a card, as the Card interface shows it, in ``locale``."""
     return {
         "Id": card.id,
@@ -128,8 +148,9 @@ class CardObject(ServiceInterface):
         """
         if card is not None:
             self.card = card
-        after = card_properties(self.card, self._actions.locale)
-        before, self._told = self._told, after
+        before: Mapping[str, object] = self._told
+        self._told = card_properties(self.card, self._actions.locale)
+        after: Mapping[str, object] = self._told
         changed = [k for k, v in after.items() if before.get(k) != v]
         public = {k: after[k] for k in changed if k not in PRIVATE}
         private = [k for k in changed if k in PRIVATE]
@@ -138,85 +159,87 @@ class CardObject(ServiceInterface):
 
     def public_properties(self) -> dict[str, Variant]:
         """The properties a broadcast may carry, as variants (for ``InterfacesAdded``)."""
-        told = self._told
+        told: Mapping[str, object] = self._told
         return {name: Variant(SIGNATURES[name], told[name]) for name in PUBLIC}
 
     # -- properties ---------------------------------------------------------------------
+    # Each returns what the HMI was last told (``card_properties``): one conversion, so
+    # a ``Get`` and a signal cannot disagree.
 
     @dbus_property(access=PropertyAccess.READ)
     def Id(self) -> DBusStr:  # noqa: N802 - D-Bus names
         """The card's id (a UUID)."""
-        return self.card.id
+        return self._told["Id"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Kind(self) -> DBusUInt32:  # noqa: N802
         """0 unknown, 1 maintenance, 2 fault, 3 benefit, 4 booking, 5 campaign."""
-        return int(self.card.kind)
+        return self._told["Kind"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Urgency(self) -> DBusUInt32:  # noqa: N802
         """0 unknown, 1 low, 2 normal, 3 critical."""
-        return int(self.card.urgency)
+        return self._told["Urgency"]
 
     @dbus_property(access=PropertyAccess.READ)
     def DisplayPolicy(self) -> DBusUInt32:  # noqa: N802
         """0 unknown, 1 parked only, 2 also while moving."""
-        return int(self.card.display)
+        return self._told["DisplayPolicy"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Priority(self) -> DBusUInt32:  # noqa: N802
         """0 to 100, higher first among cards of the same urgency."""
-        return self.card.priority
+        return self._told["Priority"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Title(self) -> DBusStr:  # noqa: N802
         """The title in the current locale (private: never in a signal)."""
-        return self.card.title.get(self._actions.locale)
+        return self._told["Title"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Body(self) -> DBusStr:  # noqa: N802
         """The body in the current locale (private: never in a signal)."""
-        return self.card.body.get(self._actions.locale)
+        return self._told["Body"]
 
     @dbus_property(access=PropertyAccess.READ)
     def TemplateId(self) -> DBusStr:  # noqa: N802
         """The template (rule) id, for HMIs that localise themselves."""
-        return self.card.template
+        return self._told["TemplateId"]
 
     @dbus_property(access=PropertyAccess.READ)
     def TemplateArgs(self) -> DBusDict:  # noqa: N802
         """The template's arguments (private: never in a signal)."""
-        return {k: _arg_variant(v) for k, v in self.card.args.items()}
+        return self._told["TemplateArgs"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Actions(self) -> DBusActions:  # noqa: N802
         """The buttons: (key, label in the current locale)."""
-        return [(a.key, a.label.get(self._actions.locale)) for a in self.card.actions]
+        return self._told["Actions"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Created(self) -> DBusInt64:  # noqa: N802
         """When the card was made, microseconds since the Unix epoch."""
-        return _micros(self.card.created)
+        return self._told["Created"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Expires(self) -> DBusInt64:  # noqa: N802
         """When the card closes by itself, microseconds since the epoch (0: never)."""
-        return _micros(self.card.expires)
+        return self._told["Expires"]
 
     @dbus_property(access=PropertyAccess.READ)
     def State(self) -> DBusUInt32:  # noqa: N802
         """0 unknown, 1 queued, 2 visible, 3 withdrawn, 4 snoozed, 5 closed."""
-        return int(self.card.state)
+        return self._told["State"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Pending(self) -> DBusBool:  # noqa: N802
         """An action waits for the cloud's answer: show "pending"."""
-        return self.card.pending
+        return self._told["Pending"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Extensions(self) -> DBusDict:  # noqa: N802
         """Room for later additions without a new interface version (empty in v1)."""
-        return {}
+        return self._told["Extensions"]
 
     # -- methods ------------------------------------------------------------------------
 
