@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
-from dbus_fast import BusType, DBusError, Message, RequestNameReply, Variant
+from dbus_fast import DBusError, Message, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 from dbus_fast.service import ServiceInterface
@@ -53,6 +53,7 @@ from ui_bridge.names import (
     ERROR_UNKNOWN_CARD,
     OBJECT_MANAGER,
     ROOT_PATH,
+    bus_arguments,
     card_id_from_path,
     card_path,
 )
@@ -146,11 +147,7 @@ class DbusBridge:
 
     async def _connect(self) -> None:
         try:
-            if self._address in ("system", "session"):
-                kind = BusType.SYSTEM if self._address == "system" else BusType.SESSION
-                bus = await _Bus(bus_type=kind).connect()
-            else:
-                bus = await _Bus(bus_address=self._address).connect()
+            bus = await _Bus(**bus_arguments(self._address)).connect()
         except (OSError, DBusError, ValueError) as err:
             raise BridgeError(f"cannot connect to the {self._address} bus: {err}") from err
         bus.export(ROOT_PATH, self._manager)

@@ -32,12 +32,11 @@ from ui_bridge.names import (
     ERROR_INVALID_ARGS,
     MAX_OPTIONS,
     MAX_STRING,
+    PRIVATE,
 )
 
 DBusActions = Annotated[list[tuple[str, str]], DBusSignature("a(ss)")]
 
-#: Properties that may carry personal data: never sent in a broadcast signal.
-PRIVATE: Final = frozenset({"Title", "Body", "TemplateArgs"})
 #: Close reasons an HMI may give when the driver (or the screen) removes a card.
 HMI_CLOSE_REASONS: Final = frozenset({CloseReason.EXPIRED, CloseReason.DISMISSED})
 

@@ -26,14 +26,22 @@ from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 from typing import Any, Final, TypeVar
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusFastError
 
 from agent.cards import CardKind, CardState, CloseReason, Display, Urgency
 from agent.errors import TouchpointError
 from agent.tasks import cancel_and_wait
-from ui_bridge.names import BUS_NAME, CARD_INTERFACE, MANAGER_INTERFACE, OBJECT_MANAGER, ROOT_PATH
+from ui_bridge.names import (
+    BUS_NAME,
+    CARD_INTERFACE,
+    MANAGER_INTERFACE,
+    OBJECT_MANAGER,
+    PRIVATE,
+    ROOT_PATH,
+    bus_arguments,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -43,8 +51,6 @@ DBUS_PATH: Final = "/org/freedesktop/DBus"
 #: Errors of this client itself (not from the agent).
 ERROR_DISCONNECTED: Final = "org.touchpoint.Hmi.Error.NotConnected"
 ERROR_TIMEOUT: Final = "org.touchpoint.Hmi.Error.Timeout"
-#: The card properties that never travel in a signal (see :mod:`ui_bridge.card_object`).
-PRIVATE: Final = frozenset({"Title", "Body", "TemplateArgs"})
 CALL_TIMEOUT_S: Final = 15.0  # a call waits for its commit; a busy store can be slow
 RECONNECT_MIN_S: Final = 0.2
 RECONNECT_MAX_S: Final = 5.0
@@ -324,10 +330,7 @@ class HmiClient:
             await self._changed.wait()
 
     async def _open(self) -> MessageBus:
-        if self.address in ("system", "session"):
-            kind = BusType.SYSTEM if self.address == "system" else BusType.SESSION
-            return await MessageBus(bus_type=kind).connect()
-        return await MessageBus(bus_address=self.address).connect()
+        return await MessageBus(**bus_arguments(self.address)).connect()
 
     async def _follow(self, bus: MessageBus) -> None:
         inbox: asyncio.Queue[Message | None] = asyncio.Queue()

@@ -6,7 +6,9 @@ incompatible API is ``org.touchpoint.Agent2``, served next to this one.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
+
+from dbus_fast import BusType
 
 BUS_NAME: Final = "org.touchpoint.Agent1"
 ROOT_PATH: Final = "/org/touchpoint/Agent1"
@@ -32,6 +34,9 @@ ERROR_FAILED: Final = f"{ERROR_PREFIX}.Failed"
 ERROR_INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
 
 #: Longest string and largest dictionary a caller may pass (a guard, not a feature).
+#: Card properties that may carry personal data: never sent in a broadcast signal.
+PRIVATE: Final = frozenset({"Title", "Body", "TemplateArgs"})
+
 MAX_STRING: Final = 256
 MAX_OPTIONS: Final = 16
 
@@ -50,3 +55,10 @@ def card_id_from_path(path: str) -> str | None:
     if len(hex_id) != 32 or any(c not in "0123456789abcdef" for c in hex_id):
         return None
     return f"{hex_id[:8]}-{hex_id[8:12]}-{hex_id[12:16]}-{hex_id[16:20]}-{hex_id[20:]}"
+
+
+def bus_arguments(address: str) -> dict[str, Any]:
+    """``MessageBus`` keyword arguments for ``"system"``, ``"session"`` or a D-Bus address."""
+    if address in ("system", "session"):
+        return {"bus_type": BusType.SYSTEM if address == "system" else BusType.SESSION}
+    return {"bus_address": address}

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Final
 from xml.etree import ElementTree as ET
 
-from dbus_fast import BusType, DBusError, Message, MessageType, RequestNameReply
+from dbus_fast import DBusError, Message, MessageType, RequestNameReply
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 
 from agent.config import DbusSettings
 from agent.doctor.report import Check, fail, ok, warn
-from ui_bridge.names import BUS_NAME
+from ui_bridge.names import BUS_NAME, bus_arguments
 
 #: Where dbus-daemon reads system bus policies: packages, then the administrator's.
 POLICY_DIRS: Final = (Path("/usr/share/dbus-1/system.d"), Path("/etc/dbus-1/system.d"))
@@ -98,11 +98,7 @@ async def probe_name(address: str) -> NameProbe:
     Raises:
         OSError, DBusError, ValueError: If the bus cannot be reached.
     """
-    if address in ("system", "session"):
-        kind = BusType.SYSTEM if address == "system" else BusType.SESSION
-        bus = MessageBus(bus_type=kind)
-    else:
-        bus = MessageBus(bus_address=address)
+    bus = MessageBus(**bus_arguments(address))
     await bus.connect()
     try:
         return await _probe(bus)

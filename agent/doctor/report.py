@@ -99,14 +99,6 @@ def render_check(check: Check, width: int = NAME_WIDTH) -> str:
     return line
 
 
-def render(checks: Sequence[Check]) -> str:
-    """The findings for people, and how many of each status."""
-    width = max([NAME_WIDTH, *(len(c.name) for c in checks)])
-    lines = [render_check(c, width) for c in checks]
-    lines.append(tally(checks))
-    return "".join(f"{line}\n" for line in lines)
-
-
 def tally(checks: Sequence[Check]) -> str:
     """``9 OK, 2 WARN, 1 FAIL``."""
     return ", ".join(f"{sum(1 for c in checks if c.status is s)} {s.value}" for s in Status)

@@ -19,10 +19,10 @@ import pytest
 
 from agent.cli import main
 from agent.config import BusSettings, CanSettings, DbcSettings, StoreSettings
-from agent.doctor import Check, Status, diagnose, exit_status, render
+from agent.doctor import Check, Status, diagnose, exit_status
 from agent.doctor.can_checks import check_can, listen_for_frames
 from agent.doctor.dbus_checks import POLICY_FILE, _policy_check
-from agent.doctor.report import guarded
+from agent.doctor.report import guarded, tally
 from agent.doctor.store_checks import check_store
 from agent.events import Priority
 from agent.store.store import Store
@@ -567,12 +567,10 @@ def test_a_check_that_raises_becomes_a_fail_after_what_it_found() -> None:
     assert "RuntimeError: surprise" in checks[1].message
 
 
-def test_render_counts_the_findings(tmp_path: Path) -> None:
+def test_the_tally_counts_the_findings(tmp_path: Path) -> None:
     checks = [
         *guarded("a", list),
         *check_store(StoreSettings(path=tmp_path / "x.db")),
     ]
 
-    text = render(checks)
-
-    assert text.splitlines()[-1] == "0 OK, 1 WARN, 0 FAIL"
+    assert tally(checks) == "0 OK, 1 WARN, 0 FAIL"
