@@ -20,7 +20,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self
 
@@ -522,15 +522,24 @@ def _env_value(name: str, keys: list[str], raw: str) -> Any:
         if model is None or key not in model.model_fields:
             return raw  # validation names what is wrong with it
         annotation = model.model_fields[key].annotation
-    members = _members(annotation)
-    if raw.strip() == "null" and type(None) in members:
+    if raw.strip() == "null" and type(None) in _members(annotation):
         return None
-    if any(_is_structured(member) for member in members):
+    if takes_json(annotation):
         try:
             return json.loads(raw)
         except json.JSONDecodeError as err:
             raise ConfigError(f"{name}: a table or an array is written as JSON ({err})") from err
     return raw
+
+
+def env_variable(path: Sequence[str]) -> str:
+    """The variable for the key at ``path``: ``TOUCHPOINT_STORE__PATH`` for store, path."""
+    return (ENV_PREFIX + ENV_NESTED_DELIMITER.join(path)).upper()
+
+
+def takes_json(annotation: Any) -> bool:
+    """Whether a variable for a key of this type is read as JSON (a table or an array)."""
+    return any(_is_structured(member) for member in _members(annotation))
 
 
 def _members(annotation: Any) -> tuple[Any, ...]:
@@ -577,7 +586,7 @@ def _variable_for(overrides: dict[str, Any], location: tuple[str, ...]) -> str |
             return None
         node = node[location[depth]]
         depth += 1
-    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(location[:depth]).upper()
+    return env_variable(location[:depth])
 
 
 def _drop(data: dict[str, Any], location: tuple[str, ...]) -> bool:

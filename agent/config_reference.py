@@ -2,8 +2,8 @@
 
 Every key of :class:`agent.config.DaemonSettings` and its section models is listed with
 its TOML type, its default, its environment variable and its ``Field`` description.
-The environment variable names are derived from :data:`agent.config.ENV_PREFIX` and
-:data:`agent.config.ENV_NESTED_DELIMITER`, exactly as the settings loader reads them.
+The variable names and which ones take JSON come from the settings loader itself
+(:func:`agent.config.env_variable`, :func:`agent.config.takes_json`).
 
 Usage::
 
@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from agent.config import ENV_NESTED_DELIMITER, ENV_PREFIX, DaemonSettings
+from agent.config import ENV_NESTED_DELIMITER, DaemonSettings, env_variable, takes_json
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 #: The generated reference, relative to the repository root.
@@ -112,7 +112,7 @@ def _walk(
         key_path = (*path, name)
         annotation, nullable = _without_none(field.annotation)
         sub, is_list = _model_of(annotation)
-        variable = _env_name(key_path) if env else ""
+        variable = env_variable(key_path) if env else ""
         if sub is not None:
             dotted = ".".join(key_path)
             header = f"[[{dotted}]]" if is_list else f"[{dotted}]"
@@ -146,15 +146,10 @@ def _walk(
         )
 
 
-def _env_name(path: tuple[str, ...]) -> str:
-    return (ENV_PREFIX + ENV_NESTED_DELIMITER.join(path)).upper()
-
-
 def _env_cell(variable: str, annotation: Any) -> str:
     if not variable:
         return "—"
-    complex_value = typing.get_origin(_strip(annotation)[0]) in (list, tuple, dict)
-    return f"`{variable}`" + (" (JSON)" if complex_value else "")
+    return f"`{variable}`" + (" (JSON)" if takes_json(annotation) else "")
 
 
 def _section_default(field: FieldInfo, name: str, *, is_list: bool) -> str:
@@ -420,7 +415,7 @@ def _slug(heading: str) -> str:
 def render_document(all_sections: Sequence[Section] | None = None) -> str:
     """The text of ``docs/configuration.md``."""
     found = sections() if all_sections is None else all_sections
-    example = _env_name(("store", "path"))
+    example = env_variable(("store", "path"))
     delimiter = ENV_NESTED_DELIMITER
     lines = [
         (
@@ -433,14 +428,14 @@ def render_document(all_sections: Sequence[Section] | None = None) -> str:
         _wrap(
             "`touchpoint run --config FILE` reads a TOML file. Every setting can also be set "
             "in the environment, which wins over the file. The variable is the key's path "
-            f"joined with `{delimiter}`, after the prefix `{_env_name(())}`, in upper or lower "
+            f"joined with `{delimiter}`, after the prefix `{env_variable(())}`, in upper or lower "
             f"case: `{example}=/tmp/t.db` sets `[store] path`. A table or an array is "
-            f"written as JSON (`{_env_name(('policy', 'quiet_hours'))}='[23, 6]'`); the keys "
+            f"written as JSON (`{env_variable(('policy', 'quiet_hours'))}='[23, 6]'`); the keys "
             "inside an array of tables have no variables of their own (set the whole array). "
             "`null` in the environment sets a value that may be absent to absent (TOML has "
             "no null). A variable whose first part names no table or top-level key is not a "
-            f"setting and is ignored (`{_env_name(('kill_seed',))}` belongs to the test "
-            f"suite); an unknown key inside a table (`{_env_name(('store', 'pth'))}`) is a "
+            f"setting and is ignored (`{env_variable(('kill_seed',))}` belongs to the test "
+            f"suite); an unknown key inside a table (`{env_variable(('store', 'pth'))}`) is a "
             "wrong value."
         ),
         "",
