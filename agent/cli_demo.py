@@ -30,7 +30,7 @@ import can
 from agent.daemon import Daemon
 from agent.demo.driver import ScriptedDriver
 from agent.demo.stack import Stack, running_stack
-from agent.demo.stories import STORIES, Drive, Outcome, Story
+from agent.demo.stories import DOCUMENTS, STORIES, Drive, Outcome, Story
 from agent.demo.timeline import Timeline
 from can_signals.simulator import (
     BusSink,
@@ -201,7 +201,8 @@ class Demo:
         await self._until(lambda: cloud.connected, "the car to connect to the broker")
         self.timeline.line("CLOUD    the car is online (mutual TLS); the cloud sends its documents")
         await self._until(
-            lambda: cloud.stats.documents_applied >= 5, "the cloud's documents to take effect"
+            lambda: cloud.stats.documents_applied >= DOCUMENTS,
+            "the cloud's documents to take effect",
         )
         self.timeline.line(
             f"CLOUD    {cloud.stats.documents_applied} signed documents verified and applied "

@@ -9,7 +9,6 @@ the daemon, and collects what the closing summary and the story's checks need.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -67,7 +66,6 @@ class Timeline:
         self.vehicle = vehicle
         self._verbose = verbose
         self._start = time.monotonic()
-        self._lock = threading.Lock()
         self._values: dict[str, object] = {}
         self._last_km = -1
         self.odometer_km = 0.0
@@ -83,9 +81,8 @@ class Timeline:
         """One line of the timeline."""
         elapsed = time.monotonic() - self._start
         label = state if state is not None else vehicle_label(self.vehicle())
-        with self._lock:
-            self._out.write(f"[{elapsed:6.1f}s] {self.odometer_km:10,.1f} km  {label:8}  {text}\n")
-            self._out.flush()
+        self._out.write(f"[{elapsed:6.1f}s] {self.odometer_km:10,.1f} km  {label:8}  {text}\n")
+        self._out.flush()
 
     @property
     def moving(self) -> bool:
@@ -135,9 +132,8 @@ class Timeline:
                 self.line(f"CARD     updated [{kind}]: {card.title.en}{pending}")
 
     def on_cloud_event(self, vehicle_id: str, event: WireEvent) -> None:
-        """The cloud took in an event for the first time (on the cloud's MQTT thread)."""
-        with self._lock:
-            self.cloud_events[event.id] = event.type
+        """The cloud took in an event for the first time (handed over to the event loop)."""
+        self.cloud_events[event.id] = event.type
         if event.type.startswith("request."):
             self.line(f"CLOUD    request from {vehicle_id}: {event.type}")
             return
@@ -165,5 +161,4 @@ class Timeline:
 
     def cloud_ids(self) -> set[str]:
         """The ids of the events the cloud took in."""
-        with self._lock:
-            return set(self.cloud_events)
+        return set(self.cloud_events)
