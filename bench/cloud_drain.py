@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Final
 
 from bench.outbox import prefill, quiet_store
+from bench.processes import MIB, daemon_environment, status_bytes, stop, tail, wait_for_text
 from bench.report import Row, Section
 from bench.scratch import disk_dir
 from cloud_sync.cloud_sim import CloudSim, Endpoint
@@ -47,7 +47,6 @@ SWEEP_POINTS: Final = ((1, 16), (50, 16), (200, 1), (200, 16), (200, 64), (1000,
 DEFAULTS: Final = (200, 16)
 TIMEOUT_S: Final = 300.0
 _CONNECTED: Final = "connected to the cloud broker"
-_KIB: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +56,6 @@ class Drain:
     events: int
     seconds: float
     peak_rss_mib: float
-    idle_rss_mib: float
 
     @property
     def rate(self) -> float:
@@ -198,15 +196,13 @@ def _drain(
     with _daemon(config, directory / "daemon.log") as (process, log):
         connected = _wait_for_line(log, _CONNECTED, process)
         deadline = connected + TIMEOUT_S
-        peak = 0.0
         while cloud.received(vehicle) < count:
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"the drain of {count} did not finish:\n{_tail(log)}")
-            peak = max(peak, _rss_mib(process.pid, "VmHWM"))
+                raise RuntimeError(f"the drain of {count} did not finish:\n{tail(log)}")
             time.sleep(0.01)
         finished = time.monotonic()
-        peak = max(peak, _rss_mib(process.pid, "VmHWM"))
-    return Drain(count, finished - connected, peak, 0.0)
+        peak = status_bytes(process.pid).get("VmHWM", 0) / MIB  # the kernel keeps the peak
+    return Drain(count, finished - connected, peak)
 
 
 def _idle_rss(broker: PrivateBroker, directory: Path) -> float:
@@ -220,7 +216,7 @@ def _idle_rss(broker: PrivateBroker, directory: Path) -> float:
     with _daemon(config, directory / "daemon.log") as (process, log):
         _wait_for_line(log, _CONNECTED, process)
         time.sleep(2.0)
-        return _rss_mib(process.pid, "VmHWM")
+        return status_bytes(process.pid).get("VmHWM", 0) / MIB
 
 
 @contextlib.contextmanager
@@ -239,41 +235,18 @@ def _daemon(config: Path, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], 
             ],
             stdout=subprocess.DEVNULL,
             stderr=err,
+            env=daemon_environment(),
         )
     try:
         yield process, log
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def _wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes]) -> float:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if text in log.read_text(encoding="utf-8", errors="replace"):
-            return time.monotonic()
-        if process.poll() is not None:
-            break
-        time.sleep(0.005)
-    raise RuntimeError(f"the daemon never said {text!r}:\n{_tail(log)}")
-
-
-def _rss_mib(pid: int, field: str) -> float:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
-    except OSError:
-        return 0.0
-    match = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) / _KIB if match else 0.0
-
-
-def _tail(log: Path, lines: int = 15) -> str:
-    text = log.read_text(encoding="utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
+    if not wait_for_text(log, text, process, 60.0):
+        raise RuntimeError(f"the daemon never said {text!r}:\n{tail(log)}")
+    return time.monotonic()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from bench.processes import MIB, read, status_bytes, stop, tail, wait_for_text
 from bench.report import Row, Section
 from bench.scratch import disk_dir
 from cloud_sync.fleet_sim import DEFAULT_RATE
@@ -134,28 +135,6 @@ def _machine_s() -> tuple[float, float]:
     )
     busy = user + nice + system + irq + softirq + steal
     return busy / _TICK, (irq + softirq) / _TICK
-
-
-def _rss_mib(pid: int) -> float:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
-    except OSError:
-        return 0.0
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) / _KIB if match else 0.0
-
-
-def _pid_running(config: Path) -> int:
-    """The pid of the mosquitto started with ``config``."""
-    wanted = str(config).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if wanted in argv and any(a.endswith(b"mosquitto") for a in argv[:1]):
-                return int(entry.name)
-    raise RuntimeError(f"no mosquitto process runs {config}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,20 +283,14 @@ class _Cloud:
             self.process = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=directory
             )
-        if not _wait_for(self.output, "consuming from", self.process, 30.0):
+        if not wait_for_text(self.output, "consuming from", self.process, 30.0, _POLL_S):
             self.stop()
-            raise RuntimeError(f"cloud-sim did not start:\n{_tail(self.output)}")
+            raise RuntimeError(f"cloud-sim did not start:\n{tail(self.output)}")
 
     def stop(self) -> str:
         """Stop it (SIGTERM: it prints its counts) and return what it printed."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.output.read_text(encoding="utf-8", errors="replace")
+        stop(self.process)
+        return read(self.output)
 
 
 def _run_step(
@@ -346,11 +319,11 @@ def _run_step(
         try:
             # Connecting (and issuing missing certificates) takes a while for a large fleet.
             setup_s = 60.0 + vehicles / CONNECT_RATE + vehicles / 50
-            if _wait_for(output, "recording for", fleet, setup_s):
+            if wait_for_text(output, "recording for", fleet, setup_s, _POLL_S):
                 first = _Sample.take(mosquitto, cloud.process.pid, fleet.pid)
-                if _wait_for(output, "stopped recording", fleet, record_s + 60.0):
+                if wait_for_text(output, "stopped recording", fleet, record_s + 60.0, _POLL_S):
                     cpu = Cpu.between(first, _Sample.take(mosquitto, cloud.process.pid, fleet.pid))
-                    rss = _rss_mib(mosquitto)
+                    rss = status_bytes(mosquitto).get("VmRSS", 0) / MIB
             with contextlib.suppress(subprocess.TimeoutExpired):
                 fleet.wait(timeout=DRAIN_S + 60.0 + vehicles / 20)
         finally:
@@ -386,7 +359,7 @@ def _problems(
     errors: Path,
 ) -> tuple[str, ...]:
     if not summary:
-        last = (_tail(errors, 1) or f"exit status {returncode}").strip()
+        last = (tail(errors, 1) or f"exit status {returncode}").strip()
         return (f"fleet-sim printed no summary ({last})",)
     found = []
     if cpu is None:
@@ -416,18 +389,6 @@ def _problems(
     return tuple(found)
 
 
-def _wait_for(path: Path, marker: str, process: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Wait until ``marker`` is in the file ``path`` (a process's output); False if it
-    ended or ``timeout`` passed first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if marker in path.read_text(encoding="utf-8", errors="replace"):
-            return True
-        if process.poll() is not None or time.monotonic() > deadline:
-            return marker in path.read_text(encoding="utf-8", errors="replace")
-        time.sleep(_POLL_S)
-
-
 def _last_json(path: Path) -> dict[str, Any]:
     for line in reversed(path.read_text(encoding="utf-8", errors="replace").splitlines()):
         if line.startswith("{"):
@@ -441,12 +402,6 @@ def _seconds(text: str) -> float | None:
     return None if text == "n/a" else float(text.removesuffix(" s"))
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-
-
 # -- the run and its table -------------------------------------------------------------------
 
 
@@ -454,7 +409,8 @@ def _tail(path: Path, lines: int = 15) -> str:
 def _broker(directory: Path) -> Iterator[tuple[PrivateBroker, int]]:
     pki = DevPki.create(directory / "pki")
     with running_broker(directory / "broker", pki) as broker:
-        yield broker, _pid_running(broker.config.config)
+        assert broker.pid is not None  # running_broker waits until it listens
+        yield broker, broker.pid
 
 
 def measure(maximum: int, record_s: float) -> list[Step]:

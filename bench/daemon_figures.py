@@ -35,8 +35,9 @@ from agent import state_codec
 from agent.daemon import HEAP_TRIM_S
 from bench.agent_setup import TYPICAL_RULES, bench_agent
 from bench.drive import CHANNEL, Drive, recorded_drive
-from bench.installed import Interpreter, clean_environment, development, installed
+from bench.installed import Interpreter, development, installed
 from bench.outbox import FULL_OUTBOX, prefill, quiet_store
+from bench.processes import daemon_environment, status_bytes, stop, tail
 from bench.report import REPEATS, Row, Section
 from bench.rulesets import cloud_rules
 from bench.scratch import disk_dir
@@ -63,18 +64,6 @@ _MB: Final = 1_000_000
 def _command(python: Interpreter, config: Path, *interpreter_options: str) -> list[str]:
     """``touchpoint run --config FILE`` as ``python`` runs it."""
     return [str(python.python), *interpreter_options, *python.entry, "run", "--config", str(config)]
-
-
-def _environment(notify: Path | None) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in clean_environment().items()
-        if not k.startswith(("WATCHDOG_", "NOTIFY_", "TOUCHPOINT_"))
-    }
-    env.pop("JOURNAL_STREAM", None)  # plain log lines, which the benchmark parses
-    if notify is not None:
-        env["NOTIFY_SOCKET"] = str(notify)
-    return env
 
 
 def _write_config(path: Path, store: Path, *, replay: Path | None) -> None:
@@ -130,30 +119,12 @@ def _await_ready(sock: socket.socket, process: subprocess.Popen[bytes], log: Pat
             message = sock.recv(4096)
         except TimeoutError:
             if process.poll() is not None:
-                raise RuntimeError(f"the daemon exited before READY:\n{_tail(log)}") from None
+                raise RuntimeError(f"the daemon exited before READY:\n{tail(log)}") from None
             continue
         arrived = time.perf_counter()
         if b"READY=1" in message.split(b"\n"):
             return arrived
-    raise RuntimeError(f"no READY=1 within {READY_TIMEOUT_S} s:\n{_tail(log)}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (the daemon commits and closes its store), SIGKILL if it hangs."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def _tail(log: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no output)"
+    raise RuntimeError(f"no READY=1 within {READY_TIMEOUT_S} s:\n{tail(log)}")
 
 
 # --- start-up --------------------------------------------------------------------------
@@ -176,18 +147,18 @@ def _start_once(command: Sequence[str], directory: Path, sock: socket.socket) ->
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
-            env=_environment(directory / "notify.sock"),
+            env=daemon_environment(directory / "notify.sock"),
             cwd=directory,
         )
         try:
             ready = _await_ready(sock, process, log) - started
         finally:
-            _stop(process)
+            stop(process)
     text = log.read_text(encoding="utf-8", errors="replace")
     match = _STARTED.search(text)
     method = int(match.group(1)) / 1000 if match else float("nan")
     if process.returncode not in (0, -signal.SIGTERM):
-        raise RuntimeError(f"the daemon exited with {process.returncode}:\n{_tail(log)}")
+        raise RuntimeError(f"the daemon exited with {process.returncode}:\n{tail(log)}")
     return _Start(ready, method)
 
 
@@ -218,7 +189,7 @@ def _daemon_imports(
         check=True,
         capture_output=True,
         text=True,
-        env=_environment(None),
+        env=daemon_environment(None),
         cwd=directory,
     )
     startup = set(_top_level_imports(bare.stderr))
@@ -249,7 +220,7 @@ def _import_figures(
         check=True,
         capture_output=True,
         text=True,
-        env=_environment(None),
+        env=daemon_environment(None),
         cwd=directory,
     )
     took, rss = result.stdout.split()[-2:]
@@ -260,7 +231,7 @@ def _bare_interpreter_s(python: Interpreter, directory: Path) -> float:
     """Wall time of ``python -c pass`` (spawn to exit): the interpreter's own start."""
     started = time.perf_counter()
     subprocess.run(
-        [str(python.python), "-c", "pass"], check=True, env=_environment(None), cwd=directory
+        [str(python.python), "-c", "pass"], check=True, env=daemon_environment(None), cwd=directory
     )
     return time.perf_counter() - started
 
@@ -358,16 +329,6 @@ class _Memory:
     drive_s: float
 
 
-def _status_bytes(pid: int) -> dict[str, int]:
-    """``VmRSS``, ``VmHWM``, ``RssAnon`` and ``RssFile`` of ``pid``, in bytes."""
-    figures = {}
-    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            figures[key] = int(value.split()[0]) * _KIB
-    return figures
-
-
 def _drive_once(
     python: Interpreter, directory: Path, seed: Path, drive: Drive, index: int
 ) -> _Memory:
@@ -383,22 +344,22 @@ def _drive_once(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
-            env=_environment(notify),
+            env=daemon_environment(notify),
             cwd=directory,
         )
         try:
             _await_ready(sock, process, log)
-            at_ready = _status_bytes(process.pid)["VmRSS"]
+            at_ready = status_bytes(process.pid)["VmRSS"]
             deadline = time.perf_counter() + DRIVE_TIMEOUT_S
             while _SOURCE_ENDED not in log.read_text(encoding="utf-8", errors="replace"):
                 if process.poll() is not None or time.perf_counter() > deadline:
-                    raise RuntimeError(f"the drive did not finish:\n{_tail(log)}")
+                    raise RuntimeError(f"the drive did not finish:\n{tail(log)}")
                 time.sleep(0.2)
             drive_s = time.perf_counter() - started
             time.sleep(SETTLE_S)
-            status = _status_bytes(process.pid)
+            status = status_bytes(process.pid)
         finally:
-            _stop(process)
+            stop(process)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
     return _Memory(

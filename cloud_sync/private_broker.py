@@ -99,6 +99,12 @@ class PrivateBroker:
         """Whether the broker process is alive."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (for resource figures)."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
     def start(self, timeout: float = _START_TIMEOUT) -> None:
         """Start the broker (same ports, same data) and wait until it accepts connections.
 

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, Protocol
 
@@ -101,8 +101,12 @@ class SyncStats:
 
 @dataclass(slots=True)
 class _InFlight:
-    ids: list[str]
-    attempts: dict[str, int] = field(default_factory=dict)
+    #: The message's events in order, each with the attempt this send is.
+    attempts: dict[str, int]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.attempts)
 
 
 class CloudSync:
@@ -250,7 +254,7 @@ class CloudSync:
         def flush() -> None:
             if batch:
                 text = _batch_json(self.topics.vehicle_id, now, batch)
-                entry = _InFlight([r.id for r in batch], {r.id: r.attempts + 1 for r in batch})
+                entry = _InFlight({r.id: r.attempts + 1 for r in batch})
                 out.append((Outgoing(0, self.topics.events, text.encode()), entry))
                 batch.clear()
 
@@ -259,7 +263,7 @@ class CloudSync:
                 batch.append(row)
                 continue
             flush()
-            out.append((self._request(row, now), _InFlight([row.id], {row.id: row.attempts + 1})))
+            out.append((self._request(row, now), _InFlight({row.id: row.attempts + 1})))
         flush()
         return out
 
@@ -289,7 +293,7 @@ class CloudSync:
             self.stats.last_refusal = why
             _rejections.warning("refused", "%d events refused by the broker: %s",
                                 len(entry.ids), reason)  # fmt: skip
-            dead = [i for i in entry.ids if entry.attempts.get(i, 0) >= self._settings.max_attempts]
+            dead = [i for i in entry.ids if entry.attempts[i] >= self._settings.max_attempts]
             retry = [i for i in entry.ids if i not in dead]
 
             def settle(store: Store) -> None:
