@@ -46,9 +46,10 @@ from agent.consent import Category
 from agent.daemon import Daemon
 from agent.ids import uuid7
 from agent.policy import CardChange, ChangeType
+from agent.vehicle import SELECTED_GEAR
 from bench.report import Row, Section
 from bench.scratch import disk_dir
-from can_signals.catalogue import DTC_LIST
+from can_signals.catalogue import DTC_LIST, GEAR_PARK, SPEED
 from can_signals.update import SignalUpdate
 from ui_bridge.names import BUS_NAME, OBJECT_MANAGER, ROOT_PATH
 from ui_bridge.private_bus import private_bus
@@ -62,7 +63,7 @@ CARD_SET: Final = 20
 UPDATE_REPEATS: Final = 200
 #: Codes from the DTC catalogue, taken in turn (a cleared code may come back as a new card).
 CODES: Final = ("P0301", "P0302", "P0303", "P0304", "P0171", "P0420")
-PARK: Final = (("Vehicle.Speed", 0.0), ("Vehicle.Powertrain.Transmission.SelectedGear", 126))
+PARK: Final = ((SPEED, 0.0), (SELECTED_GEAR, GEAR_PARK))
 TIMEOUT_S: Final = 10.0
 
 

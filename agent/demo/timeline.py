@@ -17,21 +17,20 @@ from typing import Final, TextIO
 from agent.cards import CardKind
 from agent.events import Event
 from agent.policy import CardChange, ChangeType
-from agent.vehicle import VehicleState
+from agent.vehicle import IGNITION, IS_CHARGING, SELECTED_GEAR, VehicleState
+from can_signals.catalogue import DTC_LIST, GEAR_DRIVE, GEAR_PARK, ODOMETER, SPEED
 from can_signals.update import SignalUpdate
 from cloud_sync.contract import WireEvent
 
 _WATCHED: Final = {
-    "Vehicle.LowVoltageSystemState": "ignition",
-    "Vehicle.Powertrain.Transmission.SelectedGear": "gear",
-    "Vehicle.Powertrain.TractionBattery.Charging.IsCharging": "charging",
-    "Vehicle.Diagnostics.DTCList": "faults",
+    IGNITION: "ignition",
+    SELECTED_GEAR: "gear",
+    IS_CHARGING: "charging",
+    DTC_LIST: "faults",
 }
-_GEARS: Final = {126: "P", 127: "D", 0: "N", -1: "R"}
-_SPEED: Final = "Vehicle.Speed"
+_GEARS: Final = {GEAR_PARK: "P", GEAR_DRIVE: "D", 0: "N", -1: "R"}
 #: Events the cloud takes in within this many seconds share a line.
 CLOUD_LINE_S: Final = 0.25
-_ODOMETER: Final = "Vehicle.TraveledDistance"
 
 
 def vehicle_label(vehicle: VehicleState | None) -> str:
@@ -94,9 +93,9 @@ class Timeline:
     def on_signals(self, updates: Sequence[SignalUpdate]) -> None:
         """A signal tap: the odometer, the speed and the watched signals' changes."""
         for update in updates:
-            if update.path == _SPEED and isinstance(update.value, int | float):
+            if update.path == SPEED and isinstance(update.value, int | float):
                 self.speed_kmh = float(update.value)
-            if update.path == _ODOMETER and isinstance(update.value, int):
+            if update.path == ODOMETER and isinstance(update.value, int):
                 self.odometer_km = update.value / 1000
                 if self._verbose and int(self.odometer_km) != self._last_km:
                     self._last_km = int(self.odometer_km)
