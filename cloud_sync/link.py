@@ -279,9 +279,7 @@ class MqttLink:
                     properties.CorrelationData = message.correlation
                 if message.expiry_s:
                     properties.MessageExpiryInterval = message.expiry_s
-            info = client.publish(
-                message.topic, message.payload, 1, message.retain, properties
-            )
+            info = client.publish(message.topic, message.payload, 1, message.retain, properties)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 # Not sent (the connection is going): the owner releases everything in
                 # flight when it hears of the disconnect.
