@@ -1,5 +1,5 @@
-"""The touchpoint agent: vehicle state, decisions, store and the daemon that wires them."""
+"""The touchpoint agent: the domain (vehicle state, decisions, cards) and its store."""
 
-from agent.errors import AgentError, TouchpointError
+from agent.errors import AgentError
 
-__all__ = ["AgentError", "TouchpointError"]
+__all__ = ["AgentError"]

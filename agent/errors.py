@@ -1,11 +1,9 @@
-"""The exception hierarchy: one base for touchpoint, one subclass per package."""
+"""The agent's root error; the tree's root is :class:`touchpoint.errors.TouchpointError`."""
 
 from __future__ import annotations
 
-
-class TouchpointError(Exception):
-    """Base of every error touchpoint raises on purpose."""
+from touchpoint.errors import TouchpointError
 
 
 class AgentError(TouchpointError):
-    """An error of the agent core (state, decisions, store, daemon)."""
+    """An error of the agent core (state, decisions, store)."""

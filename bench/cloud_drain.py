@@ -4,7 +4,7 @@ A car comes back online with 100,000 events buffered (weeks in a garage). The be
 runs ``touchpoint run`` as systemd would, a subprocess, with a store on a real disk
 (:mod:`bench.scratch`) prefilled with copies of the events a real drive makes; a
 private mosquitto with the shipped configuration (mutual TLS, ACL) and the reference
-cloud (:class:`~cloud_sync.cloud_sim.CloudSim`, in this process) as the consumer.
+cloud (:class:`~cloud_sync.reference.cloud_sim.CloudSim`, in this process) as the consumer.
 
 - Rate: from the daemon's "connected" log line to the moment the cloud has received
   every buffered event (after de-duplication): end to end, with PUBACKs, commits of
@@ -33,10 +33,10 @@ from bench.outbox import prefill, quiet_store
 from bench.processes import MIB, daemon_environment, status_bytes, stop, tail, wait_for_text
 from bench.report import Row, Section
 from bench.scratch import disk_dir
-from cloud_sync.cloud_sim import CloudSim, Endpoint
 from cloud_sync.contract import WireEvent
-from cloud_sync.pki import CLOUD_USER, DevPki
-from cloud_sync.private_broker import PrivateBroker, running_broker
+from cloud_sync.reference.cloud_sim import CloudSim, Endpoint
+from cloud_sync.reference.pki import CLOUD_USER, DevPki
+from cloud_sync.reference.private_broker import PrivateBroker, running_broker
 from cloud_sync.signing import SigningKey
 
 TARGET_EPS: Final = 10_000.0
@@ -226,7 +226,7 @@ def _daemon(config: Path, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], 
             [
                 sys.executable,
                 "-m",
-                "agent.cli",
+                "touchpoint.cli",
                 "--log-level",
                 "INFO",
                 "run",

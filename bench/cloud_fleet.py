@@ -4,9 +4,9 @@ One private mosquitto with the shipped configuration (mutual TLS, ACL, persisten
 one reference cloud, ``touchpoint cloud-sim``, as a subprocess of its own so that its
 CPU is measured apart. Against them ``touchpoint fleet-sim`` runs the cars' real sync
 clients (each its own MQTT 5 connection with a client certificate and its own SQLite
-outbox), every car a Poisson process of :data:`~cloud_sync.fleet_sim.DEFAULT_RATE`
+outbox), every car a Poisson process of :data:`~cloud_sync.reference.fleet_sim.DEFAULT_RATE`
 events a second: a busy car, 20-30 times the reference drive (see
-:mod:`cloud_sync.fleet_sim`), so the figure errs on the side of fewer cars.
+:mod:`cloud_sync.reference.fleet_sim`), so the figure errs on the side of fewer cars.
 
 The fleet grows by steps (:func:`steps`: 100, 250, 500, 1,000, 2,000 cars by default;
 ``TOUCHPOINT_BENCH_FLEET_MAX`` for more, ``TOUCHPOINT_BENCH_FLEET_SECONDS`` for a longer
@@ -45,9 +45,9 @@ from typing import Any, Final
 from bench.processes import MIB, read, status_bytes, stop, tail, wait_for_text
 from bench.report import Row, Section
 from bench.scratch import disk_dir
-from cloud_sync.fleet_sim import DEFAULT_RATE
-from cloud_sync.pki import CLOUD_USER, DevPki
-from cloud_sync.private_broker import PrivateBroker, running_broker
+from cloud_sync.reference.fleet_sim import DEFAULT_RATE
+from cloud_sync.reference.pki import CLOUD_USER, DevPki
+from cloud_sync.reference.private_broker import PrivateBroker, running_broker
 
 #: Busy cars the machine must take: a floor that a regression (a reconnect storm, a
 #: broker limit, a slower client) falls through, well below what it measures.
@@ -273,7 +273,7 @@ class _Cloud:
         cert, key = broker.credentials(CLOUD_USER)
         self.output = directory / f"cloud-{instance}.out"
         argv = [
-            sys.executable, "-m", "agent.cli", "cloud-sim",
+            sys.executable, "-m", "touchpoint.cli", "cloud-sim",
             "--broker", f"{broker.host}:{broker.cloud_port}", "--ca", str(broker.pki.ca_cert),
             "--cert", str(cert), "--key", str(key),
             "--signing-key", str(directory / "cloud-signing.key"),
@@ -301,7 +301,7 @@ def _run_step(
     errors = directory / f"fleet-{vehicles}.err"
     cloud = _Cloud(broker, directory, f"bench-{vehicles}")
     argv = [
-        sys.executable, "-m", "agent.cli", "fleet-sim",
+        sys.executable, "-m", "touchpoint.cli", "fleet-sim",
         "--broker", f"{broker.host}:{broker.port}", "--cert-dir", str(broker.pki.directory),
         "--vehicles", str(vehicles), "--rate", repr(DEFAULT_RATE),
         "--duration", repr(record_s), "--drain", repr(DRAIN_S), "--store-dir", str(stores),

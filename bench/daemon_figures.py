@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Final
 
 from agent import state_codec
-from agent.daemon import HEAP_TRIM_S
 from bench.agent_setup import TYPICAL_RULES, bench_agent
 from bench.drive import CHANNEL, Drive, recorded_drive
 from bench.installed import Interpreter, development, installed
@@ -42,6 +41,7 @@ from bench.report import REPEATS, Row, Section
 from bench.rulesets import cloud_rules
 from bench.scratch import disk_dir
 from can_signals.simulator import reference_files
+from touchpoint.daemon import HEAP_TRIM_S
 
 #: The issue's targets.
 READY_TARGET_S: Final = 1.0
@@ -284,7 +284,7 @@ def _startup_section(
             figures.interpreter * ms,
             "ms",
         ),
-        Row("  of which imports (agent.daemon & co, untraced)", figures.imported * ms, "ms"),
+        Row("  of which imports (touchpoint.daemon & co, untraced)", figures.imported * ms, "ms"),
         Row("  of which Daemon.start() (store, agent, pipeline)", figures.method * ms, "ms"),
         Row("  of which the rest (settings, asyncio, logging; by difference)", rest * ms, "ms"),
     ]

@@ -1,7 +1,7 @@
 """The D-Bus bridge: how fast a card reaches an HMI, and what a property update costs.
 
-Everything runs on a private ``dbus-daemon`` (:mod:`ui_bridge.private_bus`); the
-daemon (:class:`agent.daemon.Daemon` with its bridge) runs in this process with its
+Everything runs on a private ``dbus-daemon`` (:mod:`ui_bridge.reference.private_bus`); the
+daemon (:class:`touchpoint.daemon.Daemon` with its bridge) runs in this process with its
 store on a real disk (:mod:`bench.scratch`), and the HMI is a separate process
 (``python -m bench.dbus_bridge listen ADDRESS``) that prints, for each
 ``InterfacesAdded``/``InterfacesRemoved``/``PropertiesChanged`` it receives, the object
@@ -35,15 +35,7 @@ from pathlib import Path
 from typing import Final
 
 from agent.cards import Card, Text
-from agent.config import (
-    ConsentSettings,
-    DaemonSettings,
-    DbusSettings,
-    PolicySettings,
-    StoreSettings,
-)
 from agent.consent import Category
-from agent.daemon import Daemon
 from agent.ids import uuid7
 from agent.policy import CardChange, ChangeType
 from agent.vehicle import SELECTED_GEAR
@@ -51,8 +43,16 @@ from bench.report import Row, Section
 from bench.scratch import disk_dir
 from can_signals.catalogue import DTC_LIST, GEAR_PARK, SPEED
 from can_signals.update import SignalUpdate
+from touchpoint.daemon import Daemon
+from touchpoint.settings import (
+    ConsentSettings,
+    DaemonSettings,
+    DbusSettings,
+    PolicySettings,
+    StoreSettings,
+)
 from ui_bridge.names import BUS_NAME, OBJECT_MANAGER, ROOT_PATH
-from ui_bridge.private_bus import private_bus
+from ui_bridge.reference.private_bus import private_bus
 
 #: The issue's target for the card-to-HMI latency, at the 99th percentile.
 P99_TARGET_MS: Final = 20.0

@@ -39,7 +39,7 @@ class Interpreter:
     def entry(self) -> list[str]:
         """``touchpoint`` as this interpreter runs it: the console script if installed."""
         script = self.python.parent / "touchpoint"
-        return [str(script)] if script.is_file() else ["-m", "agent.cli"]
+        return [str(script)] if script.is_file() else ["-m", "touchpoint.cli"]
 
 
 def development() -> Interpreter:

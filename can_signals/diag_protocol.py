@@ -2,7 +2,7 @@
 
 Requests, strict parsing of the answers, the ECU addresses and the results, with no
 I/O: :mod:`can_signals.obd` talks to the ECUs over ISO-TP, and
-:mod:`can_signals.ecu_emulator` answers like one.
+:mod:`can_signals.simulator.ecu_emulator` answers like one.
 
 * OBD-II service 03 (ISO 15765-4 / SAE J1979): request ``03``, positive response
   ``43 <count> <hi lo>...`` with two-byte J2012 codes; ``00 00`` pairs are padding.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.errors import TouchpointError
+from touchpoint.errors import TouchpointError
 
 
 class CanSignalsError(TouchpointError):

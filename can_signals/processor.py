@@ -42,8 +42,8 @@ from can_signals.catalogue import LAMP_PREFIX, ODOMETER, SPEED
 from can_signals.convert import Rejected
 from can_signals.faults import FaultAssembler
 from can_signals.plausibility import OdometerGuard, SpeedGuard
-from can_signals.ratelimit import RateLimitedLog
 from can_signals.update import SignalUpdate, SignalValue
+from touchpoint.ratelimit import RateLimitedLog
 
 _log = logging.getLogger(__name__)
 

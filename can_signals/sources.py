@@ -35,7 +35,7 @@ from can.io.player import MESSAGE_READERS
 
 from can_signals.errors import SourceError
 from can_signals.processor import BusInput, FrameProcessor
-from can_signals.ratelimit import RateLimitedLog
+from touchpoint.ratelimit import RateLimitedLog
 
 _log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import CloudSettings
+from touchpoint.settings import CloudSettings
 
 _log = logging.getLogger(__name__)
 

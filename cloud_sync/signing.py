@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from agent.errors import TouchpointError
 from cloud_sync.contract import DocumentKind, SignedDocument
+from touchpoint.errors import TouchpointError
 
 
 class SignatureError(TouchpointError):

@@ -33,14 +33,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from agent.booking import BookingStatus, Slot
-from agent.config import CloudSettings
 from agent.consent import Category
 from agent.core import Agent, Output
 from agent.events import Event
 from agent.store.store import OutboxRow, Store
-from agent.tasks import cancel_and_wait
-from agent.version import package_version
-from can_signals.ratelimit import RateLimitedLog
 from cloud_sync.contract import (
     REPLIES,
     BookingReply,
@@ -55,6 +51,10 @@ from cloud_sync.contract import (
 from cloud_sync.downlink import Accepted, DownlinkGate, Ignored, short_reason
 from cloud_sync.link import Incoming, MqttLink, Outgoing
 from cloud_sync.signing import Verifier
+from touchpoint.ratelimit import RateLimitedLog
+from touchpoint.settings import CloudSettings
+from touchpoint.tasks import cancel_and_wait
+from touchpoint.version import package_version
 
 _log = logging.getLogger(__name__)
 _rejections = RateLimitedLog(_log, interval=10.0)
@@ -68,7 +68,7 @@ Step = Callable[[Agent, float, float], Output]
 
 
 class SyncHost(Protocol):
-    """What cloud sync needs of the daemon (:class:`agent.daemon.Daemon` is one)."""
+    """What cloud sync needs of the daemon (:class:`touchpoint.daemon.Daemon` is one)."""
 
     @property
     def agent(self) -> Agent:

@@ -37,8 +37,8 @@ from typing import Final
 
 import pytest
 
-from agent.config import DEFAULT_STATE_DIR, StoreSettings
-from ui_bridge.private_bus import private_bus
+from touchpoint.settings import DEFAULT_STATE_DIR, StoreSettings
+from ui_bridge.reference.private_bus import private_bus
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 SYSTEMD_DIR: Final = REPO_ROOT / "systemd"

@@ -14,9 +14,9 @@ import subprocess
 import sys
 
 from agent.cards import CardKind
-from agent.cli_demo import Demo
-from agent.demo.stories import FAULT, SERVICE, Outcome
-from cloud_sync.cloud_sim import BookingAnswer
+from cloud_sync.reference.cloud_sim import BookingAnswer
+from touchpoint.commands.demo import Demo
+from touchpoint.demo.stories import FAULT, SERVICE, Outcome
 
 
 def play(story_name: str = "service", booking: BookingAnswer = "confirm") -> tuple[int, Demo, str]:
@@ -89,7 +89,7 @@ def test_the_demo_fails_when_the_story_does_not_happen() -> None:
 
 def test_touchpoint_demo_runs_as_the_readme_says() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "demo"],
+        [sys.executable, "-m", "touchpoint.cli", "demo"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -37,10 +37,10 @@ from agent.cards import (
 )
 from agent.consent import CONSENTABLE, PURPOSES, Category
 from agent.core import ActionError, Agent, Output
-from agent.errors import TouchpointError
 from agent.policy import CardChange, ChangeType
 from agent.rule_model import ACTION_KEYS
-from agent.version import package_version
+from touchpoint.errors import TouchpointError
+from touchpoint.version import package_version
 from ui_bridge.card_object import CardObject
 from ui_bridge.manager import ConsentInterface, ManagerInterface
 from ui_bridge.names import (
@@ -81,7 +81,7 @@ class _Bus(MessageBus):
 
 
 class AgentHost(Protocol):
-    """What the bridge needs of the daemon (:class:`agent.daemon.Daemon` is one)."""
+    """What the bridge needs of the daemon (:class:`touchpoint.daemon.Daemon` is one)."""
 
     @property
     def agent(self) -> Agent:

@@ -29,7 +29,7 @@ from typing import Final
 from agent.errors import AgentError
 from agent.events import Event
 from agent.store.schema import migrate
-from can_signals.ratelimit import RateLimitedLog
+from touchpoint.ratelimit import RateLimitedLog
 
 _log = logging.getLogger(__name__)
 

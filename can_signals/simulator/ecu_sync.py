@@ -2,13 +2,14 @@
 
 The simulated car broadcasts its active DTCs; a diagnostic tool (or the agent's
 on-demand read) asks the engine ECU with OBD-II service 03 instead. With
-:class:`EcuDtcSync` as a runner observer, an :class:`~can_signals.ecu_emulator.EcuEmulator`
-answers those requests with the codes the model has active at that moment.
+:class:`EcuDtcSync` as a runner observer, an
+:class:`~can_signals.simulator.ecu_emulator.EcuEmulator` answers those requests with
+the codes the model has active at that moment.
 """
 
 from __future__ import annotations
 
-from can_signals.ecu_emulator import EcuEmulator
+from can_signals.simulator.ecu_emulator import EcuEmulator
 from can_signals.simulator.model import VehicleState
 
 

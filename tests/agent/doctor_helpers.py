@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.consent import Category
-from agent.doctor import Check, Status
 from agent.events import Event, Priority
 from agent.store.store import Store
 from can_signals.simulator import reference_files
+from touchpoint.doctor import Check, Status
 
 _seq = itertools.count(1)
 

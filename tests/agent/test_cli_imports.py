@@ -10,13 +10,13 @@ import pytest
 #: Prints whether the other subcommands' heavy modules got imported by parsing argv.
 _PROBE = (
     "import sys\n"
-    "from agent.cli import main\n"
+    "from touchpoint.cli import main\n"
     "try:\n"
     "    main(sys.argv[1:])\n"
     "except SystemExit:\n"
     "    pass\n"
-    "print(sorted(m for m in ('textual', 'ui_bridge.hmi_app', 'cloud_sync.cli_fleet_sim')"
-    " if m in sys.modules))\n"
+    "heavy = ('textual', 'ui_bridge.reference.hmi_app', 'touchpoint.commands.fleet_sim')\n"
+    "print(sorted(m for m in heavy if m in sys.modules))\n"
 )
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DEFAULT_STATE_DIR, ConfigError, DaemonSettings, load_settings
 from agent.consent import Category
+from touchpoint.settings import DEFAULT_STATE_DIR, ConfigError, DaemonSettings, load_settings
 
 
 @pytest.fixture(autouse=True)

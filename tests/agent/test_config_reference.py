@@ -1,7 +1,7 @@
 """The configuration reference is generated from the settings model and kept current.
 
 ``docs/configuration.md`` and the README's block between the config-reference markers
-must equal what :mod:`agent.config_reference` renders now; the example configuration
+must equal what :mod:`touchpoint.docgen.config_reference` renders now; the example configuration
 must load cleanly and show every key.
 """
 
@@ -15,10 +15,10 @@ from typing import Any, Final
 
 import pytest
 
-from agent import config_reference
-from agent.config import DaemonSettings, load_settings
-from agent.config_reference import COMMAND, DOCUMENT, EXAMPLE, Section, sections
 from cloud_sync.signing import Verifier
+from touchpoint.docgen import config_reference
+from touchpoint.docgen.config_reference import COMMAND, DOCUMENT, EXAMPLE, Section, sections
+from touchpoint.settings import DaemonSettings, load_settings
 
 FIX: Final = f"run `{COMMAND}` and commit the result"
 #: A commented-out setting in the example: "# key = value".
@@ -79,7 +79,7 @@ def test_every_setting_has_a_description() -> None:
         for key in section.keys
         if not key.description
     ]
-    assert not missing, f"add Field(description=...) in agent/config.py for: {missing}"
+    assert not missing, f"add Field(description=...) in touchpoint/settings.py for: {missing}"
 
 
 def test_every_section_and_key_of_the_model_is_listed() -> None:

@@ -17,13 +17,6 @@ from pathlib import Path
 import can
 import pytest
 
-from agent.cli import main
-from agent.config import BusSettings, CanSettings, DbcSettings, StoreSettings
-from agent.doctor import Check, Status, diagnose, exit_status
-from agent.doctor.can_checks import check_can, listen_for_frames
-from agent.doctor.dbus_checks import POLICY_FILE, _policy_check
-from agent.doctor.report import guarded, tally
-from agent.doctor.store_checks import check_store
 from agent.events import Priority
 from agent.store.store import Store
 from can_signals.binding import bind
@@ -31,6 +24,13 @@ from can_signals.dbc import load_dbc
 from can_signals.mapping import load_mapping
 from can_signals.simulator import reference_files
 from tests.agent.doctor_helpers import event, make_store, only, statuses, toml_config
+from touchpoint.cli import main
+from touchpoint.doctor import Check, Status, diagnose, exit_status
+from touchpoint.doctor.can_checks import check_can, listen_for_frames
+from touchpoint.doctor.dbus_checks import POLICY_FILE, _policy_check
+from touchpoint.doctor.report import guarded, tally
+from touchpoint.doctor.store_checks import check_store
+from touchpoint.settings import BusSettings, CanSettings, DbcSettings, StoreSettings
 
 REPO = Path(__file__).resolve().parents[2]
 

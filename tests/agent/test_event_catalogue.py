@@ -21,9 +21,7 @@ import pytest
 from agent.benefits import Coupon, Wallet
 from agent.booking import BookingStatus, Slot
 from agent.cards import Card, CardKind, CloseReason
-from agent.config import ConsentSettings, DaemonSettings, StoreSettings
 from agent.consent import Category
-from agent.daemon import Daemon
 from agent.documents import CloudCard, ConsentText
 from agent.event_catalogue import CATALOGUE, PayloadField, lookup, payload_schema
 from agent.events import Event, Priority
@@ -40,6 +38,8 @@ from tests.agent.conftest import (
     make_agent,
     serviced_at,
 )
+from touchpoint.daemon import Daemon
+from touchpoint.settings import ConsentSettings, DaemonSettings, StoreSettings
 
 #: Types no scenario here records, and why (none, today: keep it that way).
 NOT_DRIVEN: Final[dict[str, str]] = {}

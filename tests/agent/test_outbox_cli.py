@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
-from agent.cli_outbox import follow
 from agent.consent import Category
 from agent.events import Priority
 from agent.store.readonly import open_readonly, read_outbox
 from agent.store.store import Store
 from tests.agent.doctor_helpers import event
+from touchpoint.cli import main
+from touchpoint.commands.outbox import follow
 
 ALL = {c.value for c in Category}
 

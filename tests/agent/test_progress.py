@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 
-from agent.progress import PLAIN_INTERVAL_S, Progress
+from touchpoint.progress import PLAIN_INTERVAL_S, Progress
 
 
 class Clock:

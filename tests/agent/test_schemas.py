@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 
 from agent.rule_model import RuleSetDocument
-from agent.schemas import DOCS, SCHEMAS, render
+from touchpoint.docgen.schemas import DOCS, SCHEMAS, render
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
 def test_the_published_schema_is_up_to_date(name: str) -> None:
     published = (DOCS / name).read_text(encoding="utf-8")
-    assert published == render(name), f"docs/{name} is stale: run python -m agent.schemas"
+    assert published == render(name), (
+        f"docs/{name} is stale: run python -m touchpoint.docgen.schemas"
+    )
 
 
 def test_the_example_campaign_in_the_docs_is_a_valid_rule_document() -> None:

@@ -16,7 +16,6 @@ import can
 import can.interfaces
 import pytest
 
-from agent.cli import main
 from can_signals.binding import bind
 from can_signals.dbc import load_dbc
 from can_signals.errors import SourceError
@@ -26,6 +25,7 @@ from can_signals.processor import FrameProcessor
 from can_signals.sources import BusConfig, LiveBuses
 from can_signals.update import SignalUpdate
 from tests.can_signals.conftest import FAULTS_ID, FULL_MAPPING, encode, load_database
+from touchpoint.cli import main
 
 SPEED = "Vehicle.Speed"
 WriteFile = Callable[[str, str], Path]

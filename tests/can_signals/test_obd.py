@@ -31,8 +31,8 @@ from can_signals.diag_protocol import (
     parse_dtc_response,
 )
 from can_signals.dtc import dtc_to_text, is_dtc_text
-from can_signals.ecu_emulator import EcuEmulator, EmulatorError, StoredDtc
 from can_signals.obd import DtcReader, read_stored_dtcs, read_stored_dtcs_sync
+from can_signals.simulator.ecu_emulator import EcuEmulator, EmulatorError, StoredDtc
 
 #: Seconds an ECU gets to answer in these tests: long for a virtual bus, short for a suite.
 TIMEOUT = 0.25

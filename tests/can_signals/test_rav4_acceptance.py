@@ -71,7 +71,7 @@ async def _collect(pipeline: SignalPipeline) -> tuple[list[SignalUpdate], Pipeli
 def cli_run(rav4_dir: Path, repo_root: Path) -> subprocess.CompletedProcess[str]:
     """``touchpoint signals`` on the whole drive, as a user runs it."""
     command = [
-        sys.executable, "-m", "agent.cli", "signals",
+        sys.executable, "-m", "touchpoint.cli", "signals",
         "--dbc", str(rav4_dir / "toyota_new_mc_pt.dbc"),
         "--mapping", str(_mapping(repo_root)),
         "--replay", str(rav4_dir / "drive_seg40.log"),

@@ -9,11 +9,11 @@ from pathlib import Path
 import can
 import pytest
 
-from agent.cli import main
-from agent.progress import Progress
-from can_signals import cli_signals
-from can_signals.cli_signals import estimate_frames
 from tests.can_signals.conftest import encode, load_database
+from touchpoint.cli import main
+from touchpoint.commands import signals as cli_signals
+from touchpoint.commands.signals import estimate_frames
+from touchpoint.progress import Progress
 
 WriteFile = Callable[[str, str], Path]
 MAPPING = "Vehicle.Speed:\n  dbc2vss: {signal: SPEED}\n"

@@ -22,7 +22,6 @@ from typing import IO
 import can
 import pytest
 
-from agent.cli import main
 from can_signals.simulator import (
     SCENARIOS,
     FrameEncoder,
@@ -33,9 +32,10 @@ from can_signals.simulator import (
     reference_files,
     timeline,
 )
+from touchpoint.cli import main
 
 REF = reference_files()
-CLI = [sys.executable, "-m", "agent.cli"]
+CLI = [sys.executable, "-m", "touchpoint.cli"]
 #: Seconds any one step of the cross-process test may take before the test fails.
 STEP_TIMEOUT = 20.0
 

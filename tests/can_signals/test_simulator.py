@@ -35,7 +35,6 @@ from can_signals.catalogue import (
 )
 from can_signals.dbc import load_dbcs
 from can_signals.dtc import dtc_to_text
-from can_signals.ecu_emulator import EcuEmulator
 from can_signals.mapping import load_mapping
 from can_signals.pipeline import PipelineStats, SignalPipeline
 from can_signals.simulator import (
@@ -55,6 +54,7 @@ from can_signals.simulator import (
     step,
     timeline,
 )
+from can_signals.simulator.ecu_emulator import EcuEmulator
 from can_signals.simulator.ecu_sync import EcuDtcSync
 from can_signals.simulator.ecus import LAMP_SIGNALS
 from can_signals.sources import BusConfig

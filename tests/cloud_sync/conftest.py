@@ -29,8 +29,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_sync.pki import CLOUD_USER, DevPki
-from cloud_sync.private_broker import (
+from cloud_sync.reference.pki import CLOUD_USER, DevPki
+from cloud_sync.reference.private_broker import (
     LOOPBACK,
     TIMEOUT,
     BrokerError,
@@ -269,7 +269,7 @@ class MqttPeer:
 
 
 class Broker(PrivateBroker):
-    """The private broker (:class:`cloud_sync.private_broker.PrivateBroker`), plus test
+    """The private broker (:class:`cloud_sync.reference.private_broker.PrivateBroker`), plus test
     clients: connected MQTT 5 peers for a common name, single connection attempts, and
     the TLS alert a refused client gets."""
 

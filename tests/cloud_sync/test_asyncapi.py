@@ -1,6 +1,6 @@
 """The AsyncAPI document: current, complete, structurally valid, with examples that work.
 
-The document is generated (``python -m cloud_sync.asyncapi``); these tests keep the
+The document is generated (``python -m touchpoint.docgen.asyncapi``); these tests keep the
 checked-in copy from drifting, check it describes every channel and payload model of
 the contract and nothing else, that it has what AsyncAPI 3.0.0 requires and every
 ``$ref`` resolves, and that each example is accepted by the models, the event catalogue
@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from agent.event_catalogue import CATALOGUE
-from cloud_sync import asyncapi, contract
+from cloud_sync import contract
 from cloud_sync.contract import (
     CHANNELS,
     CONFIG_KINDS,
@@ -33,6 +33,7 @@ from cloud_sync.contract import (
 )
 from cloud_sync.downlink import Accepted, DownlinkGate
 from cloud_sync.signing import Verifier
+from touchpoint.docgen import asyncapi
 
 DOCUMENT: Final = Path("docs") / "asyncapi.yaml"
 _OBJECTS: Final = ("servers", "channels", "operations", "components")
@@ -111,7 +112,7 @@ def reachable_schemas(doc: dict[str, Any], roots: list[str]) -> set[str]:
 def test_the_checked_in_document_is_current(repo_root: Path) -> None:
     checked_in = (repo_root / DOCUMENT).read_text("utf-8")
     assert checked_in == asyncapi.render(), (
-        "docs/asyncapi.yaml is stale: run `python -m cloud_sync.asyncapi` and commit it"
+        "docs/asyncapi.yaml is stale: run `python -m touchpoint.docgen.asyncapi` and commit it"
     )
 
 

@@ -20,7 +20,7 @@ from cryptography import x509
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud_sync.contract import DocumentKind, RequestName, Topics
-from cloud_sync.pki import CLOUD_USER, DevPki, ServerFiles, render_broker_config
+from cloud_sync.reference.pki import CLOUD_USER, DevPki, ServerFiles, render_broker_config
 from tests.cloud_sync.conftest import Broker, MqttPeer, Will, new_vehicle_id, running_broker
 
 Peers = Callable[..., MqttPeer]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cloud_sync.contract import WireEvent
-from cloud_sync.fleet_sim import Fleet, FleetError, FleetOptions, capacity, vehicle_ids
+from cloud_sync.reference.fleet_sim import Fleet, FleetError, FleetOptions, capacity, vehicle_ids
 from tests.cloud_sync.conftest import Broker
 from tests.cloud_sync.test_sync import KEY, cloud, cloud_settings, until
 
@@ -94,7 +94,7 @@ def test_the_command_shares_the_fleet_out_to_processes(broker: Broker, tmp_path:
 
     with cloud(broker, on_event=on_event, documents=True):
         command = [
-            sys.executable, "-m", "agent.cli", "fleet-sim",
+            sys.executable, "-m", "touchpoint.cli", "fleet-sim",
             "--broker", f"{broker.host}:{broker.port}", "--cert-dir", str(broker.pki.directory),
             "--vehicles", "6", "--processes", "2", "--rate", "5", "--duration", "2",
             "--interval", "1", "--prefix", prefix, "--seed", "3", "--json",

@@ -1,7 +1,7 @@
 """Cloud sync end to end: a daemon, the private broker (mutual TLS, ACL), the reference cloud.
 
 No mocks: the daemon's own store, the real paho thread, mosquitto with the shipped
-configuration, and :class:`~cloud_sync.cloud_sim.CloudSim` as the cloud.
+configuration, and :class:`~cloud_sync.reference.cloud_sim.CloudSim` as the cloud.
 """
 
 from __future__ import annotations
@@ -17,7 +17,22 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from agent.config import (
+from agent.consent import Category
+from agent.events import Event, Priority
+from agent.store.store import Store
+from can_signals.update import SignalUpdate
+from cloud_sync.contract import (
+    DocumentKind,
+    EventBatch,
+    Status,
+    Topics,
+)
+from cloud_sync.reference.cloud_sim import CloudSim, Endpoint
+from cloud_sync.reference.pki import CLOUD_USER
+from cloud_sync.signing import SigningKey
+from tests.cloud_sync.conftest import Broker, new_vehicle_id
+from touchpoint.daemon import Daemon
+from touchpoint.settings import (
     CloudSettings,
     ConsentSettings,
     DaemonSettings,
@@ -25,21 +40,6 @@ from agent.config import (
     StoreSettings,
     VehicleSettings,
 )
-from agent.consent import Category
-from agent.daemon import Daemon
-from agent.events import Event, Priority
-from agent.store.store import Store
-from can_signals.update import SignalUpdate
-from cloud_sync.cloud_sim import CloudSim, Endpoint
-from cloud_sync.contract import (
-    DocumentKind,
-    EventBatch,
-    Status,
-    Topics,
-)
-from cloud_sync.pki import CLOUD_USER
-from cloud_sync.signing import SigningKey
-from tests.cloud_sync.conftest import Broker, new_vehicle_id
 
 KEY: Final = SigningKey.generate("cloud-test")
 CONSENTED: Final = dict.fromkeys(
@@ -213,7 +213,7 @@ def test_a_broker_stopped_mid_drain_and_a_killed_agent_lose_nothing(
 def _touchpoint() -> list[str]:
     import sys  # noqa: PLC0415
 
-    return [sys.executable, "-m", "agent.cli"]
+    return [sys.executable, "-m", "touchpoint.cli"]
 
 
 def _wait(

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import (
+from agent.consent import Category
+from agent.policy import CardChange
+from touchpoint.settings import (
     CanSettings,
     ConsentSettings,
     DaemonSettings,
     DbcSettings,
     StoreSettings,
 )
-from agent.consent import Category
-from agent.policy import CardChange
 
 
 class RecordingSink:

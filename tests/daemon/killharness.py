@@ -37,11 +37,8 @@ from unittest import mock
 import can
 
 from agent.cards import CardState
-from agent.config import ConfigError, load_settings
 from agent.core import ActionError
-from agent.daemon import Daemon
 from agent.events import Event
-from agent.logsetup import configure
 from agent.policy import CardChange, ChangeType
 from agent.store.store import CommitResult, Store, StoreError
 from can_signals.simulator import (
@@ -64,6 +61,9 @@ from can_signals.simulator.scenario import (
     SetIgnition,
     city,
 )
+from touchpoint.daemon import Daemon
+from touchpoint.logsetup import configure
+from touchpoint.settings import ConfigError, load_settings
 
 # -- the drive and its ground truth ------------------------------------------------------
 
@@ -223,7 +223,7 @@ def _drive(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """``touchpoint run`` (see :mod:`agent.cli_run`) with a scripted driver attached.
+    """``touchpoint run`` (see :mod:`touchpoint.commands.run`) with a scripted driver attached.
 
     With ``--kill-after-commit P``, the process also SIGKILLs itself right after a
     commit that wrote events, with probability P: a kill from outside rarely lands

@@ -11,13 +11,13 @@ from pathlib import Path
 import can
 import pytest
 
-from agent import daemon as daemon_module
-from agent.config import BusSettings, ConsentSettings, DaemonSettings
-from agent.daemon import Daemon
-from agent.sdnotify import Notifier
 from can_signals import sources
 from can_signals.errors import SourceError
 from tests.daemon.conftest import RecordingSink
+from touchpoint import daemon as daemon_module
+from touchpoint.daemon import Daemon
+from touchpoint.sdnotify import Notifier
+from touchpoint.settings import BusSettings, ConsentSettings, DaemonSettings
 
 
 def _events(db: Path) -> list[tuple[str, str]]:

@@ -14,8 +14,13 @@ from pathlib import Path
 import can
 import pytest
 
-from agent.cli import main
-from agent.config import (
+from agent.consent import Category
+from can_signals.simulator import load_reference_database, reference_files
+from can_signals.simulator.ecu_emulator import EcuEmulator
+from tests.daemon.conftest import RecordingSink
+from touchpoint.cli import main
+from touchpoint.daemon import Daemon
+from touchpoint.settings import (
     BusSettings,
     CanSettings,
     ConsentSettings,
@@ -25,11 +30,6 @@ from agent.config import (
     PolicySettings,
     StoreSettings,
 )
-from agent.consent import Category
-from agent.daemon import Daemon
-from can_signals.ecu_emulator import EcuEmulator
-from can_signals.simulator import load_reference_database, reference_files
-from tests.daemon.conftest import RecordingSink
 
 
 def _settings(tmp_path: Path, channel: str) -> DaemonSettings:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import daemon as daemon_module
-from agent.config import DaemonSettings, StoreSettings
-from agent.daemon import Daemon
+from touchpoint import daemon as daemon_module
+from touchpoint.daemon import Daemon
+from touchpoint.settings import DaemonSettings, StoreSettings
 
 pytestmark = pytest.mark.skipif(
     ctypes.util.find_library("c") != "libc.so.6", reason="malloc_trim is glibc's"

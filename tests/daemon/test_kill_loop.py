@@ -16,7 +16,7 @@ of it imports); a replay per run would restart the car with the head unit.
 Each iteration starts a real daemon process on the same SQLite file in ``tmp_path``,
 waits for its ``READY=1`` on a ``NOTIFY_SOCKET`` datagram socket (checking the
 sender's pid, and measuring the start-up), waits a random 0-800 ms more and sends
-SIGKILL. A third of the iterations run ``python -m agent.cli run`` as shipped; the
+SIGKILL. A third of the iterations run ``python -m touchpoint.cli run`` as shipped; the
 others the same daemon with a scripted driver (``python -m tests.daemon.killharness
 run``) that dismisses cards shortly after they appear, since no HMI can tap them yet.
 In every third iteration that daemon also SIGKILLs itself right after a commit that
@@ -59,17 +59,8 @@ from typing import IO, Final
 
 import pytest
 
-from agent.config import (
-    CanSettings,
-    ConsentSettings,
-    DaemonSettings,
-    DbcSettings,
-    PolicySettings,
-    StoreSettings,
-)
 from agent.consent import Category
 from agent.core import Agent, Output
-from agent.daemon import Daemon
 from agent.policy import ChangeType
 from can_signals.simulator import Phase, Scenario, record, reference_files
 from tests.daemon.conftest import RecordingSink
@@ -82,6 +73,15 @@ from tests.daemon.killharness import (
     kill_loop_drive,
     read_store,
     visible_card_ids,
+)
+from touchpoint.daemon import Daemon
+from touchpoint.settings import (
+    CanSettings,
+    ConsentSettings,
+    DaemonSettings,
+    DbcSettings,
+    PolicySettings,
+    StoreSettings,
 )
 
 REF = reference_files()
@@ -306,7 +306,14 @@ KILL_AFTER_COMMIT: Final = "run + driver, killed after a commit"
 def _daemon_argv(iteration: int, config: Path, rng: random.Random) -> tuple[str, list[str]]:
     """The daemon of one iteration: as shipped, with a driver, or killed after a commit."""
     if iteration % 3 == 0:
-        return "touchpoint run", [sys.executable, "-m", "agent.cli", "run", "--config", str(config)]
+        return "touchpoint run", [
+            sys.executable,
+            "-m",
+            "touchpoint.cli",
+            "run",
+            "--config",
+            str(config),
+        ]
     argv = [sys.executable, "-m", "tests.daemon.killharness", "run", "--config", str(config),
             "--seed", str(rng.randrange(2**31))]  # fmt: skip
     if iteration % 3 == 1:

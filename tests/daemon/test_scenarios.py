@@ -22,7 +22,15 @@ import pytest
 
 from agent.benefits import Coupon, Wallet
 from agent.cards import CardKind, CloseReason
-from agent.config import (
+from agent.consent import Category
+from agent.core import Agent, Output
+from agent.plan import LocalisedText, ServiceHistory, ServiceRecord, default_plan
+from agent.policy import ChangeType
+from agent.rule_model import RuleSetDocument
+from can_signals.simulator import ScenarioOptions, build_scenario, record, reference_files
+from tests.daemon.conftest import RecordingSink
+from touchpoint.daemon import Daemon
+from touchpoint.settings import (
     CanSettings,
     ConsentSettings,
     DaemonSettings,
@@ -30,14 +38,6 @@ from agent.config import (
     PolicySettings,
     StoreSettings,
 )
-from agent.consent import Category
-from agent.core import Agent, Output
-from agent.daemon import Daemon
-from agent.plan import LocalisedText, ServiceHistory, ServiceRecord, default_plan
-from agent.policy import ChangeType
-from agent.rule_model import RuleSetDocument
-from can_signals.simulator import ScenarioOptions, build_scenario, record, reference_files
-from tests.daemon.conftest import RecordingSink
 
 Step = Callable[[Agent, float, float], Output]
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.logsetup import JournalFormatter
-from agent.sdnotify import Notifier, watchdog_interval
+from touchpoint.logsetup import JournalFormatter
+from touchpoint.sdnotify import Notifier, watchdog_interval
 
 
 def test_ready_status_watchdog_stopping_reach_the_socket(

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from agent.benefits import Coupon, Wallet
-from agent.config import DaemonSettings
 from agent.consent import Category
-from agent.daemon import Daemon
 from agent.plan import LocalisedText
 from tests.daemon.conftest import RecordingSink
+from touchpoint.daemon import Daemon
+from touchpoint.settings import DaemonSettings
 
 SECRET = "MEMBER-COUPON-7f3a9c"
 

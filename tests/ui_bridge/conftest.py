@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import (
+from agent.consent import Category
+from can_signals.update import SignalUpdate
+from touchpoint.daemon import Daemon
+from touchpoint.settings import (
     ConsentSettings,
     DaemonSettings,
     DbusSettings,
     PolicySettings,
     StoreSettings,
 )
-from agent.consent import Category
-from agent.daemon import Daemon
-from can_signals.update import SignalUpdate
-from ui_bridge.private_bus import private_bus
+from ui_bridge.reference.private_bus import private_bus
 
 __all__ = ["private_bus"]  # the bus policy tests start buses of their own with it
 

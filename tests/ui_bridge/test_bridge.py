@@ -21,7 +21,6 @@ from dbus_fast.aio import MessageBus
 
 from agent.cards import CloseReason
 from agent.consent import Category
-from agent.daemon import Daemon
 from agent.rule_model import RuleSetDocument
 from tests.ui_bridge.conftest import (
     DRIVE,
@@ -30,6 +29,7 @@ from tests.ui_bridge.conftest import (
     feed,
     serving,
 )
+from touchpoint.daemon import Daemon
 from ui_bridge.introspection import DIRECTORY, files
 from ui_bridge.names import (
     BUS_NAME,
@@ -40,7 +40,7 @@ from ui_bridge.names import (
     ROOT_PATH,
     card_path,
 )
-from ui_bridge.private_bus import session_config, start_dbus_daemon, stop_dbus_daemon
+from ui_bridge.reference.private_bus import session_config, start_dbus_daemon, stop_dbus_daemon
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
 PRIVATE = {"Title", "Body", "TemplateArgs"}

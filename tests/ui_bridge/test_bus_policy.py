@@ -422,7 +422,7 @@ def world(cast: Cast, system_bus: tuple[str, Path]) -> Iterator[World]:
         # the development machines): CAP_DAC_READ_SEARCH lets the agent's process read
         # it. The bus decides by uid and groups only, which this does not change.
         reader = ("--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search")
-        command = [sys.executable, "-m", "agent.cli", "run", "--config", str(config)]
+        command = [sys.executable, "-m", "touchpoint.cli", "run", "--config", str(config)]
         environment = {**CLIENT_ENV, "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(directory)}
         with running(
             cast.agent.argv(command, *reader), stdout=False, env=environment, cwd=directory

@@ -23,12 +23,12 @@ from textual.widgets import Static
 
 from agent.booking import Slot
 from agent.cards import CardState, Text
-from agent.daemon import Daemon
 from tests.ui_bridge.conftest import DRIVE, DUE_SOON, PARK, feed, serving
-from ui_bridge.hmi_app import ActionButton, CardPanel, HmiApp, SlotPicker
-from ui_bridge.hmi_client import HmiClient, HmiError, HmiState
+from touchpoint.daemon import Daemon
 from ui_bridge.names import CARD_INTERFACE, ERROR_UNKNOWN_ACTION, OBJECT_MANAGER, ROOT_PATH
-from ui_bridge.private_bus import private_bus, session_config
+from ui_bridge.reference.hmi_app import ActionButton, CardPanel, HmiApp, SlotPicker
+from ui_bridge.reference.hmi_client import HmiClient, HmiError, HmiState
+from ui_bridge.reference.private_bus import private_bus, session_config
 
 DEADLINE_S = 10.0
 SIZE = (110, 32)

@@ -1,6 +1,0 @@
-"""``touchpoint doctor``: checks of a head unit's set-up, each OK, WARN or FAIL with a fix."""
-
-from agent.doctor.checkup import diagnose
-from agent.doctor.report import Check, Status, exit_status
-
-__all__ = ["Check", "Status", "diagnose", "exit_status"]

@@ -1,0 +1,540 @@
+"""Many simulated cars' cloud sync in one process, for ``touchpoint fleet-sim``.
+
+What a broker and a cloud instance take is set by what the cars do on the wire, so
+each simulated car runs the real client: :class:`~cloud_sync.sync.CloudSync` with its
+own paho thread and MQTT 5 connection (mutual TLS unless told otherwise), its own
+SQLite outbox (:class:`~agent.store.store.Store`, WAL with a sync per commit, one file
+per car) and its own :class:`~agent.core.Agent`, which stamps the events, holds the
+consent the sync client checks before sending, and takes in what comes down (signed
+documents, answers). The agents share the immutable plan, DTC catalogue and built-in
+rules, so a car costs a few KiB besides its connection and its store.
+
+What is simulated is what the car sees: instead of CAN signals and a driver, events
+are drawn from the agent's own event types (:data:`EVENT_MIX`, payloads from the event
+catalogue) at random times, a Poisson process of :data:`DEFAULT_RATE` events a second
+per car unless told otherwise. Consent to every category is granted and the clock is
+trusted from the start, as in a car that has been in use for a while.
+
+The default rate is a busy car, not an average one. The reference drive through the
+agent core (``bench/drive.py``: 65 minutes of highway, charging and commuting) records
+7 events; with the HMI's impressions and the driver's answers (three or four events
+per card on screen) a drive comes to roughly 10-20 events an hour, 0.003-0.006 a
+second. 0.1 a second (360 an hour) is a car in a campaign with a card every few
+minutes and every one of them reported: some 20-30 times the reference drive, so that
+a capacity figure errs on the side of fewer cars per broker. Figures for another rate
+scale with the events a second.
+
+Commits are grouped as in the daemon: what the cars served by one store thread record
+while a commit runs goes into the next round, each car's events in one transaction of
+its own store. All stores are used from their store thread only (a
+:class:`~concurrent.futures.ThreadPoolExecutor` of one thread, shared by the cars
+assigned to it), as the store requires.
+
+A process holds a few hundred cars at most (:func:`capacity`): the link watches its
+socket and wake-up pipe with ``select()``, which takes no descriptor numbered 1024 or
+above. The stores' descriptors (three per car: database, WAL, shared memory), which
+nothing selects on, are opened above that line, leaving the low numbers to the links;
+a larger fleet is several processes (``touchpoint fleet-sim`` starts them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import resource
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final, TypeVar
+
+from agent import state_codec
+from agent.clock import TimeSource
+from agent.consent import CONSENTABLE, ConsentState
+from agent.core import Agent, AgentConfig, AgentState, Output
+from agent.errors import AgentError
+from agent.event_catalogue import CATALOGUE
+from agent.events import Event, EventDraft
+from agent.fault_engine import default_catalogue
+from agent.ids import IdFactory
+from agent.plan import default_plan
+from agent.rule_model import builtin_rules
+from agent.store.store import Store, StoreError
+from cloud_sync.sync import CloudSync, Step
+from touchpoint.settings import CloudSettings
+from touchpoint.tasks import cancel_and_wait
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: Events a second per car by default (see the module's docstring for why this many).
+DEFAULT_RATE: Final = 0.1
+#: The event types a simulated car records, with their relative frequency: card life
+#: (posted, on screen, seen, answered) makes most of it, as on the reference drive with
+#: an HMI; drive and charging summaries, reminders, faults and offers the rest.
+EVENT_MIX: Final[tuple[tuple[str, int], ...]] = (
+    ("card.created", 14),
+    ("card.displayed", 18),
+    ("card.shown", 18),
+    ("card.withdrawn", 6),
+    ("card.action", 5),
+    ("card.dismissed", 8),
+    ("card.expired", 4),
+    ("card.closed", 3),
+    ("drive.summary", 8),
+    ("charging.session", 2),
+    ("maintenance.reminder", 6),
+    ("fault.detected", 2),
+    ("fault.cleared", 2),
+    ("benefit.offered", 4),
+)
+#: ``FD_SETSIZE``: ``select()`` cannot watch a descriptor numbered this or above.
+SELECT_LIMIT: Final = 1024
+#: Descriptors each car's link needs below :data:`SELECT_LIMIT` (wake-up pipe, socket).
+LINK_DESCRIPTORS: Final = 3
+#: Descriptors each car's store holds (database, WAL, shared memory).
+STORE_DESCRIPTORS: Final = 3
+#: Low descriptors kept free for whatever else the process opens meanwhile.
+_SPARE: Final = 32
+#: How a vehicle id is made from the prefix and the car's number.
+ID_FORMAT: Final = "{prefix}-{number:05d}"
+
+
+class FleetError(AgentError):
+    """The fleet cannot be set up as asked (too many cars for a process, no store)."""
+
+
+def vehicle_ids(prefix: str, first: int, count: int) -> list[str]:
+    """The ids of ``count`` cars numbered from ``first``."""
+    return [ID_FORMAT.format(prefix=prefix, number=n) for n in range(first, first + count)]
+
+
+def capacity(per_car: int = LINK_DESCRIPTORS) -> int:
+    """How many more cars this process can hold, as the links' ``select()`` allows.
+
+    Args:
+        per_car: Descriptors each car takes below :data:`SELECT_LIMIT`: the link's, or
+            the link's and the store's when the stores cannot be opened above it.
+    """
+    fds = Path("/proc/self/fd").iterdir()
+    low_in_use = sum(1 for fd in fds if int(fd.name) < SELECT_LIMIT)
+    return max(0, (SELECT_LIMIT - low_in_use - _SPARE) // per_car)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetOptions:
+    """What fleet to simulate.
+
+    Attributes:
+        vehicles: How many cars.
+        settings: The ``[cloud]`` settings of a car, by vehicle id.
+        store_dir: Where the cars' databases go (one file each).
+        rate: Events a second per car (a Poisson process).
+        prefix: Vehicle ids are ``{prefix}-{number:05d}``.
+        first: The number of the first car (several processes share out a fleet).
+        store_threads: Store threads the cars are shared out to.
+        connect_rate: Cars started a second (a fleet that connects all at once is a
+            storm the broker's accept queue may not take).
+        seed: For the random event times and types (``None``: different each run).
+    """
+
+    vehicles: int
+    settings: Callable[[str], CloudSettings]
+    store_dir: Path
+    rate: float = DEFAULT_RATE
+    prefix: str = "fleet"
+    first: int = 0
+    store_threads: int = 1
+    connect_rate: float = 200.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    """The fleet's counters at one moment (sums over the cars).
+
+    Attributes:
+        at: ``time.monotonic()`` when taken.
+        vehicles: Cars in the fleet.
+        online: Cars whose connection is up.
+        recorded: Events committed to the cars' outboxes so far.
+        acknowledged: Events the broker acknowledged (and the cars deleted).
+        backlog: Events in the outboxes (pending or in flight).
+        reconnects: Connections beyond each car's first.
+        failures: Connection attempts that failed.
+        commit_failures: Commits a store refused (their events are lost).
+        cpu_s: CPU time of this process (every thread).
+    """
+
+    at: float
+    vehicles: int
+    online: int
+    recorded: int
+    acknowledged: int
+    backlog: int
+    reconnects: int
+    failures: int
+    commit_failures: int
+    cpu_s: float
+
+
+@dataclass(slots=True)
+class _Commit:
+    car: SimCar
+    events: list[Event]
+    sections: dict[str, str]
+    done: asyncio.Future[None]
+
+
+class _StoreWorker:
+    """One store thread, and the group commit of the cars it serves."""
+
+    def __init__(self, index: int, on_record: Callable[[str, Event], None] | None) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{index}")
+        self._on_record = on_record
+        self._pending: list[_Commit] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._last: asyncio.Future[None] | None = None
+        self.stores: list[Store] = []
+        self.failures = 0
+
+    async def run(self, function: Callable[..., _T], *args: object) -> _T:
+        """``function(*args)`` in this worker's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def start(self) -> None:
+        """Start committing."""
+        self._task = asyncio.create_task(self._commit_loop(), name="fleet commits")
+
+    def submit(self, car: SimCar, output: Output) -> asyncio.Future[None]:
+        """Queue a car's output for the next commit; resolves once it is durable."""
+        # Encoded now, on the event loop that owns the agent, as the daemon does.
+        sections = state_codec.encode(car.agent, output.dirty) if output.dirty else {}
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Commit(car, list(output.events), sections, done))
+        self._last = done
+        self._wake.set()
+        return done
+
+    async def settle(self) -> None:
+        """Wait until everything submitted so far is committed."""
+        if self._last is not None:
+            await asyncio.shield(self._last)
+
+    async def close(self) -> None:
+        """Commit what is pending, close the stores, end the thread."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self.run(_close_all, self.stores)
+        self._executor.shutdown(wait=True)
+
+    async def _commit_loop(self) -> None:
+        while not (self._closing and not self._pending):
+            await self._wake.wait()
+            self._wake.clear()
+            if self._pending:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        try:
+            await self._commit(batch)
+        finally:
+            # Nobody waits for ever on a batch, even one whose commit failed.
+            for commit in batch:
+                if not commit.done.done():
+                    commit.done.set_result(None)
+
+    async def _commit(self, batch: list[_Commit]) -> None:
+        merged: dict[SimCar, tuple[list[Event], dict[str, str]]] = {}
+        for commit in batch:
+            events, sections = merged.setdefault(commit.car, ([], {}))
+            events.extend(commit.events)
+            sections.update(commit.sections)
+        work = [(car.store, events, sections) for car, (events, sections) in merged.items()]
+        failed = await self.run(_commit_all, work, time.time())
+        self.failures += len(failed)
+        for index, (car, (events, _)) in enumerate(merged.items()):
+            if index in failed:
+                continue
+            car.recorded += len(events)
+            if self._on_record is not None:
+                for event in events:
+                    self._on_record(car.vehicle_id, event)
+            if events:
+                car.cloud.events_committed(events)
+
+
+def _commit_all(work: list[tuple[Store, list[Event], dict[str, str]]], now: float) -> set[int]:
+    """Commit each car's batch in its own transaction; the indexes that failed."""
+    failed: set[int] = set()
+    for index, (store, events, sections) in enumerate(work):
+        try:
+            store.commit(events, sections, now)
+        except (StoreError, TypeError, ValueError) as err:  # a bad event must not stop the rest
+            _log.error("%s: commit of %d events failed: %s", store.path.name, len(events), err)
+            failed.add(index)
+    return failed
+
+
+def _close_all(stores: list[Store]) -> None:
+    for store in stores:
+        store.close()
+
+
+def _backlog(stores: list[Store]) -> int:
+    return sum(store.outbox_count for store in stores)
+
+
+class SimCar:
+    """One simulated car: the daemon's part a :class:`~cloud_sync.sync.SyncHost` needs."""
+
+    def __init__(
+        self,
+        vehicle_id: str,
+        agent: Agent,
+        store: Store,
+        worker: _StoreWorker,
+        settings: CloudSettings,
+    ) -> None:
+        self.vehicle_id = vehicle_id
+        self.store = store
+        self.recorded = 0
+        self._agent = agent
+        self._worker = worker
+        self.cloud = CloudSync(self, settings, vehicle_id)
+
+    @property
+    def agent(self) -> Agent:
+        """The car's agent core (the event loop's thread only)."""
+        return self._agent
+
+    async def apply(self, step: Step) -> Output:
+        """Run an input through the agent and wait until its output is durable."""
+        output = step(self._agent, time.time(), time.monotonic())
+        await self._worker.submit(self, output)
+        return output
+
+    async def in_store_thread(self, function: Callable[[Store], object]) -> object:
+        """Run ``function(store)`` in the car's store thread."""
+        return await self._worker.run(function, self.store)
+
+    def record(self, draft: EventDraft) -> None:
+        """Record an event as the agent does, and queue it for the next commit."""
+        wall, monotonic = time.time(), time.monotonic()
+        self._agent.record(draft, self._agent.clock.read(wall, monotonic))
+        # The daemon collects what record() stamped with the next input's output; a
+        # tick is the input that always comes.
+        self._worker.submit(self, self._agent.on_tick(wall, monotonic))
+
+
+class Fleet:
+    """The simulated cars of one process, on the running event loop.
+
+    Args:
+        options: What fleet.
+        on_record: Called with each event once it is committed (tests).
+    """
+
+    def __init__(
+        self, options: FleetOptions, *, on_record: Callable[[str, Event], None] | None = None
+    ) -> None:
+        if options.vehicles < 1 or options.store_threads < 1 or options.rate < 0:
+            raise FleetError("a fleet needs a car, a store thread and a rate of 0 or more")
+        self.options = options
+        self.cars: list[SimCar] = []
+        self._on_record = on_record
+        self._workers: list[_StoreWorker] = []
+        self._rng = random.Random(options.seed)  # noqa: S311 - a simulation, not a secret
+        self._drafts, self._weights = _drafts()
+        self._generator: asyncio.Task[None] | None = None
+        self._started: list[SimCar] = []
+        self._cpu_at_start = time.process_time()
+
+    async def start(self) -> None:
+        """Open the stores, make the cars and connect them (at ``connect_rate``).
+
+        Raises:
+            FleetError: The cars do not fit this process, or a store cannot be opened.
+        """
+        options = self.options
+        high = _raise_descriptor_limit(options.vehicles * (LINK_DESCRIPTORS + STORE_DESCRIPTORS))
+        room = capacity(LINK_DESCRIPTORS if high else LINK_DESCRIPTORS + STORE_DESCRIPTORS)
+        if options.vehicles > room:
+            raise FleetError(
+                f"{options.vehicles} cars do not fit one process: the MQTT link's select() "
+                f"takes descriptors below {SELECT_LIMIT}, which leaves room for {room} cars "
+                "here; share the fleet out to several processes"
+            )
+        self._workers = [
+            _StoreWorker(i, self._on_record)
+            for i in range(min(options.store_threads, options.vehicles))
+        ]
+        ids = vehicle_ids(options.prefix, options.first, options.vehicles)
+        stores = await self._open_stores(ids, above_select_limit=high)
+        plan, catalogue, rules = default_plan(), default_catalogue(), builtin_rules()
+        boot_id = str(uuid.uuid4())
+        for index, (vehicle_id, store) in enumerate(zip(ids, stores, strict=True)):
+            agent = Agent(
+                AgentConfig(), boot_id=boot_id, ids=IdFactory(), plan=plan,
+                catalogue=catalogue, builtin_rules=rules, state=_in_use_state(),
+            )  # fmt: skip
+            # The agent forgets a trusted clock's anchor across a (re)start; the cars
+            # have had GNSS time since, so their events' times measure the latency.
+            agent.clock = agent.clock.set_trusted(time.time(), time.monotonic(), TimeSource.GNSS)
+            worker = self._workers[index % len(self._workers)]
+            worker.stores.append(store)
+            car = SimCar(vehicle_id, agent, store, worker, options.settings(vehicle_id))
+            self.cars.append(car)
+        for worker in self._workers:
+            worker.start()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for index, car in enumerate(self.cars):
+            await asyncio.sleep(max(0.0, began + index / options.connect_rate - loop.time()))
+            await car.cloud.start()
+            self._started.append(car)
+
+    async def _open_stores(self, ids: Sequence[str], *, above_select_limit: bool) -> list[Store]:
+        directory = self.options.store_dir
+        workers = self._workers
+
+        def open_one(path: Path) -> Store:
+            return Store.open(path)[0]
+
+        held = _low_descriptors_held() if above_select_limit else contextlib.nullcontext()
+        with held:
+            opened = await asyncio.gather(
+                *(
+                    workers[i % len(workers)].run(open_one, directory / f"{vehicle_id}.db")
+                    for i, vehicle_id in enumerate(ids)
+                ),
+                return_exceptions=True,
+            )
+        errors = [o for o in opened if isinstance(o, BaseException)]
+        if errors:
+            for i, store in enumerate(opened):
+                if isinstance(store, Store):
+                    await workers[i % len(workers)].run(store.close)
+            raise FleetError(f"cannot open the cars' stores in {directory}: {errors[0]}")
+        return [o for o in opened if isinstance(o, Store)]
+
+    def start_recording(self) -> None:
+        """Start recording events (a Poisson process per car)."""
+        if self._generator is None and self.options.rate > 0:
+            self._generator = asyncio.create_task(self._generate(), name="fleet events")
+
+    async def stop_recording(self) -> None:
+        """Stop recording events (what was recorded is still sent)."""
+        task, self._generator = self._generator, None
+        await cancel_and_wait([task])
+
+    async def _generate(self) -> None:
+        # The cars' Poisson processes together are one of the summed rate, each event
+        # going to a car picked at random: one timer for the fleet instead of one a car.
+        loop = asyncio.get_running_loop()
+        rate = self.options.rate * len(self.cars)
+        due = loop.time() + self._rng.expovariate(rate)
+        while True:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            now = loop.time()
+            while due <= now:  # all that fell due while the loop was busy
+                car = self._rng.choice(self.cars)
+                car.record(self._rng.choices(self._drafts, cum_weights=self._weights)[0])
+                due += self._rng.expovariate(rate)
+
+    async def snapshot(self) -> FleetSnapshot:
+        """The counters now."""
+        backlogs = await asyncio.gather(*(w.run(_backlog, w.stores) for w in self._workers))
+        cars = self.cars
+        return FleetSnapshot(
+            at=time.monotonic(),
+            vehicles=len(cars),
+            online=sum(1 for c in cars if c.cloud.connected),
+            recorded=sum(c.recorded for c in cars),
+            acknowledged=sum(c.cloud.stats.events_acknowledged for c in cars),
+            backlog=sum(backlogs),
+            reconnects=sum(max(0, c.cloud.stats.connections - 1) for c in cars),
+            failures=sum(c.cloud.link.failures for c in cars),
+            commit_failures=sum(w.failures for w in self._workers),
+            cpu_s=time.process_time(),
+        )
+
+    async def stop(self) -> None:
+        """Stop recording, commit what is pending, disconnect every car, close the stores."""
+        await self.stop_recording()
+        # Pending commits first (the cars' stop puts what is in flight back in the store).
+        for worker in self._workers:
+            await worker.settle()
+        await asyncio.gather(*(car.cloud.stop() for car in self._started))
+        self._started.clear()
+        for worker in self._workers:
+            await worker.close()
+
+
+def _drafts() -> tuple[list[EventDraft], list[int]]:
+    """The drafts of :data:`EVENT_MIX` and their cumulative weights."""
+    drafts: list[EventDraft] = []
+    cumulative: list[int] = []
+    total = 0
+    for event_type, weight in EVENT_MIX:
+        entry = CATALOGUE[event_type]
+        payload = MappingProxyType(entry.example_payload())
+        drafts.append(EventDraft(event_type, entry.categories[0], payload, entry.priority))
+        total += weight
+        cumulative.append(total)
+    return drafts, cumulative
+
+
+def _in_use_state() -> AgentState:
+    """A car in use: every consent granted (its clock is set once the agent exists)."""
+    wall = time.time()
+    consent = ConsentState()
+    for category in CONSENTABLE:
+        consent = consent.set(category, granted=True, now=wall)
+    return AgentState(consent=consent)
+
+
+def _raise_descriptor_limit(needed: int) -> bool:
+    """Raise the soft limit on open files (up to the hard one) for ``needed`` more.
+
+    Returns:
+        Whether they now fit above :data:`SELECT_LIMIT`.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = SELECT_LIMIT + needed + 4 * _SPARE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft == resource.RLIM_INFINITY or soft >= want
+
+
+@contextlib.contextmanager
+def _low_descriptors_held() -> Iterator[None]:
+    """Hold every free descriptor below :data:`SELECT_LIMIT` for the block.
+
+    Whatever is opened meanwhile (the stores) is numbered above it, leaving the low
+    numbers to what ``select()`` must watch. Nothing else may open meanwhile.
+    """
+    held: list[int] = []
+    try:
+        while True:
+            fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            if fd >= SELECT_LIMIT:
+                os.close(fd)
+                break
+            held.append(fd)
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)

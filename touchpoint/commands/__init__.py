@@ -1,0 +1,1 @@
+"""The ``touchpoint`` subcommands, one module each (``add_arguments`` and ``run``)."""

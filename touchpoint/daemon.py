@@ -1,0 +1,525 @@
+"""The daemon: wires the signal pipeline, the agent core, the store and the adapters.
+
+Every input goes to the core on the event loop; its output is committed to SQLite (in a
+thread of its own, one transaction per batch of outputs) before any card change reaches
+the HMI, so nothing is shown that a crash could forget, and nothing is forgotten that
+was shown. Under load, outputs queue up while a commit runs and go in the next one
+(group commit).
+
+systemd: ``READY=1`` once serving, ``STATUS=`` with what it is doing, ``WATCHDOG=1``
+only while the loops (signals, time, commits) make progress, ``STOPPING=1`` on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Protocol
+
+from agent import state_codec
+from agent.consent import Category
+from agent.core import Agent, AgentConfig, Output
+from agent.events import Event, EventDraft, Priority
+from agent.fault_engine import default_catalogue
+from agent.ids import IdFactory
+from agent.plan import default_plan
+from agent.policy import CardChange, PolicyConfig
+from agent.rule_model import builtin_rules
+from agent.store.store import OpenReport, Store, StoreError, StoreLimits
+from can_signals.errors import CanSignalsError, SourceError
+from can_signals.pipeline import SignalPipeline
+from can_signals.sources import BusConfig
+from can_signals.update import SignalUpdate
+from touchpoint.sdnotify import Notifier, watchdog_interval
+from touchpoint.settings import DaemonSettings
+from touchpoint.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from can_signals.diagnostics import DtcPoller
+    from cloud_sync.sync import CloudSync
+    from ui_bridge.bridge import DbusBridge
+
+_log = logging.getLogger(__name__)
+
+#: After a failed commit, wait this long before retrying.
+COMMIT_RETRY_S: Final = 1.0
+#: How often CAN buses that could not be opened are tried again.
+CAN_RETRY_S: Final = 5.0
+#: At shutdown, a store that keeps failing is given up on after this many tries.
+CLOSING_RETRIES: Final = 3
+#: How often the heap freed since (a burst of signals, commits, a document) is given
+#: back to the system: without it a head unit keeps the high-water mark of every drive.
+HEAP_TRIM_S: Final = 10.0
+#: A loop that has not made progress for this long stops the watchdog.
+STALL_S: Final = 30.0
+
+Clock = Callable[[], float]
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: its allocator gives memory back itself
+        return None
+
+
+_MALLOC_TRIM: Final = _find_malloc_trim()
+
+
+def _trim_heap() -> None:
+    """Give the memory glibc holds freed back to the system (about 70 µs)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _release_heap() -> None:
+    """Collect garbage, then give the heap that start-up freed back to the system.
+
+    Loading the DBC files and the mapping makes many short-lived objects; glibc keeps
+    the freed memory in its arenas. On a head unit that memory is better returned.
+    """
+    gc.collect()
+    _trim_heap()
+
+
+class CardSink(Protocol):
+    """Something that shows cards (the HMI bridge); told of changes after they are durable."""
+
+    async def apply(self, changes: Sequence[CardChange]) -> None:
+        """Show the changes."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    output: Output
+    sections: dict[str, str]
+    done: asyncio.Future[None]
+    driving: bool  # the vehicle's state when the output was made
+
+
+class Daemon:
+    """``touchpoint run``: the agent as a service."""
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        *,
+        notifier: Notifier | None = None,
+        wall: Clock = time.time,
+        monotonic: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.sinks: list[CardSink] = []
+        #: Called with every batch of signal updates the agent receives (timelines, tools).
+        self.signal_taps: list[Callable[[Sequence[SignalUpdate]], None]] = []
+        #: Called (on the event loop) with the events of each commit once it is durable.
+        self.event_taps: list[Callable[[Sequence[Event]], None]] = []
+        self._notifier = notifier or Notifier()
+        self._wall, self._monotonic = wall, monotonic
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._store: Store | None = None
+        self._agent: Agent | None = None
+        self._pipeline: SignalPipeline | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: list[_Pending] = []
+        self._last_done: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._committer: asyncio.Task[None] | None = None
+        self._heartbeats: dict[str, float] = {}
+        self.boot_id = str(uuid.uuid4())
+        self.open_report: OpenReport | None = None
+        self.dtc_poller: DtcPoller | None = None
+        self.bridge: DbusBridge | None = None
+        #: Whether the car was driving as of the last commit the sinks were told of. The
+        #: agent's own state runs ahead: driving may have begun in an input whose card
+        #: withdrawals are still to be committed.
+        self.driving = True
+        #: Why the CAN buses are not open (retried in the background), or ``None``.
+        self.can_problem: str | None = None
+        self.cloud: CloudSync | None = None
+        self.commits = 0
+        self.started_at = 0.0
+        #: Set when a finite signal source (a replay) has been consumed entirely.
+        self.signals_finished = asyncio.Event()
+
+    @property
+    def agent(self) -> Agent:
+        """The agent core (only the event loop's thread may use it)."""
+        if self._agent is None:
+            raise RuntimeError("the daemon has not started")
+        return self._agent
+
+    @property
+    def store(self) -> Store:
+        """The store (only from the store thread; see :meth:`in_store_thread`)."""
+        if self._store is None:
+            raise RuntimeError("the daemon has not started")
+        return self._store
+
+    @property
+    def pipeline(self) -> SignalPipeline | None:
+        """The signal pipeline, if CAN is configured."""
+        return self._pipeline
+
+    async def in_store_thread(self, function: Callable[[Store], object]) -> object:
+        """Run ``function(store)`` in the store's thread (tooling, tests)."""
+        store = self.store
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, store)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, restore the agent, start the sources and loops, notify READY.
+
+        Raises:
+            StoreError: If no store can be opened at all.
+        """
+        self.started_at = self._monotonic()
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        limits = StoreLimits(settings.store.max_events, settings.store.max_bytes)
+        store, report = await loop.run_in_executor(
+            self._executor, Store.open, settings.store.path, limits
+        )
+        self._store, self.open_report = store, report
+        sections = await loop.run_in_executor(self._executor, store.load_sections)
+        self._agent = self._build_agent(state_codec.decode(sections))
+        self.driving = self._agent.vehicle.driving
+        self._first_start(sections, report)
+        self._pipeline = self._build_pipeline()
+        if self._pipeline is not None:
+            try:
+                await self._pipeline.start()
+            except SourceError as err:
+                if settings.can is not None and settings.can.replay is not None:
+                    raise  # a log that cannot be read will not appear later
+                # An interface not up yet (a late driver, a bus brought up by a unit
+                # after ours): cards, D-Bus and the cloud serve on while it is retried.
+                self.can_problem = str(err)
+                _log.error("cannot open the CAN buses: %s; retrying every %.0f s", err, CAN_RETRY_S)
+                self._tasks.append(asyncio.create_task(self._open_can_later(), name="can retry"))
+            else:
+                self._can_started()
+        if settings.dbus is not None:
+            from ui_bridge.bridge import DbusBridge  # noqa: PLC0415 - only with [dbus]
+
+            self.bridge = DbusBridge(self, settings.dbus.address, settings.dbus.locale)
+            await self.bridge.start()
+            self.sinks.append(self.bridge)
+        if settings.cloud is not None:
+            from cloud_sync.sync import CloudSync  # noqa: PLC0415 - only with [cloud]
+
+            self.cloud = CloudSync(self, settings.cloud, settings.vehicle.id)
+            await self.cloud.start()
+            self.event_taps.append(self.cloud.events_committed)
+        self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
+        self._committer = asyncio.create_task(self._commit_loop(), name="commit")
+        interval = watchdog_interval()
+        if interval is not None:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        self.submit(self.agent.on_tick(self._wall(), self._monotonic()))
+        await self.settle()
+        _release_heap()
+        self._notifier.ready(self._status())
+        _log.info("touchpoint started in %.0f ms", (self._monotonic() - self.started_at) * 1000)
+
+    def _can_started(self) -> None:
+        settings, pipeline = self.settings, self._pipeline
+        assert pipeline is not None
+        self.can_problem = None
+        diagnostics = settings.can.diagnostics if settings.can else None
+        if diagnostics is not None and settings.can and not settings.can.replay:
+            # ISO-TP is a sizeable import: only with [can.diagnostics].
+            from can_signals.diagnostics import DtcPoller  # noqa: PLC0415
+
+            self.dtc_poller = DtcPoller(diagnostics, pipeline)
+            self.signal_taps.append(self.dtc_poller.observe)
+        self._tasks.append(asyncio.create_task(self._consume_signals(), name="signals"))
+
+    async def _open_can_later(self) -> None:
+        pipeline = self._pipeline
+        assert pipeline is not None
+        while True:
+            await asyncio.sleep(CAN_RETRY_S)
+            try:
+                await pipeline.start()
+            except SourceError as err:
+                self.can_problem = str(err)
+                _log.debug("the CAN buses still cannot be opened: %s", err)
+                continue
+            _log.info("the CAN buses are open")
+            self._can_started()
+            return
+
+    def _build_agent(self, state: object) -> Agent:
+        settings = self.settings
+        policy = PolicyConfig(
+            max_visible=settings.policy.max_visible,
+            quiet_hours=settings.policy.quiet_hours,
+            utc_offset_minutes=settings.policy.utc_offset_minutes,
+        )
+        config = AgentConfig(
+            model=settings.vehicle.model, market=settings.vehicle.market, policy=policy
+        )
+        return Agent(
+            config,
+            boot_id=self.boot_id,
+            ids=IdFactory(),
+            plan=default_plan(),
+            catalogue=default_catalogue(),
+            builtin_rules=builtin_rules(),
+            state=state,  # type: ignore[arg-type]
+        )
+
+    def _first_start(self, sections: dict[str, str], report: OpenReport) -> None:
+        agent, wall, mono = self.agent, self._wall(), self._monotonic()
+        out = Output()
+        if "consent" not in sections:
+            for category, granted in self.settings.consent.defaults.items():
+                if category is not Category.SERVICE_REQUESTS:
+                    out.extend(
+                        agent.set_consent(
+                            category, granted=granted, valid_for=None, wall=wall, monotonic=mono
+                        )
+                    )
+        if report.recovered_from is not None:
+            agent.record(
+                EventDraft(
+                    "store.recovered",
+                    Category.VEHICLE_HEALTH,
+                    {"problem": report.problem, "moved_to": str(report.recovered_from)},
+                    Priority.HIGH,
+                ),
+                agent.clock.read(wall, mono),
+            )
+        out.extend(agent.on_tick(wall, mono))
+        out.dirty |= set(state_codec.SECTIONS) if not sections else set()
+        self.submit(out)
+
+    def _build_pipeline(self) -> SignalPipeline | None:
+        can = self.settings.can
+        if can is None:
+            _log.warning("no [can] settings: running without CAN signals")
+            return None
+        dbcs = [(d.bus, d.file) for d in can.dbc]
+        try:
+            if can.replay is not None:
+                pipeline = SignalPipeline.from_files(
+                    can.mapping,
+                    dbcs,
+                    replay=can.replay,
+                    speed=can.replay_speed,
+                    capacity=can.queue_capacity,
+                )
+            else:
+                buses = [BusConfig(b.name, b.interface, b.channel, b.options) for b in can.buses]
+                pipeline = SignalPipeline.from_files(
+                    can.mapping, dbcs, buses=buses, capacity=can.queue_capacity
+                )
+        except (CanSignalsError, ValueError) as err:
+            _log.error("CAN signals unavailable, running without them: %s", err)
+            return None
+        odometer = self.agent.vehicle.odometer_m
+        if odometer is not None:
+            pipeline.processor.seed_odometer(odometer)
+        return pipeline
+
+    async def stop(self) -> None:
+        """Stop the sources and loops, commit what is pending, close the store."""
+        self._notifier.stopping()
+        if self.dtc_poller is not None:
+            await self.dtc_poller.stop()
+        if self.cloud is not None:
+            await self.cloud.stop()
+        if self.bridge is not None:
+            await self.bridge.stop()
+        if self._pipeline is not None:
+            await self._pipeline.stop()
+        await cancel_and_wait(self._tasks)
+        self._tasks.clear()
+        # The committer is never cancelled (a commit cut short would leave its batch
+        # unaccounted for): it drains what is pending and returns.
+        self._closing = True
+        self._wake.set()
+        if self._committer is not None:
+            await self._committer
+            self._committer = None
+        if self._store is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
+            self._store = None
+        self._executor.shutdown(wait=True)
+        self._notifier.close()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, stop."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            _log.info("stopping")
+            await self.stop()
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def submit(self, output: Output) -> asyncio.Future[None]:
+        """Queue an output for the next commit; the future resolves once it is durable."""
+        sections = state_codec.encode(self.agent, output.dirty) if output.dirty else {}
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(output, sections, done, self.agent.vehicle.driving))
+        self._last_done = done
+        self._wake.set()
+        return done
+
+    async def apply(self, step: Callable[[Agent, float, float], Output]) -> Output:
+        """Run one input through the agent and wait until its output is durable.
+
+        This is how adapters feed the agent: ``await daemon.apply(lambda a, w, m:
+        a.on_action(card_id, key, {}, w, m))``. Errors the step raises reach the caller
+        and change nothing.
+        """
+        output = step(self.agent, self._wall(), self._monotonic())
+        await self.submit(output)
+        return output
+
+    async def settle(self) -> None:
+        """Wait until everything submitted so far is committed and shown."""
+        if self._last_done is not None:
+            await asyncio.shield(self._last_done)
+
+    async def wipe(self, *, owner_change: bool) -> None:
+        """Delete the driver's data in the car (or everything personal, for a new owner).
+
+        The outbox is emptied and the personal state sections deleted (and vacuumed), in
+        the store's thread after what is pending has been committed; then the agent's
+        reset state is written in full, with the ``privacy.wiped`` event.
+        """
+        await self.settle()
+        output = self.agent.wipe(
+            owner_change=owner_change, wall=self._wall(), monotonic=self._monotonic()
+        )
+        keep = [*state_codec.VEHICLE_SECTIONS, "rules"]
+        if not owner_change:
+            keep.append("consent")
+        await self.in_store_thread(lambda store: store.wipe(keep_sections=keep))
+        output.dirty |= set(state_codec.SECTIONS)
+        await self.submit(output)
+
+    async def _consume_signals(self) -> None:
+        assert self._pipeline is not None
+        self._beat("signals")
+        async for batch in self._pipeline.batches(500):
+            for tap in self.signal_taps:
+                tap(batch)
+            self.submit(self.agent.on_signals(batch, self._wall(), self._monotonic()))
+            self._beat("signals")
+        _log.info("the signal source ended")
+        self.signals_finished.set()
+
+    async def _tick(self) -> None:
+        trimmed = self._monotonic()
+        while True:
+            self._beat("tick")
+            await asyncio.sleep(self.settings.tick_seconds)
+            now = self._monotonic()
+            self.submit(self.agent.on_tick(self._wall(), now))
+            if now - trimmed >= HEAP_TRIM_S:
+                _trim_heap()
+                trimmed = now
+
+    # -- commits ------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while not (self._closing and not self._pending):
+            self._beat("commit")
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        failures = 0
+        while self._pending:
+            batch, self._pending = self._pending, []
+            events = [e for p in batch for e in p.output.events]
+            sections: dict[str, str] = {}
+            for pending in batch:
+                sections.update(pending.sections)
+            store = self.store
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(
+                    self._executor, store.commit, events, sections, self._wall()
+                )
+            except StoreError as err:
+                failures += 1
+                if self._closing and failures >= CLOSING_RETRIES:
+                    _log.critical("giving up on %d events at shutdown: %s", len(events), err)
+                else:
+                    _log.error("commit of %d events failed: %s; retrying", len(events), err)
+                    self._pending[:0] = batch
+                    await asyncio.sleep(COMMIT_RETRY_S)
+                    continue
+            else:
+                self.commits += 1
+                self._beat("commit")
+                if events:
+                    for tap in self.event_taps:
+                        tap(events)
+            # Sinks hear of card changes, and of a change of the vehicle state behind
+            # them (driving or parked) even without one.
+            changes = [c for p in batch for c in p.output.changes]
+            driving_changed = batch[-1].driving != self.driving
+            self.driving = batch[-1].driving
+            if changes or driving_changed:
+                await self._show(changes)
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_result(None)
+
+    async def _show(self, changes: list[CardChange]) -> None:
+        for sink in self.sinks:
+            try:
+                await sink.apply(changes)
+            except Exception:  # noqa: BLE001 - one broken sink must not stop the others
+                _log.exception("card sink %r failed", sink)
+
+    # -- health -------------------------------------------------------------------------
+
+    def _beat(self, loop_name: str) -> None:
+        self._heartbeats[loop_name] = self._monotonic()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            now = self._monotonic()
+            stalled = [
+                n for n, t in self._heartbeats.items() if now - t > max(STALL_S, 4 * interval)
+            ]
+            if stalled and not (set(stalled) <= {"signals", "commit"} and not self._pending):
+                _log.error("loops not making progress: %s; withholding the watchdog", stalled)
+            else:
+                self._notifier.watchdog()
+            self._notifier.status(self._status())
+            await asyncio.sleep(interval)
+
+    def _status(self) -> str:
+        agent = self._agent
+        visible = len(agent.cards.visible) if agent else 0
+        outbox = self._store.outbox_count if self._store else 0
+        if self._pipeline is None:
+            source = "no CAN"
+        else:
+            source = "CAN not open (retrying)" if self.can_problem else "CAN ok"
+        driving = "driving" if agent and agent.vehicle.driving else "parked"
+        return f"{source}, {driving}, {visible} card(s) shown, {outbox} event(s) to send"

@@ -1,0 +1,1 @@
+"""Generators of the documents the code defines: configuration reference, schemas, AsyncAPI."""

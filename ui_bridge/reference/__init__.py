@@ -1,0 +1,1 @@
+"""The reference HMI (a terminal UI), its D-Bus client library and a private bus."""
