@@ -48,7 +48,7 @@ from agent.policy import (
 from agent.reactions import Reactions
 from agent.rule_engine import CardSpec, RuleEngine, Targets, card_spec
 from agent.rule_model import RuleSetDocument
-from can_signals.update import SignalUpdate
+from agent.signals import SignalReading
 
 _log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Agent:
 
     # -- inputs -------------------------------------------------------------------------
 
-    def on_signals(self, updates: Sequence[SignalUpdate], wall: float, monotonic: float) -> Output:
+    def on_signals(self, updates: Sequence[SignalReading], wall: float, monotonic: float) -> Output:
         """Fold signal updates into the state and decide."""
         now = self._now(wall, monotonic)
         recheck = False

@@ -25,7 +25,8 @@ from typing import Final
 
 from agent.clock import Now
 from agent.plan import DAY, Condition, ServiceItem, ServicePlan, ServiceRecord
-from agent.vehicle import OIL_LIFE, VehicleState
+from agent.signals import OIL_LIFE
+from agent.vehicle import VehicleState
 
 _TYRE_LOW_SUFFIX: Final = ".Tire.IsPressureLow"
 

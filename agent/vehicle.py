@@ -19,20 +19,23 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
-from can_signals.catalogue import DTC_LIST, GEAR_PARK, LAMP_PREFIX, ODOMETER, SPEED
-from can_signals.update import SignalUpdate, SignalValue
-
-IGNITION: Final = "Vehicle.LowVoltageSystemState"
-SELECTED_GEAR: Final = "Vehicle.Powertrain.Transmission.SelectedGear"
-PARK_LOCK: Final = "Vehicle.Powertrain.Transmission.IsParkLockEngaged"
-IS_CHARGING: Final = "Vehicle.Powertrain.TractionBattery.Charging.IsCharging"
-STATE_OF_CHARGE: Final = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed"
-FUEL_LEVEL: Final = "Vehicle.Powertrain.FuelSystem.RelativeLevel"
-OIL_LIFE: Final = "Vehicle.Powertrain.CombustionEngine.EngineOil.RelativeLifeRemaining"
-SERVICE_RESET: Final = "Vehicle.Service.ResetCounter"
-GNSS_TIME: Final = "Vehicle.CurrentLocation.Timestamp"
-_PAD_WEAR_SUFFIX: Final = ".Brake.PadWear"
-_TYRE_LOW_SUFFIX: Final = ".Tire.IsPressureLow"
+from agent.signals import (
+    DTC_LIST,
+    GEAR_PARK,
+    GNSS_TIME,
+    IGNITION,
+    IS_CHARGING,
+    ODOMETER,
+    PAD_WEAR_SUFFIX,
+    PARK_LOCK,
+    SELECTED_GEAR,
+    SERVICE_RESET,
+    SPEED,
+    STATE_OF_CHARGE,
+    TYRE_LOW_SUFFIX,
+    SignalReading,
+    SignalValue,
+)
 
 #: Ignition states in which the car is off or in accessory mode: parked, whatever else.
 _OFF_STATES: Final = frozenset({"LOCK", "OFF", "ACC"})
@@ -99,7 +102,7 @@ class VehicleState:
         wear = [
             int(v)
             for k, v in self.signals.items()
-            if k.endswith(_PAD_WEAR_SUFFIX) and isinstance(v, int | float)
+            if k.endswith(PAD_WEAR_SUFFIX) and isinstance(v, int | float)
         ]
         return max(wear) if wear else None
 
@@ -107,9 +110,9 @@ class VehicleState:
         """The wheels whose tyre pressure monitor reports low pressure."""
         return tuple(
             sorted(
-                k.removesuffix(_TYRE_LOW_SUFFIX).removeprefix("Vehicle.Chassis.Axle.")
+                k.removesuffix(TYRE_LOW_SUFFIX).removeprefix("Vehicle.Chassis.Axle.")
                 for k, v in self.signals.items()
-                if k.endswith(_TYRE_LOW_SUFFIX) and v is True
+                if k.endswith(TYRE_LOW_SUFFIX) and v is True
             )
         )
 
@@ -122,7 +125,7 @@ class Change:
     detail: Mapping[str, SignalValue | None] = field(default_factory=lambda: MappingProxyType({}))
 
 
-def apply(state: VehicleState, update: SignalUpdate) -> tuple[VehicleState, list[Change]]:
+def apply(state: VehicleState, update: SignalReading) -> tuple[VehicleState, list[Change]]:
     """Fold one signal update into the state.
 
     Returns:
@@ -200,4 +203,4 @@ def lamp_names(faults: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f.removeprefix("LAMP:") for f in faults if f.startswith("LAMP:"))
 
 
-__all__ = ["LAMP_PREFIX", "Change", "Transition", "VehicleState", "apply", "lamp_names"]
+__all__ = ["Change", "Transition", "VehicleState", "apply", "lamp_names"]

@@ -38,21 +38,17 @@ from agent.cards import Card, Text
 from agent.consent import Category
 from agent.ids import uuid7
 from agent.policy import CardChange, ChangeType
-from agent.vehicle import SELECTED_GEAR
+from agent.settings import ConsentSettings, PolicySettings, StoreSettings
+from agent.signals import SELECTED_GEAR
 from bench.report import Row, Section
 from bench.scratch import disk_dir
 from can_signals.catalogue import DTC_LIST, GEAR_PARK, SPEED
 from can_signals.update import SignalUpdate
 from touchpoint.daemon import Daemon
-from touchpoint.settings import (
-    ConsentSettings,
-    DaemonSettings,
-    DbusSettings,
-    PolicySettings,
-    StoreSettings,
-)
+from touchpoint.settings import DaemonSettings
 from ui_bridge.names import BUS_NAME, OBJECT_MANAGER, ROOT_PATH
 from ui_bridge.reference.private_bus import private_bus
+from ui_bridge.settings import DbusSettings
 
 #: The issue's target for the card-to-HMI latency, at the 99th percentile.
 P99_TARGET_MS: Final = 20.0

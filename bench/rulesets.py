@@ -21,7 +21,7 @@ import random
 from typing import Any, Final
 
 from agent.rule_model import RuleSetDocument
-from agent.vehicle import FUEL_LEVEL, IGNITION, IS_CHARGING, SELECTED_GEAR, STATE_OF_CHARGE
+from agent.signals import FUEL_LEVEL, IGNITION, IS_CHARGING, SELECTED_GEAR, STATE_OF_CHARGE
 from can_signals.catalogue import GEAR_PARK, ODOMETER, SPEED
 
 ENGINE_SPEED: Final = "Vehicle.Powertrain.CombustionEngine.Speed"

@@ -19,8 +19,8 @@ from typing import Final
 from can_signals.diag_protocol import DiagnosticError, DtcReadResult, EcuAddress
 from can_signals.obd import read_stored_dtcs
 from can_signals.pipeline import SignalPipeline
+from can_signals.settings import DiagnosticsSettings
 from can_signals.update import SignalUpdate
-from touchpoint.settings import DiagnosticsSettings
 
 _log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from touchpoint.settings import CloudSettings
+from cloud_sync.settings import CloudSettings
 
 _log = logging.getLogger(__name__)
 

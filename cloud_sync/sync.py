@@ -50,9 +50,9 @@ from cloud_sync.contract import (
 )
 from cloud_sync.downlink import Accepted, DownlinkGate, Ignored, short_reason
 from cloud_sync.link import Incoming, MqttLink, Outgoing
+from cloud_sync.settings import CloudSettings
 from cloud_sync.signing import Verifier
 from touchpoint.ratelimit import RateLimitedLog
-from touchpoint.settings import CloudSettings
 from touchpoint.tasks import cancel_and_wait
 from touchpoint.version import package_version
 

@@ -37,7 +37,7 @@ from typing import Final
 
 import pytest
 
-from touchpoint.settings import DEFAULT_STATE_DIR, StoreSettings
+from agent.settings import DEFAULT_STATE_DIR, StoreSettings
 from ui_bridge.reference.private_bus import private_bus
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent

@@ -66,8 +66,8 @@ from agent.ids import IdFactory
 from agent.plan import default_plan
 from agent.rule_model import builtin_rules
 from agent.store.store import Store, StoreError
+from cloud_sync.settings import CloudSettings
 from cloud_sync.sync import CloudSync, Step
-from touchpoint.settings import CloudSettings
 from touchpoint.tasks import cancel_and_wait
 
 _log = logging.getLogger(__name__)

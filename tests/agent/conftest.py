@@ -26,7 +26,7 @@ from agent.ids import IdFactory
 from agent.plan import DAY, ServiceHistory, ServicePlan, ServiceRecord, default_plan
 from agent.policy import ChangeType
 from agent.rule_model import RuleSetDocument, builtin_rules
-from agent.vehicle import IGNITION, IS_CHARGING, SELECTED_GEAR, STATE_OF_CHARGE
+from agent.signals import IGNITION, IS_CHARGING, SELECTED_GEAR, STATE_OF_CHARGE
 from can_signals.catalogue import DTC_LIST, GEAR_DRIVE, GEAR_PARK, ODOMETER, SPEED
 from can_signals.update import SignalUpdate, SignalValue
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent.consent import Category
-from touchpoint.settings import DEFAULT_STATE_DIR, ConfigError, DaemonSettings, load_settings
+from agent.settings import DEFAULT_STATE_DIR
+from touchpoint.settings import ConfigError, DaemonSettings, load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -18,10 +18,12 @@ import can
 import pytest
 
 from agent.events import Priority
+from agent.settings import StoreSettings
 from agent.store.store import Store
 from can_signals.binding import bind
 from can_signals.dbc import load_dbc
 from can_signals.mapping import load_mapping
+from can_signals.settings import BusSettings, CanSettings, DbcSettings
 from can_signals.simulator import reference_files
 from tests.agent.doctor_helpers import event, make_store, only, statuses, toml_config
 from touchpoint.cli import main
@@ -30,7 +32,6 @@ from touchpoint.doctor.can_checks import check_can, listen_for_frames
 from touchpoint.doctor.dbus_checks import POLICY_FILE, _policy_check
 from touchpoint.doctor.report import guarded, tally
 from touchpoint.doctor.store_checks import check_store
-from touchpoint.settings import BusSettings, CanSettings, DbcSettings, StoreSettings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,14 +22,15 @@ from dbus_fast.constants import NameFlag
 
 from cloud_sync.reference.pki import DevPki
 from cloud_sync.reference.private_broker import PrivateBroker, free_ports, running_broker
+from cloud_sync.settings import CloudSettings
 from tests.agent.doctor_helpers import event, make_store, only, statuses, toml_config
 from touchpoint.cli import main
 from touchpoint.doctor import Check, Status, diagnose, exit_status
 from touchpoint.doctor.cloud_checks import check_cloud, check_plain
 from touchpoint.doctor.dbus_checks import check_dbus
-from touchpoint.settings import CloudSettings, DbusSettings
 from ui_bridge.names import BUS_NAME
 from ui_bridge.reference.private_bus import private_bus
+from ui_bridge.settings import DbusSettings
 
 VEHICLE = "veh-doctor"
 YEAR = dt.timedelta(days=365)

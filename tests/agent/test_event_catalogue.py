@@ -26,6 +26,7 @@ from agent.documents import CloudCard, ConsentText
 from agent.event_catalogue import CATALOGUE, PayloadField, lookup, payload_schema
 from agent.events import Event, Priority
 from agent.rule_model import RuleSetDocument
+from agent.settings import ConsentSettings, StoreSettings
 from tests.agent.conftest import (
     DAY,
     HOUR,
@@ -39,7 +40,7 @@ from tests.agent.conftest import (
     serviced_at,
 )
 from touchpoint.daemon import Daemon
-from touchpoint.settings import ConsentSettings, DaemonSettings, StoreSettings
+from touchpoint.settings import DaemonSettings
 
 #: Types no scenario here records, and why (none, today: keep it that way).
 NOT_DRIVEN: Final[dict[str, str]] = {}

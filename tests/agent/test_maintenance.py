@@ -13,7 +13,8 @@ from agent import maintenance as mnt
 from agent.clock import Now
 from agent.maintenance import ItemState
 from agent.plan import DAY, LocalisedText, ServiceItem, ServicePlan, ServiceRecord
-from agent.vehicle import OIL_LIFE, VehicleState
+from agent.signals import OIL_LIFE
+from agent.vehicle import VehicleState
 from can_signals.update import SignalValue
 from tests.agent.conftest import T0
 

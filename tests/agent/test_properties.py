@@ -28,7 +28,7 @@ from agent.events import Event
 from agent.fault_engine import DtcCatalogue, default_catalogue
 from agent.policy import ChangeType, moving_allowed
 from agent.rule_model import RuleSetDocument
-from agent.vehicle import IGNITION, IS_CHARGING, OIL_LIFE, SELECTED_GEAR, STATE_OF_CHARGE
+from agent.signals import IGNITION, IS_CHARGING, OIL_LIFE, SELECTED_GEAR, STATE_OF_CHARGE
 from can_signals.catalogue import DTC_LIST, GEAR_DRIVE, GEAR_PARK, ODOMETER, SPEED
 from tests.agent.conftest import DAY, HOUR, T0, Car, make_agent, serviced_at
 

@@ -23,7 +23,8 @@ from agent.rule_model import (
     RuleSetDocument,
     builtin_rules,
 )
-from agent.vehicle import STATE_OF_CHARGE, VehicleState
+from agent.signals import STATE_OF_CHARGE
+from agent.vehicle import VehicleState
 from tests.agent.conftest import DAY, HOUR, T0
 
 TARGETS = Targets("touchpoint-ref", "CN")

@@ -18,7 +18,7 @@ from agent.cards import CardKind
 from agent.core import AgentConfig, AgentState
 from agent.policy import PolicyConfig
 from agent.rule_model import RuleSetDocument
-from agent.vehicle import IGNITION, IS_CHARGING, STATE_OF_CHARGE
+from agent.signals import IGNITION, IS_CHARGING, STATE_OF_CHARGE
 from tests.agent.conftest import DAY, HOUR, T0, Car, all_consent, make_agent, serviced_at
 
 WALLET = Wallet.model_validate(

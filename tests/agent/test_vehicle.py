@@ -14,7 +14,8 @@ from agent import vehicle as veh
 from agent.cards import Action, ArgValue, Text, render, restrict_for_moving
 from agent.clock import ClockState, TimeSource
 from agent.ids import IdFactory, uuid7
-from agent.vehicle import IGNITION, IS_CHARGING, SELECTED_GEAR, Transition, VehicleState
+from agent.signals import IGNITION, IS_CHARGING, SELECTED_GEAR
+from agent.vehicle import Transition, VehicleState
 from can_signals.catalogue import DTC_LIST, GEAR_DRIVE, GEAR_PARK, ODOMETER, SPEED
 from can_signals.update import SignalValue
 from tests.agent.conftest import T0, upd

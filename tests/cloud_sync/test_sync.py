@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from agent.consent import Category
 from agent.events import Event, Priority
+from agent.settings import ConsentSettings, PolicySettings, StoreSettings, VehicleSettings
 from agent.store.store import Store
 from can_signals.update import SignalUpdate
 from cloud_sync.contract import (
@@ -29,17 +30,11 @@ from cloud_sync.contract import (
 )
 from cloud_sync.reference.cloud_sim import CloudSim, Endpoint
 from cloud_sync.reference.pki import CLOUD_USER
+from cloud_sync.settings import CloudSettings
 from cloud_sync.signing import SigningKey
 from tests.cloud_sync.conftest import Broker, new_vehicle_id
 from touchpoint.daemon import Daemon
-from touchpoint.settings import (
-    CloudSettings,
-    ConsentSettings,
-    DaemonSettings,
-    PolicySettings,
-    StoreSettings,
-    VehicleSettings,
-)
+from touchpoint.settings import DaemonSettings
 
 KEY: Final = SigningKey.generate("cloud-test")
 CONSENTED: Final = dict.fromkeys(

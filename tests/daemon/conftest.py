@@ -10,13 +10,9 @@ import pytest
 
 from agent.consent import Category
 from agent.policy import CardChange
-from touchpoint.settings import (
-    CanSettings,
-    ConsentSettings,
-    DaemonSettings,
-    DbcSettings,
-    StoreSettings,
-)
+from agent.settings import ConsentSettings, StoreSettings
+from can_signals.settings import CanSettings, DbcSettings
+from touchpoint.settings import DaemonSettings
 
 
 class RecordingSink:

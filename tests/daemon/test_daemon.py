@@ -11,13 +11,15 @@ from pathlib import Path
 import can
 import pytest
 
+from agent.settings import ConsentSettings
 from can_signals import sources
 from can_signals.errors import SourceError
+from can_signals.settings import BusSettings
 from tests.daemon.conftest import RecordingSink
 from touchpoint import daemon as daemon_module
 from touchpoint.daemon import Daemon
 from touchpoint.sdnotify import Notifier
-from touchpoint.settings import BusSettings, ConsentSettings, DaemonSettings
+from touchpoint.settings import DaemonSettings
 
 
 def _events(db: Path) -> list[tuple[str, str]]:

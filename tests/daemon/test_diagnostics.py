@@ -15,21 +15,14 @@ import can
 import pytest
 
 from agent.consent import Category
+from agent.settings import ConsentSettings, PolicySettings, StoreSettings
+from can_signals.settings import BusSettings, CanSettings, DbcSettings, DiagnosticsSettings
 from can_signals.simulator import load_reference_database, reference_files
 from can_signals.simulator.ecu_emulator import EcuEmulator
 from tests.daemon.conftest import RecordingSink
 from touchpoint.cli import main
 from touchpoint.daemon import Daemon
-from touchpoint.settings import (
-    BusSettings,
-    CanSettings,
-    ConsentSettings,
-    DaemonSettings,
-    DbcSettings,
-    DiagnosticsSettings,
-    PolicySettings,
-    StoreSettings,
-)
+from touchpoint.settings import DaemonSettings
 
 
 def _settings(tmp_path: Path, channel: str) -> DaemonSettings:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.settings import StoreSettings
 from touchpoint import daemon as daemon_module
 from touchpoint.daemon import Daemon
-from touchpoint.settings import DaemonSettings, StoreSettings
+from touchpoint.settings import DaemonSettings
 
 pytestmark = pytest.mark.skipif(
     ctypes.util.find_library("c") != "libc.so.6", reason="malloc_trim is glibc's"

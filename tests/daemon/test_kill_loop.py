@@ -62,6 +62,8 @@ import pytest
 from agent.consent import Category
 from agent.core import Agent, Output
 from agent.policy import ChangeType
+from agent.settings import ConsentSettings, PolicySettings, StoreSettings
+from can_signals.settings import CanSettings, DbcSettings
 from can_signals.simulator import Phase, Scenario, record, reference_files
 from tests.daemon.conftest import RecordingSink
 from tests.daemon.killharness import (
@@ -75,14 +77,7 @@ from tests.daemon.killharness import (
     visible_card_ids,
 )
 from touchpoint.daemon import Daemon
-from touchpoint.settings import (
-    CanSettings,
-    ConsentSettings,
-    DaemonSettings,
-    DbcSettings,
-    PolicySettings,
-    StoreSettings,
-)
+from touchpoint.settings import DaemonSettings
 
 REF = reference_files()
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]

@@ -27,17 +27,12 @@ from agent.core import Agent, Output
 from agent.plan import LocalisedText, ServiceHistory, ServiceRecord, default_plan
 from agent.policy import ChangeType
 from agent.rule_model import RuleSetDocument
+from agent.settings import ConsentSettings, PolicySettings, StoreSettings
+from can_signals.settings import CanSettings, DbcSettings
 from can_signals.simulator import ScenarioOptions, build_scenario, record, reference_files
 from tests.daemon.conftest import RecordingSink
 from touchpoint.daemon import Daemon
-from touchpoint.settings import (
-    CanSettings,
-    ConsentSettings,
-    DaemonSettings,
-    DbcSettings,
-    PolicySettings,
-    StoreSettings,
-)
+from touchpoint.settings import DaemonSettings
 
 Step = Callable[[Agent, float, float], Output]
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed"

@@ -16,16 +16,12 @@ from pathlib import Path
 import pytest
 
 from agent.consent import Category
+from agent.settings import ConsentSettings, PolicySettings, StoreSettings
 from can_signals.update import SignalUpdate
 from touchpoint.daemon import Daemon
-from touchpoint.settings import (
-    ConsentSettings,
-    DaemonSettings,
-    DbusSettings,
-    PolicySettings,
-    StoreSettings,
-)
+from touchpoint.settings import DaemonSettings
 from ui_bridge.reference.private_bus import private_bus
+from ui_bridge.settings import DbusSettings
 
 __all__ = ["private_bus"]  # the bus policy tests start buses of their own with it
 

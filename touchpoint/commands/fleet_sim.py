@@ -38,9 +38,9 @@ from cloud_sync.reference.fleet_sim import (
     vehicle_ids,
 )
 from cloud_sync.reference.pki import DevPki
+from cloud_sync.settings import CloudSettings
 from touchpoint.commands.cloud_sim import DEV_KEY_ID, host_port
 from touchpoint.progress import Progress
-from touchpoint.settings import CloudSettings
 
 #: The subcommand's one-line help (for ``touchpoint/cli.py``).
 HELP: Final = "many simulated cars' cloud sync against one broker, to size a broker and cloud"

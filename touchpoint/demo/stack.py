@@ -19,26 +19,19 @@ from pathlib import Path
 from typing import Final
 
 from agent.consent import CONSENTABLE
+from agent.settings import ConsentSettings, PolicySettings, StoreSettings, VehicleSettings
+from can_signals.settings import BusSettings, CanSettings, DbcSettings
 from can_signals.simulator import reference_files
 from cloud_sync.contract import WireEvent
 from cloud_sync.reference.cloud_sim import BookingAnswer, CloudSim, Endpoint
 from cloud_sync.reference.pki import CLOUD_USER, DevPki
 from cloud_sync.reference.private_broker import PrivateBroker, running_broker
+from cloud_sync.settings import CloudSettings
 from cloud_sync.signing import SigningKey
 from touchpoint.daemon import Daemon
-from touchpoint.settings import (
-    BusSettings,
-    CanSettings,
-    CloudSettings,
-    ConsentSettings,
-    DaemonSettings,
-    DbcSettings,
-    DbusSettings,
-    PolicySettings,
-    StoreSettings,
-    VehicleSettings,
-)
+from touchpoint.settings import DaemonSettings
 from ui_bridge.reference.private_bus import private_bus
+from ui_bridge.settings import DbusSettings
 
 #: The demo car's provisioned identity (its certificate's common name).
 VEHICLE_ID: Final = "demo-car-0001"

@@ -17,7 +17,8 @@ from typing import Final, TextIO
 from agent.cards import CardKind
 from agent.events import Event
 from agent.policy import CardChange, ChangeType
-from agent.vehicle import IGNITION, IS_CHARGING, SELECTED_GEAR, VehicleState
+from agent.signals import IGNITION, IS_CHARGING, SELECTED_GEAR
+from agent.vehicle import VehicleState
 from can_signals.catalogue import DTC_LIST, GEAR_DRIVE, GEAR_PARK, ODOMETER, SPEED
 from can_signals.update import SignalUpdate
 from cloud_sync.contract import WireEvent

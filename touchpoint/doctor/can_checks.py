@@ -22,9 +22,9 @@ from can_signals.binding import Binding, bind
 from can_signals.dbc import DbcSource, load_dbcs
 from can_signals.errors import DbcError, MappingError, SourceError
 from can_signals.mapping import read_mapping
+from can_signals.settings import BusSettings, CanSettings
 from can_signals.sources import check_log
 from touchpoint.doctor.report import Check, fail, ok, shorten, warn
-from touchpoint.settings import BusSettings, CanSettings
 
 SYSFS_NET: Final = Path("/sys/class/net")
 #: ``/sys/class/net/<if>/type`` of a CAN device (ARPHRD_CAN).

@@ -6,12 +6,13 @@ import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from agent.settings import VehicleSettings
 from touchpoint.doctor.can_checks import SYSFS_NET, check_can
 from touchpoint.doctor.cloud_checks import check_cloud
 from touchpoint.doctor.dbus_checks import POLICY_DIRS, check_dbus
 from touchpoint.doctor.report import Check, fail, guarded, ok, warn
 from touchpoint.doctor.store_checks import check_store
-from touchpoint.settings import ConfigError, DaemonSettings, VehicleSettings, load_settings
+from touchpoint.settings import ConfigError, DaemonSettings, load_settings
 
 _FIX_VALUE = "correct the value in the file (or the TOUCHPOINT_* environment variable)"
 

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cloud_sync.settings import CloudSettings
 from touchpoint.doctor.report import Check, Status, fail, ok, warn
-from touchpoint.settings import CloudSettings
 
 #: A certificate expiring sooner than this is worth a warning.
 EXPIRY_WARNING: Final = dt.timedelta(days=30)

@@ -22,8 +22,8 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 
 from touchpoint.doctor.report import Check, fail, ok, warn
-from touchpoint.settings import DbusSettings
 from ui_bridge.names import BUS_NAME, bus_arguments
+from ui_bridge.settings import DbusSettings
 
 #: Where dbus-daemon reads system bus policies: packages, then the administrator's.
 POLICY_DIRS: Final = (Path("/usr/share/dbus-1/system.d"), Path("/etc/dbus-1/system.d"))

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from agent.settings import StoreSettings
 from agent.store.readonly import (
     OutboxReport,
     human_size,
@@ -28,7 +29,6 @@ from agent.store.readonly import (
 from agent.store.schema import SCHEMA_VERSION
 from agent.store.store import PAGE_HEADROOM, StoreError
 from touchpoint.doctor.report import Check, fail, ok, shorten, warn
-from touchpoint.settings import StoreSettings
 
 #: Share of the outbox budget beyond which the doctor warns (eviction is near).
 BUDGET_WARNING: Final = 0.9

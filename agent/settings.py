@@ -1,0 +1,114 @@
+"""The agent's settings: the car, the store, the card policy, consent at first start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Final
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.consent import Category
+
+DEFAULT_STATE_DIR: Final = Path("/var/lib/touchpoint")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VehicleSettings(_Section):
+    """What car this is."""
+
+    id: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9_-]{1,64}$",
+            description="The provisioned device identity (not the VIN): the prefix of the "
+            "car's MQTT topics and the common name of its certificate. `cloud` is reserved "
+            "for the backend.",
+        ),
+    ] = "dev-vehicle"
+    model: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=64,
+            description="The car model, matched against a card rule's `targeting.models`.",
+        ),
+    ] = "touchpoint-ref"
+    market: Annotated[
+        str,
+        Field(
+            min_length=2,
+            max_length=8,
+            description="The market the car is sold in, matched against a card rule's "
+            "`targeting.markets`.",
+        ),
+    ] = "CN"
+
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value == "cloud":
+            raise ValueError("'cloud' is the backend's identity, not a vehicle's")
+        return value
+
+
+class StoreSettings(_Section):
+    """The SQLite store."""
+
+    path: Annotated[
+        Path,
+        Field(
+            description="The database file (WAL mode: its `-wal` and `-shm` files sit beside it)."
+        ),
+    ] = DEFAULT_STATE_DIR / "touchpoint.db"
+    max_events: Annotated[
+        int,
+        Field(
+            ge=100,
+            description="Outbox budget in events: beyond it the lowest-priority, oldest events "
+            "are evicted (the driver's requests never are).",
+        ),
+    ] = 100_000
+    max_bytes: Annotated[
+        int,
+        Field(ge=1024 * 1024, description="Outbox budget in bytes, evicting the same way."),
+    ] = 64 * 1024 * 1024
+
+
+class PolicySettings(_Section):
+    """The card policy."""
+
+    max_visible: Annotated[
+        int, Field(ge=1, le=10, description="Cards on screen at once, at most.")
+    ] = 3
+    quiet_hours: Annotated[
+        tuple[Annotated[int, Field(ge=0, le=23)], Annotated[int, Field(ge=0, le=23)]] | None,
+        Field(
+            description="Local hours `[start, end)` in which only critical cards appear "
+            "(`[22, 7]` spans midnight)."
+        ),
+    ] = (22, 7)
+    utc_offset_minutes: Annotated[
+        int,
+        Field(
+            ge=-720,
+            le=840,
+            description="The car's local time zone, in minutes east of UTC: quiet hours, "
+            "time-of-day rules and booking times use it.",
+        ),
+    ] = 480
+
+
+class ConsentSettings(_Section):
+    """Consent granted at the very first start (before the driver has chosen)."""
+
+    defaults: Annotated[
+        dict[Category, bool],
+        Field(
+            description="Category = granted, applied at the first start (a store with no consent "
+            "yet); the driver's later choices win. Absent categories stay refused; "
+            "`service_requests` needs no consent and is ignored here."
+        ),
+    ] = {}
