@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import IntEnum
+from enum import Enum, IntEnum
 from types import MappingProxyType
 from typing import Final
 
@@ -22,6 +22,8 @@ DEFAULT_LOCALE: Final = "zh-CN"
 #: moving driver may see has a short title and at most one action.
 MOVING_TITLE_MAX: Final = 40
 MOVING_ACTIONS_MAX: Final = 1
+#: The actions a card may offer; the HMI reports taps by these keys.
+ACTION_KEYS: Final = frozenset({"book", "snooze", "dismiss", "redeem", "ok"})
 
 
 class CardKind(IntEnum):
@@ -196,6 +198,23 @@ def restrict_for_moving(
 
 def _shorten(text: str) -> str:
     return text if len(text) <= MOVING_TITLE_MAX else text[: MOVING_TITLE_MAX - 1] + "…"
+
+
+class ChangeType(Enum):
+    """How the set of visible cards changed."""
+
+    ADDED = "added"  # became visible
+    UPDATED = "updated"  # visible, and its content or state changed
+    REMOVED = "removed"  # left the screen (closed, withdrawn, snoozed, displaced)
+
+
+@dataclass(frozen=True, slots=True)
+class CardChange:
+    """One change for the HMI bridge and the event log."""
+
+    type: ChangeType
+    card: Card
+    reason: CloseReason = CloseReason.UNKNOWN
 
 
 _PLACEHOLDER: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")

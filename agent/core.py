@@ -26,25 +26,28 @@ from agent import maintenance as mnt
 from agent import vehicle as veh
 from agent.benefits import Wallet
 from agent.booking import Booking, BookingStatus, Redemption, Slot
-from agent.cards import Action, ArgValue, Card, CardKind, CardState, CloseReason, Text
+from agent.cards import (
+    Action,
+    ArgValue,
+    Card,
+    CardChange,
+    CardKind,
+    CardState,
+    ChangeType,
+    CloseReason,
+    Text,
+)
 from agent.clock import ClockState, Now, TimeSource
 from agent.consent import Category, ConsentState
 from agent.documents import CloudCard, ConsentText
-from agent.errors import AgentError
+from agent.errors import ActionError
 from agent.events import Event, EventDraft, Priority
 from agent.facts import fact_lookup
 from agent.fault_engine import DtcCatalogue
 from agent.flows import BookingInProgressError, Flows
 from agent.ids import IdFactory
 from agent.plan import DAY, ServiceHistory, ServicePlan
-from agent.policy import (
-    CardChange,
-    CardManager,
-    ChangeType,
-    ManagerSnapshot,
-    PolicyConfig,
-    moving_allowed,
-)
+from agent.policy import CardManager, ManagerSnapshot, PolicyConfig, moving_allowed
 from agent.reactions import Reactions
 from agent.rule_engine import CardSpec, RuleEngine, Targets, card_spec
 from agent.rule_model import RuleSetDocument
@@ -75,14 +78,6 @@ class _LazyFacts:
         if self._lookup is None:
             self._lookup = self._agent.facts({}, self._now)
         return self._lookup(fact)
-
-
-class ActionError(AgentError):
-    """A tap the agent cannot carry out; ``code`` names it for the D-Bus error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,9 @@
-"""Documents the cloud sends that are not plans, catalogues, wallets or rules.
+"""The documents the cloud sends, as the agent validates them: the contract's bodies.
+
+Cloud sync validates each document it receives against these models before the agent
+applies it. Plans, histories, catalogues, wallets and rule sets are defined beside the
+engines that use them and named here, so that an adapter needs this one module; two
+are defined here:
 
 - :class:`ConsentText`: what each consent category is used for, in both languages, as
   the settings app shows it.
@@ -15,8 +20,24 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.plan import LocalisedText
-from agent.rule_model import CardTemplate
+from agent.benefits import Coupon, Wallet
+from agent.fault_engine import DtcCatalogue
+from agent.plan import LocalisedText, ServiceHistory, ServicePlan, ServiceRecord
+from agent.rule_model import CardTemplate, RuleSetDocument
+
+__all__ = [
+    "CardTemplate",
+    "CloudCard",
+    "ConsentText",
+    "Coupon",
+    "DtcCatalogue",
+    "LocalisedText",
+    "RuleSetDocument",
+    "ServiceHistory",
+    "ServicePlan",
+    "ServiceRecord",
+    "Wallet",
+]
 
 
 class ConsentText(BaseModel):

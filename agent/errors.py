@@ -7,3 +7,11 @@ from touchpoint.errors import TouchpointError
 
 class AgentError(TouchpointError):
     """An error of the agent core (state, decisions, store)."""
+
+
+class ActionError(AgentError):
+    """A tap the agent cannot carry out; ``code`` names it for the D-Bus error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -20,11 +20,10 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, cast, get_args
 
 from agent.benefits import SCENES
-from agent.cards import CardKind, CloseReason
+from agent.cards import ACTION_KEYS, CardKind, CloseReason
 from agent.consent import CONSENTABLE, Category
 from agent.events import JsonValue, Priority
 from agent.maintenance import ItemState
-from agent.rule_model import ACTION_KEYS
 
 JsonType = Literal["string", "number", "integer", "boolean", "array", "object", "null"]
 JSON_TYPES: Final = frozenset(get_args(JsonType))

@@ -89,6 +89,41 @@ class Event:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An event waiting in the outbox."""
+
+    id: str
+    type: str
+    category: str
+    priority: int
+    time: float
+    time_trusted: bool
+    boot_id: str
+    seq: int
+    request_id: str | None
+    payload: str
+    size: int
+    attempts: int
+    expires: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The event as the cloud receives it."""
+        data: dict[str, object] = {
+            "id": self.id,
+            "type": self.type,
+            "category": self.category,
+            "time": self.time,
+            "time_trusted": self.time_trusted,
+            "boot_id": self.boot_id,
+            "seq": self.seq,
+            "payload": json.loads(self.payload),
+        }
+        if self.request_id is not None:
+            data["request_id"] = self.request_id
+        return data
+
+
 def _plain(value: object) -> object:
     """Read-only mappings (the drafts' default payload is one) serialise as objects."""
     if isinstance(value, Mapping):

@@ -18,30 +18,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from types import MappingProxyType
 from typing import Final
 
-from agent.cards import Card, CardKind, CardState, CloseReason, Urgency
+from agent.cards import Card, CardChange, CardKind, CardState, ChangeType, CloseReason, Urgency
 
 DAY: Final = 86_400.0
-
-
-class ChangeType(Enum):
-    """How the set of visible cards changed."""
-
-    ADDED = "added"  # became visible
-    UPDATED = "updated"  # visible, and its content or state changed
-    REMOVED = "removed"  # left the screen (closed, withdrawn, snoozed, displaced)
-
-
-@dataclass(frozen=True, slots=True)
-class CardChange:
-    """One change for the HMI bridge and the event log."""
-
-    type: ChangeType
-    card: Card
-    reason: CloseReason = CloseReason.UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.cards import MOVING_ACTIONS_MAX, MOVING_TITLE_MAX
+from agent.cards import ACTION_KEYS, MOVING_ACTIONS_MAX, MOVING_TITLE_MAX
 from agent.plan import LocalisedText
 
 #: Agent events a rule can be triggered by (see :mod:`agent.core`).
@@ -46,7 +46,6 @@ AGENT_EVENTS: Final = frozenset(
     }
 )
 #: Action keys the agent knows how to carry out.
-ACTION_KEYS: Final = frozenset({"book", "snooze", "dismiss", "redeem", "ok"})
 _FACT: Final = re.compile(
     r"^(event\.[a-z_][a-z0-9_]*|signal\.Vehicle(\.[A-Za-z0-9_]+)+|"
     r"vehicle\.(parked|driving|charging|odometer_km|drive_cycle)|"

@@ -34,10 +34,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from agent.cards import Card, Text
+from agent.cards import Card, CardChange, ChangeType, Text
 from agent.consent import Category
 from agent.ids import uuid7
-from agent.policy import CardChange, ChangeType
 from agent.settings import ConsentSettings, PolicySettings, StoreSettings
 from agent.signals import SELECTED_GEAR
 from bench.report import Row, Section

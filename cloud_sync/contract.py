@@ -31,11 +31,16 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.benefits import Wallet
-from agent.documents import CloudCard, ConsentText
-from agent.fault_engine import DtcCatalogue
-from agent.plan import LocalisedText, ServiceHistory, ServicePlan
-from agent.rule_model import RuleSetDocument
+from agent.documents import (
+    CloudCard,
+    ConsentText,
+    DtcCatalogue,
+    LocalisedText,
+    RuleSetDocument,
+    ServiceHistory,
+    ServicePlan,
+    Wallet,
+)
 
 PREFIX: Final = "tp/v1"
 SCHEMA_VERSION: Final = 1

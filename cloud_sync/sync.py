@@ -24,19 +24,16 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from agent.booking import BookingStatus, Slot
-from agent.consent import Category
-from agent.core import Agent, Output
-from agent.events import Event
-from agent.store.store import OutboxRow, Store
+from agent.events import Event, OutboxRow
+from agent.ports import CloudHost
 from cloud_sync.contract import (
     REPLIES,
     BookingReply,
@@ -64,21 +61,6 @@ REQUEST_PREFIX: Final = "request."
 NO_MATCHING_SUBSCRIBERS: Final = 0x10
 QUIET_MIN_S: Final = 0.5
 QUIET_MAX_S: Final = 30.0
-Step = Callable[[Agent, float, float], Output]
-
-
-class SyncHost(Protocol):
-    """What cloud sync needs of the daemon (:class:`touchpoint.daemon.Daemon` is one)."""
-
-    @property
-    def agent(self) -> Agent:
-        """The agent core."""
-
-    async def apply(self, step: Step) -> Output:
-        """Run an input through the agent and wait until it is durable."""
-
-    async def in_store_thread(self, function: Callable[[Store], object]) -> object:
-        """Run ``function(store)`` in the store's thread."""
 
 
 @dataclass(slots=True)
@@ -118,7 +100,7 @@ class CloudSync:
         vehicle_id: This car's id (``[vehicle] id``).
     """
 
-    def __init__(self, host: SyncHost, settings: CloudSettings, vehicle_id: str) -> None:
+    def __init__(self, host: CloudHost, settings: CloudSettings, vehicle_id: str) -> None:
         self._host = host
         self._settings = settings
         self.topics = Topics(vehicle_id)
@@ -157,7 +139,7 @@ class CloudSync:
 
     async def start(self) -> None:
         """Connect in the background and start sending (an unreachable broker is normal)."""
-        self._backlog = int(await self._host.in_store_thread(lambda s: s.outbox_count))  # type: ignore[call-overload]
+        self._backlog = await self._host.outbox.backlog()
         self.link.start()
         self._tasks = [
             asyncio.create_task(self._send_loop(), name="cloud send"),
@@ -223,16 +205,9 @@ class CloudSync:
 
     async def _send_next(self) -> bool:
         settings = self._settings
+        taken = await self._host.outbox.take(settings.batch_events, settings.batch_bytes)
+        send, withheld, self._backlog = taken.rows, taken.withheld, taken.backlog
         now = time.time()
-        consent = self._host.agent.consent
-        allowed = {c.value for c in Category if consent.allows(c, now)}
-
-        def take(store: Store) -> tuple[list[OutboxRow], int, int]:
-            send, withheld = store.take(settings.batch_events, settings.batch_bytes, allowed, now)
-            return send, withheld, store.outbox_count
-
-        taken: tuple[list[OutboxRow], int, int] = await self._host.in_store_thread(take)  # type: ignore[assignment]
-        send, withheld, self._backlog = taken
         if withheld:
             self.stats.events_withheld += withheld
             _log.info("%d events withheld: their consent was withdrawn", withheld)
@@ -296,12 +271,9 @@ class CloudSync:
             dead = [i for i in entry.ids if entry.attempts[i] >= self._settings.max_attempts]
             retry = [i for i in entry.ids if i not in dead]
 
-            def settle(store: Store) -> None:
-                for event_id in dead:
-                    store.dead_letter(event_id, why)
-                store.release(retry, why)
-
-            await self._host.in_store_thread(settle)
+            if dead:
+                await self._host.outbox.dead_letter(dead, why)
+            await self._host.outbox.release(retry, why, count=True)
             self.stats.events_dead_lettered += len(dead)
         self._wake.set()
 
@@ -314,9 +286,8 @@ class CloudSync:
         try:
             while self._acked:
                 batch, self._acked = self._acked, []
-                backlog = await self._host.in_store_thread(partial(_acknowledge, ids=batch))
+                self._backlog = await self._host.outbox.acknowledge(batch)
                 self.stats.events_acknowledged += len(batch)
-                self._backlog = int(backlog)  # type: ignore[call-overload]
         finally:
             self._acking = False
 
@@ -327,9 +298,7 @@ class CloudSync:
         delivered. It goes back to pending (not an attempt), and sending pauses, longer
         each time, until the cloud's consumers are back.
         """
-        await self._host.in_store_thread(
-            lambda s: s.release(entry.ids, "no subscriber", count=False)
-        )
+        await self._host.outbox.release(entry.ids, "no subscriber", count=False)
         self.stats.events_unheard += len(entry.ids)
         self._quiet_s = min(max(self._quiet_s * 2, QUIET_MIN_S), QUIET_MAX_S)
         self._resume_at = time.monotonic() + self._quiet_s
@@ -341,7 +310,7 @@ class CloudSync:
         self._inflight.clear()
         if ids:
             # Not the broker's refusal: this send does not count as an attempt.
-            await self._host.in_store_thread(lambda s: s.release(ids, None, count=False))
+            await self._host.outbox.release(ids, None, count=False)
             _log.info("%d events back to pending (%s)", len(ids), reason)
 
     # -- down ----------------------------------------------------------------------------
@@ -363,17 +332,11 @@ class CloudSync:
         if rest.startswith("res/"):
             await self._reply(rest.removeprefix("res/"), message)
             return
-        verdict = self._gate.check(
-            message.topic, message.payload, self._host.agent.document_versions
-        )
+        verdict = self._gate.check(message.topic, message.payload, self._host.document_versions())
         if isinstance(verdict, Ignored):
             _log.debug("downlink on %s ignored: %s", message.topic, verdict.why)
         elif isinstance(verdict, Accepted):
-            await self._host.apply(
-                lambda a, w, m: a.apply_document(
-                    verdict.kind.value, verdict.version, verdict.body, w, m
-                )
-            )
+            await self._host.apply_document(verdict.kind.value, verdict.version, verdict.body)
             self.stats.documents_applied += 1
             _log.info("%s version %d is in effect", verdict.kind.value, verdict.version)
         else:
@@ -385,11 +348,7 @@ class CloudSync:
         self.stats.documents_rejected += 1
         _rejections.warning("downlink", "refused a message on %s: %s", topic, reason)
         kind_name = None if kind is None else str(getattr(kind, "value", kind))
-        await self._host.apply(
-            lambda a, w, m: a.reject_document(
-                reason, kind=kind_name, version=version, topic=topic, wall=w, monotonic=m
-            )
-        )
+        await self._host.reject_document(reason, kind=kind_name, version=version, topic=topic)
 
     async def _reply(self, name: str, message: Incoming) -> None:
         try:
@@ -404,7 +363,7 @@ class CloudSync:
                                message.topic)  # fmt: skip
             return
         self.stats.replies += 1
-        await self._host.apply(_reply_step(reply))
+        await _answer(self._host, reply)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -421,30 +380,21 @@ class CloudSync:
         return status.model_dump_json(exclude_none=True).encode()
 
 
-def _acknowledge(store: Store, ids: list[str]) -> int:
-    """Delete acknowledged events; what is left in the outbox (the backlog the status tells)."""
-    store.acknowledge(ids)
-    return store.outbox_count
-
-
 def _slot(slot: WireSlot) -> Slot:
     return Slot(slot.id, slot.start, slot.dealer.text() if slot.dealer else None)
 
 
-def _reply_step(reply: SlotsReply | BookingReply | RedemptionReply) -> Step:
+async def _answer(host: CloudHost, reply: SlotsReply | BookingReply | RedemptionReply) -> None:
     if isinstance(reply, SlotsReply):
-        slots = [_slot(s) for s in reply.slots]
-        return lambda a, w, m: a.on_slots(reply.request_id, slots, w, m)
-    if isinstance(reply, BookingReply):
-        slot = _slot(reply.slot) if reply.slot else None
-        return lambda a, w, m: a.on_booking_answer(
-            reply.request_id, BookingStatus(reply.status), w, m,
-            booking_id=reply.booking_id, reason=reply.reason, slot=slot,
+        await host.on_slots(reply.request_id, [_slot(s) for s in reply.slots])
+    elif isinstance(reply, BookingReply):
+        await host.on_booking_answer(
+            reply.request_id, BookingStatus(reply.status), booking_id=reply.booking_id,
+            reason=reply.reason, slot=_slot(reply.slot) if reply.slot else None,
         )  # fmt: skip
-    message = reply.message.text() if reply.message else None
-    return lambda a, w, m: a.on_redemption_answer(
-        reply.request_id, accepted=reply.accepted, wall=w, monotonic=m, message=message
-    )
+    else:
+        message = reply.message.text() if reply.message else None
+        await host.on_redemption_answer(reply.request_id, accepted=reply.accepted, message=message)
 
 
 def _event_json(row: OutboxRow) -> str:

@@ -21,8 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from agent import state_codec
 from agent.consent import Category
@@ -31,14 +30,16 @@ from agent.events import Event, EventDraft, Priority
 from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory
 from agent.plan import default_plan
-from agent.policy import CardChange, PolicyConfig
+from agent.policy import PolicyConfig
 from agent.rule_model import builtin_rules
-from agent.store.store import OpenReport, Store, StoreError, StoreLimits
+from agent.store.store import OpenReport, Store, StoreLimits
 from can_signals.errors import CanSignalsError, SourceError
 from can_signals.pipeline import SignalPipeline
 from can_signals.sources import BusConfig
 from can_signals.update import SignalUpdate
+from touchpoint.runner import AgentRunner, CardSink, Clock, Step
 from touchpoint.sdnotify import Notifier, watchdog_interval
+from touchpoint.services import CloudService, HmiService
 from touchpoint.settings import DaemonSettings
 from touchpoint.tasks import cancel_and_wait
 
@@ -49,19 +50,15 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-#: After a failed commit, wait this long before retrying.
-COMMIT_RETRY_S: Final = 1.0
 #: How often CAN buses that could not be opened are tried again.
 CAN_RETRY_S: Final = 5.0
-#: At shutdown, a store that keeps failing is given up on after this many tries.
-CLOSING_RETRIES: Final = 3
 #: How often the heap freed since (a burst of signals, commits, a document) is given
 #: back to the system: without it a head unit keeps the high-water mark of every drive.
 HEAP_TRIM_S: Final = 10.0
 #: A loop that has not made progress for this long stops the watchdog.
 STALL_S: Final = 30.0
 
-Clock = Callable[[], float]
+_T = TypeVar("_T")
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -90,21 +87,6 @@ def _release_heap() -> None:
     _trim_heap()
 
 
-class CardSink(Protocol):
-    """Something that shows cards (the HMI bridge); told of changes after they are durable."""
-
-    async def apply(self, changes: Sequence[CardChange]) -> None:
-        """Show the changes."""
-
-
-@dataclass(slots=True)
-class _Pending:
-    output: Output
-    sections: dict[str, str]
-    done: asyncio.Future[None]
-    driving: bool  # the vehicle's state when the output was made
-
-
 class Daemon:
     """``touchpoint run``: the agent as a service."""
 
@@ -117,6 +99,7 @@ class Daemon:
         monotonic: Clock = time.monotonic,
     ) -> None:
         self.settings = settings
+        #: Told of card changes once they are durable (the D-Bus bridge, tools, tests).
         self.sinks: list[CardSink] = []
         #: Called with every batch of signal updates the agent receives (timelines, tools).
         self.signal_taps: list[Callable[[Sequence[SignalUpdate]], None]] = []
@@ -125,55 +108,56 @@ class Daemon:
         self._notifier = notifier or Notifier()
         self._wall, self._monotonic = wall, monotonic
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._store: Store | None = None
-        self._agent: Agent | None = None
+        self._runner: AgentRunner | None = None
         self._pipeline: SignalPipeline | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._pending: list[_Pending] = []
-        self._last_done: asyncio.Future[None] | None = None
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._committer: asyncio.Task[None] | None = None
         self._heartbeats: dict[str, float] = {}
         self.boot_id = str(uuid.uuid4())
         self.open_report: OpenReport | None = None
         self.dtc_poller: DtcPoller | None = None
         self.bridge: DbusBridge | None = None
-        #: Whether the car was driving as of the last commit the sinks were told of. The
-        #: agent's own state runs ahead: driving may have begun in an input whose card
-        #: withdrawals are still to be committed.
-        self.driving = True
         #: Why the CAN buses are not open (retried in the background), or ``None``.
         self.can_problem: str | None = None
         self.cloud: CloudSync | None = None
-        self.commits = 0
         self.started_at = 0.0
         #: Set when a finite signal source (a replay) has been consumed entirely.
         self.signals_finished = asyncio.Event()
 
     @property
+    def runner(self) -> AgentRunner:
+        """The agent and its commit path."""
+        if self._runner is None:
+            raise RuntimeError("the daemon has not started")
+        return self._runner
+
+    @property
     def agent(self) -> Agent:
         """The agent core (only the event loop's thread may use it)."""
-        if self._agent is None:
-            raise RuntimeError("the daemon has not started")
-        return self._agent
+        return self.runner.agent
 
     @property
     def store(self) -> Store:
         """The store (only from the store thread; see :meth:`in_store_thread`)."""
-        if self._store is None:
-            raise RuntimeError("the daemon has not started")
-        return self._store
+        return self.runner.store
+
+    @property
+    def driving(self) -> bool:
+        """Whether the car was driving as of the last commit the sinks were told of."""
+        return self.runner.driving
+
+    @property
+    def commits(self) -> int:
+        """Commits so far."""
+        return self.runner.commits
 
     @property
     def pipeline(self) -> SignalPipeline | None:
         """The signal pipeline, if CAN is configured."""
         return self._pipeline
 
-    async def in_store_thread(self, function: Callable[[Store], object]) -> object:
+    async def in_store_thread(self, function: Callable[[Store], _T]) -> _T:
         """Run ``function(store)`` in the store's thread (tooling, tests)."""
-        store = self.store
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, store)
+        return await self.runner.in_store_thread(function)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -190,10 +174,18 @@ class Daemon:
         store, report = await loop.run_in_executor(
             self._executor, Store.open, settings.store.path, limits
         )
-        self._store, self.open_report = store, report
+        self.open_report = report
         sections = await loop.run_in_executor(self._executor, store.load_sections)
-        self._agent = self._build_agent(state_codec.decode(sections))
-        self.driving = self._agent.vehicle.driving
+        agent = self._build_agent(state_codec.decode(sections))
+        self._runner = AgentRunner(
+            agent,
+            store,
+            self._executor,
+            wall=self._wall,
+            monotonic=self._monotonic,
+            beat=lambda: self._beat("commit"),
+        )
+        self._runner.sinks, self._runner.event_taps = self.sinks, self.event_taps
         self._first_start(sections, report)
         self._pipeline = self._build_pipeline()
         if self._pipeline is not None:
@@ -212,17 +204,18 @@ class Daemon:
         if settings.dbus is not None:
             from ui_bridge.bridge import DbusBridge  # noqa: PLC0415 - only with [dbus]
 
-            self.bridge = DbusBridge(self, settings.dbus.address, settings.dbus.locale)
+            board = HmiService(self.runner, self.wipe)
+            self.bridge = DbusBridge(board, settings.dbus.address, settings.dbus.locale)
             await self.bridge.start()
             self.sinks.append(self.bridge)
         if settings.cloud is not None:
             from cloud_sync.sync import CloudSync  # noqa: PLC0415 - only with [cloud]
 
-            self.cloud = CloudSync(self, settings.cloud, settings.vehicle.id)
+            self.cloud = CloudSync(CloudService(self.runner), settings.cloud, settings.vehicle.id)
             await self.cloud.start()
             self.event_taps.append(self.cloud.events_committed)
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
-        self._committer = asyncio.create_task(self._commit_loop(), name="commit")
+        self.runner.start()
         interval = watchdog_interval()
         if interval is not None:
             self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
@@ -346,16 +339,8 @@ class Daemon:
             await self._pipeline.stop()
         await cancel_and_wait(self._tasks)
         self._tasks.clear()
-        # The committer is never cancelled (a commit cut short would leave its batch
-        # unaccounted for): it drains what is pending and returns.
-        self._closing = True
-        self._wake.set()
-        if self._committer is not None:
-            await self._committer
-            self._committer = None
-        if self._store is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
-            self._store = None
+        if self._runner is not None:
+            await self._runner.close()
         self._executor.shutdown(wait=True)
         self._notifier.close()
 
@@ -376,28 +361,19 @@ class Daemon:
 
     def submit(self, output: Output) -> asyncio.Future[None]:
         """Queue an output for the next commit; the future resolves once it is durable."""
-        sections = state_codec.encode(self.agent, output.dirty) if output.dirty else {}
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(output, sections, done, self.agent.vehicle.driving))
-        self._last_done = done
-        self._wake.set()
-        return done
+        return self.runner.submit(output)
 
-    async def apply(self, step: Callable[[Agent, float, float], Output]) -> Output:
+    async def apply(self, step: Step) -> Output:
         """Run one input through the agent and wait until its output is durable.
 
-        This is how adapters feed the agent: ``await daemon.apply(lambda a, w, m:
-        a.on_action(card_id, key, {}, w, m))``. Errors the step raises reach the caller
-        and change nothing.
+        Errors the step raises reach the caller and change nothing.
         """
-        output = step(self.agent, self._wall(), self._monotonic())
-        await self.submit(output)
-        return output
+        return await self.runner.apply(step)
 
     async def settle(self) -> None:
         """Wait until everything submitted so far is committed and shown."""
-        if self._last_done is not None:
-            await asyncio.shield(self._last_done)
+        if self._runner is not None:
+            await self._runner.settle()
 
     async def wipe(self, *, owner_change: bool) -> None:
         """Delete the driver's data in the car (or everything personal, for a new owner).
@@ -439,62 +415,6 @@ class Daemon:
                 _trim_heap()
                 trimmed = now
 
-    # -- commits ------------------------------------------------------------------------
-
-    async def _commit_loop(self) -> None:
-        while not (self._closing and not self._pending):
-            self._beat("commit")
-            await self._wake.wait()
-            self._wake.clear()
-            await self._flush()
-
-    async def _flush(self) -> None:
-        failures = 0
-        while self._pending:
-            batch, self._pending = self._pending, []
-            events = [e for p in batch for e in p.output.events]
-            sections: dict[str, str] = {}
-            for pending in batch:
-                sections.update(pending.sections)
-            store = self.store
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(
-                    self._executor, store.commit, events, sections, self._wall()
-                )
-            except StoreError as err:
-                failures += 1
-                if self._closing and failures >= CLOSING_RETRIES:
-                    _log.critical("giving up on %d events at shutdown: %s", len(events), err)
-                else:
-                    _log.error("commit of %d events failed: %s; retrying", len(events), err)
-                    self._pending[:0] = batch
-                    await asyncio.sleep(COMMIT_RETRY_S)
-                    continue
-            else:
-                self.commits += 1
-                self._beat("commit")
-                if events:
-                    for tap in self.event_taps:
-                        tap(events)
-            # Sinks hear of card changes, and of a change of the vehicle state behind
-            # them (driving or parked) even without one.
-            changes = [c for p in batch for c in p.output.changes]
-            driving_changed = batch[-1].driving != self.driving
-            self.driving = batch[-1].driving
-            if changes or driving_changed:
-                await self._show(changes)
-            for pending in batch:
-                if not pending.done.done():
-                    pending.done.set_result(None)
-
-    async def _show(self, changes: list[CardChange]) -> None:
-        for sink in self.sinks:
-            try:
-                await sink.apply(changes)
-            except Exception:  # noqa: BLE001 - one broken sink must not stop the others
-                _log.exception("card sink %r failed", sink)
-
     # -- health -------------------------------------------------------------------------
 
     def _beat(self, loop_name: str) -> None:
@@ -506,7 +426,7 @@ class Daemon:
             stalled = [
                 n for n, t in self._heartbeats.items() if now - t > max(STALL_S, 4 * interval)
             ]
-            if stalled and not (set(stalled) <= {"signals", "commit"} and not self._pending):
+            if stalled and not (set(stalled) <= {"signals", "commit"} and not self.runner.pending):
                 _log.error("loops not making progress: %s; withholding the watchdog", stalled)
             else:
                 self._notifier.watchdog()
@@ -514,9 +434,10 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def _status(self) -> str:
-        agent = self._agent
+        runner = self._runner
+        agent = runner.agent if runner else None
         visible = len(agent.cards.visible) if agent else 0
-        outbox = self._store.outbox_count if self._store else 0
+        outbox = runner.store.outbox_count if runner else 0
         if self._pipeline is None:
             source = "no CAN"
         else:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, Final
 
 from dbus_fast import DBusError, Message, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
@@ -29,16 +29,18 @@ from dbus_fast.constants import NameFlag
 from dbus_fast.service import ServiceInterface
 
 from agent.cards import (
+    ACTION_KEYS,
     LOCALES,
     MOVING_ACTIONS_MAX,
     MOVING_TITLE_MAX,
     Card,
+    CardChange,
+    ChangeType,
     CloseReason,
 )
 from agent.consent import CONSENTABLE, PURPOSES, Category
-from agent.core import ActionError, Agent, Output
-from agent.policy import CardChange, ChangeType
-from agent.rule_model import ACTION_KEYS
+from agent.errors import ActionError
+from agent.ports import CardBoard
 from touchpoint.errors import TouchpointError
 from touchpoint.version import package_version
 from ui_bridge.card_object import CardObject
@@ -63,8 +65,6 @@ _log = logging.getLogger(__name__)
 RECONNECT_MIN_S: Final = 0.5
 RECONNECT_MAX_S: Final = 10.0
 
-Step = Callable[[Agent, float, float], Output]
-
 
 class BridgeError(TouchpointError):
     """The bridge cannot serve (the bus is unreachable, the name is taken or refused)."""
@@ -80,34 +80,16 @@ class _Bus(MessageBus):
         return
 
 
-class AgentHost(Protocol):
-    """What the bridge needs of the daemon (:class:`touchpoint.daemon.Daemon` is one)."""
-
-    @property
-    def agent(self) -> Agent:
-        """The agent core."""
-
-    @property
-    def driving(self) -> bool:
-        """Whether the car was driving as of the last commit the bridge was told of."""
-
-    async def apply(self, step: Step) -> Output:
-        """Run an input through the agent and wait until it is durable."""
-
-    async def wipe(self, *, owner_change: bool) -> None:
-        """Delete the driver's data."""
-
-
 class DbusBridge:
     """Serves the agent on D-Bus as ``org.touchpoint.Agent1``.
 
     Args:
-        host: The daemon (``agent``, ``apply``, ``wipe``).
+        host: The agent's cards and inputs.
         address: ``"system"``, ``"session"``, or a D-Bus address (``unix:path=...``).
         locale: The initial display language.
     """
 
-    def __init__(self, host: AgentHost, address: str = "system", locale: str = "zh-CN") -> None:
+    def __init__(self, host: CardBoard, address: str = "system", locale: str = "zh-CN") -> None:
         self._host = host
         self._address = address
         self.locale = locale if locale in LOCALES else LOCALES[0]
@@ -162,7 +144,7 @@ class DbusBridge:
             raise BridgeError(f"{BUS_NAME} is owned by another process ({reply.name})")
         self._bus = bus
         self._objects.clear()
-        for card in self._host.agent.cards.visible:
+        for card in self._host.shown:
             self._add(card)
         self._restricted = self.driving_restricted()
         _log.info("serving %s on the %s bus", BUS_NAME, self._address)
@@ -284,11 +266,10 @@ class DbusBridge:
 
     def capabilities(self) -> dict[str, Variant]:
         """What this agent can do, for the HMI to adapt to."""
-        policy = self._host.agent.config.policy
         return {
             "ApiVersion": Variant("u", API_VERSION),
             "Locales": Variant("as", list(LOCALES)),
-            "MaxVisible": Variant("u", policy.max_visible),
+            "MaxVisible": Variant("u", self._host.max_visible),
             "MovingTitleMax": Variant("u", MOVING_TITLE_MAX),
             "MovingActionsMax": Variant("u", MOVING_ACTIONS_MAX),
             "Actions": Variant("as", sorted(ACTION_KEYS)),
@@ -298,16 +279,16 @@ class DbusBridge:
     async def invoke_action(self, card_id: str, key: str, options: Mapping[str, Any]) -> None:
         """The HMI's ``InvokeAction``."""
         plain = {k: v.value if isinstance(v, Variant) else v for k, v in options.items()}
-        await self._run(lambda a, w, m: a.on_action(card_id, key, plain, w, m))
+        await self._run(self._host.invoke_action(card_id, key, plain))
 
     async def dismiss(self, card_id: str, reason: CloseReason) -> None:
         """The HMI's ``Dismiss``."""
         _log.debug("dismiss %s (%s)", card_id, reason.name)
-        await self._run(lambda a, w, m: a.on_dismiss(card_id, w, m, reason))
+        await self._run(self._host.dismiss(card_id, reason))
 
     async def report_shown(self, card_id: str) -> None:
         """The HMI's ``ReportShown``."""
-        await self._run(lambda a, w, m: a.on_shown(card_id, w, m))
+        await self._run(self._host.report_shown(card_id))
 
     async def booking_slots(self, path: str) -> list[tuple[str, int, dict[str, Variant]]]:
         """``GetBookingSlots``: the slots, or NotReady at once (``SlotsAvailable`` follows).
@@ -317,7 +298,7 @@ class DbusBridge:
         """
         card_id = self._card_id(path)
         try:
-            slots = self._host.agent.booking_slots(card_id)
+            slots = self._host.booking_slots(card_id)
         except ActionError as err:
             raise DBusError(f"{ERROR_PREFIX}.{err.code}", str(err)) from err
         if slots is None:
@@ -331,14 +312,14 @@ class DbusBridge:
     async def request_booking(self, path: str, slot_id: str) -> None:
         """``RequestBooking``."""
         card_id = self._card_id(path)
-        await self._run(lambda a, w, m: a.request_booking(card_id, slot_id, w, m))
+        await self._run(self._host.request_booking(card_id, slot_id))
 
     def consents(self) -> list[tuple[str, str, bool, int, int]]:
         """The Consent interface's ``Categories``."""
-        consent = self._host.agent.consent
+        grants = self._host.consents()
         rows = []
         for category in CONSENTABLE:
-            grant = consent.grants.get(category)
+            grant = grants.get(category)
             granted = grant is not None and grant.granted
             rows.append((
                 category.value, PURPOSES[category], granted,
@@ -356,14 +337,10 @@ class DbusBridge:
             raise DBusError(ERROR_INVALID_ARGS, f"unknown category {category!r} ({known})") from err
         valid_for = float(valid_for_s) if valid_for_s else None
 
-        def step(a: Agent, w: float, m: float) -> Output:
-            try:
-                return a.set_consent(chosen, granted=granted, valid_for=valid_for, wall=w,
-                                     monotonic=m)  # fmt: skip
-            except ValueError as err:
-                raise DBusError(ERROR_INVALID_ARGS, str(err)) from err
-
-        await self._run(step)
+        try:
+            await self._run(self._host.set_consent(chosen, granted=granted, valid_for=valid_for))
+        except ValueError as err:
+            raise DBusError(ERROR_INVALID_ARGS, str(err)) from err
         self._consent.announce()
 
     async def wipe(self, *, owner_change: bool) -> None:
@@ -381,13 +358,13 @@ class DbusBridge:
 
     def _slots_known(self, card: Card) -> bool:
         try:
-            return self._host.agent.booking_slots(card.id) is not None
+            return self._host.booking_slots(card.id) is not None
         except ActionError:
             return False
 
-    async def _run(self, step: Step) -> None:
+    async def _run(self, call: Awaitable[None]) -> None:
         try:
-            await self._host.apply(step)
+            await call
         except ActionError as err:
             raise DBusError(f"{ERROR_PREFIX}.{err.code}", str(err)) from err
         except DBusError:

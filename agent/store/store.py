@@ -17,7 +17,6 @@ event loop).
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from agent.errors import AgentError
-from agent.events import Event
+from agent.events import Event, OutboxRow
 from agent.store.schema import migrate
 from touchpoint.ratelimit import RateLimitedLog
 
@@ -96,41 +95,6 @@ class CommitResult:
 
     inserted: int
     evicted: int
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """An event waiting in the outbox."""
-
-    id: str
-    type: str
-    category: str
-    priority: int
-    time: float
-    time_trusted: bool
-    boot_id: str
-    seq: int
-    request_id: str | None
-    payload: str
-    size: int
-    attempts: int
-    expires: float | None = None
-
-    def to_json(self) -> dict[str, object]:
-        """The event as the cloud receives it."""
-        data: dict[str, object] = {
-            "id": self.id,
-            "type": self.type,
-            "category": self.category,
-            "time": self.time,
-            "time_trusted": self.time_trusted,
-            "boot_id": self.boot_id,
-            "seq": self.seq,
-            "payload": json.loads(self.payload),
-        }
-        if self.request_id is not None:
-            data["request_id"] = self.request_id
-        return data
 
 
 class Store:

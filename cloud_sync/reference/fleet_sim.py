@@ -24,11 +24,10 @@ minutes and every one of them reported: some 20-30 times the reference drive, so
 a capacity figure errs on the side of fewer cars per broker. Figures for another rate
 scale with the events a second.
 
-Commits are grouped as in the daemon: what the cars served by one store thread record
-while a commit runs goes into the next round, each car's events in one transaction of
-its own store. All stores are used from their store thread only (a
-:class:`~concurrent.futures.ThreadPoolExecutor` of one thread, shared by the cars
-assigned to it), as the store requires.
+Each car commits through the daemon's own commit path
+(:class:`~touchpoint.runner.AgentRunner`): what it records while a commit runs goes
+into the next one, in one transaction of its own store. The stores are used from their
+store thread only; the cars share a few (``store_threads``), as the store allows.
 
 A process holds a few hundred cars at most (:func:`capacity`): the link watches its
 socket and wake-up pipe with ``select()``, which takes no descriptor numbered 1024 or
@@ -52,12 +51,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final, TypeVar
+from typing import Final
 
-from agent import state_codec
 from agent.clock import TimeSource
 from agent.consent import CONSENTABLE, ConsentState
-from agent.core import Agent, AgentConfig, AgentState, Output
+from agent.core import Agent, AgentConfig, AgentState
 from agent.errors import AgentError
 from agent.event_catalogue import CATALOGUE
 from agent.events import Event, EventDraft
@@ -65,13 +63,14 @@ from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory
 from agent.plan import default_plan
 from agent.rule_model import builtin_rules
-from agent.store.store import Store, StoreError
+from agent.store.store import Store
 from cloud_sync.settings import CloudSettings
-from cloud_sync.sync import CloudSync, Step
+from cloud_sync.sync import CloudSync
+from touchpoint.runner import AgentRunner
+from touchpoint.services import CloudService
 from touchpoint.tasks import cancel_and_wait
 
 _log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 #: Events a second per car by default (see the module's docstring for why this many).
 DEFAULT_RATE: Final = 0.1
@@ -184,158 +183,54 @@ class FleetSnapshot:
     cpu_s: float
 
 
-@dataclass(slots=True)
-class _Commit:
-    car: SimCar
-    events: list[Event]
-    sections: dict[str, str]
-    done: asyncio.Future[None]
-
-
-class _StoreWorker:
-    """One store thread, and the group commit of the cars it serves."""
-
-    def __init__(self, index: int, on_record: Callable[[str, Event], None] | None) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{index}")
-        self._on_record = on_record
-        self._pending: list[_Commit] = []
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        self._last: asyncio.Future[None] | None = None
-        self.stores: list[Store] = []
-        self.failures = 0
-
-    async def run(self, function: Callable[..., _T], *args: object) -> _T:
-        """``function(*args)`` in this worker's thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-
-    def start(self) -> None:
-        """Start committing."""
-        self._task = asyncio.create_task(self._commit_loop(), name="fleet commits")
-
-    def submit(self, car: SimCar, output: Output) -> asyncio.Future[None]:
-        """Queue a car's output for the next commit; resolves once it is durable."""
-        # Encoded now, on the event loop that owns the agent, as the daemon does.
-        sections = state_codec.encode(car.agent, output.dirty) if output.dirty else {}
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Commit(car, list(output.events), sections, done))
-        self._last = done
-        self._wake.set()
-        return done
-
-    async def settle(self) -> None:
-        """Wait until everything submitted so far is committed."""
-        if self._last is not None:
-            await asyncio.shield(self._last)
-
-    async def close(self) -> None:
-        """Commit what is pending, close the stores, end the thread."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-        await self.run(_close_all, self.stores)
-        self._executor.shutdown(wait=True)
-
-    async def _commit_loop(self) -> None:
-        while not (self._closing and not self._pending):
-            await self._wake.wait()
-            self._wake.clear()
-            if self._pending:
-                await self._flush()
-
-    async def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        try:
-            await self._commit(batch)
-        finally:
-            # Nobody waits for ever on a batch, even one whose commit failed.
-            for commit in batch:
-                if not commit.done.done():
-                    commit.done.set_result(None)
-
-    async def _commit(self, batch: list[_Commit]) -> None:
-        merged: dict[SimCar, tuple[list[Event], dict[str, str]]] = {}
-        for commit in batch:
-            events, sections = merged.setdefault(commit.car, ([], {}))
-            events.extend(commit.events)
-            sections.update(commit.sections)
-        work = [(car.store, events, sections) for car, (events, sections) in merged.items()]
-        failed = await self.run(_commit_all, work, time.time())
-        self.failures += len(failed)
-        for index, (car, (events, _)) in enumerate(merged.items()):
-            if index in failed:
-                continue
-            car.recorded += len(events)
-            if self._on_record is not None:
-                for event in events:
-                    self._on_record(car.vehicle_id, event)
-            if events:
-                car.cloud.events_committed(events)
-
-
-def _commit_all(work: list[tuple[Store, list[Event], dict[str, str]]], now: float) -> set[int]:
-    """Commit each car's batch in its own transaction; the indexes that failed."""
-    failed: set[int] = set()
-    for index, (store, events, sections) in enumerate(work):
-        try:
-            store.commit(events, sections, now)
-        except (StoreError, TypeError, ValueError) as err:  # a bad event must not stop the rest
-            _log.error("%s: commit of %d events failed: %s", store.path.name, len(events), err)
-            failed.add(index)
-    return failed
-
-
-def _close_all(stores: list[Store]) -> None:
-    for store in stores:
-        store.close()
-
-
-def _backlog(stores: list[Store]) -> int:
-    return sum(store.outbox_count for store in stores)
+def _backlog_of(store: Store) -> int:
+    return store.outbox_count
 
 
 class SimCar:
-    """One simulated car: the daemon's part a :class:`~cloud_sync.sync.SyncHost` needs."""
+    """One simulated car: an agent and its store behind the daemon's own commit path.
+
+    Args:
+        vehicle_id: The car's id.
+        runner: Its agent, store and group commit (the daemon's :class:`AgentRunner`).
+        settings: Its ``[cloud]`` settings.
+        on_record: Called with each of its events once committed.
+    """
 
     def __init__(
         self,
         vehicle_id: str,
-        agent: Agent,
-        store: Store,
-        worker: _StoreWorker,
+        runner: AgentRunner,
         settings: CloudSettings,
+        on_record: Callable[[str, Event], None] | None,
     ) -> None:
         self.vehicle_id = vehicle_id
-        self.store = store
+        self.runner = runner
         self.recorded = 0
-        self._agent = agent
-        self._worker = worker
-        self.cloud = CloudSync(self, settings, vehicle_id)
+        self._on_record = on_record
+        self.cloud = CloudSync(CloudService(runner), settings, vehicle_id)
+        runner.event_taps.append(self._committed)
+        runner.event_taps.append(self.cloud.events_committed)
 
     @property
-    def agent(self) -> Agent:
-        """The car's agent core (the event loop's thread only)."""
-        return self._agent
+    def store(self) -> Store:
+        """The car's store (its store thread only)."""
+        return self.runner.store
 
-    async def apply(self, step: Step) -> Output:
-        """Run an input through the agent and wait until its output is durable."""
-        output = step(self._agent, time.time(), time.monotonic())
-        await self._worker.submit(self, output)
-        return output
-
-    async def in_store_thread(self, function: Callable[[Store], object]) -> object:
-        """Run ``function(store)`` in the car's store thread."""
-        return await self._worker.run(function, self.store)
+    def _committed(self, events: Sequence[Event]) -> None:
+        self.recorded += len(events)
+        if self._on_record is not None:
+            for event in events:
+                self._on_record(self.vehicle_id, event)
 
     def record(self, draft: EventDraft) -> None:
         """Record an event as the agent does, and queue it for the next commit."""
-        wall, monotonic = time.time(), time.monotonic()
-        self._agent.record(draft, self._agent.clock.read(wall, monotonic))
-        # The daemon collects what record() stamped with the next input's output; a
-        # tick is the input that always comes.
-        self._worker.submit(self, self._agent.on_tick(wall, monotonic))
+        runner = self.runner
+        wall, monotonic = runner.wall(), runner.monotonic()
+        runner.agent.record(draft, runner.agent.clock.read(wall, monotonic))
+        # What record() stamped goes out with the next input's output; a tick is the
+        # input that always comes.
+        runner.submit(runner.agent.on_tick(wall, monotonic))
 
 
 class Fleet:
@@ -354,7 +249,7 @@ class Fleet:
         self.options = options
         self.cars: list[SimCar] = []
         self._on_record = on_record
-        self._workers: list[_StoreWorker] = []
+        self._executors: list[ThreadPoolExecutor] = []
         self._rng = random.Random(options.seed)  # noqa: S311 - a simulation, not a secret
         self._drafts, self._weights = _drafts()
         self._generator: asyncio.Task[None] | None = None
@@ -376,8 +271,8 @@ class Fleet:
                 f"takes descriptors below {SELECT_LIMIT}, which leaves room for {room} cars "
                 "here; share the fleet out to several processes"
             )
-        self._workers = [
-            _StoreWorker(i, self._on_record)
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{i}")
             for i in range(min(options.store_threads, options.vehicles))
         ]
         ids = vehicle_ids(options.prefix, options.first, options.vehicles)
@@ -392,12 +287,11 @@ class Fleet:
             # The agent forgets a trusted clock's anchor across a (re)start; the cars
             # have had GNSS time since, so their events' times measure the latency.
             agent.clock = agent.clock.set_trusted(time.time(), time.monotonic(), TimeSource.GNSS)
-            worker = self._workers[index % len(self._workers)]
-            worker.stores.append(store)
-            car = SimCar(vehicle_id, agent, store, worker, options.settings(vehicle_id))
+            executor = self._executors[index % len(self._executors)]
+            runner = AgentRunner(agent, store, executor, wall=time.time, monotonic=time.monotonic)
+            runner.start()
+            car = SimCar(vehicle_id, runner, options.settings(vehicle_id), self._on_record)
             self.cars.append(car)
-        for worker in self._workers:
-            worker.start()
         loop = asyncio.get_running_loop()
         began = loop.time()
         for index, car in enumerate(self.cars):
@@ -407,7 +301,8 @@ class Fleet:
 
     async def _open_stores(self, ids: Sequence[str], *, above_select_limit: bool) -> list[Store]:
         directory = self.options.store_dir
-        workers = self._workers
+        executors = self._executors
+        loop = asyncio.get_running_loop()
 
         def open_one(path: Path) -> Store:
             return Store.open(path)[0]
@@ -416,7 +311,9 @@ class Fleet:
         with held:
             opened = await asyncio.gather(
                 *(
-                    workers[i % len(workers)].run(open_one, directory / f"{vehicle_id}.db")
+                    loop.run_in_executor(
+                        executors[i % len(executors)], open_one, directory / f"{vehicle_id}.db"
+                    )
                     for i, vehicle_id in enumerate(ids)
                 ),
                 return_exceptions=True,
@@ -425,7 +322,7 @@ class Fleet:
         if errors:
             for i, store in enumerate(opened):
                 if isinstance(store, Store):
-                    await workers[i % len(workers)].run(store.close)
+                    await loop.run_in_executor(executors[i % len(executors)], store.close)
             raise FleetError(f"cannot open the cars' stores in {directory}: {errors[0]}")
         return [o for o in opened if isinstance(o, Store)]
 
@@ -455,7 +352,7 @@ class Fleet:
 
     async def snapshot(self) -> FleetSnapshot:
         """The counters now."""
-        backlogs = await asyncio.gather(*(w.run(_backlog, w.stores) for w in self._workers))
+        backlogs = await asyncio.gather(*(c.runner.in_store_thread(_backlog_of) for c in self.cars))
         cars = self.cars
         return FleetSnapshot(
             at=time.monotonic(),
@@ -466,7 +363,7 @@ class Fleet:
             backlog=sum(backlogs),
             reconnects=sum(max(0, c.cloud.stats.connections - 1) for c in cars),
             failures=sum(c.cloud.link.failures for c in cars),
-            commit_failures=sum(w.failures for w in self._workers),
+            commit_failures=sum(c.runner.failures for c in cars),
             cpu_s=time.process_time(),
         )
 
@@ -474,12 +371,14 @@ class Fleet:
         """Stop recording, commit what is pending, disconnect every car, close the stores."""
         await self.stop_recording()
         # Pending commits first (the cars' stop puts what is in flight back in the store).
-        for worker in self._workers:
-            await worker.settle()
+        for car in self.cars:
+            await car.runner.settle()
         await asyncio.gather(*(car.cloud.stop() for car in self._started))
         self._started.clear()
-        for worker in self._workers:
-            await worker.close()
+        for car in self.cars:
+            await car.runner.close()
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
 
 def _drafts() -> tuple[list[EventDraft], list[int]]:

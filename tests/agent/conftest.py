@@ -17,14 +17,13 @@ import pytest
 
 from agent import state_codec
 from agent.booking import Slot
-from agent.cards import Card, CardKind
+from agent.cards import Card, CardKind, ChangeType
 from agent.consent import Category
 from agent.core import Agent, AgentConfig, AgentState, Output
 from agent.events import Event
 from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory
 from agent.plan import DAY, ServiceHistory, ServicePlan, ServiceRecord, default_plan
-from agent.policy import ChangeType
 from agent.rule_model import RuleSetDocument, builtin_rules
 from agent.signals import IGNITION, IS_CHARGING, SELECTED_GEAR, STATE_OF_CHARGE
 from can_signals.catalogue import DTC_LIST, GEAR_DRIVE, GEAR_PARK, ODOMETER, SPEED

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from agent.benefits import Wallet
+from agent.cards import ChangeType
 from agent.consent import CONSENTABLE, Category, ConsentState
 from agent.core import Agent
-from agent.policy import ChangeType
 from tests.agent.conftest import DAY, HOUR, IS_CHARGING, T0, Car, make_agent, serviced_at
 
 

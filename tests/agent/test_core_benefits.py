@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent.benefits import Coupon, Wallet, coupon_for_scene
-from agent.cards import CardKind, CardState, CloseReason, Text
+from agent.cards import CardKind, CardState, ChangeType, CloseReason, Text
 from agent.consent import Category
-from agent.policy import ChangeType
 from tests.agent.conftest import DAY, IS_CHARGING, T0, Car, added
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from agent.booking import BookingStatus, Slot
-from agent.cards import Card, CardKind, CloseReason, Text
+from agent.cards import Card, CardKind, ChangeType, CloseReason, Text
 from agent.consent import Category
-from agent.core import ActionError
-from agent.policy import ChangeType
+from agent.errors import ActionError
 from tests.agent.conftest import DAY, HOUR, Car, added
 
 SLOTS = (

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from agent.benefits import Wallet
-from agent.cards import CardKind, CloseReason
+from agent.cards import CardKind, ChangeType, CloseReason
 from agent.documents import CloudCard, ConsentText
 from agent.plan import default_plan
-from agent.policy import ChangeType
 from agent.rule_model import CardTemplate
 from tests.agent.conftest import Car, added
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from agent.cards import MOVING_ACTIONS_MAX, MOVING_TITLE_MAX, CardKind, CardState, CloseReason
+from agent.cards import (
+    MOVING_ACTIONS_MAX,
+    MOVING_TITLE_MAX,
+    CardKind,
+    CardState,
+    ChangeType,
+    CloseReason,
+)
 from agent.fault_engine import DtcCatalogue, default_catalogue
-from agent.policy import ChangeType, moving_allowed
+from agent.policy import moving_allowed
 from tests.agent.conftest import Car, added
 
 

@@ -7,10 +7,9 @@ from typing import Any
 import pytest
 
 from agent.benefits import Wallet
-from agent.cards import CardKind, CardState, CloseReason, Display, Urgency
+from agent.cards import CardKind, CardState, ChangeType, CloseReason, Display, Urgency
 from agent.maintenance import ItemState
 from agent.plan import DAY, default_plan
-from agent.policy import ChangeType
 from tests.agent.conftest import T0, Car, added, all_consent, make_agent, serviced_at
 
 PLAN = default_plan()

@@ -10,9 +10,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.cards import Card, CardKind, CardState, CloseReason, Display, Text, Urgency
+from agent.cards import Card, CardKind, CardState, ChangeType, CloseReason, Display, Text, Urgency
 from agent.consent import Category
-from agent.policy import CardManager, ChangeType, PolicyConfig, first_shown, moving_allowed
+from agent.policy import CardManager, PolicyConfig, first_shown, moving_allowed
 from tests.agent.conftest import DAY, HOUR, T0
 
 NO_QUIET = PolicyConfig(quiet_hours=None)

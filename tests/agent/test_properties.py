@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from agent import state_codec
 from agent.benefits import Wallet
 from agent.booking import BookingStatus, Slot
-from agent.cards import CardKind
+from agent.cards import CardKind, ChangeType
 from agent.consent import CONSENTABLE, Category
 from agent.core import Output
 from agent.events import Event
 from agent.fault_engine import DtcCatalogue, default_catalogue
-from agent.policy import ChangeType, moving_allowed
+from agent.policy import moving_allowed
 from agent.rule_model import RuleSetDocument
 from agent.signals import IGNITION, IS_CHARGING, OIL_LIFE, SELECTED_GEAR, STATE_OF_CHARGE
 from can_signals.catalogue import DTC_LIST, GEAR_DRIVE, GEAR_PARK, ODOMETER, SPEED

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from agent.consent import Category
-from agent.events import Event, Priority
+from agent.events import Event, OutboxRow, Priority
 from agent.store.readonly import read_outbox
 from agent.store.schema import SCHEMA_VERSION
-from agent.store.store import EVENT_OVERHEAD, OutboxRow, Store, StoreError, StoreLimits
+from agent.store.store import EVENT_OVERHEAD, Store, StoreError, StoreLimits
 from tests.agent.conftest import T0
 
 _seq = itertools.count(1)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.cards import CardChange
 from agent.consent import Category
-from agent.policy import CardChange
 from agent.settings import ConsentSettings, StoreSettings
 from can_signals.settings import CanSettings, DbcSettings
 from touchpoint.settings import DaemonSettings

@@ -36,10 +36,9 @@ from unittest import mock
 
 import can
 
-from agent.cards import CardState
-from agent.core import ActionError
+from agent.cards import CardChange, CardState, ChangeType
+from agent.errors import ActionError
 from agent.events import Event
-from agent.policy import CardChange, ChangeType
 from agent.store.store import CommitResult, Store, StoreError
 from can_signals.simulator import (
     BusSink,

@@ -59,9 +59,9 @@ from typing import IO, Final
 
 import pytest
 
+from agent.cards import ChangeType
 from agent.consent import Category
 from agent.core import Agent, Output
-from agent.policy import ChangeType
 from agent.settings import ConsentSettings, PolicySettings, StoreSettings
 from can_signals.settings import CanSettings, DbcSettings
 from can_signals.simulator import Phase, Scenario, record, reference_files

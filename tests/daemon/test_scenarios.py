@@ -21,11 +21,10 @@ from typing import Any
 import pytest
 
 from agent.benefits import Coupon, Wallet
-from agent.cards import CardKind, CloseReason
+from agent.cards import CardKind, ChangeType, CloseReason
 from agent.consent import Category
 from agent.core import Agent, Output
 from agent.plan import LocalisedText, ServiceHistory, ServiceRecord, default_plan
-from agent.policy import ChangeType
 from agent.rule_model import RuleSetDocument
 from agent.settings import ConsentSettings, PolicySettings, StoreSettings
 from can_signals.settings import CanSettings, DbcSettings

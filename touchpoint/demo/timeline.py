@@ -14,9 +14,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Final, TextIO
 
-from agent.cards import CardKind
+from agent.cards import CardChange, CardKind, ChangeType
 from agent.events import Event
-from agent.policy import CardChange, ChangeType
 from agent.signals import IGNITION, IS_CHARGING, SELECTED_GEAR
 from agent.vehicle import VehicleState
 from can_signals.catalogue import DTC_LIST, GEAR_DRIVE, GEAR_PARK, ODOMETER, SPEED

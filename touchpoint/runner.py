@@ -1,0 +1,218 @@
+"""The agent's commit path: every input through the core, committed before it is shown.
+
+An :class:`AgentRunner` owns one agent core and its store. Inputs run on the event loop;
+their outputs queue up and go to SQLite in the store's thread, one transaction per batch
+(group commit: what arrives while a commit runs goes in the next one). Only once a
+batch is durable are its events announced (event taps: cloud sync wakes up) and its
+card changes shown (card sinks: the D-Bus bridge), so nothing is shown that a crash
+could forget, and nothing is forgotten that was shown.
+
+The daemon runs one; fleet-sim runs one per simulated car, sharing store threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Final, Protocol, TypeVar
+
+from agent import state_codec
+from agent.cards import Card, CardChange, ChangeType
+from agent.core import Agent, Output
+from agent.events import Event
+from agent.store.store import Store, StoreError
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: After a failed commit, wait this long before retrying.
+COMMIT_RETRY_S: Final = 1.0
+#: At shutdown, a store that keeps failing is given up on after this many tries.
+CLOSING_RETRIES: Final = 3
+
+Clock = Callable[[], float]
+Step = Callable[[Agent, float, float], Output]
+
+
+class CardSink(Protocol):
+    """Something that shows cards (the HMI bridge); told of changes after they are durable."""
+
+    async def apply(self, changes: Sequence[CardChange]) -> None:
+        """Show the changes."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    output: Output
+    sections: dict[str, str]
+    done: asyncio.Future[None]
+    driving: bool  # the vehicle's state when the output was made
+
+
+class AgentRunner:
+    """One agent core, its store, and the group commit between them.
+
+    Args:
+        agent: The core (used from the event loop's thread only).
+        store: Its store (used from ``executor``'s thread only).
+        executor: One thread for the store (several runners may share it).
+        wall: The system clock.
+        monotonic: The monotonic clock.
+        beat: Called whenever the commit loop makes progress (the watchdog's heartbeat).
+    """
+
+    def __init__(
+        self,
+        agent: Agent,
+        store: Store,
+        executor: Executor,
+        *,
+        wall: Clock,
+        monotonic: Clock,
+        beat: Callable[[], None] | None = None,
+    ) -> None:
+        self.agent = agent
+        self.store = store
+        self.executor = executor
+        self.wall, self.monotonic = wall, monotonic
+        self.sinks: list[CardSink] = []
+        #: Called (on the event loop) with the events of each commit once it is durable.
+        self.event_taps: list[Callable[[Sequence[Event]], None]] = []
+        #: Whether the car was driving as of the last commit the sinks were told of. The
+        #: agent's own state runs ahead: driving may have begun in an input whose card
+        #: withdrawals are still to be committed.
+        self.driving = agent.vehicle.driving
+        self._shown: dict[str, Card] = {c.id: c for c in agent.cards.visible}
+        self.commits = 0
+        #: Commits the store refused (each retried until it succeeds, or at shutdown
+        #: given up on after :data:`CLOSING_RETRIES`).
+        self.failures = 0
+        self._beat = beat or (lambda: None)
+        self._pending: list[_Pending] = []
+        self._last_done: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._committer: asyncio.Task[None] | None = None
+
+    @property
+    def shown(self) -> list[Card]:
+        """The cards on screen as of the last commit the sinks were told of."""
+        return list(self._shown.values())
+
+    @property
+    def pending(self) -> bool:
+        """Whether outputs wait to be committed."""
+        return bool(self._pending)
+
+    def start(self) -> None:
+        """Start committing (on the running event loop)."""
+        self._committer = asyncio.create_task(self._commit_loop(), name="commit")
+
+    async def close(self) -> None:
+        """Commit what is pending (the committer is never cancelled), then close the store.
+
+        A commit cut short would leave its batch unaccounted for, so the committer drains
+        what is pending and returns.
+        """
+        self._closing = True
+        self._wake.set()
+        if self._committer is not None:
+            await self._committer
+            self._committer = None
+        await self.in_store_thread(Store.close)
+
+    async def in_store_thread(self, function: Callable[[Store], _T]) -> _T:
+        """Run ``function(store)`` in the store's thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, function, self.store)
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def submit(self, output: Output) -> asyncio.Future[None]:
+        """Queue an output for the next commit; the future resolves once it is durable."""
+        sections = state_codec.encode(self.agent, output.dirty) if output.dirty else {}
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(output, sections, done, self.agent.vehicle.driving))
+        self._last_done = done
+        self._wake.set()
+        return done
+
+    async def apply(self, step: Step) -> Output:
+        """Run one input through the agent and wait until its output is durable.
+
+        Errors the step raises reach the caller and change nothing.
+        """
+        output = step(self.agent, self.wall(), self.monotonic())
+        await self.submit(output)
+        return output
+
+    async def settle(self) -> None:
+        """Wait until everything submitted so far is committed and shown."""
+        if self._last_done is not None:
+            await asyncio.shield(self._last_done)
+
+    # -- commits ------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while not (self._closing and not self._pending):
+            self._beat()
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        failures = 0
+        while self._pending:
+            batch, self._pending = self._pending, []
+            events = [e for p in batch for e in p.output.events]
+            sections: dict[str, str] = {}
+            for pending in batch:
+                sections.update(pending.sections)
+            store, now = self.store, self.wall()
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(self.executor, store.commit, events, sections, now)
+            except StoreError as err:
+                failures += 1
+                self.failures += 1
+                if self._closing and failures >= CLOSING_RETRIES:
+                    _log.critical("giving up on %d events at shutdown: %s", len(events), err)
+                else:
+                    _log.error("commit of %d events failed: %s; retrying", len(events), err)
+                    self._pending[:0] = batch
+                    await asyncio.sleep(COMMIT_RETRY_S)
+                    continue
+            else:
+                self.commits += 1
+                self._beat()
+                if events:
+                    for tap in self.event_taps:
+                        tap(events)
+            # Sinks hear of card changes, and of a change of the vehicle state behind
+            # them (driving or parked) even without one.
+            changes = [c for p in batch for c in p.output.changes]
+            driving_changed = batch[-1].driving != self.driving
+            self.driving = batch[-1].driving
+            self._remember(changes)
+            if changes or driving_changed:
+                await self._show(changes)
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_result(None)
+
+    def _remember(self, changes: Sequence[CardChange]) -> None:
+        for change in changes:
+            if change.type is ChangeType.REMOVED:
+                self._shown.pop(change.card.id, None)
+            else:
+                self._shown[change.card.id] = change.card
+
+    async def _show(self, changes: list[CardChange]) -> None:
+        for sink in self.sinks:
+            try:
+                await sink.apply(changes)
+            except Exception:  # noqa: BLE001 - one broken sink must not stop the others
+                _log.exception("card sink %r failed", sink)
