@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from types import MappingProxyType
 from typing import Final
@@ -180,10 +180,6 @@ class Card:
     def action(self, key: str) -> Action | None:
         """The action with ``key``, if the card has one."""
         return next((a for a in self.actions if a.key == key), None)
-
-    def with_state(self, state: CardState, **changes: object) -> Card:
-        """A copy in another state."""
-        return replace(self, state=state, **changes)  # type: ignore[arg-type]
 
 
 def restrict_for_moving(

@@ -39,18 +39,20 @@ from agent.cards import (
 )
 from agent.clock import ClockState, Now, TimeSource
 from agent.consent import Category, ConsentState
+from agent.context import AgentConfig
 from agent.documents import CloudCard, ConsentText
 from agent.errors import ActionError
-from agent.events import Event, EventDraft, Priority
+from agent.events import Event, EventDraft, EventType, JsonValue, Priority
 from agent.facts import fact_lookup
 from agent.fault_engine import DtcCatalogue
 from agent.flows import BookingInProgressError, Flows
 from agent.ids import IdFactory
 from agent.plan import DAY, ServiceHistory, ServicePlan
-from agent.policy import CardManager, ManagerSnapshot, PolicyConfig, moving_allowed
+from agent.policy import CardManager, ManagerSnapshot, moving_allowed
 from agent.reactions import Reactions
 from agent.rule_engine import CardSpec, RuleEngine, Targets, card_spec
 from agent.rule_model import RuleSetDocument
+from agent.sections import Section
 from agent.signals import SignalReading
 
 _log = logging.getLogger(__name__)
@@ -80,27 +82,13 @@ class _LazyFacts:
         return self._lookup(fact)
 
 
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    """The core's settings."""
-
-    model: str = "touchpoint-ref"
-    market: str = "CN"
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    #: Remind the driver this long before a booked appointment.
-    booking_reminder_s: float = DAY
-    #: Snooze for cards outside the maintenance plan's own snooze settings.
-    snooze_s: float = 3 * DAY
-    snooze_km: float = 300.0
-
-
 @dataclass(slots=True)
 class Output:
     """What one input produced."""
 
     events: list[Event] = field(default_factory=list)
     changes: list[CardChange] = field(default_factory=list)
-    dirty: set[str] = field(default_factory=set)
+    dirty: set[Section] = field(default_factory=set)
     suppressed: Counter[str] = field(default_factory=Counter)
 
     def extend(self, other: Output) -> None:
@@ -135,11 +123,8 @@ class Agent:
         self.plan = st.plan or plan
         self.catalogue = st.catalogue or catalogue
         self.maintenance = st.maintenance
-        self.announced: dict[str, str] = dict(st.announced)
         self.wallet: Wallet | None = st.wallet
-        self.offered: dict[str, str] = dict(st.offered)
         self.consent = st.consent
-        self.scenes: dict[str, Any] = dict(st.scenes)
         self.rules = RuleEngine(
             builtin_rules,
             Targets(config.model, config.market),
@@ -149,7 +134,9 @@ class Agent:
         )
         self.cards = CardManager(config.policy, st.cards)
         self.flows = Flows(self, st.bookings, st.redemptions)
-        self.reactions = Reactions(self)
+        self.reactions = Reactions(
+            self, announced=st.announced, scenes=st.scenes, offered=st.offered
+        )
         #: The version of the cloud document of each kind in effect (see apply_document).
         self.document_versions: dict[str, int] = dict(st.document_versions)
         self.consent_text: ConsentText | None = st.consent_text
@@ -201,8 +188,8 @@ class Agent:
         card = self._visible(card_id)
         if not card.shown:
             self.cards.replace_card(replace(card, shown=True))
-            self._card_event("card.shown", card, now)
-            self._out.dirty.add("cards")
+            self._card_event(EventType.CARD_SHOWN, card, now)
+            self._out.dirty.add(Section.CARDS)
         return self._finish(now)
 
     def on_dismiss(
@@ -236,7 +223,7 @@ class Agent:
         card = self._visible(card_id)
         if card.action(key) is None:
             raise ActionError("UnknownAction", f"card {card_id} has no action {key!r}")
-        self._card_event("card.action", card, now, action=key)
+        self._card_event(EventType.CARD_ACTION, card, now, action=key)
         if key in ("dismiss", "ok"):
             self._close(card, CloseReason.DISMISSED, now)
         elif key == "snooze":
@@ -322,15 +309,14 @@ class Agent:
 
     def on_cloud_time(self, trusted_wall: float, wall: float, monotonic: float) -> Output:
         """The cloud told us the time (trusted)."""
-        self.clock = self.clock.set_trusted(trusted_wall, monotonic, TimeSource.CLOUD)
-        self._out.dirty.add("clock")
+        self.trust_time(trusted_wall, monotonic, TimeSource.CLOUD)
         self.reactions.invalidate()  # time-based items may now be judged
         return self.on_tick(wall, monotonic)
 
     def set_plan(self, plan: ServicePlan, wall: float, monotonic: float) -> Output:
         """A new service plan (validated, newer) from the cloud."""
         self.plan = plan
-        self._out.dirty.add("plan")
+        self._out.dirty.add(Section.PLAN)
         self.reactions.invalidate()
         return self.on_tick(wall, monotonic)
 
@@ -339,18 +325,17 @@ class Agent:
         now = self._now(wall, monotonic)
         local = tuple(r for r in self.maintenance.records if r.source != "cloud")
         before = mnt.assess(self.plan, self.maintenance, self.vehicle, now).state
-        self.maintenance = mnt.with_records(self.maintenance, (*history.records, *local))
+        self.set_maintenance(mnt.with_records(self.maintenance, (*history.records, *local)))
         after = mnt.assess(self.plan, self.maintenance, self.vehicle, now).state
         if after < before:
             self.agent_event("service_completed", {}, now)
-        self._out.dirty.add("maintenance")
         self.reactions.invalidate()
         return self.on_tick(wall, monotonic)
 
     def set_catalogue(self, catalogue: DtcCatalogue, wall: float, monotonic: float) -> Output:
         """A new DTC catalogue from the cloud: active faults are re-assessed."""
         self.catalogue = catalogue
-        self._out.dirty.add("catalogue")
+        self._out.dirty.add(Section.CATALOGUE)
         now = self._now(wall, monotonic)
         self.reactions.check_faults(now)
         return self._finish(now)
@@ -358,7 +343,7 @@ class Agent:
     def set_wallet(self, wallet: Wallet, wall: float, monotonic: float) -> Output:
         """The member wallet from the cloud."""
         self.wallet = wallet
-        self._out.dirty.add("wallet")
+        self._out.dirty.add(Section.WALLET)
         return self.on_tick(wall, monotonic)
 
     def set_rules(self, document: RuleSetDocument, wall: float, monotonic: float) -> Output:
@@ -366,14 +351,14 @@ class Agent:
         now = self._now(wall, monotonic)
         self.rules.activate(document)
         self.note(
-            "rules.activated",
+            EventType.RULES_ACTIVATED,
             Category.USAGE_ANALYTICS,
             now,
             Priority.NORMAL,
             version=document.version,
             rules=len(document.rules),
         )
-        self._out.dirty.add("rules")
+        self._out.dirty.add(Section.RULES)
         return self._finish(now)
 
     def set_consent(
@@ -390,10 +375,10 @@ class Agent:
         self.consent = self.consent.set(
             category, granted=granted, now=now.wall, valid_for=valid_for
         )
-        self._out.dirty.add("consent")
+        self._out.dirty.add(Section.CONSENT)
         # A consent record is the driver's own instruction: it always goes to the cloud.
         self.note(
-            "consent.changed",
+            EventType.CONSENT_CHANGED,
             Category.SERVICE_REQUESTS,
             now,
             Priority.HIGH,
@@ -416,9 +401,9 @@ class Agent:
         """
         now = self._now(wall, monotonic)
         self.document_versions[kind] = version
-        self._out.dirty.add("documents")
+        self._out.dirty.add(Section.DOCUMENTS)
         self.note(
-            "downlink.applied", Category.SERVICE_REQUESTS, now, Priority.NORMAL,
+            EventType.DOWNLINK_APPLIED, Category.SERVICE_REQUESTS, now, Priority.NORMAL,
             kind=kind, version=version,
         )  # fmt: skip
         setter = self._document_setters().get(type(body))
@@ -454,7 +439,7 @@ class Agent:
         """Record that a cloud document was refused (the one in effect stays)."""
         now = self._now(wall, monotonic)
         self.note(
-            "downlink.rejected", Category.SERVICE_REQUESTS, now, Priority.NORMAL,
+            EventType.DOWNLINK_REJECTED, Category.SERVICE_REQUESTS, now, Priority.NORMAL,
             kind=kind, version=version, reason=reason, topic=topic,
         )  # fmt: skip
         return self._finish(now)
@@ -489,15 +474,21 @@ class Agent:
                 )
         self.cards = CardManager(self.config.policy)
         self.flows = Flows(self, (), ())
-        self.wallet, self.offered = None, {}
-        self.scenes = {"first_drive_done": True} if self.scenes.get("first_drive_done") else {}
+        self.wallet = None
+        self.reactions.forget_driver()
         if owner_change:
             self.consent = ConsentState()
         self.rules.forget_counters()
-        self._out.dirty |= {"cards", "flows", "wallet", "vehicle", "consent"}
+        self._out.dirty |= {
+            Section.CARDS,
+            Section.FLOWS,
+            Section.WALLET,
+            Section.VEHICLE,
+            Section.CONSENT,
+        }
         # The driver's instruction, and the cloud's cue to delete its copy: always sent.
         self.note(
-            "privacy.wiped",
+            EventType.PRIVACY_WIPED,
             Category.SERVICE_REQUESTS,
             now,
             Priority.HIGH,
@@ -514,7 +505,7 @@ class Agent:
             remembered is not self.clock
             and (remembered.last_trusted or 0) - (self.clock.last_trusted or 0) > 3600
         ):
-            self._out.dirty.add("clock")  # persist the trusted high-water mark hourly
+            self._out.dirty.add(Section.CLOCK)  # persist the trusted high-water mark hourly
         self.clock = remembered
         return now
 
@@ -572,14 +563,14 @@ class Agent:
             rule=spec.rule,
         )
         stored, new = self.cards.post(card, now.wall)
-        self._out.dirty.add("cards")
+        self._out.dirty.add(Section.CARDS)
         if stored is None:
-            self._card_event("card.suppressed", card, now, reason="cooldown")
+            self._card_event(EventType.CARD_SUPPRESSED, card, now, reason="cooldown")
             return None
         if new:
-            self._card_event("card.created", stored, now)
+            self._card_event(EventType.CARD_CREATED, stored, now)
         else:
-            self._card_event("card.updated", stored, now)
+            self._card_event(EventType.CARD_UPDATED, stored, now)
             if self._on_screen(stored):
                 self._out.changes.append(CardChange(ChangeType.UPDATED, stored))
         return stored
@@ -587,7 +578,7 @@ class Agent:
     def update_card(self, card: Card, now: Now) -> None:  # noqa: ARG002 - same shape as close
         """Store a changed open card and tell the HMI if it is on screen."""
         self.cards.replace_card(card)
-        self._out.dirty.add("cards")
+        self._out.dirty.add(Section.CARDS)
         if self._on_screen(card):
             self._out.changes.append(CardChange(ChangeType.UPDATED, card))
 
@@ -608,9 +599,9 @@ class Agent:
         odometer = self.vehicle.odometer_m
         until_odometer = None if odometer is None else odometer + int(km * 1000)
         self.cards.snooze(card.id, now.wall + days * DAY, until_odometer)
-        self._out.dirty.add("cards")
+        self._out.dirty.add(Section.CARDS)
         self._out.changes.append(CardChange(ChangeType.REMOVED, card, CloseReason.SNOOZED))
-        self._card_event("card.snoozed", card, now, days=days, km=km)
+        self._card_event(EventType.CARD_SNOOZED, card, now, days=days, km=km)
 
     def close(self, card: Card, reason: CloseReason, now: Now) -> None:
         """Close a card for good (a flow completed it, a rule closed it)."""
@@ -620,19 +611,21 @@ class Agent:
         closed = self.cards.close(card.id, reason, now.wall)
         if closed is None:
             return
-        self._out.dirty.add("cards")
+        self._out.dirty.add(Section.CARDS)
         if closed.state is CardState.VISIBLE:
             self._out.changes.append(CardChange(ChangeType.REMOVED, closed, reason))
-        name = {CloseReason.DISMISSED: "card.dismissed", CloseReason.EXPIRED: "card.expired"}
-        self._card_event(name.get(reason, "card.closed"), closed, now, reason=reason.name)
+        name = {
+            CloseReason.DISMISSED: EventType.CARD_DISMISSED,
+            CloseReason.EXPIRED: EventType.CARD_EXPIRED,
+        }
+        self._card_event(name.get(reason, EventType.CARD_CLOSED), closed, now, reason=reason.name)
         # EXPIRED reaches here only from a screen's timeout (see ``on_dismiss``); a
         # card's own expiry is settled in ``_finish``.
         if closed.kind is CardKind.MAINTENANCE and reason in (
             CloseReason.DISMISSED,
             CloseReason.EXPIRED,
         ):
-            self.maintenance = mnt.on_dismissed(self.maintenance, now, self.vehicle.odometer_m)
-            self._out.dirty.add("maintenance")
+            self.set_maintenance(mnt.on_dismissed(self.maintenance, now, self.vehicle.odometer_m))
             self.reactions.invalidate()  # where it resurfaces is a new boundary
 
     def _finish(self, now: Now) -> Output:
@@ -640,29 +633,30 @@ class Agent:
             # Edges, counters and time-of-day marks: persisted only when they changed
             # (a day used up without a card too, or a restart would bring it round again).
             self.rules.dirty = False
-            self._out.dirty.add("rule_state")
+            self._out.dirty.add(Section.RULE_STATE)
         changes, expired = self.cards.refresh(
             driving=self.vehicle.driving, now=now.wall, odometer_m=self.vehicle.odometer_m
         )
         for card in expired:
-            self._card_event("card.expired", card, now, reason=CloseReason.EXPIRED.name)
+            self._card_event(EventType.CARD_EXPIRED, card, now, reason=CloseReason.EXPIRED.name)
         for change in changes:
             if change.type is ChangeType.ADDED:
                 # Whether the car was parked when the card went on screen: the context
                 # operators look at, and the driver-distraction rule made checkable.
                 self._card_event(
-                    "card.displayed", change.card, now, parked=not self.vehicle.driving
+                    EventType.CARD_DISPLAYED, change.card, now, parked=not self.vehicle.driving
                 )
             elif change.reason is CloseReason.WITHDRAWN_FOR_DRIVING:
-                self._card_event("card.withdrawn", change.card, now, reason="driving")
+                self._card_event(EventType.CARD_WITHDRAWN, change.card, now, reason="driving")
         if changes or expired:
-            self._out.dirty.add("cards")
+            self._out.dirty.add(Section.CARDS)
         self._out.changes.extend(changes)
         out, self._out = self._out, Output()
         return out
 
-    def _card_event(self, kind: str, card: Card, now: Now, **extra: Any) -> None:
-        priority = Priority.LOW if kind in ("card.shown", "card.displayed") else Priority.NORMAL
+    def _card_event(self, kind: EventType, card: Card, now: Now, **extra: JsonValue) -> None:
+        impression = kind in (EventType.CARD_SHOWN, EventType.CARD_DISPLAYED)
+        priority = Priority.LOW if impression else Priority.NORMAL
         self.note(
             kind,
             card.category,
@@ -676,7 +670,13 @@ class Agent:
         )
 
     def note(
-        self, kind: str, category: Category, now: Now, priority: Priority, /, **payload: Any
+        self,
+        kind: EventType,
+        category: Category,
+        now: Now,
+        priority: Priority,
+        /,
+        **payload: JsonValue,
     ) -> None:
         """Record an event of ``kind`` with ``payload`` (see :meth:`record`)."""
         self.record(EventDraft(kind, category, payload, priority), now)
@@ -703,7 +703,50 @@ class Agent:
         self._out.events.append(event)
         return event
 
-    def mark_dirty(self, section: str) -> None:
+    # -- the context flows and reactions get (agent.context.CoreContext) -----------------
+
+    @property
+    def announced(self) -> Mapping[str, str]:
+        """Faults announced to the driver (code: severity)."""
+        return self.reactions.announced
+
+    @property
+    def scenes(self) -> Mapping[str, Any]:
+        """What the benefit scenes and summaries remember."""
+        return self.reactions.scenes
+
+    @property
+    def offered(self) -> Mapping[str, str]:
+        """Scene occurrences already offered a coupon."""
+        return self.reactions.offered
+
+    def set_maintenance(self, state: mnt.MaintenanceState) -> None:
+        """Replace the maintenance state (persisted with this input)."""
+        self.maintenance = state
+        self._out.dirty.add(Section.MAINTENANCE)
+
+    def recheck_maintenance(self) -> None:
+        """Assess the plan afresh at the next tick or odometer reading."""
+        self.reactions.invalidate()
+
+    def trust_time(self, wall: float, monotonic: float, source: TimeSource) -> None:
+        """A trusted source says it is ``wall`` at ``monotonic``."""
+        self.clock = self.clock.set_trusted(wall, monotonic, source)
+        self._out.dirty.add(Section.CLOCK)
+
+    def booked(self, card_key: str) -> bool:
+        """Whether a booking made from that card is confirmed."""
+        return self.flows.booked(card_key)
+
+    def card_by_key(self, key: str) -> Card | None:
+        """The open card with ``key``."""
+        return self.cards.by_key(key)
+
+    def open_cards(self) -> Sequence[Card]:
+        """Every open card (on screen or waiting)."""
+        return self.cards.cards
+
+    def mark_dirty(self, section: Section) -> None:
         """Note that a part of the state changed and must be persisted with this output."""
         self._out.dirty.add(section)
 

@@ -15,3 +15,7 @@ class ActionError(AgentError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class StoreError(AgentError):
+    """The store cannot do what was asked (a full disk that eviction cannot relieve)."""

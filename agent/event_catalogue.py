@@ -22,7 +22,7 @@ from typing import Any, Final, Literal, cast, get_args
 from agent.benefits import SCENES
 from agent.cards import ACTION_KEYS, CardKind, CloseReason
 from agent.consent import CONSENTABLE, Category
-from agent.events import JsonValue, Priority
+from agent.events import EventType, JsonValue, Priority
 from agent.maintenance import ItemState
 
 JsonType = Literal["string", "number", "integer", "boolean", "array", "object", "null"]
@@ -66,7 +66,7 @@ class PayloadField:
 
 
 @dataclass(frozen=True, slots=True)
-class EventType:
+class EventSpec:
     """One event type.
 
     Attributes:
@@ -226,16 +226,16 @@ _COUPON: Final = _f("coupon_id", "string", "The wallet coupon's id.", "coffee-1"
 
 def _card(
     name: str, description: str, *extra: PayloadField, priority: Priority = Priority.NORMAL
-) -> EventType:
-    return EventType(f"card.{name}", _CARD_CATEGORIES, priority, description, _CARD_FIELDS + extra)
+) -> EventSpec:
+    return EventSpec(f"card.{name}", _CARD_CATEGORIES, priority, description, _CARD_FIELDS + extra)
 
 
 def _reason(description: str, *values: str) -> PayloadField:
     return _f("reason", "string", description, values[0], enum=values)
 
 
-def _answer(kind: str, outcome: str, description: str, subject: PayloadField) -> EventType:
-    return EventType(
+def _answer(kind: str, outcome: str, description: str, subject: PayloadField) -> EventSpec:
+    return EventSpec(
         f"{kind}.{outcome}",
         (Category.SERVICE_REQUESTS,),
         Priority.HIGH,
@@ -333,7 +333,7 @@ _TYPES: Final = (
         ),
     ),
     # -- vehicle health -------------------------------------------------------------------
-    EventType(
+    EventSpec(
         "maintenance.reminder",
         (Category.VEHICLE_HEALTH,),
         Priority.HIGH,
@@ -370,7 +370,7 @@ _TYPES: Final = (
             _f("booked", "boolean", "Whether a visit is booked already.", False),
         ),
     ),
-    EventType(
+    EventSpec(
         "fault.detected",
         (Category.VEHICLE_HEALTH,),
         Priority.HIGH,
@@ -387,14 +387,14 @@ _TYPES: Final = (
             _ODOMETER,
         ),
     ),
-    EventType(
+    EventSpec(
         "fault.cleared",
         (Category.VEHICLE_HEALTH,),
         Priority.HIGH,
         "An announced fault is no longer active.",
         (_f("code", "string", "The DTC or lamp that cleared.", "P0301"),),
     ),
-    EventType(
+    EventSpec(
         "service.reset",
         (Category.VEHICLE_HEALTH,),
         Priority.HIGH,
@@ -411,7 +411,7 @@ _TYPES: Final = (
             _f("odometer_km", "number", "The odometer then, in km.", 10000.0),
         ),
     ),
-    EventType(
+    EventSpec(
         "store.recovered",
         (Category.VEHICLE_HEALTH,),
         Priority.HIGH,
@@ -433,7 +433,7 @@ _TYPES: Final = (
         ),
     ),
     # -- marketing ------------------------------------------------------------------------
-    EventType(
+    EventSpec(
         "benefit.offered",
         (Category.MARKETING,),
         Priority.NORMAL,
@@ -444,7 +444,7 @@ _TYPES: Final = (
         ),
     ),
     # -- usage analytics ------------------------------------------------------------------
-    EventType(
+    EventSpec(
         "drive.summary",
         (Category.USAGE_ANALYTICS,),
         Priority.LOW,
@@ -459,7 +459,7 @@ _TYPES: Final = (
             _f("duration_min", "number", "How long the cycle lasted, in minutes.", 23.5),
         ),
     ),
-    EventType(
+    EventSpec(
         "charging.session",
         (Category.USAGE_ANALYTICS,),
         Priority.LOW,
@@ -470,7 +470,7 @@ _TYPES: Final = (
             _f("duration_min", "number", "How long it lasted, in minutes.", 42.0),
         ),
     ),
-    EventType(
+    EventSpec(
         "rules.activated",
         (Category.USAGE_ANALYTICS,),
         Priority.NORMAL,
@@ -481,14 +481,14 @@ _TYPES: Final = (
         ),
     ),
     # -- the driver's requests and instructions (no consent needed) ----------------------
-    EventType(
+    EventSpec(
         "request.booking_slots",
         (Category.SERVICE_REQUESTS,),
         Priority.HIGH,
         "The driver tapped Book: which appointments can the dealer offer? (Answer: SlotsReply.)",
         (_CARD_KEY, _BOOKING_ITEMS, _ODOMETER, _DEALER),
     ),
-    EventType(
+    EventSpec(
         "request.booking",
         (Category.SERVICE_REQUESTS,),
         Priority.HIGH,
@@ -501,7 +501,7 @@ _TYPES: Final = (
             _DEALER,
         ),
     ),
-    EventType(
+    EventSpec(
         "request.redemption",
         (Category.SERVICE_REQUESTS,),
         Priority.HIGH,
@@ -519,7 +519,7 @@ _TYPES: Final = (
         _answer("redemption", outcome, f"The cloud's answer to a redemption: {outcome}.", _COUPON)
         for outcome in ("confirmed", "declined")
     ),
-    EventType(
+    EventSpec(
         "consent.changed",
         (Category.SERVICE_REQUESTS,),
         Priority.HIGH,
@@ -541,7 +541,7 @@ _TYPES: Final = (
             ),
         ),
     ),
-    EventType(
+    EventSpec(
         "privacy.wiped",
         (Category.SERVICE_REQUESTS,),
         Priority.HIGH,
@@ -557,7 +557,7 @@ _TYPES: Final = (
         ),
     ),
     # -- what the car did with the cloud's documents --------------------------------------
-    EventType(
+    EventSpec(
         "downlink.applied",
         (Category.SERVICE_REQUESTS,),
         Priority.NORMAL,
@@ -567,7 +567,7 @@ _TYPES: Final = (
             _f("version", "integer", "Its version.", 3),
         ),
     ),
-    EventType(
+    EventSpec(
         "downlink.rejected",
         (Category.SERVICE_REQUESTS,),
         Priority.NORMAL,
@@ -597,17 +597,24 @@ _TYPES: Final = (
 )
 
 #: Every event type, by name.
-CATALOGUE: Final[Mapping[str, EventType]] = MappingProxyType({t.type: t for t in _TYPES})
+CATALOGUE: Final[Mapping[str, EventSpec]] = MappingProxyType({t.type: t for t in _TYPES})
 if len(CATALOGUE) != len(_TYPES):  # pragma: no cover - a typo in the table above
     raise RuntimeError("an event type is listed twice")
+# The code records agent.events.EventType members only: each must be documented here,
+# and nothing documented here may be a type the code never records.
+if set(CATALOGUE) != {str(t) for t in EventType}:  # pragma: no cover - caught on import
+    raise RuntimeError(
+        "the event catalogue and EventType differ: "
+        f"{sorted(set(CATALOGUE) ^ {str(t) for t in EventType})}"
+    )
 
 
-def lookup(event_type: str) -> EventType | None:
+def lookup(event_type: str) -> EventSpec | None:
     """The catalogue's entry for ``event_type``, if there is one."""
     return CATALOGUE.get(event_type)
 
 
-def payload_schema(entry: EventType) -> dict[str, Any]:
+def payload_schema(entry: EventSpec) -> dict[str, Any]:
     """The JSON Schema (draft 07) of an event type's payload."""
     return _object_schema(entry.fields)
 
@@ -640,7 +647,7 @@ __all__ = [
     "CARD_CATEGORY_NOTE",
     "CATALOGUE",
     "JSON_TYPES",
-    "EventType",
+    "EventSpec",
     "JsonType",
     "PayloadField",
     "lookup",

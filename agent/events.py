@@ -8,15 +8,59 @@ Decision code returns :class:`EventDraft` s; the agent stamps them into :class:`
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Final, TypeAlias
 
 from agent.consent import Category
 
-JsonValue = Any  # what json.dumps accepts; payloads are built from plain values
+#: What an event's payload holds: JSON's values (arrays as any sequence, objects as
+#: any mapping with string keys).
+JsonScalar: TypeAlias = str | int | float | bool | None
+JsonValue: TypeAlias = JsonScalar | Sequence["JsonValue"] | Mapping[str, "JsonValue"]
+
+
+class EventType(StrEnum):
+    """Every type of event the car records; :mod:`agent.event_catalogue` describes each.
+
+    The catalogue must hold exactly these (checked when it is imported), so a type used
+    in the code is always one the MQTT contract documents.
+    """
+
+    CARD_CREATED = "card.created"
+    CARD_UPDATED = "card.updated"
+    CARD_SUPPRESSED = "card.suppressed"
+    CARD_DISPLAYED = "card.displayed"
+    CARD_SHOWN = "card.shown"
+    CARD_WITHDRAWN = "card.withdrawn"
+    CARD_ACTION = "card.action"
+    CARD_SNOOZED = "card.snoozed"
+    CARD_DISMISSED = "card.dismissed"
+    CARD_EXPIRED = "card.expired"
+    CARD_CLOSED = "card.closed"
+    MAINTENANCE_REMINDER = "maintenance.reminder"
+    FAULT_DETECTED = "fault.detected"
+    FAULT_CLEARED = "fault.cleared"
+    SERVICE_RESET = "service.reset"
+    STORE_RECOVERED = "store.recovered"
+    BENEFIT_OFFERED = "benefit.offered"
+    DRIVE_SUMMARY = "drive.summary"
+    CHARGING_SESSION = "charging.session"
+    RULES_ACTIVATED = "rules.activated"
+    REQUEST_BOOKING_SLOTS = "request.booking_slots"
+    REQUEST_BOOKING = "request.booking"
+    REQUEST_REDEMPTION = "request.redemption"
+    BOOKING_CONFIRMED = "booking.confirmed"
+    BOOKING_DECLINED = "booking.declined"
+    BOOKING_CANCELLED = "booking.cancelled"
+    REDEMPTION_CONFIRMED = "redemption.confirmed"
+    REDEMPTION_DECLINED = "redemption.declined"
+    CONSENT_CHANGED = "consent.changed"
+    PRIVACY_WIPED = "privacy.wiped"
+    DOWNLINK_APPLIED = "downlink.applied"
+    DOWNLINK_REJECTED = "downlink.rejected"
 
 
 class Priority(IntEnum):
@@ -35,7 +79,7 @@ NEVER_EVICT_PREFIX: Final = "request."
 class EventDraft:
     """An event as decision code describes it, before it gets its id and time."""
 
-    type: str
+    type: EventType
     category: Category
     payload: Mapping[str, JsonValue] = field(default_factory=lambda: MappingProxyType({}))
     priority: Priority = Priority.NORMAL

@@ -13,17 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from agent import maintenance as mnt
 from agent.booking import Booking, BookingStatus, Redemption, Slot
 from agent.cards import ArgValue, Card, CardKind, CloseReason, Text
 from agent.clock import Now
 from agent.consent import Category
-from agent.events import EventDraft, Priority
-
-if TYPE_CHECKING:
-    from agent.core import Agent
+from agent.context import CoreContext
+from agent.events import EventDraft, EventType, JsonValue, Priority
+from agent.sections import Section
 
 #: A request the cloud has not answered is not worth sending after this long.
 REQUEST_TTL = 7 * 86_400.0
@@ -37,9 +35,9 @@ class Flows:
     """Bookings and redemptions in progress; part of the agent core (pure)."""
 
     def __init__(
-        self, agent: Agent, bookings: Sequence[Booking], redemptions: Sequence[Redemption]
+        self, ctx: CoreContext, bookings: Sequence[Booking], redemptions: Sequence[Redemption]
     ) -> None:
-        self._agent = agent
+        self._ctx = ctx
         self._bookings: dict[str, Booking] = {b.card_key: b for b in bookings}
         self._redemptions: dict[str, Redemption] = {r.request_id: r for r in redemptions}
 
@@ -86,11 +84,11 @@ class Flows:
             return existing
         # A retry keeps what the visit was for; a first booking takes it from the card.
         items = existing.items if existing is not None and existing.items else _items_of(card)
-        request_id = self._agent_id(now)
+        request_id = self._new_id(now)
         booking = Booking(origin, items, BookingStatus.SLOTS_REQUESTED, request_id, via=card.key)
         self._bookings[origin] = booking
         self._request(
-            "request.booking_slots",
+            EventType.REQUEST_BOOKING_SLOTS,
             request_id,
             now,
             card_key=origin,
@@ -99,7 +97,7 @@ class Flows:
             dealer_id=self._dealer_id(),
         )
         self._set_pending(booking, now, pending=True)
-        self._agent.mark_dirty("flows")
+        self._ctx.mark_dirty(Section.FLOWS)
         return booking
 
     def slots(self, card: Card) -> tuple[Slot, ...] | None:
@@ -117,7 +115,7 @@ class Flows:
         booking = booking.offered(tuple(slots))
         self._bookings[booking.card_key] = booking
         self._set_pending(booking, now, pending=False)
-        self._agent.mark_dirty("flows")
+        self._ctx.mark_dirty(Section.FLOWS)
         return True
 
     def request_booking(self, card: Card, slot_id: str, now: Now) -> Booking:
@@ -140,11 +138,11 @@ class Flows:
         slot = next((s for s in booking.slots if s.id == slot_id), None)
         if slot is None:
             raise ValueError(f"slot {slot_id!r} was not offered")
-        request_id = self._agent_id(now)
+        request_id = self._new_id(now)
         booking = replace(booking.requested(request_id, slot), via=card.key)
         self._bookings[booking.card_key] = booking
         self._request(
-            "request.booking",
+            EventType.REQUEST_BOOKING,
             request_id,
             now,
             card_key=booking.card_key,
@@ -154,15 +152,15 @@ class Flows:
             dealer_id=self._dealer_id(),
         )
         self._set_pending(booking, now, pending=True)
-        self._agent.mark_dirty("flows")
+        self._ctx.mark_dirty(Section.FLOWS)
         return booking
 
     def _set_pending(self, booking: Booking, now: Now, *, pending: bool) -> None:
         """Show (or clear) "pending" on the card the driver tapped, and on the origin card."""
         for key in dict.fromkeys((booking.via or booking.card_key, booking.card_key)):
-            card = self._agent.cards.by_key(key)
+            card = self._ctx.card_by_key(key)
             if card is not None and card.pending != pending:
-                self._agent.update_card(replace(card, pending=pending), now)
+                self._ctx.update_card(replace(card, pending=pending), now)
 
     def on_booking_answer(
         self,
@@ -180,38 +178,38 @@ class Flows:
             return False
         booking = booking.answered(status, booking_id, reason, slot)
         self._bookings[booking.card_key] = booking
-        self._agent.mark_dirty("flows")
-        self._agent.record(
+        self._ctx.mark_dirty(Section.FLOWS)
+        self._ctx.record(
             EventDraft(
-                f"booking.{status.value}",
+                EventType(f"booking.{status.value}"),
                 Category.SERVICE_REQUESTS,
                 {"request_id": request_id, "card_key": booking.card_key},
                 Priority.HIGH,
             ),
             now,
         )
-        card = self._agent.cards.by_key(booking.card_key)
+        card = self._ctx.card_by_key(booking.card_key)
         attrs = self._booking_attrs(booking)
         if status is BookingStatus.CONFIRMED:
             if booking.card_key == "maintenance" and booking.slot is not None:
-                self._agent.maintenance = mnt.on_booked(self._agent.maintenance, booking.slot.start)
-                self._agent.mark_dirty("maintenance")  # else a restart forgets the booking
-                self._agent.reactions.invalidate()
+                # Persisted with the answer: else a restart forgets the booking.
+                self._ctx.set_maintenance(mnt.on_booked(self._ctx.maintenance, booking.slot.start))
+                self._ctx.recheck_maintenance()
             if card is not None:
-                self._agent.close(card, CloseReason.COMPLETED, now)
+                self._ctx.close(card, CloseReason.COMPLETED, now)
             # The booking card (confirmed) replaces a "not confirmed" one in place.
-            self._agent.agent_event("booking_confirmed", attrs, now)
+            self._ctx.agent_event("booking_confirmed", attrs, now)
         else:
             self._set_pending(booking, now, pending=False)
             name = "booking_declined" if status is BookingStatus.DECLINED else "booking_cancelled"
-            self._agent.agent_event(name, attrs, now)
+            self._ctx.agent_event(name, attrs, now)
         return True
 
     def tick(self, now: Now) -> None:
         """Remind the driver the day before a confirmed appointment."""
         if not now.trusted:
             return
-        lead = self._agent.config.booking_reminder_s
+        lead = self._ctx.config.booking_reminder_s
         for booking in list(self._bookings.values()):
             slot = booking.slot
             if booking.status is not BookingStatus.CONFIRMED or slot is None:
@@ -219,15 +217,15 @@ class Flows:
             if now.wall >= slot.start + 86_400:
                 # The visit is history, reminded or not (a reminded booking used to stay).
                 del self._bookings[booking.card_key]
-                self._agent.mark_dirty("flows")
+                self._ctx.mark_dirty(Section.FLOWS)
             elif not booking.reminded and slot.start - lead <= now.wall < slot.start:
                 self._bookings[booking.card_key] = replace(booking, reminded=True)
-                self._agent.mark_dirty("flows")
-                self._agent.agent_event("booking_reminder", self._booking_attrs(booking), now)
+                self._ctx.mark_dirty(Section.FLOWS)
+                self._ctx.agent_event("booking_reminder", self._booking_attrs(booking), now)
 
     def _booking_attrs(self, booking: Booking) -> dict[str, ArgValue]:
         slot = booking.slot
-        offset = timedelta(minutes=self._agent.config.policy.utc_offset_minutes)
+        offset = timedelta(minutes=self._ctx.config.policy.utc_offset_minutes)
         when = ""
         if slot is not None:
             when = (datetime.fromtimestamp(slot.start, UTC) + offset).strftime("%Y-%m-%d %H:%M")
@@ -247,12 +245,14 @@ class Flows:
         if card.pending:
             return None
         coupon_id = str(card.args.get("coupon_id", ""))
-        request_id = self._agent_id(now)
+        request_id = self._new_id(now)
         redemption = Redemption(request_id, coupon_id, card.key)
         self._redemptions[request_id] = redemption
-        self._request("request.redemption", request_id, now, coupon_id=coupon_id, card_key=card.key)
-        self._agent.update_card(replace(card, pending=True), now)
-        self._agent.mark_dirty("flows")
+        self._request(
+            EventType.REQUEST_REDEMPTION, request_id, now, coupon_id=coupon_id, card_key=card.key
+        )
+        self._ctx.update_card(replace(card, pending=True), now)
+        self._ctx.mark_dirty(Section.FLOWS)
         return redemption
 
     def on_redemption_answer(
@@ -262,31 +262,31 @@ class Flows:
         redemption = self._redemptions.pop(request_id, None)
         if redemption is None:
             return False
-        self._agent.mark_dirty("flows")
+        self._ctx.mark_dirty(Section.FLOWS)
         outcome = "confirmed" if accepted else "declined"
-        self._agent.record(
+        self._ctx.record(
             EventDraft(
-                f"redemption.{outcome}",
+                EventType(f"redemption.{outcome}"),
                 Category.SERVICE_REQUESTS,
                 {"request_id": request_id, "coupon_id": redemption.coupon_id},
                 Priority.HIGH,
             ),
             now,
         )
-        card = self._agent.cards.by_key(redemption.card_key)
+        card = self._ctx.card_by_key(redemption.card_key)
         if card is not None:
             if accepted:
-                self._agent.close(card, CloseReason.COMPLETED, now)
+                self._ctx.close(card, CloseReason.COMPLETED, now)
             else:
                 body = message or Text("暂时无法领取，请稍后再试。", "Could not redeem right now.")
-                self._agent.update_card(replace(card, pending=False, body=body), now)
-        self._agent.agent_event(f"redemption_{outcome}", {"coupon_id": redemption.coupon_id}, now)
+                self._ctx.update_card(replace(card, pending=False, body=body), now)
+        self._ctx.agent_event(f"redemption_{outcome}", {"coupon_id": redemption.coupon_id}, now)
         return True
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _request(self, kind: str, request_id: str, now: Now, **payload: object) -> None:
-        self._agent.record(
+    def _request(self, kind: EventType, request_id: str, now: Now, **payload: JsonValue) -> None:
+        self._ctx.record(
             EventDraft(
                 kind,
                 Category.SERVICE_REQUESTS,
@@ -298,15 +298,15 @@ class Flows:
             now,
         )
 
-    def _agent_id(self, now: Now) -> str:
-        return self._agent.new_id(now)
+    def _new_id(self, now: Now) -> str:
+        return self._ctx.new_id(now)
 
     def _odometer_km(self) -> float | None:
-        odometer = self._agent.vehicle.odometer_m
+        odometer = self._ctx.vehicle.odometer_m
         return None if odometer is None else round(odometer / 1000, 1)
 
     def _dealer_id(self) -> str | None:
-        wallet = self._agent.wallet
+        wallet = self._ctx.wallet
         return wallet.dealer_id if wallet else None
 
 

@@ -24,6 +24,7 @@ from enum import IntEnum
 from typing import Final
 
 from agent.clock import Now
+from agent.events import JsonValue
 from agent.plan import DAY, Condition, ServiceItem, ServicePlan, ServiceRecord
 from agent.signals import OIL_LIFE
 from agent.vehicle import VehicleState
@@ -385,7 +386,7 @@ def milestone(
     return state, None
 
 
-def assessment_payload(assessment: Assessment, vehicle: VehicleState) -> dict[str, object]:
+def assessment_payload(assessment: Assessment, vehicle: VehicleState) -> dict[str, JsonValue]:
     """What the cloud needs to route a reminder to the dealer advisor."""
     return {
         "state": assessment.state.name,

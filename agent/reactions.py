@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Any
 
 from agent import maintenance as mnt
 from agent import vehicle as veh
@@ -18,12 +19,11 @@ from agent.benefits import coupon_for_scene
 from agent.cards import ArgValue, CardKind
 from agent.clock import Now, TimeSource
 from agent.consent import Category
-from agent.events import Priority
+from agent.context import CoreContext
+from agent.events import EventType, Priority
 from agent.fault_engine import active_faults, diff
 from agent.rule_model import AGENT_EVENTS
-
-if TYPE_CHECKING:
-    from agent.core import Agent
+from agent.sections import Section
 
 _log = logging.getLogger(__name__)
 
@@ -36,8 +36,21 @@ LAMP_SETTLE_S = 2.0
 class Reactions:
     """The agent's reactions to vehicle transitions (pure; part of the core)."""
 
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    def __init__(
+        self,
+        ctx: CoreContext,
+        *,
+        announced: Mapping[str, str],
+        scenes: Mapping[str, Any],
+        offered: Mapping[str, str],
+    ) -> None:
+        self._ctx = ctx
+        #: Faults announced to the driver (code: severity).
+        self._announced: dict[str, str] = dict(announced)
+        #: What the scenes remember: drive and charging starts, sessions, first drive.
+        self._scenes: dict[str, Any] = dict(scenes)
+        #: Scene occurrences already offered a coupon (occurrence: coupon id).
+        self._offered: dict[str, str] = dict(offered)
         # Where the odometer next matters, and when time last did (not persisted: the
         # first reading after a start looks afresh).
         self._next_check_m = -math.inf
@@ -45,6 +58,26 @@ class Reactions:
         self._stale = True
         # Generic lamps waiting for the code that explains them, since when (monotonic).
         self._unexplained_since: dict[str, float] = {}
+
+    @property
+    def announced(self) -> Mapping[str, str]:
+        """Faults announced to the driver (code: severity)."""
+        return self._announced
+
+    @property
+    def scenes(self) -> Mapping[str, Any]:
+        """What the scenes remember."""
+        return self._scenes
+
+    @property
+    def offered(self) -> Mapping[str, str]:
+        """Scene occurrences already offered a coupon."""
+        return self._offered
+
+    def forget_driver(self) -> None:
+        """Forget the driver's scenes and offers (what the car did stays: first drive)."""
+        self._offered = {}
+        self._scenes = {"first_drive_done": True} if self._scenes.get("first_drive_done") else {}
 
     @property
     def lamps_waiting(self) -> bool:
@@ -69,15 +102,13 @@ class Reactions:
         t = change.transition
         recheck = False
         if t is veh.Transition.ODOMETER_CHANGED:
-            self._agent.mark_dirty("vehicle")
-            odometer = self._agent.vehicle.odometer_m
+            self._ctx.mark_dirty(Section.VEHICLE)
+            odometer = self._ctx.vehicle.odometer_m
             recheck = odometer is not None and odometer >= self._next_check_m
-            before = self._agent.maintenance
-            self._agent.maintenance, reached = mnt.milestone(
-                self._agent.plan, before, self._agent.vehicle.odometer_m
-            )
-            if self._agent.maintenance is not before:
-                self._agent.mark_dirty("maintenance")  # the milestone mark moved
+            before = self._ctx.maintenance
+            after, reached = mnt.milestone(self._ctx.plan, before, self._ctx.vehicle.odometer_m)
+            if after is not before:
+                self._ctx.set_maintenance(after)  # the milestone mark moved
             if reached is not None:
                 self._scene(
                     "odometer_milestone", f"milestone:{reached:.0f}", now, milestone_km=reached
@@ -89,25 +120,25 @@ class Reactions:
         elif t is veh.Transition.GNSS_TIME:
             self._gnss_time(change, monotonic)
         elif t is veh.Transition.DRIVE_CYCLE_STARTED:
-            self._agent.scenes["cycle_start"] = [now.wall, self._agent.vehicle.odometer_m]
-            self._agent.mark_dirty("vehicle")
-            if not self._agent.scenes.get("first_drive_done"):
-                self._agent.scenes["first_drive_done"] = True
+            self._scenes["cycle_start"] = [now.wall, self._ctx.vehicle.odometer_m]
+            self._ctx.mark_dirty(Section.VEHICLE)
+            if not self._scenes.get("first_drive_done"):
+                self._scenes["first_drive_done"] = True
                 self._scene("first_drive", "first_drive", now)
         elif t is veh.Transition.DRIVE_CYCLE_ENDED:
             self._drive_summary(now)
         elif t is veh.Transition.CHARGING_STARTED:
-            session = int(self._agent.scenes.get("charging_sessions", 0)) + 1
-            self._agent.scenes["charging_sessions"] = session
-            self._agent.scenes["charge_start"] = [now.wall, change.detail.get("soc")]
+            session = int(self._scenes.get("charging_sessions", 0)) + 1
+            self._scenes["charging_sessions"] = session
+            self._scenes["charge_start"] = [now.wall, change.detail.get("soc")]
             # The session counter names the scene's occurrence: a counter lost at a
             # restart would reuse an occurrence already offered, and offer nothing.
-            self._agent.mark_dirty("vehicle")
+            self._ctx.mark_dirty(Section.VEHICLE)
             self._scene("charging_started", f"charging:{session}", now)
         elif t is veh.Transition.CHARGING_STOPPED:
             self._charging_summary(change, now)
         if t.value in AGENT_EVENTS:
-            self._agent.agent_event(t.value, dict(change.detail), now)  # type: ignore[arg-type]
+            self._ctx.agent_event(t.value, dict(change.detail), now)  # type: ignore[arg-type]
         return recheck
 
     def _gnss_time(self, change: veh.Change, monotonic: float) -> None:
@@ -117,48 +148,42 @@ class Reactions:
         except ValueError:
             _log.warning("ignoring a GNSS time that is not ISO 8601: %r", text)
             return
-        self._agent.clock = self._agent.clock.set_trusted(wall, monotonic, TimeSource.GNSS)
-        self._agent.mark_dirty("clock")
+        self._ctx.trust_time(wall, monotonic, TimeSource.GNSS)
 
     def check_maintenance(self, now: Now) -> None:
         """Assess the plan and remind the driver if the engine decides to."""
         self._stale = False
         self._last_time_check = now.monotonic
-        assessment = mnt.assess(self._agent.plan, self._agent.maintenance, self._agent.vehicle, now)
-        before = self._agent.maintenance
-        self._agent.maintenance, reminder = mnt.decide(
-            self._agent.plan, before, assessment, self._agent.vehicle, now
-        )
-        if (
-            before.notified > mnt.ItemState.OK
-            and self._agent.maintenance.notified is mnt.ItemState.OK
-        ):
-            self._agent.agent_event("maintenance_ok", {}, now)
-        if self._agent.maintenance != before:
-            self._agent.mark_dirty("maintenance")
+        assessment = mnt.assess(self._ctx.plan, self._ctx.maintenance, self._ctx.vehicle, now)
+        before = self._ctx.maintenance
+        after, reminder = mnt.decide(self._ctx.plan, before, assessment, self._ctx.vehicle, now)
+        if after != before:
+            self._ctx.set_maintenance(after)
+        if before.notified > mnt.ItemState.OK and after.notified is mnt.ItemState.OK:
+            self._ctx.agent_event("maintenance_ok", {}, now)
         self._next_check_m = mnt.next_boundary(
-            self._agent.plan, self._agent.maintenance, self._agent.vehicle.odometer_m
+            self._ctx.plan, self._ctx.maintenance, self._ctx.vehicle.odometer_m
         )
         if reminder is None:
             return
-        payload = mnt.assessment_payload(assessment, self._agent.vehicle)
+        payload = mnt.assessment_payload(assessment, self._ctx.vehicle)
         payload |= {
             "escalated": reminder.escalated,
             "resurfaced": reminder.resurfaced,
-            "dealer_id": self._agent.wallet.dealer_id if self._agent.wallet else None,
-            "booked": self._agent.flows.booked("maintenance"),
+            "dealer_id": self._ctx.wallet.dealer_id if self._ctx.wallet else None,
+            "booked": self._ctx.booked("maintenance"),
         }
-        self._agent.note(
-            "maintenance.reminder", Category.VEHICLE_HEALTH, now, Priority.HIGH, **payload
+        self._ctx.note(
+            EventType.MAINTENANCE_REMINDER, Category.VEHICLE_HEALTH, now, Priority.HIGH, **payload
         )
-        odometer = self._agent.vehicle.odometer_m
+        odometer = self._ctx.vehicle.odometer_m
         attrs: dict[str, ArgValue] = {
             "state": reminder.state.name,
             "items": tuple(a.item.name.text() for a in reminder.items),
             "item_ids": tuple(a.item.id for a in reminder.items),
             "odometer_km": round(odometer / 1000) if odometer is not None else 0,
         }
-        self._agent.agent_event("maintenance_reminder", attrs, now)
+        self._ctx.agent_event("maintenance_reminder", attrs, now)
 
     def check_faults(self, now: Now) -> None:
         """Announce faults that appeared and retract those that cleared.
@@ -168,30 +193,30 @@ class Reactions:
         code, so the driver sees "cylinder misfire", not "check engine light" replaced a
         second later.
         """
-        faults = active_faults(self._agent.catalogue, self._agent.vehicle.faults)
+        faults = active_faults(self._ctx.catalogue, self._ctx.vehicle.faults)
         for code in list(self._unexplained_since):
             if code not in faults:
                 del self._unexplained_since[code]
         for code, fault in list(faults.items()):
-            if fault.entry.explained_by is None or code in self._agent.announced:
+            if fault.entry.explained_by is None or code in self._announced:
                 continue
             since = self._unexplained_since.setdefault(code, now.monotonic)
             if now.monotonic - since < LAMP_SETTLE_S:
                 del faults[code]  # not yet
-        appeared, cleared = diff(self._agent.announced, faults)
+        appeared, cleared = diff(self._announced, faults)
         for fault in appeared:
             entry = fault.entry
-            self._agent.announced[fault.code] = entry.severity
-            self._agent.note(
-                "fault.detected",
+            self._announced[fault.code] = entry.severity
+            self._ctx.note(
+                EventType.FAULT_DETECTED,
                 Category.VEHICLE_HEALTH,
                 now,
                 Priority.HIGH,
                 code=fault.code,
                 severity=entry.severity,
-                odometer_km=self._agent.odometer_km(),
+                odometer_km=_km(self._ctx.vehicle.odometer_m),
             )
-            self._agent.agent_event(
+            self._ctx.agent_event(
                 "fault_detected",
                 {
                     "code": fault.code,
@@ -202,24 +227,23 @@ class Reactions:
                 now,
             )
         for code in cleared:
-            del self._agent.announced[code]
-            self._agent.note(
-                "fault.cleared", Category.VEHICLE_HEALTH, now, Priority.HIGH, code=code
+            del self._announced[code]
+            self._ctx.note(
+                EventType.FAULT_CLEARED, Category.VEHICLE_HEALTH, now, Priority.HIGH, code=code
             )
-            self._agent.agent_event("fault_cleared", {"code": code}, now)
+            self._ctx.agent_event("fault_cleared", {"code": code}, now)
         if appeared or cleared:
-            self._agent.mark_dirty("faults")
+            self._ctx.mark_dirty(Section.FAULTS)
 
     def _service_reset(self, now: Now) -> None:
         record = mnt.reset_record(
-            self._agent.plan, self._agent.maintenance, self._agent.vehicle.odometer_m, now
+            self._ctx.plan, self._ctx.maintenance, self._ctx.vehicle.odometer_m, now
         )
         if record is None:
             return
-        self._agent.maintenance = mnt.on_serviced(self._agent.maintenance, record)
-        self._agent.mark_dirty("maintenance")
-        self._agent.note(
-            "service.reset",
+        self._ctx.set_maintenance(mnt.on_serviced(self._ctx.maintenance, record))
+        self._ctx.note(
+            EventType.SERVICE_RESET,
             Category.VEHICLE_HEALTH,
             now,
             Priority.HIGH,
@@ -227,29 +251,29 @@ class Reactions:
             odometer_km=record.odometer_km,
         )
         self._scene("service_completed", f"service:{record.odometer_km:.0f}", now)
-        self._agent.agent_event("service_completed", {"items": record.items}, now)
+        self._ctx.agent_event("service_completed", {"items": record.items}, now)
         self.check_maintenance(now)
 
     def _scene(self, scene: str, occurrence: str, now: Now, **attrs: ArgValue) -> None:
         """A scene happened: offer the wallet's coupon for it, once per occurrence."""
-        if occurrence in self._agent.offered:
+        if occurrence in self._offered:
             return
         coupon = coupon_for_scene(
-            self._agent.wallet, scene, now.wall, trusted=now.trusted, offered=self._open_coupons()
+            self._ctx.wallet, scene, now.wall, trusted=now.trusted, offered=self._open_coupons()
         )
         if coupon is None:
             return
-        self._agent.offered[occurrence] = coupon.id
-        self._agent.mark_dirty("wallet")
-        self._agent.note(
-            "benefit.offered",
+        self._offered[occurrence] = coupon.id
+        self._ctx.mark_dirty(Section.WALLET)
+        self._ctx.note(
+            EventType.BENEFIT_OFFERED,
             Category.MARKETING,
             now,
             Priority.NORMAL,
             coupon_id=coupon.id,
             scene=scene,
         )
-        self._agent.agent_event(
+        self._ctx.agent_event(
             "benefit_available",
             {
                 "coupon_id": coupon.id,
@@ -264,30 +288,30 @@ class Reactions:
     def _open_coupons(self) -> list[str]:
         return [
             str(c.args.get("coupon_id"))
-            for c in self._agent.cards.cards
+            for c in self._ctx.open_cards()
             if c.kind is CardKind.BENEFIT
         ]
 
     def birthday(self, now: Now) -> None:
         """The member's birthday (local date, trusted clock) is a benefit scene."""
-        if not now.trusted or self._agent.wallet is None or self._agent.wallet.birthday is None:
+        if not now.trusted or self._ctx.wallet is None or self._ctx.wallet.birthday is None:
             return
-        offset = timedelta(minutes=self._agent.config.policy.utc_offset_minutes)
+        offset = timedelta(minutes=self._ctx.config.policy.utc_offset_minutes)
         local = datetime.fromtimestamp(now.wall, UTC) + offset
-        if local.strftime("%m-%d") == self._agent.wallet.birthday:
+        if local.strftime("%m-%d") == self._ctx.wallet.birthday:
             self._scene("birthday", f"birthday:{local.year}", now)
 
     def _drive_summary(self, now: Now) -> None:
-        start = self._agent.scenes.pop("cycle_start", None)
-        self._agent.mark_dirty("vehicle")
+        start = self._scenes.pop("cycle_start", None)
+        self._ctx.mark_dirty(Section.VEHICLE)
         if not start:
             return
         started, odometer = start
         distance = None
-        if odometer is not None and self._agent.vehicle.odometer_m is not None:
-            distance = round((self._agent.vehicle.odometer_m - odometer) / 1000, 1)
-        self._agent.note(
-            "drive.summary",
+        if odometer is not None and self._ctx.vehicle.odometer_m is not None:
+            distance = round((self._ctx.vehicle.odometer_m - odometer) / 1000, 1)
+        self._ctx.note(
+            EventType.DRIVE_SUMMARY,
             Category.USAGE_ANALYTICS,
             now,
             Priority.LOW,
@@ -296,13 +320,13 @@ class Reactions:
         )
 
     def _charging_summary(self, change: veh.Change, now: Now) -> None:
-        start = self._agent.scenes.pop("charge_start", None)
+        start = self._scenes.pop("charge_start", None)
         if not start:
             return
-        self._agent.mark_dirty("vehicle")
+        self._ctx.mark_dirty(Section.VEHICLE)
         started, soc = start
-        self._agent.note(
-            "charging.session",
+        self._ctx.note(
+            EventType.CHARGING_SESSION,
             Category.USAGE_ANALYTICS,
             now,
             Priority.LOW,
@@ -310,3 +334,8 @@ class Reactions:
             soc_to=change.detail.get("soc"),
             duration_min=round((now.wall - started) / 60, 1),
         )
+
+
+def _km(odometer_m: int | None) -> float | None:
+    """The odometer in km (one decimal), if known."""
+    return None if odometer_m is None else round(odometer_m / 1000, 1)

@@ -229,15 +229,6 @@ class RuleEngine:
             for event in rule.closes_on:
                 self._closers[event].append(rule)
 
-    @property
-    def time_marks(self) -> tuple[int | None, ...]:
-        """The local day each time-of-day rule last came due (part of the persisted state).
-
-        A rule's day is used up when its time comes, whether or not its conditions let it
-        fire; the agent compares these around :meth:`on_tick` to know when to persist.
-        """
-        return tuple(self._state[r.id].last_day for r in self._timed)
-
     def watches(self, path: str) -> bool:
         """Whether any rule is triggered by ``path``."""
         return path in self._by_signal

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
 from agent import maintenance as mnt
@@ -36,30 +36,12 @@ from agent.fault_engine import DtcCatalogue
 from agent.plan import ServicePlan, ServiceRecord
 from agent.policy import ManagerSnapshot
 from agent.rule_model import RuleSetDocument
+from agent.sections import Section
 
 _log = logging.getLogger(__name__)
 
-SECTIONS: Final = (
-    "vehicle",
-    "clock",
-    "plan",
-    "catalogue",
-    "maintenance",
-    "faults",
-    "wallet",
-    "consent",
-    "rules",
-    "rule_state",
-    "cards",
-    "flows",
-    "documents",
-)
-#: Sections that describe the car, not its owner: kept when the owner changes. (The
-#: document versions too: an old owner's wallet, still retained on the broker, must not
-#: come back as new.)
-VEHICLE_SECTIONS: Final = (
-    "vehicle", "clock", "plan", "catalogue", "maintenance", "faults", "documents",
-)  # fmt: skip
+#: Every section, in the order they are written.
+SECTIONS: Final = tuple(Section)
 
 
 def _dumps(value: Any) -> str:
@@ -165,10 +147,18 @@ def _rule_state(data: Any) -> dict[str, dict[str, Any]]:
     }
 
 
-def encode(agent: Agent, sections: set[str] | None = None) -> dict[str, str]:
-    """The JSON of the given sections (all if ``None``), read straight from the agent."""
+def encode(agent: Agent, sections: Collection[Section] | None = None) -> dict[str, str]:
+    """The JSON of the given sections (all if ``None``), read straight from the agent.
+
+    Raises:
+        ValueError: A name that is no section: its change would otherwise be lost.
+    """
+    if sections is not None:
+        unknown = [s for s in sections if s not in _ENCODERS]
+        if unknown:
+            raise ValueError(f"not state sections: {sorted(map(str, unknown))}")
     wanted = SECTIONS if sections is None else [s for s in SECTIONS if s in sections]
-    return {name: _dumps(_ENCODERS[name](agent)) for name in wanted}
+    return {name.value: _dumps(_ENCODERS[name](agent)) for name in wanted}
 
 
 def decode(sections: Mapping[str, str]) -> AgentState:
@@ -177,7 +167,7 @@ def decode(sections: Mapping[str, str]) -> AgentState:
     for name, text in sections.items():
         decoder = _DECODERS.get(name)
         if decoder is None:
-            continue
+            continue  # a section a newer version wrote: not ours to read
         try:
             values.update(decoder(json.loads(text)))
         except (ValueError, TypeError, LookupError, AttributeError) as err:
@@ -369,29 +359,29 @@ def _model_or_none(model: Any) -> Any:
     return None if model is None else model.model_dump(mode="json", by_alias=True)
 
 
-_ENCODERS: Final[dict[str, Callable[[Agent], Any]]] = {
-    "vehicle": lambda a: {
+_ENCODERS: Final[dict[Section, Callable[[Agent], Any]]] = {
+    Section.VEHICLE: lambda a: {
         "odometer_m": a.vehicle.odometer_m,
         "drive_cycle": a.vehicle.drive_cycle,
         "scenes": dict(a.scenes),
     },
-    "clock": lambda a: {"last_trusted": a.clock.last_trusted},
-    "plan": lambda a: _model_or_none(a.plan),
-    "catalogue": lambda a: _model_or_none(a.catalogue),
-    "maintenance": lambda a: _maintenance_json(a.maintenance),
-    "faults": lambda a: {"announced": dict(a.announced)},
-    "wallet": lambda a: {"wallet": _model_or_none(a.wallet), "offered": dict(a.offered)},
-    "consent": lambda a: a.consent.to_json(),
+    Section.CLOCK: lambda a: {"last_trusted": a.clock.last_trusted},
+    Section.PLAN: lambda a: _model_or_none(a.plan),
+    Section.CATALOGUE: lambda a: _model_or_none(a.catalogue),
+    Section.MAINTENANCE: lambda a: _maintenance_json(a.maintenance),
+    Section.FAULTS: lambda a: {"announced": dict(a.announced)},
+    Section.WALLET: lambda a: {"wallet": _model_or_none(a.wallet), "offered": dict(a.offered)},
+    Section.CONSENT: lambda a: a.consent.to_json(),
     # The cloud's rule document changes rarely and is large; the counters change often
     # and are small: two sections, so that a counter never rewrites the document.
-    "rules": lambda a: {"cloud": _model_or_none(a.rules.cloud_document)},
-    "rule_state": lambda a: a.rules.snapshot(),
-    "cards": lambda a: _cards_json(a.cards.snapshot()),
-    "documents": lambda a: {
+    Section.RULES: lambda a: {"cloud": _model_or_none(a.rules.cloud_document)},
+    Section.RULE_STATE: lambda a: a.rules.snapshot(),
+    Section.CARDS: lambda a: _cards_json(a.cards.snapshot()),
+    Section.DOCUMENTS: lambda a: {
         "versions": dict(a.document_versions),
         "consent_text": _model_or_none(a.consent_text),
     },
-    "flows": lambda a: {
+    Section.FLOWS: lambda a: {
         "bookings": [_booking_json(b) for b in a.flows.bookings_state()],
         "redemptions": [
             {"request_id": r.request_id, "coupon_id": r.coupon_id, "card_key": r.card_key}
@@ -401,31 +391,33 @@ _ENCODERS: Final[dict[str, Callable[[Agent], Any]]] = {
 }
 
 _DECODERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
-    "vehicle": lambda d: {
+    Section.VEHICLE: lambda d: {
         "odometer_m": _integer(d.get("odometer_m")),
         "drive_cycle": int(d.get("drive_cycle", 0)),
         "scenes": _scenes(d.get("scenes", {})),
     },
-    "clock": lambda d: {"clock": ClockState(last_trusted=_epoch(d.get("last_trusted")))},
-    "plan": lambda d: {"plan": None if d is None else ServicePlan.model_validate(d)},
-    "catalogue": lambda d: {"catalogue": None if d is None else DtcCatalogue.model_validate(d)},
-    "maintenance": lambda d: {"maintenance": _maintenance(d)},
-    "faults": lambda d: {"announced": _strings(d.get("announced", {}))},
-    "wallet": lambda d: {
+    Section.CLOCK: lambda d: {"clock": ClockState(last_trusted=_epoch(d.get("last_trusted")))},
+    Section.PLAN: lambda d: {"plan": None if d is None else ServicePlan.model_validate(d)},
+    Section.CATALOGUE: lambda d: {
+        "catalogue": None if d is None else DtcCatalogue.model_validate(d)
+    },
+    Section.MAINTENANCE: lambda d: {"maintenance": _maintenance(d)},
+    Section.FAULTS: lambda d: {"announced": _strings(d.get("announced", {}))},
+    Section.WALLET: lambda d: {
         "wallet": _wallet(d.get("wallet")),
         "offered": _strings(d.get("offered", {})),
     },
-    "consent": lambda d: {"consent": ConsentState.from_json(d)},
+    Section.CONSENT: lambda d: {"consent": ConsentState.from_json(d)},
     # Older stores kept the counters inside "rules" (under "state"): still read.
-    "rules": lambda d: {
+    Section.RULES: lambda d: {
         "cloud_rules": None
         if d.get("cloud") is None
         else RuleSetDocument.model_validate(d["cloud"]),
         **({"rule_state": _rule_state(d["state"])} if "state" in d else {}),
     },
-    "rule_state": lambda d: {"rule_state": _rule_state(d)},
-    "cards": lambda d: {"cards": _cards(d)},
-    "documents": lambda d: {
+    Section.RULE_STATE: lambda d: {"rule_state": _rule_state(d)},
+    Section.CARDS: lambda d: {"cards": _cards(d)},
+    Section.DOCUMENTS: lambda d: {
         "document_versions": {
             _text(k): _integer(v) or 0 for k, v in _object(d.get("versions", {})).items()
         },
@@ -433,7 +425,7 @@ _DECODERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
         if d.get("consent_text") is None
         else ConsentText.model_validate(d["consent_text"]),
     },
-    "flows": lambda d: {
+    Section.FLOWS: lambda d: {
         "bookings": tuple(_booking(b) for b in d.get("bookings", [])),
         "redemptions": tuple(
             Redemption(_text(r["request_id"]), _text(r["coupon_id"]), _text(r["card_key"]))

@@ -15,7 +15,8 @@ from typing import Final
 
 from agent.benefits import Coupon, Wallet
 from agent.consent import Category
-from agent.core import Agent, AgentConfig
+from agent.context import AgentConfig
+from agent.core import Agent
 from agent.events import Event
 from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory

@@ -1,3 +1,3 @@
-"""The MQTT adapter between the agent and the OEM cloud (built by the cloud sync issue)."""
+"""The MQTT adapter between the agent and the OEM cloud: events up, documents and answers down."""
 
 __all__: list[str] = []

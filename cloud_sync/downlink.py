@@ -30,7 +30,8 @@ from cloud_sync.contract import (
     SignedDocument,
     parse_topic,
 )
-from cloud_sync.signing import SignatureError, Verifier
+from cloud_sync.errors import SignatureError
+from cloud_sync.signing import Verifier
 
 #: Longest validation message kept in a rejection (the event and the log line).
 _REASON_MAX: Final = 300

@@ -26,11 +26,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from cloud_sync.contract import DocumentKind, SignedDocument
-from touchpoint.errors import TouchpointError
-
-
-class SignatureError(TouchpointError):
-    """A signature does not verify, or a key is unknown or malformed."""
+from cloud_sync.errors import SignatureError
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,13 +25,15 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 from agent import state_codec
 from agent.consent import Category
-from agent.core import Agent, AgentConfig, Output
-from agent.events import Event, EventDraft, Priority
+from agent.context import AgentConfig
+from agent.core import Agent, Output
+from agent.events import Event, EventDraft, EventType, Priority
 from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory
 from agent.plan import default_plan
 from agent.policy import PolicyConfig
 from agent.rule_model import builtin_rules
+from agent.sections import VEHICLE_SECTIONS, Section
 from agent.store.store import OpenReport, Store, StoreLimits
 from can_signals.errors import CanSignalsError, SourceError
 from can_signals.pipeline import SignalPipeline
@@ -287,7 +289,7 @@ class Daemon:
         if report.recovered_from is not None:
             agent.record(
                 EventDraft(
-                    "store.recovered",
+                    EventType.STORE_RECOVERED,
                     Category.VEHICLE_HEALTH,
                     {"problem": report.problem, "moved_to": str(report.recovered_from)},
                     Priority.HIGH,
@@ -386,9 +388,9 @@ class Daemon:
         output = self.agent.wipe(
             owner_change=owner_change, wall=self._wall(), monotonic=self._monotonic()
         )
-        keep = [*state_codec.VEHICLE_SECTIONS, "rules"]
+        keep = {*VEHICLE_SECTIONS, Section.RULES}
         if not owner_change:
-            keep.append("consent")
+            keep.add(Section.CONSENT)
         await self.in_store_thread(lambda store: store.wipe(keep_sections=keep))
         output.dirty |= set(state_codec.SECTIONS)
         await self.submit(output)

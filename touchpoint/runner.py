@@ -22,8 +22,9 @@ from typing import Final, Protocol, TypeVar
 from agent import state_codec
 from agent.cards import Card, CardChange, ChangeType
 from agent.core import Agent, Output
+from agent.errors import StoreError
 from agent.events import Event
-from agent.store.store import Store, StoreError
+from agent.store.store import Store
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -31,7 +31,6 @@ from pydantic import (
     ValidationError,
 )
 
-from agent.errors import AgentError
 from agent.settings import (
     ConsentSettings,
     PolicySettings,
@@ -40,6 +39,7 @@ from agent.settings import (
 )
 from can_signals.settings import CanSettings
 from cloud_sync.settings import CloudSettings
+from touchpoint.errors import TouchpointError
 from ui_bridge.settings import DbusSettings
 
 _log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ ENV_PREFIX: Final = "TOUCHPOINT_"
 ENV_NESTED_DELIMITER: Final = "__"
 
 
-class ConfigError(AgentError):
+class ConfigError(TouchpointError):
     """Settings the daemon cannot run with."""
 
 

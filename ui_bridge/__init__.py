@@ -1,13 +1,7 @@
-"""The D-Bus adapter between the agent's cards and the HMI: ``org.touchpoint.Agent1``."""
+"""The D-Bus adapter between the agent's cards and the HMI: ``org.touchpoint.Agent1``.
 
-from ui_bridge.bridge import BridgeError, DbusBridge
-from ui_bridge.names import BUS_NAME, CARD_INTERFACE, MANAGER_INTERFACE, ROOT_PATH
+The bridge is :class:`ui_bridge.bridge.DbusBridge`; this face imports nothing, so that
+reading the bridge's settings or names never loads dbus-fast.
+"""
 
-__all__ = [
-    "BUS_NAME",
-    "CARD_INTERFACE",
-    "MANAGER_INTERFACE",
-    "ROOT_PATH",
-    "BridgeError",
-    "DbusBridge",
-]
+__all__: list[str] = []

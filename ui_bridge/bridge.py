@@ -44,6 +44,7 @@ from agent.ports import CardBoard
 from touchpoint.errors import TouchpointError
 from touchpoint.version import package_version
 from ui_bridge.card_object import CardObject
+from ui_bridge.errors import BridgeError
 from ui_bridge.manager import ConsentInterface, ManagerInterface
 from ui_bridge.names import (
     API_VERSION,
@@ -64,10 +65,6 @@ _log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S: Final = 0.5
 RECONNECT_MAX_S: Final = 10.0
-
-
-class BridgeError(TouchpointError):
-    """The bridge cannot serve (the bus is unreachable, the name is taken or refused)."""
 
 
 class _Bus(MessageBus):

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from agent.store.store import StoreError, dead_letter_count, evicted_total
+from agent.errors import StoreError
+from agent.store.store import dead_letter_count, evicted_total
 
 #: Byte 18 of an SQLite file header is 2 for a database in WAL mode.
 _WAL_HEADER_VERSION: Final = 2

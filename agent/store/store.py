@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from agent.errors import AgentError
+from agent.errors import StoreError
 from agent.events import Event, OutboxRow
 from agent.store.schema import migrate
 from touchpoint.ratelimit import RateLimitedLog
@@ -58,10 +58,6 @@ _UPSERT_STATE: Final = (
     "INSERT INTO state (section, value, updated) VALUES (?, ?, ?) "
     "ON CONFLICT(section) DO UPDATE SET value = excluded.value, updated = excluded.updated"
 )
-
-
-class StoreError(AgentError):
-    """The store cannot do what was asked (a full disk that eviction cannot relieve)."""
 
 
 @dataclass(frozen=True, slots=True)

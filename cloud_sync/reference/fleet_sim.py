@@ -55,15 +55,16 @@ from typing import Final
 
 from agent.clock import TimeSource
 from agent.consent import CONSENTABLE, ConsentState
-from agent.core import Agent, AgentConfig, AgentState
-from agent.errors import AgentError
+from agent.context import AgentConfig
+from agent.core import Agent, AgentState
 from agent.event_catalogue import CATALOGUE
-from agent.events import Event, EventDraft
+from agent.events import Event, EventDraft, EventType
 from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory
 from agent.plan import default_plan
 from agent.rule_model import builtin_rules
 from agent.store.store import Store
+from cloud_sync.errors import SyncError
 from cloud_sync.settings import CloudSettings
 from cloud_sync.sync import CloudSync
 from touchpoint.runner import AgentRunner
@@ -77,21 +78,21 @@ DEFAULT_RATE: Final = 0.1
 #: The event types a simulated car records, with their relative frequency: card life
 #: (posted, on screen, seen, answered) makes most of it, as on the reference drive with
 #: an HMI; drive and charging summaries, reminders, faults and offers the rest.
-EVENT_MIX: Final[tuple[tuple[str, int], ...]] = (
-    ("card.created", 14),
-    ("card.displayed", 18),
-    ("card.shown", 18),
-    ("card.withdrawn", 6),
-    ("card.action", 5),
-    ("card.dismissed", 8),
-    ("card.expired", 4),
-    ("card.closed", 3),
-    ("drive.summary", 8),
-    ("charging.session", 2),
-    ("maintenance.reminder", 6),
-    ("fault.detected", 2),
-    ("fault.cleared", 2),
-    ("benefit.offered", 4),
+EVENT_MIX: Final[tuple[tuple[EventType, int], ...]] = (
+    (EventType.CARD_CREATED, 14),
+    (EventType.CARD_DISPLAYED, 18),
+    (EventType.CARD_SHOWN, 18),
+    (EventType.CARD_WITHDRAWN, 6),
+    (EventType.CARD_ACTION, 5),
+    (EventType.CARD_DISMISSED, 8),
+    (EventType.CARD_EXPIRED, 4),
+    (EventType.CARD_CLOSED, 3),
+    (EventType.DRIVE_SUMMARY, 8),
+    (EventType.CHARGING_SESSION, 2),
+    (EventType.MAINTENANCE_REMINDER, 6),
+    (EventType.FAULT_DETECTED, 2),
+    (EventType.FAULT_CLEARED, 2),
+    (EventType.BENEFIT_OFFERED, 4),
 )
 #: ``FD_SETSIZE``: ``select()`` cannot watch a descriptor numbered this or above.
 SELECT_LIMIT: Final = 1024
@@ -105,7 +106,7 @@ _SPARE: Final = 32
 ID_FORMAT: Final = "{prefix}-{number:05d}"
 
 
-class FleetError(AgentError):
+class FleetError(SyncError):
     """The fleet cannot be set up as asked (too many cars for a process, no store)."""
 
 

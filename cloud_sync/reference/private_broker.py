@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from cloud_sync.errors import SyncError
 from cloud_sync.link import client_tls_context
 from cloud_sync.reference.pki import CLOUD_USER, BrokerConfig, DevPki, render_broker_config
-from touchpoint.errors import TouchpointError
 
 LOOPBACK: Final = "127.0.0.1"
 #: Where Debian puts the broker; /usr/sbin is often not on a normal user's PATH.
@@ -32,7 +32,7 @@ TIMEOUT: Final = 5.0
 _START_TIMEOUT: Final = 10.0
 
 
-class BrokerError(TouchpointError):
+class BrokerError(SyncError):
     """The broker is not installed, did not start, or a client could not connect to it."""
 
 

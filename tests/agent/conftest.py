@@ -19,7 +19,8 @@ from agent import state_codec
 from agent.booking import Slot
 from agent.cards import Card, CardKind, ChangeType
 from agent.consent import Category
-from agent.core import Agent, AgentConfig, AgentState, Output
+from agent.context import AgentConfig
+from agent.core import Agent, AgentState, Output
 from agent.events import Event
 from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory

@@ -15,9 +15,11 @@ from agent import state_codec
 from agent.benefits import Wallet
 from agent.booking import BookingStatus, Slot
 from agent.cards import CardKind
-from agent.core import AgentConfig, AgentState
+from agent.context import AgentConfig
+from agent.core import AgentState
 from agent.policy import PolicyConfig
 from agent.rule_model import RuleSetDocument
+from agent.sections import VEHICLE_SECTIONS, Section
 from agent.signals import IGNITION, IS_CHARGING, STATE_OF_CHARGE
 from tests.agent.conftest import DAY, HOUR, T0, Car, all_consent, make_agent, serviced_at
 
@@ -135,9 +137,8 @@ def test_encode_decode_keeps_the_state() -> None:
     assert after.redemptions == before.redemptions
     # And encoding again gives the same text.
     again = make_agent(state=after)
-    assert state_codec.encode(again, {"maintenance", "cards", "flows", "wallet"}) == (
-        state_codec.encode(car.agent, {"maintenance", "cards", "flows", "wallet"})
-    )
+    some = {Section.MAINTENANCE, Section.CARDS, Section.FLOWS, Section.WALLET}
+    assert state_codec.encode(again, some) == state_codec.encode(car.agent, some)
 
 
 def test_a_restarted_agent_carries_on() -> None:
@@ -339,9 +340,16 @@ def test_a_damaged_section_never_crashes_the_agent(
 
 
 def test_wipe_sections_are_the_vehicles() -> None:
-    assert set(state_codec.VEHICLE_SECTIONS) <= set(state_codec.SECTIONS)
-    assert "consent" not in state_codec.VEHICLE_SECTIONS
-    assert "wallet" not in state_codec.VEHICLE_SECTIONS
+    assert set(VEHICLE_SECTIONS) <= set(state_codec.SECTIONS)
+    assert Section.CONSENT not in VEHICLE_SECTIONS
+    assert Section.WALLET not in VEHICLE_SECTIONS
+
+
+def test_a_name_that_is_no_section_is_refused_not_skipped() -> None:
+    # A typo used to be skipped silently: the change it named was never persisted.
+    car = make_agent()
+    with pytest.raises(ValueError, match="not state sections"):
+        state_codec.encode(car, {"card"})  # type: ignore[arg-type]
 
 
 def test_what_only_the_dirty_sections_carry_is_enough() -> None:

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from agent.consent import Category
-from agent.events import Event, OutboxRow, Priority
+from agent.errors import StoreError
+from agent.events import Event, JsonValue, OutboxRow, Priority
 from agent.store.readonly import read_outbox
 from agent.store.schema import SCHEMA_VERSION
-from agent.store.store import EVENT_OVERHEAD, Store, StoreError, StoreLimits
+from agent.store.store import EVENT_OVERHEAD, Store, StoreLimits
 from tests.agent.conftest import T0
 
 _seq = itertools.count(1)
@@ -24,7 +25,7 @@ def event(
     kind: str = "card.shown",
     priority: Priority = Priority.NORMAL,
     *,
-    payload: dict[str, object] | None = None,
+    payload: dict[str, JsonValue] | None = None,
     expires: float | None = None,
     time: float = T0,
 ) -> Event:

@@ -37,9 +37,9 @@ from unittest import mock
 import can
 
 from agent.cards import CardChange, CardState, ChangeType
-from agent.errors import ActionError
+from agent.errors import ActionError, StoreError
 from agent.events import Event
-from agent.store.store import CommitResult, Store, StoreError
+from agent.store.store import CommitResult, Store
 from can_signals.simulator import (
     BusSink,
     FrameEncoder,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from agent.errors import StoreError
 from agent.store.readonly import (
     OutboxReport,
     human_size,
@@ -21,7 +22,6 @@ from agent.store.readonly import (
     read_outbox,
     schema_version,
 )
-from agent.store.store import StoreError
 from touchpoint.progress import Progress
 from touchpoint.settings import ConfigError, load_settings
 

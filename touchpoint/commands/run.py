@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for problem in problems:
         _log.error("config: %s", problem)
-    from agent.store.store import StoreError  # noqa: PLC0415
+    from agent.errors import StoreError  # noqa: PLC0415
     from touchpoint.daemon import Daemon  # noqa: PLC0415 - after the settings are known good
 
     try:

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Final
 
 from agent.cards import CardKind
+from agent.events import EventType
 from touchpoint.demo.driver import DriverLog
 
 
@@ -68,6 +69,10 @@ class Story:
 DOCUMENTS: Final = 5
 
 
+def _confirmed(o: Outcome) -> int:
+    return o.car_events.get(EventType.BOOKING_CONFIRMED, 0)
+
+
 def _documents(o: Outcome) -> bool:
     return o.documents_applied >= DOCUMENTS and o.documents_rejected == 0
 
@@ -105,13 +110,13 @@ SERVICE: Final = Story(
         ("the service came due and its card was shown",
          lambda o: o.cards_shown.get(CardKind.MAINTENANCE, 0) >= 1),
         ("the driver booked from the card and the cloud confirmed the booking",
-         lambda o: bool(o.driver.booked_slots) and o.car_events.get("booking.confirmed", 0) == 1),
+         lambda o: bool(o.driver.booked_slots) and _confirmed(o) == 1),
         ("the charging stop unlocked the coupon",
          lambda o: o.cards_shown.get(CardKind.BENEFIT, 0) >= 1),
         ("the driver redeemed it and the cloud accepted",
-         lambda o: o.car_events.get("redemption.confirmed", 0) == 1),
+         lambda o: o.car_events.get(EventType.REDEMPTION_CONFIRMED, 0) == 1),
         ("the driver reported what was seen (impressions)",
-         lambda o: o.car_events.get("card.shown", 0) >= 3),
+         lambda o: o.car_events.get(EventType.CARD_SHOWN, 0) >= 3),
         *_COMMON_LAST,
     ),
 )  # fmt: skip
@@ -128,17 +133,17 @@ FAULT: Final = Story(
             wait_for=("booking.confirmed|booking.declined",),
             without=("the misfire stops",),
         ),
-        Drive("commute", wait_for=("fault.cleared",)),
+        Drive("commute", wait_for=(EventType.FAULT_CLEARED,)),
     ),
     checks=(
         *_COMMON_FIRST,
         ("the misfire was detected on the move, its card held back until parked",
-         lambda o: o.car_events.get("fault.detected", 0) >= 1
+         lambda o: o.car_events.get(EventType.FAULT_DETECTED, 0) >= 1
          and o.cards_shown.get(CardKind.FAULT, 0) >= 1),
         ("the driver booked a workshop visit from the fault card; the cloud confirmed",
-         lambda o: bool(o.driver.booked_slots) and o.car_events.get("booking.confirmed", 0) == 1),
+         lambda o: bool(o.driver.booked_slots) and _confirmed(o) == 1),
         ("the codes were gone on the next drive and the agent said so",
-         lambda o: o.car_events.get("fault.cleared", 0) >= 1),
+         lambda o: o.car_events.get(EventType.FAULT_CLEARED, 0) >= 1),
         *_COMMON_LAST,
     ),
 )  # fmt: skip

@@ -28,7 +28,8 @@ from pydantic.json_schema import models_json_schema
 
 from agent.benefits import Wallet
 from agent.documents import CloudCard, ConsentText
-from agent.event_catalogue import CARD_CATEGORY_NOTE, CATALOGUE, EventType, payload_schema
+from agent.event_catalogue import CARD_CATEGORY_NOTE, CATALOGUE, EventSpec, payload_schema
+from agent.events import EventType
 from agent.flows import REQUEST_TTL
 from agent.plan import LocalisedText
 from agent.rule_model import CardTemplate
@@ -194,7 +195,7 @@ def example_key() -> SigningKey:
     return SigningKey.from_base64(EXAMPLE_KEY_ID, base64.b64encode(seed).decode("ascii"))
 
 
-def _event(entry: EventType, seq: int, request_id: str | None = None) -> WireEvent:
+def _event(entry: EventSpec, seq: int, request_id: str | None = None) -> WireEvent:
     return WireEvent(
         id=f"01972f4e-5a00-7000-8000-{seq:012x}",
         type=entry.type,
@@ -239,7 +240,7 @@ def _document(kind: DocumentKind, version: int, body: BaseModel) -> SignedDocume
 
 
 def _batch_examples() -> list[Example]:
-    types = ("maintenance.reminder", "card.displayed", "fault.detected")
+    types = (EventType.MAINTENANCE_REMINDER, EventType.CARD_DISPLAYED, EventType.FAULT_DETECTED)
     events = [_event(CATALOGUE[t], seq) for seq, t in enumerate(types, start=41)]
     batch = EventBatch(vehicle_id=_VEHICLE, sent_at=_T + 60, events=events)
     return [("batch", "A reminder, its card on screen, then a fault", batch)]

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from agent.errors import StoreError
 from agent.settings import StoreSettings
 from agent.store.readonly import (
     OutboxReport,
@@ -27,7 +28,7 @@ from agent.store.readonly import (
     schema_version,
 )
 from agent.store.schema import SCHEMA_VERSION
-from agent.store.store import PAGE_HEADROOM, StoreError
+from agent.store.store import PAGE_HEADROOM
 from touchpoint.doctor.report import Check, fail, ok, shorten, warn
 
 #: Share of the outbox budget beyond which the doctor warns (eviction is near).

@@ -31,8 +31,8 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusFastError
 
 from agent.cards import CardKind, CardState, CloseReason, Display, Urgency
-from touchpoint.errors import TouchpointError
 from touchpoint.tasks import cancel_and_wait
+from ui_bridge.errors import BridgeError
 from ui_bridge.names import (
     BUS_NAME,
     CARD_INTERFACE,
@@ -68,7 +68,7 @@ _MATCH_RULES: Final = (
 _E = TypeVar("_E", bound=IntEnum)
 
 
-class HmiError(TouchpointError):
+class HmiError(BridgeError):
     """A call failed; ``name`` is the D-Bus error name (``...Agent1.Error.NotVisible``...)."""
 
     def __init__(self, name: str, text: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from touchpoint.errors import TouchpointError
+from ui_bridge.errors import BridgeError
 
 #: A session bus's configuration; ``{listen}`` is the address to listen on.
 SESSION_CONFIG: Final = """<!DOCTYPE busconfig PUBLIC
@@ -34,7 +34,7 @@ SESSION_CONFIG: Final = """<!DOCTYPE busconfig PUBLIC
 """
 
 
-class PrivateBusError(TouchpointError):
+class PrivateBusError(BridgeError):
     """The dbus-daemon is not installed or did not start."""
 
 
