@@ -1,9 +1,14 @@
-"""The MQTT connection: one paho-mqtt client at a time, on a thread this module owns.
+"""The MQTT connection: one paho-mqtt client at a time, driven from the event loop.
 
-Nothing else touches the paho client. The daemon's event loop hands messages over with
-:meth:`MqttLink.publish` (a queue and a wake-up pipe) and hears back through a
-:class:`LinkListener`, called on the event loop's thread: connected, disconnected, a
-publish acknowledged (with the broker's reason code), a message received.
+Nothing else touches the paho client. paho does no I/O of its own here: its socket is
+watched by the event loop (``add_reader``, and ``add_writer`` while paho has bytes to
+write), and a timer calls ``loop_misc`` for keep-alive and retries, the pattern aiomqtt
+uses. Only the connection itself (a blocking TCP connect and TLS handshake inside
+paho's ``connect``) runs in an executor thread. So there is no thread of our own, no
+queue and no wake-up pipe, and no ``select()``, whose descriptor limit capped how many
+links fleet-sim could hold in one process. Its owner hears back through a
+:class:`LinkListener`, on the event loop: connected, disconnected, a publish
+acknowledged (with the broker's reason code), a message received.
 
 Each connection attempt uses a fresh client with ``clean_start = false`` and a session
 expiry: the broker keeps the car's subscriptions and queues its downlink through a
@@ -17,16 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import queue
 import random
-import select
 import ssl
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -38,9 +39,10 @@ from cloud_sync.settings import CloudSettings
 
 _log = logging.getLogger(__name__)
 
-#: How long the thread sleeps at most between looks at the connection (paho's
-#: keep-alive and retry timers run from ``loop_misc``).
-_TICK_S: Final = 1.0
+#: How often paho's keep-alive and retry timers run (``loop_misc``).
+_MISC_S: Final = 1.0
+#: How long a stop waits for the DISCONNECT (after the offline status) to go out.
+_STOP_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,7 @@ class LinkListener(Protocol):
 
 
 class MqttLink:
-    """The car's MQTT 5 connection, on its own thread.
+    """The car's MQTT 5 connection, on the owner's event loop.
 
     Args:
         settings: Broker address, TLS files, keep-alive, session expiry, back-off.
@@ -110,23 +112,25 @@ class MqttLink:
         self._online = online
         self._listener = listener
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._outgoing: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._client: mqtt.Client | None = None
+        self._fd = -1
+        self._gone: asyncio.Future[str] | None = None
         self._mids: dict[int, int] = {}
         self._connected = False
+        self._stopping = False
         self._tls: ssl.SSLContext | None = None
         #: Connection attempts that failed, for ``touchpoint doctor`` and the tests.
         self.failures = 0
         self.last_error: str | None = None
 
-    # -- the owner's side ------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Whether the broker accepted the connection and it is up."""
+        return self._connected
 
     def start(self) -> None:
-        """Start the thread (call from the owner's event loop).
+        """Start connecting (call from the owner's event loop).
 
         Raises:
             OSError: The TLS files cannot be read.
@@ -134,61 +138,72 @@ class MqttLink:
         """
         self._loop = asyncio.get_running_loop()
         self._tls = _tls_context(self._settings) if self._settings.tls else None
-        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
-        self._thread.start()
+        self._task = self._loop.create_task(self._run(), name="mqtt link")
 
-    def publish(self, message: Outgoing) -> None:
-        """Queue a message (thread-safe; published once connected, in order)."""
-        self._outgoing.put(message)
-        self._poke()
+    def publish(self, message: Outgoing) -> bool:
+        """Publish now; ``False`` if there is no connection (the message is not sent).
 
-    def stop(self, offline: bytes | None = None, timeout: float = 5.0) -> None:
-        """Disconnect (first publishing ``offline`` on the status topic) and end the thread."""
-        if offline is not None:
-            self._outgoing.put(Outgoing(-1, self._will[0], offline, retain=True))
-        self._stop.set()
-        self._poke()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                _log.warning("the MQTT thread did not stop within %.0f s", timeout)
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        The owner hears of a lost connection (:meth:`LinkListener.on_disconnected`)
+        before anything else it asks, so it never counts on a message this refused.
+        """
+        client = self._client
+        if client is None or not self._connected:
+            return False
+        properties = None
+        if message.response_topic or message.correlation or message.expiry_s:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if message.response_topic:
+                properties.ResponseTopic = message.response_topic
+            if message.correlation:
+                properties.CorrelationData = message.correlation
+            if message.expiry_s:
+                properties.MessageExpiryInterval = message.expiry_s
+        info = client.publish(message.topic, message.payload, 1, message.retain, properties)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        self._mids[info.mid] = message.token
+        return True
 
-    def _poke(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
+    async def stop(self, offline: bytes | None = None) -> None:
+        """Disconnect (first publishing ``offline`` on the status topic) and stop."""
+        self._stopping = True
+        client, gone = self._client, self._gone
+        if client is not None and self._connected:
+            if offline is not None:
+                client.publish(self._will[0], offline, 1, True)
+            client.disconnect()
+            if gone is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(gone), _STOP_S)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    def _tell(self, method: str, *args: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(getattr(self._listener, method), *args)
+    # -- the connection loop ---------------------------------------------------------------
 
-    # -- the thread ------------------------------------------------------------------------
-
-    def _run(self) -> None:
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         delay = self._settings.reconnect_min_s
-        while not self._stop.is_set():
+        while True:
             client = self._new_client()
+            accepted = False
             try:
-                self._connect(client)
+                await loop.run_in_executor(None, self._connect, client)
             except (OSError, ssl.SSLError, ValueError) as err:
                 self.failures += 1
                 self.last_error = str(err) or type(err).__name__
                 _log.warning("cannot reach the MQTT broker (%s); retrying", self.last_error)
             else:
-                if self._serve(client):
-                    delay = self._settings.reconnect_min_s  # it was up: start over
-            self._connected = False
-            self._mids.clear()
-            _close(client)
-            if self._stop.is_set():
-                break
+                accepted = await self._serve(client)
+            self._drop(client)
+            if self._stopping:
+                return
+            if accepted:
+                delay = self._settings.reconnect_min_s  # it was up: start over
             # Full jitter: a fleet that lost the broker together does not return together.
-            self._stop.wait(random.uniform(0, delay))  # noqa: S311 - not cryptographic
+            await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - not cryptographic
             delay = min(delay * 2, self._settings.reconnect_max_s)
 
     def _new_client(self) -> mqtt.Client:
@@ -213,6 +228,7 @@ class MqttLink:
         return client
 
     def _connect(self, client: mqtt.Client) -> None:
+        """The blocking part (TCP connect, TLS handshake, CONNECT sent): in a thread."""
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._settings.session_expiry_s
         settings = self._settings
@@ -224,69 +240,105 @@ class MqttLink:
             properties=properties,
         )
 
-    def _serve(self, client: mqtt.Client) -> bool:
-        """Run one connection until it ends; whether it was ever accepted."""
+    async def _serve(self, client: mqtt.Client) -> bool:
+        """Run one connection until it ends; whether the broker ever accepted it."""
+        loop = asyncio.get_running_loop()
+        sock = client.socket()
+        if sock is None:
+            return False
+        self._client, self._fd = client, sock.fileno()
+        self._gone = gone = loop.create_future()
+        client.on_socket_register_write = lambda *_: self._want_write(True)
+        client.on_socket_unregister_write = lambda *_: self._want_write(False)
+        # paho closes the socket itself on an error or after DISCONNECT: stop watching
+        # its number first, before another socket can reuse it.
+        client.on_socket_close = lambda *_: self._unwatch()
+        loop.add_reader(self._fd, self._readable)
+        self._want_write(client.want_write())
+        misc = loop.create_task(self._misc(client), name="mqtt timers")
         accepted = False
-        while not self._stop.is_set():
-            sock = client.socket()
-            if sock is None:
-                break
-            fd = sock.fileno()
-            writers = [fd] if client.want_write() else []
-            # TLS may hold decrypted bytes the kernel no longer shows as readable.
-            buffered = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-            try:
-                readable, writable, _ = select.select(
-                    [fd, self._wake_r], writers, [], 0 if buffered else _TICK_S
-                )
-            except (OSError, ValueError):
-                break
-            if buffered:
-                readable = [*readable, fd]
-            if self._wake_r in readable:
-                with contextlib.suppress(BlockingIOError, OSError):
-                    os.read(self._wake_r, 4096)
-            if fd in readable and client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
-                break
-            if fd in writable and client.loop_write() != mqtt.MQTT_ERR_SUCCESS:
-                break
-            if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
-                break
-            accepted = accepted or self._connected
-            if self._connected:
-                self._drain(client)
-        if self._stop.is_set() and self._connected:
-            self._drain(client)  # the offline status, queued by stop()
-            client.disconnect()
-            with contextlib.suppress(Exception):
-                client.loop_write()
+        try:
+            while not gone.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(gone), _MISC_S)
+                accepted = accepted or self._connected
+        finally:
+            misc.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await misc
+        cause = gone.result()
         if self._connected or accepted:
-            self._tell("on_disconnected", "stopped" if self._stop.is_set() else "connection lost")
+            self._connected = False
+            self._listener.on_disconnected(cause)
         return accepted
 
-    def _drain(self, client: mqtt.Client) -> None:
+    async def _misc(self, client: mqtt.Client) -> None:
         while True:
-            try:
-                message = self._outgoing.get_nowait()
-            except queue.Empty:
+            if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
+                self._end("the connection timed out")
                 return
-            properties = None
-            if message.response_topic or message.correlation or message.expiry_s:
-                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                if message.response_topic:
-                    properties.ResponseTopic = message.response_topic
-                if message.correlation:
-                    properties.CorrelationData = message.correlation
-                if message.expiry_s:
-                    properties.MessageExpiryInterval = message.expiry_s
-            info = client.publish(message.topic, message.payload, 1, message.retain, properties)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                # Not sent (the connection is going): the owner releases everything in
-                # flight when it hears of the disconnect.
-                continue
-            self._mids[info.mid] = message.token
+            await asyncio.sleep(_MISC_S)
 
-    # -- paho's callbacks (on this thread) -----------------------------------------------
+    def _readable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            while True:
+                if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                    self._end("connection lost")
+                    return
+                # TLS may hold decrypted bytes the kernel no longer shows as readable.
+                sock = client.socket()
+                if not (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0):
+                    return
+        except (OSError, ValueError) as err:
+            self._end(f"connection lost: {err}")
+
+    def _writable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            if client.loop_write() != mqtt.MQTT_ERR_SUCCESS:
+                self._end("connection lost")
+        except (OSError, ValueError) as err:
+            self._end(f"connection lost: {err}")
+
+    def _want_write(self, want: bool) -> None:  # noqa: FBT001
+        loop, fd = self._loop, self._fd
+        if loop is None or fd < 0:
+            return
+        if want:
+            loop.add_writer(fd, self._writable)
+        else:
+            loop.remove_writer(fd)
+
+    def _end(self, cause: str) -> None:
+        gone = self._gone
+        if gone is not None and not gone.done():
+            gone.set_result("stopped" if self._stopping else cause)
+
+    def _unwatch(self) -> None:
+        loop, fd = self._loop, self._fd
+        if loop is not None and fd >= 0:
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+        self._fd = -1
+        self._end("connection closed")
+
+    def _drop(self, client: mqtt.Client) -> None:
+        """Forget a connection: stop watching its socket, close it."""
+        self._unwatch()
+        self._client, self._gone = None, None
+        self._connected = False
+        self._mids.clear()
+        sock = client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    # -- paho's callbacks (on the event loop, from loop_read/loop_write/loop_misc) ---------
 
     def _on_connect(
         self,
@@ -300,14 +352,14 @@ class MqttLink:
             self.failures += 1
             self.last_error = f"the broker refused the connection: {reason}"
             _log.warning("%s", self.last_error)
-            client.disconnect()
+            self._end(self.last_error)
             return
         self.last_error = None
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         client.publish(self._online[0], self._online[1](), qos=1, retain=True)
         self._connected = True
-        self._tell("on_connected", flags.session_present)
+        self._listener.on_connected(flags.session_present)
 
     def _on_disconnect(
         self,
@@ -317,9 +369,9 @@ class MqttLink:
         reason: ReasonCode,
         _properties: Properties | None,
     ) -> None:
-        if self._connected and not self._stop.is_set():
+        if self._connected and not self._stopping:
             _log.warning("the MQTT connection closed: %s", reason)
-        self._connected = False
+        self._end(f"disconnected: {reason}")
 
     def _on_publish(
         self,
@@ -331,7 +383,7 @@ class MqttLink:
     ) -> None:
         token = self._mids.pop(mid, None)
         if token is not None and token >= 0:
-            self._tell("on_published", token, reason)
+            self._listener.on_published(token, reason)
 
     def _on_subscribe(
         self,
@@ -348,19 +400,7 @@ class MqttLink:
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         properties = getattr(msg, "properties", None)
         correlation = getattr(properties, "CorrelationData", None)
-        self._tell(
-            "on_received",
-            Incoming(msg.topic, bytes(msg.payload), correlation),
-        )
-
-
-def _close(client: mqtt.Client) -> None:
-    """Make sure the client's socket is closed, whatever state it was left in."""
-    sock = client.socket()
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        sock.close()
+        self._listener.on_received(Incoming(msg.topic, bytes(msg.payload), correlation))
 
 
 def client_tls_context(

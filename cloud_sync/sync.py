@@ -152,9 +152,7 @@ class CloudSync:
         self._tasks.clear()
         if self._chores:
             await asyncio.gather(*self._chores, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.link.stop(self._status("offline"))
-        )
+        await self.link.stop(self._status("offline"))
         await self._release_all("the daemon stopped")
 
     # -- the daemon's event tap: told after each commit that recorded events ------------
@@ -213,10 +211,16 @@ class CloudSync:
             _log.info("%d events withheld: their consent was withdrawn", withheld)
         if not send:
             return False
-        for message, entry in self._messages(send, now):
+        messages = self._messages(send, now)
+        for index, (message, entry) in enumerate(messages):
             self._tokens += 1
+            if not self.link.publish(dataclasses.replace(message, token=self._tokens)):
+                # The connection went meanwhile: what was taken and not sent goes back
+                # (what was sent, the disconnect puts back).
+                unsent = [i for _, e in messages[index:] for i in e.ids]
+                await self._host.outbox.release(unsent, None, count=False)
+                return False
             self._inflight[self._tokens] = entry
-            self.link.publish(dataclasses.replace(message, token=self._tokens))
             self.stats.messages_sent += 1
             self.stats.events_sent += len(entry.ids)
         return True

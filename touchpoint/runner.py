@@ -24,6 +24,7 @@ from agent.cards import Card, CardChange, ChangeType
 from agent.core import Agent, Output
 from agent.errors import StoreError
 from agent.events import Event
+from agent.policy import moving_allowed
 from agent.store.store import Store
 
 _log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class AgentRunner:
                         tap(events)
             # Sinks hear of card changes, and of a change of the vehicle state behind
             # them (driving or parked) even without one.
-            changes = [c for p in batch for c in p.output.changes]
+            changes = self._showable([c for p in batch for c in p.output.changes])
             driving_changed = batch[-1].driving != self.driving
             self.driving = batch[-1].driving
             self._remember(changes)
@@ -203,6 +204,22 @@ class AgentRunner:
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_result(None)
+
+    def _showable(self, changes: list[CardChange]) -> list[CardChange]:
+        """The changes to show now.
+
+        A parked-only card posted just before the car moved off is durable, but the
+        agent already knows the car is driving: its withdrawal is in this batch or the
+        next. Such a card is not put on the screen for that moment (the distraction
+        rule holds at the screen, not only in the agent); it comes back when parked.
+        """
+        if not self.agent.vehicle.driving:
+            return changes
+        return [
+            c
+            for c in changes
+            if c.type is ChangeType.REMOVED or c.card.id in self._shown or moving_allowed(c.card)
+        ]
 
     def _remember(self, changes: Sequence[CardChange]) -> None:
         for change in changes:

@@ -24,6 +24,7 @@ from typing import Final
 
 from agent.cards import CardKind, Display
 from touchpoint.tasks import cancel_and_wait
+from ui_bridge.names import ERROR_NOT_VISIBLE
 from ui_bridge.reference.hmi_client import CardView, HmiClient, HmiError, Update
 
 _log = logging.getLogger(__name__)
@@ -140,8 +141,9 @@ class ScriptedDriver:
             elif card.kind is CardKind.BOOKING and "ok" in keys:
                 await self._tap(card, "ok")
         except HmiError as err:
-            if card.path not in self.client.state.cards:
-                # Gone while the driver reached for it (driving started, it expired).
+            if card.path not in self.client.state.cards or err.name == ERROR_NOT_VISIBLE:
+                # Gone while the driver reached for it (driving started, it expired): the
+                # agent may answer the tap before the bus has told the screen.
                 _log.info("driver: %s went away: %s", card.title, err)
                 return
             _log.warning("driver: %s: %s", card.title, err)
