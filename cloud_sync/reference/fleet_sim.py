@@ -29,24 +29,21 @@ Each car commits through the daemon's own commit path
 into the next one, in one transaction of its own store. The stores are used from their
 store thread only; the cars share a few (``store_threads``), as the store allows.
 
-A process holds a few hundred cars at most (:func:`capacity`): the link watches its
-socket and wake-up pipe with ``select()``, which takes no descriptor numbered 1024 or
-above. The stores' descriptors (three per car: database, WAL, shared memory), which
-nothing selects on, are opened above that line, leaving the low numbers to the links;
-a larger fleet is several processes (``touchpoint fleet-sim`` starts them).
+The links are watched by the event loop (epoll), so the cars of a process are bounded
+by its open-file limit (a socket and three store descriptors a car), which is raised to
+fit, and by one core's worth of CPU: a larger fleet is several processes (``touchpoint
+fleet-sim`` starts them).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import random
 import resource
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,14 +91,10 @@ EVENT_MIX: Final[tuple[tuple[EventType, int], ...]] = (
     (EventType.FAULT_CLEARED, 2),
     (EventType.BENEFIT_OFFERED, 4),
 )
-#: ``FD_SETSIZE``: ``select()`` cannot watch a descriptor numbered this or above.
-SELECT_LIMIT: Final = 1024
-#: Descriptors each car's link needs below :data:`SELECT_LIMIT` (wake-up pipe, socket).
-LINK_DESCRIPTORS: Final = 3
-#: Descriptors each car's store holds (database, WAL, shared memory).
-STORE_DESCRIPTORS: Final = 3
-#: Low descriptors kept free for whatever else the process opens meanwhile.
-_SPARE: Final = 32
+#: Descriptors each car holds: its MQTT socket, its store (database, WAL, shared memory).
+CAR_DESCRIPTORS: Final = 4
+#: Descriptors kept free for whatever else the process opens.
+_SPARE: Final = 64
 #: How a vehicle id is made from the prefix and the car's number.
 ID_FORMAT: Final = "{prefix}-{number:05d}"
 
@@ -115,16 +108,16 @@ def vehicle_ids(prefix: str, first: int, count: int) -> list[str]:
     return [ID_FORMAT.format(prefix=prefix, number=n) for n in range(first, first + count)]
 
 
-def capacity(per_car: int = LINK_DESCRIPTORS) -> int:
-    """How many more cars this process can hold, as the links' ``select()`` allows.
-
-    Args:
-        per_car: Descriptors each car takes below :data:`SELECT_LIMIT`: the link's, or
-            the link's and the store's when the stores cannot be opened above it.
-    """
-    fds = Path("/proc/self/fd").iterdir()
-    low_in_use = sum(1 for fd in fds if int(fd.name) < SELECT_LIMIT)
-    return max(0, (SELECT_LIMIT - low_in_use - _SPARE) // per_car)
+def capacity() -> int:
+    """How many cars this process can hold, as its open-file limit allows (after raising it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        soft = hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft == resource.RLIM_INFINITY:
+        return 1_000_000
+    in_use = sum(1 for _ in Path("/proc/self/fd").iterdir())
+    return max(0, (soft - in_use - _SPARE) // CAR_DESCRIPTORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,20 +257,18 @@ class Fleet:
             FleetError: The cars do not fit this process, or a store cannot be opened.
         """
         options = self.options
-        high = _raise_descriptor_limit(options.vehicles * (LINK_DESCRIPTORS + STORE_DESCRIPTORS))
-        room = capacity(LINK_DESCRIPTORS if high else LINK_DESCRIPTORS + STORE_DESCRIPTORS)
+        room = capacity()
         if options.vehicles > room:
             raise FleetError(
-                f"{options.vehicles} cars do not fit one process: the MQTT link's select() "
-                f"takes descriptors below {SELECT_LIMIT}, which leaves room for {room} cars "
-                "here; share the fleet out to several processes"
+                f"{options.vehicles} cars do not fit one process: its open-file limit "
+                f"leaves room for {room} cars; share the fleet out to several processes"
             )
         self._executors = [
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{i}")
             for i in range(min(options.store_threads, options.vehicles))
         ]
         ids = vehicle_ids(options.prefix, options.first, options.vehicles)
-        stores = await self._open_stores(ids, above_select_limit=high)
+        stores = await self._open_stores(ids)
         plan, catalogue, rules = default_plan(), default_catalogue(), builtin_rules()
         boot_id = str(uuid.uuid4())
         for index, (vehicle_id, store) in enumerate(zip(ids, stores, strict=True)):
@@ -300,7 +291,7 @@ class Fleet:
             await car.cloud.start()
             self._started.append(car)
 
-    async def _open_stores(self, ids: Sequence[str], *, above_select_limit: bool) -> list[Store]:
+    async def _open_stores(self, ids: Sequence[str]) -> list[Store]:
         directory = self.options.store_dir
         executors = self._executors
         loop = asyncio.get_running_loop()
@@ -308,17 +299,15 @@ class Fleet:
         def open_one(path: Path) -> Store:
             return Store.open(path)[0]
 
-        held = _low_descriptors_held() if above_select_limit else contextlib.nullcontext()
-        with held:
-            opened = await asyncio.gather(
-                *(
-                    loop.run_in_executor(
-                        executors[i % len(executors)], open_one, directory / f"{vehicle_id}.db"
-                    )
-                    for i, vehicle_id in enumerate(ids)
-                ),
-                return_exceptions=True,
-            )
+        opened = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    executors[i % len(executors)], open_one, directory / f"{vehicle_id}.db"
+                )
+                for i, vehicle_id in enumerate(ids)
+            ),
+            return_exceptions=True,
+        )
         errors = [o for o in opened if isinstance(o, BaseException)]
         if errors:
             for i, store in enumerate(opened):
@@ -403,38 +392,3 @@ def _in_use_state() -> AgentState:
     for category in CONSENTABLE:
         consent = consent.set(category, granted=True, now=wall)
     return AgentState(consent=consent)
-
-
-def _raise_descriptor_limit(needed: int) -> bool:
-    """Raise the soft limit on open files (up to the hard one) for ``needed`` more.
-
-    Returns:
-        Whether they now fit above :data:`SELECT_LIMIT`.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = SELECT_LIMIT + needed + 4 * _SPARE
-    if soft != resource.RLIM_INFINITY and soft < want:
-        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    return soft == resource.RLIM_INFINITY or soft >= want
-
-
-@contextlib.contextmanager
-def _low_descriptors_held() -> Iterator[None]:
-    """Hold every free descriptor below :data:`SELECT_LIMIT` for the block.
-
-    Whatever is opened meanwhile (the stores) is numbered above it, leaving the low
-    numbers to what ``select()`` must watch. Nothing else may open meanwhile.
-    """
-    held: list[int] = []
-    try:
-        while True:
-            fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            if fd >= SELECT_LIMIT:
-                os.close(fd)
-                break
-            held.append(fd)
-        yield
-    finally:
-        for fd in held:
-            os.close(fd)

@@ -6,9 +6,9 @@ and what the broker acknowledged, the backlog, reconnects and the CPU it took. L
 ``recording ...`` and ``stopped recording ...`` mark the measured window, for tools
 that sample other processes over the same span.
 
-A process holds a few hundred cars (see :func:`cloud_sync.reference.fleet_sim.capacity`); a
-larger fleet is shared out to worker processes (``fleet-sim --worker``), which
-this one drives over their standard input and output, one JSON line per answer.
+A process takes a core's worth of cars (:data:`PER_PROCESS` by default); a larger fleet
+is shared out to worker processes (``fleet-sim --worker``), which this one drives over
+their standard input and output, one JSON line per answer.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ from touchpoint.progress import Progress
 
 #: The subcommand's one-line help (for ``touchpoint/cli.py``).
 HELP: Final = "many simulated cars' cloud sync against one broker, to size a broker and cloud"
-#: Cars per worker process when ``--processes`` is not given (room is about 320).
+#: Cars per worker process when ``--processes`` is not given: at the default rate, about
+#: what one core's worth of Python takes while the broker and the cloud keep theirs.
 PER_PROCESS: Final = 250
 #: How often the online count is looked at while the fleet connects.
 _POLL_S: Final = 0.5
