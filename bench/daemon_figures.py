@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Final
 
 from agent import state_codec
+from bench import import_shares
 from bench.agent_setup import TYPICAL_RULES, bench_agent
 from bench.drive import CHANNEL, Drive, recorded_drive
 from bench.installed import Interpreter, development, installed
@@ -462,7 +463,13 @@ def run() -> list[Section]:
         if compared is not None:
             other_start = (compared, _measure_startup(compared, directory, seed))
             other_memory = (compared, _measure_memory(compared, directory, seed, drive))
+        configuration = "CAN, D-Bus, no cloud (the drive)"
         return [
             _startup_section((main, main_start), other_start, notes),
             _memory_section((main, main_memory, main_start), other_memory, drive, notes),
+            Section(
+                f"Daemon memory by imported library: {configuration}",
+                import_shares.rows(configuration),
+                ("VmRSS added by importing each library in turn, in a fresh interpreter",),
+            ),
         ]

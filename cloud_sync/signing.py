@@ -5,6 +5,9 @@ The signature covers the exact UTF-8 bytes of the document's ``signed`` text (se
 way it likes. Keys are raw 32-byte Ed25519 keys written as base64: that is what goes
 in the car's configuration (``[cloud] signing_keys``), one or more with their ids, so a
 key can be rotated by provisioning the next one before the cloud starts using it.
+
+PyNaCl (libsodium) does the signing and verifying: on the car it costs about 1 MiB of
+resident memory where ``cryptography``'s Ed25519 cost about 7.
 """
 
 from __future__ import annotations
@@ -16,14 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
+from nacl.exceptions import BadSignatureError
+from nacl.exceptions import ValueError as NaclValueError
+from nacl.signing import SigningKey as NaclSigningKey
+from nacl.signing import VerifyKey
 
 from cloud_sync.contract import DocumentKind, SignedDocument
 from cloud_sync.errors import SignatureError
@@ -34,27 +33,25 @@ class SigningKey:
     """A private key the cloud (or the development cloud) signs with."""
 
     key_id: str
-    private: Ed25519PrivateKey
+    private: NaclSigningKey
 
     @classmethod
     def generate(cls, key_id: str) -> SigningKey:
         """A new random key."""
-        return cls(key_id, Ed25519PrivateKey.generate())
+        return cls(key_id, NaclSigningKey.generate())
 
     @classmethod
     def from_base64(cls, key_id: str, text: str) -> SigningKey:
-        """A key from the base64 of its 32 raw bytes."""
-        return cls(key_id, Ed25519PrivateKey.from_private_bytes(_unbase64(text, 32)))
+        """A key from the base64 of its 32 raw bytes (the Ed25519 seed)."""
+        return cls(key_id, NaclSigningKey(_unbase64(text, 32)))
 
     def private_base64(self) -> str:
         """The 32 raw bytes of the private key, in base64 (keep it secret)."""
-        raw = self.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        return base64.b64encode(raw).decode("ascii")
+        return base64.b64encode(bytes(self.private)).decode("ascii")
 
     def public_base64(self) -> str:
         """The 32 raw bytes of the public key, in base64: what a car is provisioned with."""
-        raw = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return base64.b64encode(raw).decode("ascii")
+        return base64.b64encode(bytes(self.private.verify_key)).decode("ascii")
 
     def sign(
         self,
@@ -74,7 +71,7 @@ class SigningKey:
             "body": dict(body),
         }
         signed = json.dumps(header, ensure_ascii=False, separators=(",", ":"))
-        signature = self.private.sign(signed.encode("utf-8"))
+        signature = self.private.sign(signed.encode("utf-8")).signature
         return SignedDocument(
             key_id=self.key_id,
             signed=signed,
@@ -91,11 +88,11 @@ class Verifier:
         Raises:
             SignatureError: A key is not 32 bytes of base64.
         """
-        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._keys: dict[str, VerifyKey] = {}
         for key_id, text in keys.items():
             try:
-                self._keys[key_id] = Ed25519PublicKey.from_public_bytes(_unbase64(text, 32))
-            except (SignatureError, ValueError) as err:
+                self._keys[key_id] = VerifyKey(_unbase64(text, 32))
+            except (SignatureError, NaclValueError, ValueError) as err:
                 raise SignatureError(f"signing key {key_id!r} is not usable: {err}") from err
 
     def verify(self, document: SignedDocument) -> None:
@@ -109,8 +106,8 @@ class Verifier:
             raise SignatureError(f"unknown signing key {document.key_id!r}")
         signature = _unbase64(document.signature, 64)
         try:
-            key.verify(signature, document.signed.encode("utf-8"))
-        except InvalidSignature as err:
+            key.verify(document.signed.encode("utf-8"), signature)
+        except BadSignatureError as err:
             raise SignatureError("the signature does not verify") from err
 
 

@@ -36,9 +36,6 @@ from agent.rule_model import builtin_rules
 from agent.sections import VEHICLE_SECTIONS, Section
 from agent.store.store import OpenReport, Store, StoreLimits
 from can_signals.errors import CanSignalsError, SourceError
-from can_signals.pipeline import SignalPipeline
-from can_signals.sources import BusConfig
-from can_signals.update import SignalUpdate
 from touchpoint.runner import AgentRunner, CardSink, Clock, Step
 from touchpoint.sdnotify import Notifier, watchdog_interval
 from touchpoint.services import CloudService, HmiService
@@ -47,6 +44,8 @@ from touchpoint.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from can_signals.diagnostics import DtcPoller
+    from can_signals.pipeline import SignalPipeline
+    from can_signals.update import SignalUpdate
     from cloud_sync.sync import CloudSync
     from ui_bridge.bridge import DbusBridge
 
@@ -305,6 +304,10 @@ class Daemon:
         if can is None:
             _log.warning("no [can] settings: running without CAN signals")
             return None
+        # python-can and cantools only when there is CAN to read.
+        from can_signals.pipeline import SignalPipeline  # noqa: PLC0415
+        from can_signals.sources import BusConfig  # noqa: PLC0415
+
         dbcs = [(d.bus, d.file) for d in can.dbc]
         try:
             if can.replay is not None:

@@ -133,7 +133,7 @@ def test_signed_garbage_bodies_are_rejected_not_crashed(body: dict[str, Any], ve
     header = {"kind": "service_plan", "vehicle_id": VEHICLE, "version": version,
               "issued_at": 0.0, "body": body}  # fmt: skip
     text = json.dumps(header)
-    signature = base64.b64encode(KEY.private.sign(text.encode())).decode()
+    signature = base64.b64encode(KEY.private.sign(text.encode()).signature).decode()
     document = SignedDocument(key_id=KEY.key_id, signed=text, signature=signature)
     verdict = GATE.check(PLAN_TOPIC, document.model_dump_json().encode(), ACTIVE)
     assert isinstance(verdict, Rejected | Ignored)
