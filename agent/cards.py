@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 from types import MappingProxyType
 from typing import Final
@@ -142,6 +142,8 @@ class Card:
         snooze_until: A snoozed card comes back at this time...
         snooze_until_odometer: ...or at this odometer (metres), whichever is first.
         close_reason: Why it closed, once closed.
+        time_trusted: Whether its times (created, expires, snooze) came from a trusted
+            clock; if not, they move with the correction once the clock is trusted.
     """
 
     id: str
@@ -166,6 +168,24 @@ class Card:
     snooze_until: float | None = None
     snooze_until_odometer: int | None = None
     close_reason: CloseReason = CloseReason.UNKNOWN
+    time_trusted: bool = True
+
+    def rebased(self, correction: float) -> Card:
+        """The card with its estimated times moved by ``correction`` seconds, now trusted."""
+        if self.time_trusted:
+            return self
+
+        def moved(value: float | None) -> float | None:
+            return None if value is None else value + correction
+
+        return replace(
+            self,
+            created=self.created + correction,
+            expires=moved(self.expires),
+            posted_at=moved(self.posted_at),
+            snooze_until=moved(self.snooze_until),
+            time_trusted=True,
+        )
 
     @property
     def allowed_while_moving(self) -> bool:

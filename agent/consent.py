@@ -56,6 +56,8 @@ class Grant:
     granted: bool
     granted_at: float | None = None
     expires_at: float | None = None
+    #: Whether ``granted_at`` came from a trusted clock (else it moves once trusted).
+    time_trusted: bool = True
 
     def valid_at(self, now: float) -> bool:
         """Whether consent holds at ``now``."""
@@ -75,8 +77,30 @@ class ConsentState:
         grant = self.grants.get(category)
         return grant is not None and grant.valid_at(now)
 
+    def rebase(self, correction: float) -> ConsentState:
+        """The clock became trusted: grants dated by the estimate move by ``correction``."""
+        if all(g.time_trusted for g in self.grants.values()):
+            return self
+        grants = {
+            c: g
+            if g.time_trusted
+            else Grant(
+                g.granted,
+                None if g.granted_at is None else g.granted_at + correction,
+                None if g.expires_at is None else g.expires_at + correction,
+            )
+            for c, g in self.grants.items()
+        }
+        return replace(self, grants=MappingProxyType(grants))
+
     def set(
-        self, category: Category, *, granted: bool, now: float, valid_for: float | None = None
+        self,
+        category: Category,
+        *,
+        granted: bool,
+        now: float,
+        valid_for: float | None = None,
+        trusted: bool = True,
     ) -> ConsentState:
         """Grant (for ``valid_for`` seconds, or without end) or withdraw a category.
 
@@ -89,9 +113,9 @@ class ConsentState:
         if valid_for is not None and valid_for <= 0:
             raise ValueError("a consent's validity must be positive")
         grant = (
-            Grant(True, now, None if valid_for is None else now + valid_for)
+            Grant(True, now, None if valid_for is None else now + valid_for, trusted)
             if granted
-            else Grant(False, now, None)
+            else Grant(False, now, None, trusted)
         )
         grants = dict(self.grants)
         grants[category] = grant
@@ -100,7 +124,12 @@ class ConsentState:
     def to_json(self) -> dict[str, dict[str, object]]:
         """A JSON-ready form (for the store and the settings app)."""
         return {
-            c.value: {"granted": g.granted, "granted_at": g.granted_at, "expires_at": g.expires_at}
+            c.value: {
+                "granted": g.granted,
+                "granted_at": g.granted_at,
+                "expires_at": g.expires_at,
+                "time_trusted": g.time_trusted,
+            }
             for c, g in self.grants.items()
         }
 
@@ -118,5 +147,6 @@ class ConsentState:
                 bool(raw.get("granted")),
                 float(granted_at) if isinstance(granted_at, int | float) else None,
                 float(expires_at) if isinstance(expires_at, int | float) else None,
+                raw.get("time_trusted", True) is not False,
             )
         return cls(MappingProxyType(grants))

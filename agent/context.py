@@ -48,6 +48,10 @@ class CoreContext(Protocol):
         """The core's settings."""
 
     @property
+    def boot_id(self) -> str:
+        """This run's id: monotonic readings compare only within one."""
+
+    @property
     def vehicle(self) -> veh.VehicleState:
         """The vehicle's state."""
 

@@ -37,7 +37,7 @@ from agent.cards import (
     CloseReason,
     Text,
 )
-from agent.clock import ClockState, Now, TimeSource
+from agent.clock import ClockState, Now, Rejection, TimeSource
 from agent.consent import Category, ConsentState
 from agent.context import AgentConfig
 from agent.documents import CloudCard, ConsentText
@@ -120,6 +120,11 @@ class Agent:
         st = state or AgentState()
         self.vehicle = veh.VehicleState(odometer_m=st.odometer_m, drive_cycle=st.drive_cycle)
         self.clock = st.clock.after_restart()
+        #: The last system clock reading (wall, monotonic), for a source's correction.
+        self._system = (0.0, 0.0)
+        #: Times a source offered that the clock model refused, by source.
+        self.clock_rejections: Counter[TimeSource] = Counter()
+        self.last_clock_rejection: Rejection | None = None
         self.plan = st.plan or plan
         self.catalogue = st.catalogue or catalogue
         self.maintenance = st.maintenance
@@ -307,11 +312,19 @@ class Agent:
         self.flows.on_redemption_answer(request_id, accepted=accepted, now=now, message=message)
         return self._finish(now)
 
-    def on_cloud_time(self, trusted_wall: float, wall: float, monotonic: float) -> Output:
-        """The cloud told us the time (trusted)."""
-        self.trust_time(trusted_wall, monotonic, TimeSource.CLOUD)
-        self.reactions.invalidate()  # time-based items may now be judged
-        return self.on_tick(wall, monotonic)
+    def on_time(
+        self, source: TimeSource, trusted_wall: float, wall: float, monotonic: float
+    ) -> Output:
+        """A time source says it is ``trusted_wall`` at ``monotonic``.
+
+        The cloud's time exchange and an NTP-synchronised system clock come here (GNSS
+        comes with the signals); the clock model decides whether the time is taken.
+        """
+        now = self._now(wall, monotonic)
+        self.trust_time(trusted_wall, monotonic, source)
+        out = self._finish(now)
+        out.extend(self.on_tick(wall, monotonic))
+        return out
 
     def set_plan(self, plan: ServicePlan, wall: float, monotonic: float) -> Output:
         """A new service plan (validated, newer) from the cloud."""
@@ -373,7 +386,7 @@ class Agent:
         """The driver changed a consent (raises ``ValueError`` for a bad category)."""
         now = self._now(wall, monotonic)
         self.consent = self.consent.set(
-            category, granted=granted, now=now.wall, valid_for=valid_for
+            category, granted=granted, now=now.floor, valid_for=valid_for, trusted=now.trusted
         )
         self._out.dirty.add(Section.CONSENT)
         # A consent record is the driver's own instruction: it always goes to the cloud.
@@ -467,7 +480,7 @@ class Agent:
         """
         now = self._now(wall, monotonic)
         for card in list(self.cards.cards):
-            closed = self.cards.close(card.id, CloseReason.CLOSED_BY_AGENT, now.wall)
+            closed = self.cards.close(card.id, CloseReason.CLOSED_BY_AGENT, now.floor)
             if closed is not None and closed.state is CardState.VISIBLE:
                 self._out.changes.append(
                     CardChange(ChangeType.REMOVED, closed, CloseReason.CLOSED_BY_AGENT)
@@ -499,6 +512,8 @@ class Agent:
     # -- internals ----------------------------------------------------------------------
 
     def _now(self, wall: float, monotonic: float) -> Now:
+        self.clock = self.clock.started(monotonic)
+        self._system = (wall, monotonic)
         now = self.clock.read(wall, monotonic)
         remembered = self.clock.remember(now)
         if (
@@ -554,15 +569,16 @@ class Agent:
             title=spec.title,
             body=spec.body,
             template=spec.template,
-            created=now.wall,
+            created=now.floor,
             category=category,
             priority=spec.priority,
             args=spec.args,
             actions=tuple(Action(k, label) for k, label in spec.actions),
-            expires=None if spec.ttl is None else now.wall + spec.ttl,
+            expires=None if spec.ttl is None else now.floor + spec.ttl,
             rule=spec.rule,
+            time_trusted=now.trusted,
         )
-        stored, new = self.cards.post(card, now.wall)
+        stored, new = self.cards.post(card, now.floor)
         self._out.dirty.add(Section.CARDS)
         if stored is None:
             self._card_event(EventType.CARD_SUPPRESSED, card, now, reason="cooldown")
@@ -598,7 +614,7 @@ class Agent:
             days, km = self.plan.snooze_days, self.plan.snooze_km
         odometer = self.vehicle.odometer_m
         until_odometer = None if odometer is None else odometer + int(km * 1000)
-        self.cards.snooze(card.id, now.wall + days * DAY, until_odometer)
+        self.cards.snooze(card.id, now.floor + days * DAY, until_odometer)
         self._out.dirty.add(Section.CARDS)
         self._out.changes.append(CardChange(ChangeType.REMOVED, card, CloseReason.SNOOZED))
         self._card_event(EventType.CARD_SNOOZED, card, now, days=days, km=km)
@@ -608,7 +624,7 @@ class Agent:
         self._close(card, reason, now)
 
     def _close(self, card: Card, reason: CloseReason, now: Now) -> None:
-        closed = self.cards.close(card.id, reason, now.wall)
+        closed = self.cards.close(card.id, reason, now.floor)
         if closed is None:
             return
         self._out.dirty.add(Section.CARDS)
@@ -635,7 +651,10 @@ class Agent:
             self.rules.dirty = False
             self._out.dirty.add(Section.RULE_STATE)
         changes, expired = self.cards.refresh(
-            driving=self.vehicle.driving, now=now.wall, odometer_m=self.vehicle.odometer_m
+            driving=self.vehicle.driving,
+            now=now.wall,
+            floor=now.floor,
+            odometer_m=self.vehicle.odometer_m,
         )
         for card in expired:
             self._card_event(EventType.CARD_EXPIRED, card, now, reason=CloseReason.EXPIRED.name)
@@ -683,7 +702,7 @@ class Agent:
 
     def record(self, draft: EventDraft, now: Now) -> Event | None:
         """Stamp an event for the outbox, unless its category lacks consent (then counted)."""
-        if not self.consent.allows(draft.category, now.wall):
+        if not self.consent.allows(draft.category, now.floor):
             self._out.suppressed[draft.category.value] += 1
             return None
         self._seq += 1
@@ -696,7 +715,7 @@ class Agent:
             boot_id=self.boot_id,
             seq=self._seq,
             priority=draft.priority,
-            expires=None if draft.ttl is None else now.wall + draft.ttl,
+            expires=None if draft.ttl is None else now.floor + draft.ttl,
             payload=draft.payload,
             request_id=draft.request_id,
         )
@@ -730,9 +749,41 @@ class Agent:
         self.reactions.invalidate()
 
     def trust_time(self, wall: float, monotonic: float, source: TimeSource) -> None:
-        """A trusted source says it is ``wall`` at ``monotonic``."""
-        self.clock = self.clock.set_trusted(wall, monotonic, source)
+        """A trusted source says it is ``wall`` at ``monotonic``: taken if plausible.
+
+        When the clock becomes trusted (or is corrected), what was dated by the estimate
+        before (cards posted meanwhile, a consent given meanwhile) moves by the
+        correction, so nothing lives years too long or ends at once because the system
+        clock was wrong.
+        """
+        system_wall, system_mono = self._system
+        before = self.clock.read(system_wall + (monotonic - system_mono), monotonic)
+        # What the agent dated while untrusted, it dated by the floor (docs/time.md).
+        basis = before.floor
+        result = self.clock.set_trusted(wall, monotonic, source)
+        if isinstance(result, Rejection):
+            self.clock_rejections[source] += 1
+            self.last_clock_rejection = result
+            _log.warning(
+                "not taking the %s time %.0f: %s", source.label, result.wall, result.reason
+            )
+            return
+        if result is self.clock:
+            return
+        self.clock = result
         self._out.dirty.add(Section.CLOCK)
+        correction = wall - basis
+        if not before.trusted and abs(correction) >= 1.0:
+            self.cards.rebase(correction)
+            self.consent = self.consent.rebase(correction)
+            self._out.dirty |= {Section.CARDS, Section.CONSENT}
+        now = self.clock.read(system_wall, monotonic)
+        self.note(
+            EventType.CLOCK_TRUSTED, Category.VEHICLE_HEALTH, now, Priority.LOW,
+            source=source.label, correction_s=round(correction, 3),
+            trusted_before=before.trusted,
+        )  # fmt: skip
+        self.reactions.invalidate()  # time-based items may now be judged
 
     def booked(self, card_key: str) -> bool:
         """Whether a booking made from that card is confirmed."""

@@ -456,7 +456,13 @@ _TYPES: Final = (
                 "Distance driven, one decimal (null: odometer unknown).",
                 12.4,
             ),
-            _f("duration_min", "number", "How long the cycle lasted, in minutes.", 23.5),
+            _f(
+                "duration_min",
+                "number|null",
+                "How long the cycle lasted, in minutes (null: the clock cannot tell, e.g. it "
+                "began before a restart on an untrusted clock).",
+                23.5,
+            ),
         ),
     ),
     EventSpec(
@@ -467,7 +473,12 @@ _TYPES: Final = (
         (
             _f("soc_from", "number|null", "State of charge at the start, % (null: unknown).", 18),
             _f("soc_to", "number|null", "State of charge at the end, % (null: unknown).", 80),
-            _f("duration_min", "number", "How long it lasted, in minutes.", 42.0),
+            _f(
+                "duration_min",
+                "number|null",
+                "How long it lasted, in minutes (null: the clock cannot tell).",
+                42.0,
+            ),
         ),
     ),
     EventSpec(
@@ -565,6 +576,22 @@ _TYPES: Final = (
         (
             _f("kind", "string", "The document's kind (DocumentKind).", "wallet"),
             _f("version", "integer", "Its version.", 3),
+        ),
+    ),
+    EventSpec(
+        "clock.trusted",
+        (Category.VEHICLE_HEALTH,),
+        Priority.LOW,
+        "A trusted time source set the car's clock, or corrected it (docs/time.md).",
+        (
+            _f("source", "string", "Which source.", "cloud", enum=("cloud", "ntp", "gnss")),
+            _f(
+                "correction_s",
+                "number",
+                "How far the clock moved, in seconds (from the estimate it ran on before).",
+                -3.2,
+            ),
+            _f("trusted_before", "boolean", "Whether the clock was trusted before.", False),
         ),
     ),
     EventSpec(

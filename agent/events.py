@@ -61,6 +61,7 @@ class EventType(StrEnum):
     PRIVACY_WIPED = "privacy.wiped"
     DOWNLINK_APPLIED = "downlink.applied"
     DOWNLINK_REJECTED = "downlink.rejected"
+    CLOCK_TRUSTED = "clock.trusted"
 
 
 class Priority(IntEnum):

@@ -129,13 +129,17 @@ class CardManager:
         card_id = self._by_key.get(key)
         return self._cards.get(card_id) if card_id else None
 
-    def in_cooldown(self, kind: CardKind, now: float) -> bool:
-        """Whether a new card of ``kind`` must wait after a recent dismissal."""
+    def in_cooldown(self, kind: CardKind, floor: float) -> bool:
+        """Whether a new card of ``kind`` must wait after a recent dismissal.
+
+        ``floor`` is the clock's floor (:attr:`agent.clock.Now.floor`): a cooldown ends
+        only once it has certainly passed, whatever an untrusted clock says.
+        """
         cooldown = self.config.cooldowns.get(kind)
         dismissed = self._dismissed.get(kind.name)
-        return cooldown is not None and dismissed is not None and now - dismissed < cooldown
+        return cooldown is not None and dismissed is not None and floor - dismissed < cooldown
 
-    def post(self, card: Card, now: float) -> tuple[Card | None, bool]:
+    def post(self, card: Card, floor: float) -> tuple[Card | None, bool]:
         """Add a card, or update the open card with the same key in place.
 
         Returns:
@@ -159,7 +163,7 @@ class CardManager:
             self._cards[existing.id] = updated
             self._version += 1
             return updated, False
-        if self.in_cooldown(card.kind, now):
+        if self.in_cooldown(card.kind, floor):
             return None, False
         stored = replace(card, state=CardState.QUEUED)
         self._cards[stored.id] = stored
@@ -185,6 +189,14 @@ class CardManager:
             self._dismissed[card.kind.name] = now
         return card
 
+    def rebase(self, correction: float) -> None:
+        """The clock became trusted: cards dated by the estimate move by ``correction``."""
+        for card_id, card in list(self._cards.items()):
+            moved = card.rebased(correction)
+            if moved is not card:
+                self._cards[card_id] = moved
+                self._version += 1
+
     def snooze(self, card_id: str, until: float, until_odometer: int | None) -> Card | None:
         """Put a card away until a time or an odometer reading."""
         card = self._cards.get(card_id)
@@ -198,33 +210,39 @@ class CardManager:
         return snoozed
 
     def refresh(
-        self, *, driving: bool, now: float, odometer_m: int | None
+        self, *, driving: bool, now: float, odometer_m: int | None, floor: float | None = None
     ) -> tuple[list[CardChange], list[Card]]:
         """Apply the policy: expire, wake snoozed cards, choose the visible set.
+
+        ``now`` is the wall time (the local hour, for quiet hours); everything dated or
+        ended by time (expiry, snooze, the caps' rolling day, when a card first appeared)
+        goes by ``floor``, the latest instant known to have passed (the same as ``now``
+        when the clock is trusted; the default).
 
         Returns:
             The visibility changes (for the HMI) and the cards that expired (closed).
         """
+        floor = now if floor is None else floor
         quiet = self.config.in_quiet_hours(now)
         settled = self._settled
         if settled is not None and settled.holds(
-            self._version, driving=driving, quiet=quiet, now=now, odometer_m=odometer_m
+            self._version, driving=driving, quiet=quiet, now=floor, odometer_m=odometer_m
         ):
             return [], []  # nothing the choice depends on has changed: nor would it
-        expired = [c for c in self._cards.values() if c.expires is not None and now >= c.expires]
+        expired = [c for c in self._cards.values() if c.expires is not None and floor >= c.expires]
         changes: list[CardChange] = []
         for card in expired:
             self.close(card.id, CloseReason.EXPIRED, now)
             if card.state is CardState.VISIBLE:
                 changes.append(CardChange(ChangeType.REMOVED, card, CloseReason.EXPIRED))
         for card in list(self._cards.values()):
-            if card.state is CardState.SNOOZED and _snooze_over(card, now, odometer_m):
+            if card.state is CardState.SNOOZED and _snooze_over(card, floor, odometer_m):
                 self._cards[card.id] = replace(
                     card, state=CardState.QUEUED, snooze_until=None, snooze_until_odometer=None
                 )
         # Prune the rolling window before choosing, so a card held by a cap shows as
         # soon as the window has passed (not one refresh later).
-        self._shown_log = [(k, t) for k, t in self._shown_log if now - t < DAY]
+        self._shown_log = [(k, t) for k, t in self._shown_log if floor - t < DAY]
         chosen = self._choose(driving=driving, now=now)
         for card in list(self._cards.values()):
             if card.state is CardState.SNOOZED:
@@ -233,8 +251,8 @@ class CardManager:
                 if card.state is not CardState.VISIBLE:
                     posted_at = card.posted_at
                     if posted_at is None:
-                        posted_at = now
-                        self._shown_log.append((card.kind.name, now))
+                        posted_at = floor
+                        self._shown_log.append((card.kind.name, floor))
                     visible = replace(card, state=CardState.VISIBLE, posted_at=posted_at)
                     self._cards[card.id] = visible
                     changes.append(CardChange(ChangeType.ADDED, visible))

@@ -24,6 +24,7 @@ from agent.events import EventType, Priority
 from agent.fault_engine import active_faults, diff
 from agent.rule_model import AGENT_EVENTS
 from agent.sections import Section
+from agent.signals import GNSS_FIX, GNSS_NO_FIX
 
 _log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Reactions:
         elif t is veh.Transition.GNSS_TIME:
             self._gnss_time(change, monotonic)
         elif t is veh.Transition.DRIVE_CYCLE_STARTED:
-            self._scenes["cycle_start"] = [now.wall, self._ctx.vehicle.odometer_m]
+            self._scenes["cycle_start"] = self._start(now, self._ctx.vehicle.odometer_m)
             self._ctx.mark_dirty(Section.VEHICLE)
             if not self._scenes.get("first_drive_done"):
                 self._scenes["first_drive_done"] = True
@@ -130,7 +131,7 @@ class Reactions:
         elif t is veh.Transition.CHARGING_STARTED:
             session = int(self._scenes.get("charging_sessions", 0)) + 1
             self._scenes["charging_sessions"] = session
-            self._scenes["charge_start"] = [now.wall, change.detail.get("soc")]
+            self._scenes["charge_start"] = self._start(now, change.detail.get("soc"))
             # The session counter names the scene's occurrence: a counter lost at a
             # restart would reuse an occurrence already offered, and offer nothing.
             self._ctx.mark_dirty(Section.VEHICLE)
@@ -142,13 +143,21 @@ class Reactions:
         return recheck
 
     def _gnss_time(self, change: veh.Change, monotonic: float) -> None:
+        # A receiver without a fix still sends its clock, often all ones or its epoch:
+        # only a time with a fix is a time.
+        fix = self._ctx.vehicle.value(GNSS_FIX)
+        if not isinstance(fix, str) or fix == GNSS_NO_FIX:
+            _log.debug("ignoring a GNSS time without a fix (%r)", fix)
+            return
         text = str(change.detail.get("time"))
         try:
-            wall = datetime.fromisoformat(text).timestamp()
+            moment = datetime.fromisoformat(text)
         except ValueError:
             _log.warning("ignoring a GNSS time that is not ISO 8601: %r", text)
             return
-        self._ctx.trust_time(wall, monotonic, TimeSource.GNSS)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)  # GNSS time is UTC
+        self._ctx.trust_time(moment.timestamp(), monotonic, TimeSource.GNSS)
 
     def check_maintenance(self, now: Now) -> None:
         """Assess the plan and remind the driver if the engine decides to."""
@@ -301,22 +310,46 @@ class Reactions:
         if local.strftime("%m-%d") == self._ctx.wallet.birthday:
             self._scene("birthday", f"birthday:{local.year}", now)
 
+    def _start(self, now: Now, value: object) -> dict[str, Any]:
+        """When a drive or a charge began, measurable whichever clock survives till its end."""
+        return {
+            "wall": now.wall,
+            "trusted": now.trusted,
+            "boot": self._ctx.boot_id,
+            "mono": now.monotonic,
+            "value": value,
+        }
+
+    def _duration_min(self, start: Mapping[str, Any], now: Now) -> float | None:
+        """Minutes since ``start``, never negative; ``None`` when no clock can tell.
+
+        On the monotonic clock within a run, on trusted wall times across runs.
+        """
+        if start.get("boot") == self._ctx.boot_id and isinstance(start.get("mono"), float):
+            elapsed: float = now.monotonic - start["mono"]
+        elif start.get("trusted") is True and now.trusted:
+            elapsed = now.wall - float(start["wall"])
+        else:
+            return None
+        return round(elapsed / 60, 1) if elapsed >= 0 else None
+
     def _drive_summary(self, now: Now) -> None:
         start = self._scenes.pop("cycle_start", None)
         self._ctx.mark_dirty(Section.VEHICLE)
         if not start:
             return
-        started, odometer = start
+        odometer = start.get("value")
         distance = None
-        if odometer is not None and self._ctx.vehicle.odometer_m is not None:
-            distance = round((self._ctx.vehicle.odometer_m - odometer) / 1000, 1)
+        if isinstance(odometer, int) and self._ctx.vehicle.odometer_m is not None:
+            driven = self._ctx.vehicle.odometer_m - odometer
+            distance = round(driven / 1000, 1) if driven >= 0 else None
         self._ctx.note(
             EventType.DRIVE_SUMMARY,
             Category.USAGE_ANALYTICS,
             now,
             Priority.LOW,
             distance_km=distance,
-            duration_min=round((now.wall - started) / 60, 1),
+            duration_min=self._duration_min(start, now),
         )
 
     def _charging_summary(self, change: veh.Change, now: Now) -> None:
@@ -324,15 +357,14 @@ class Reactions:
         if not start:
             return
         self._ctx.mark_dirty(Section.VEHICLE)
-        started, soc = start
         self._ctx.note(
             EventType.CHARGING_SESSION,
             Category.USAGE_ANALYTICS,
             now,
             Priority.LOW,
-            soc_from=soc,
+            soc_from=start.get("value"),
             soc_to=change.detail.get("soc"),
-            duration_min=round((now.wall - started) / 60, 1),
+            duration_min=self._duration_min(start, now),
         )
 
 

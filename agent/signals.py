@@ -45,8 +45,11 @@ FUEL_LEVEL: Final = "Vehicle.Powertrain.FuelSystem.RelativeLevel"
 #: Engine oil life left, in percent.
 OIL_LIFE: Final = "Vehicle.Powertrain.CombustionEngine.EngineOil.RelativeLifeRemaining"
 SERVICE_RESET: Final = "Vehicle.Service.ResetCounter"
-#: GNSS time (ISO 8601).
+#: GNSS time (ISO 8601); a time source only with a fix.
 GNSS_TIME: Final = "Vehicle.CurrentLocation.Timestamp"
+#: The GNSS receiver's fix (VSS: NONE, TWO_D, THREE_D and their augmented kinds).
+GNSS_FIX: Final = "Vehicle.CurrentLocation.GNSSReceiver.FixType"
+GNSS_NO_FIX: Final = "NONE"
 #: Active DTCs (SAE J2012 form), with warning lamps folded in as ``LAMP:<name>``.
 DTC_LIST: Final = "Vehicle.Diagnostics.DTCList"
 #: Warning lamps: ``Vehicle.Diagnostics.Lamp.<name>``, booleans.

@@ -109,25 +109,40 @@ def _strings(value: Any) -> dict[str, str]:
     return {k: _text(v) for k, v in _object(value).items()}
 
 
-def _pair(value: Any) -> list[Any] | None:
-    """A ``[time, value]`` pair of the scenes (``None`` if absent)."""
+def _start(value: Any) -> dict[str, Any] | None:
+    """When a drive or charge began (``None`` if absent).
+
+    Older stores kept a ``[time, value]`` pair, whose time nobody knew to be trusted.
+    """
     if value is None:
         return None
-    if not isinstance(value, list) or len(value) != 2:
-        raise TypeError(f"not a [time, value] pair: {value!r}")
-    _time(value[0])
-    return value
+    if isinstance(value, list) and len(value) == 2:
+        return {"wall": _time(value[0]), "trusted": False, "value": value[1]}
+    start = _object(value)
+    _time(start.get("wall"))
+    mono = _number(start.get("mono"))
+    return {
+        "wall": start["wall"],
+        "trusted": start.get("trusted") is True,
+        "boot": start.get("boot") if isinstance(start.get("boot"), str) else None,
+        "mono": mono,
+        "value": start.get("value"),
+    }
 
 
 def _scenes(data: Any) -> dict[str, Any]:
     scenes = dict(_object(data))
     for key in ("cycle_start", "charge_start"):
-        if key in scenes and _pair(scenes[key]) is None:
-            del scenes[key]
+        if key in scenes:
+            start = _start(scenes[key])
+            if start is None:
+                del scenes[key]
+            else:
+                scenes[key] = start
     if "cycle_start" in scenes:
-        _integer(scenes["cycle_start"][1])
+        _integer(scenes["cycle_start"]["value"])
     if "charge_start" in scenes:
-        _number(scenes["charge_start"][1])
+        _number(scenes["charge_start"]["value"])
     if "charging_sessions" in scenes and _integer(scenes["charging_sessions"]) is None:
         del scenes["charging_sessions"]
     return scenes
@@ -225,6 +240,7 @@ def card_to_json(card: Card) -> dict[str, Any]:
         "snooze_until": card.snooze_until,
         "snooze_until_odometer": card.snooze_until_odometer,
         "close_reason": card.close_reason.name,
+        "time_trusted": card.time_trusted,
     }
 
 
@@ -253,6 +269,7 @@ def card_from_json(data: Mapping[str, Any]) -> Card:
         snooze_until=_number(data["snooze_until"]),
         snooze_until_odometer=_integer(data["snooze_until_odometer"]),
         close_reason=CloseReason[data["close_reason"]],
+        time_trusted=data.get("time_trusted", True) is not False,
     )
 
 

@@ -14,6 +14,7 @@ from functools import cache
 from typing import Final
 
 from agent.benefits import Coupon, Wallet
+from agent.clock import TimeSource
 from agent.consent import Category
 from agent.context import AgentConfig
 from agent.core import Agent
@@ -62,7 +63,7 @@ def bench_agent(rules: RuleSetDocument | None, start: float) -> Agent:
     mono = MONOTONIC_START
     for category in (Category.VEHICLE_HEALTH, Category.USAGE_ANALYTICS, Category.MARKETING):
         agent.set_consent(category, granted=True, valid_for=None, wall=start, monotonic=mono)
-    agent.on_cloud_time(start, start, mono)
+    agent.on_time(TimeSource.CLOUD, start, start, mono)
     agent.set_wallet(_wallet(), start, mono)
     items = tuple(item.id for item in default_plan().items)
     record = ServiceRecord(items=items, odometer_km=0.0, time=start - 200 * DAY)

@@ -80,6 +80,18 @@ class SignalSpec:
 
 
 LOW_VOLTAGE_SYSTEM_STATES: Final = ("UNDEFINED", "LOCK", "OFF", "ACC", "ON", "START")
+#: VSS 6.0's ``GNSSReceiver.FixType`` values.
+GNSS_FIX_TYPES: Final = (
+    "NONE",
+    "TWO_D",
+    "TWO_D_SATELLITE_BASED_AUGMENTATION",
+    "TWO_D_GROUND_BASED_AUGMENTATION",
+    "TWO_D_SATELLITE_AND_GROUND_BASED_AUGMENTATION",
+    "THREE_D",
+    "THREE_D_SATELLITE_BASED_AUGMENTATION",
+    "THREE_D_GROUND_BASED_AUGMENTATION",
+    "THREE_D_SATELLITE_AND_GROUND_BASED_AUGMENTATION",
+)
 #: ``SelectedGear`` values VSS reserves for the lever positions that are not a gear.
 GEAR_PARK: Final = 126
 GEAR_DRIVE: Final = 127
@@ -174,7 +186,10 @@ _SIGNALS: Final[tuple[SignalSpec, ...]] = (
                "Counts resets of the car's service indicator by a workshop (wraps at 255).",
                standard=False),
     SignalSpec("Vehicle.CurrentLocation.Timestamp", DataType.STRING, "iso8601",
-               "UTC time from the GNSS receiver (sets the clock trusted)."),
+               "UTC time from the GNSS receiver (a trusted time only with a fix)."),
+    SignalSpec("Vehicle.CurrentLocation.GNSSReceiver.FixType", DataType.STRING, None,
+               "The GNSS receiver's fix: without one, its time is not a time.",
+               allowed=GNSS_FIX_TYPES),
     *_wheels(),
 )  # fmt: skip
 

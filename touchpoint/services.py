@@ -7,7 +7,6 @@ changed in the store's thread.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -96,13 +95,18 @@ class StoreOutbox(OutboxPort):
         self._runner = runner
 
     async def take(self, max_events: int, max_bytes: int) -> Taken:
-        """The next events to send (withdrawn categories' events are deleted unsent)."""
-        now = time.time()
-        consent = self._runner.agent.consent
-        allowed = {c.value for c in Category if consent.allows(c, now)}
+        """The next events to send (withdrawn categories' events are deleted unsent).
+
+        Consent and expiries are judged on the agent's clock floor (docs/time.md): an
+        untrusted system clock neither ends a consent nor expires an event early.
+        """
+        runner = self._runner
+        floor = runner.agent.clock.read(runner.wall(), runner.monotonic()).floor
+        consent = runner.agent.consent
+        allowed = {c.value for c in Category if consent.allows(c, floor)}
 
         def take(store: Store) -> Taken:
-            rows, withheld = store.take(max_events, max_bytes, allowed, now)
+            rows, withheld = store.take(max_events, max_bytes, allowed, floor)
             return Taken(rows, withheld, store.outbox_count)
 
         return await self._runner.in_store_thread(take)

@@ -278,7 +278,7 @@ class Fleet:
             )  # fmt: skip
             # The agent forgets a trusted clock's anchor across a (re)start; the cars
             # have had GNSS time since, so their events' times measure the latency.
-            agent.clock = agent.clock.set_trusted(time.time(), time.monotonic(), TimeSource.GNSS)
+            agent.on_time(TimeSource.GNSS, time.time(), time.time(), time.monotonic())
             executor = self._executors[index % len(self._executors)]
             runner = AgentRunner(agent, store, executor, wall=time.time, monotonic=time.monotonic)
             runner.start()

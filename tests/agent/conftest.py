@@ -18,6 +18,7 @@ import pytest
 from agent import state_codec
 from agent.booking import Slot
 from agent.cards import Card, CardKind, ChangeType
+from agent.clock import TimeSource
 from agent.consent import Category
 from agent.context import AgentConfig
 from agent.core import Agent, AgentState, Output
@@ -134,7 +135,7 @@ class Car:
 
     def trust_clock(self) -> Output:
         """The cloud tells the time: the car's wall clock becomes trusted."""
-        return self._keep(self.agent.on_cloud_time(self.wall, self.wall, self.mono))
+        return self._keep(self.agent.on_time(TimeSource.CLOUD, self.wall, self.wall, self.mono))
 
     def consent(
         self, *categories: Category, granted: bool = True, valid_for: float | None = None

@@ -215,8 +215,10 @@ def privacy() -> list[Event]:
 
 
 def cloud_documents() -> list[Event]:
-    """Cloud sync applies a consent text and a card, takes the card back, refuses one."""
+    """The cloud sets the clock, applies a consent text and a card, takes the card back,
+    refuses one."""
     car = _parked_car()
+    car.trust_clock()
     agent = car.agent
     consent = ConsentText.model_validate(
         {"version": 2, "purposes": {"location": {"zh-CN": "附近的服务", "en": "Services nearby"}}}

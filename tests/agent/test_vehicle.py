@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from agent import vehicle as veh
 from agent.cards import Action, ArgValue, Text, render, restrict_for_moving
-from agent.clock import ClockState, TimeSource
 from agent.ids import IdFactory, uuid7
 from agent.signals import IGNITION, IS_CHARGING, SELECTED_GEAR
 from agent.vehicle import Transition, VehicleState
@@ -120,44 +119,6 @@ def test_the_derived_state_always_matches_the_signals(
     assert state.drive_cycle == seen.count(Transition.DRIVE_CYCLE_STARTED)
     parks = seen.count(Transition.PARKED) - seen.count(Transition.DRIVING_STARTED)
     assert parks == (1 if state.parked else 0)
-
-
-# -- the clock ------------------------------------------------------------------------------
-
-
-def test_an_untrusted_clock() -> None:
-    clock = ClockState()
-    now = clock.read(T0, 5.0)
-    assert (now.wall, now.trusted, now.monotonic) == (T0, False, 5.0)
-
-
-def test_a_trusted_anchor_runs_on_the_monotonic_clock() -> None:
-    clock = ClockState().set_trusted(T0, 100.0, TimeSource.GNSS)
-    now = clock.read(0.0, 160.0)  # the system clock says 1970
-    assert now.trusted
-    assert now.wall == T0 + 60
-    assert clock.set_trusted(T0 + 61, 160.0, TimeSource.CLOUD) is clock  # within the threshold
-    moved = clock.set_trusted(T0 + 600, 160.0, TimeSource.CLOUD)
-    assert moved.read(0.0, 160.0).wall == T0 + 600
-    assert moved.source is TimeSource.CLOUD
-
-
-def test_after_a_restart_the_clock_is_untrusted_but_not_earlier_than_seen() -> None:
-    clock = ClockState().set_trusted(T0, 100.0, TimeSource.GNSS)
-    clock = clock.remember(clock.read(0.0, 200.0))
-    assert clock.last_trusted == T0 + 100
-    restarted = clock.after_restart()
-    now = restarted.read(T0 - 86_400, 1.0)  # the RTC lost a day
-    assert not now.trusted
-    assert now.wall == T0 + 100
-    assert restarted.read(T0 + 500, 2.0).wall == T0 + 500
-
-
-def test_remember_ignores_untrusted_and_older_times() -> None:
-    clock = ClockState(last_trusted=T0)
-    assert clock.remember(clock.read(T0 + 10, 0.0)) is clock
-    anchored = ClockState(anchor_wall=T0 - 10, anchor_monotonic=0.0, last_trusted=T0)
-    assert anchored.remember(anchored.read(0.0, 5.0)) is anchored
 
 
 # -- ids ------------------------------------------------------------------------------------

@@ -63,6 +63,12 @@ from can_signals.update import SignalValue
 REF = reference_files()
 SHORT = ScenarioOptions(short=True)
 GEAR_TO_VSS = {"P": 126, "R": -1, "N": 0, "D": 127, "B": 127}
+FIX_TO_VSS = {
+    "NO_FIX": "NONE",
+    "FIX_2D": "TWO_D",
+    "FIX_3D": "THREE_D",
+    "FIX_3D_DGNSS": "THREE_D_GROUND_BASED_AUGMENTATION",
+}
 Decoded = dict[str, list[SignalValue | None]]
 
 
@@ -81,6 +87,8 @@ def _to_vss(path: str) -> Callable[[Any], SignalValue]:
         return lambda km: round(km * 1000)  # km in the DBC, metres in VSS 6.0
     if path.endswith(".SelectedGear"):
         return GEAR_TO_VSS.__getitem__
+    if path.endswith(".GNSSReceiver.FixType"):
+        return FIX_TO_VSS.__getitem__
     if path == "Vehicle.CurrentLocation.Timestamp":
         return lambda s: datetime.fromtimestamp(s, UTC).isoformat().replace("+00:00", "Z")
     datatype = CATALOGUE[path].datatype
