@@ -88,6 +88,9 @@ class Rejection:
     source: TimeSource
     wall: float
     reason: str
+    #: Whether a better source's time simply wins (normal), rather than the time being
+    #: impossible (a fault to look into).
+    outranked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,7 @@ class ClockState:
                         source,
                         wall,
                         f"{running - wall:+.0f} s from the {self.source.label} time in effect",
+                        outranked=True,
                     )
                 return self
             if abs(running - wall) < RESYNC_THRESHOLD_S and source == self.source:

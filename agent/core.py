@@ -764,9 +764,20 @@ class Agent:
         if isinstance(result, Rejection):
             self.clock_rejections[source] += 1
             self.last_clock_rejection = result
-            _log.warning(
-                "not taking the %s time %.0f: %s", source.label, result.wall, result.reason
+            # The first of a run is news; the rest are counted (the status, the doctor).
+            first = self.clock_rejections[source] == 1
+            level = (
+                logging.DEBUG
+                if not first
+                else logging.INFO
+                if result.outranked
+                else (logging.WARNING)
             )
+            _log.log(
+                level,
+                "not taking the %s time %.0f: %s (further ones are counted, not logged)",
+                source.label, result.wall, result.reason,
+            )  # fmt: skip
             return
         if result is self.clock:
             return

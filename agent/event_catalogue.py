@@ -617,7 +617,7 @@ _TYPES: Final = (
                 "topic",
                 "string",
                 "The topic it came on.",
-                "tp/v1/car-0001/config/wallet",
+                "tp/v2/car-0001/config/wallet",
             ),
         ),
     ),

@@ -138,6 +138,9 @@ class CloudInbox(Protocol):
     ) -> None:
         """The cloud redeemed a coupon, or refused."""
 
+    async def on_cloud_time(self, wall: float, monotonic: float) -> None:
+        """The cloud's time, measured: it was ``wall`` at ``monotonic``."""
+
 
 class CloudHost(CloudInbox, Protocol):
     """What cloud sync needs: the outbox to drain and the inbox to feed."""

@@ -1,25 +1,35 @@
-"""The MQTT contract, version 1: topics, and a pydantic model for every payload.
+"""The MQTT contract, version 2: topics, and a pydantic model for every payload.
 
-Everything for one vehicle lives under ``tp/v1/{vehicle_id}/`` (the provisioned device
+Everything for one vehicle lives under ``tp/v2/{vehicle_id}/`` (the provisioned device
 identity, never the VIN), so a broker ACL can confine a car to its own prefix:
 
 ========================  ====  =====================================================
 topic                     dir   payload
 ========================  ====  =====================================================
-``events``                up    :class:`EventBatch` (QoS 1)
+``events``                up    :class:`EventBatch` (QoS 1), with a ``batch_id``
 ``status``                up    :class:`Status`, retained; the last will says offline
 ``req/{name}``            up    :class:`WireEvent` of type ``request.{name}``; MQTT 5
                                 response topic ``res/{name}``, correlation data the
                                 request id, message expiry from the request's expiry
+``clock``                 up    :class:`ClockRequest`: what time is it?
+``ack``                   down  :class:`Ack`: the batches (and requests, by event id)
+                                the cloud has stored; only then does the car delete
+                                them
 ``res/{name}``            down  :class:`SlotsReply`, :class:`BookingReply`,
                                 :class:`RedemptionReply`
+``clock/reply``           down  :class:`ClockReply`: the cloud's time
 ``config/{kind}``         down  :class:`SignedDocument`, retained (one per kind)
 ``cards``                 down  :class:`SignedDocument` of kind ``card``
 ========================  ====  =====================================================
 
 Every payload is UTF-8 JSON with ``schema_version``; unknown fields are refused (a
-new field is a new schema version). ``docs/asyncapi.yaml`` describes the same, and a
-test checks the two agree.
+new field is a new schema version). Every message from the cloud carries the cloud's
+time (``sent_at``; a signed document's ``issued_at``). ``docs/asyncapi.yaml``
+describes the same, and a test checks the two agree.
+
+Version 2 (from 1): the car deletes what it sent only once the cloud's ``ack`` says it
+is stored (a broker's PUBACK says only that the broker has it); the clock exchange;
+``sent_at`` on every reply.
 """
 
 from __future__ import annotations
@@ -42,8 +52,8 @@ from agent.documents import (
     Wallet,
 )
 
-PREFIX: Final = "tp/v1"
-SCHEMA_VERSION: Final = 1
+PREFIX: Final = "tp/v2"
+SCHEMA_VERSION: Final = 2
 #: A vehicle id: what a topic level and a certificate's common name can both carry.
 VEHICLE_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: The largest payload the car accepts from the cloud, and sends in one batch.
@@ -54,6 +64,9 @@ MAX_BATCH_EVENTS: Final = 1000
 RESERVED_IDS: Final = frozenset({"cloud"})
 VehicleId = Annotated[str, Field(pattern=VEHICLE_ID.pattern)]
 EventId = Annotated[str, Field(min_length=1, max_length=64)]
+BatchId = Annotated[str, Field(min_length=1, max_length=64)]
+#: The most batches one :class:`Ack` names.
+MAX_ACK_BATCHES: Final = 256
 
 
 class RequestName(StrEnum):
@@ -93,6 +106,9 @@ class Topics:
         self.cards = f"{self.root}/cards"
         self.config_filter = f"{self.root}/config/+"
         self.response_filter = f"{self.root}/res/+"
+        self.ack = f"{self.root}/ack"
+        self.clock = f"{self.root}/clock"
+        self.clock_reply = f"{self.root}/clock/reply"
 
     def request(self, name: RequestName) -> str:
         """Where a request goes."""
@@ -121,7 +137,7 @@ def parse_topic(topic: str) -> tuple[str, str] | None:
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
 
 
 # -- up ----------------------------------------------------------------------------------
@@ -150,11 +166,27 @@ class WireEvent(BaseModel):
 
 
 class EventBatch(_Message):
-    """Events up, in the car's sending order (priority, then age)."""
+    """Events up, in the car's sending order (priority, then age).
+
+    ``batch_id`` names this send: the cloud acknowledges it (:class:`Ack`) once the
+    events are stored. A batch sent again after a timeout has a new ``batch_id`` and the
+    same event ids.
+    """
 
     vehicle_id: VehicleId
+    batch_id: BatchId
     sent_at: float
     events: Annotated[list[WireEvent], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+
+
+class ClockRequest(_Message):
+    """The car asks the cloud for the time (on connecting, then now and then).
+
+    The car measures the round trip on its monotonic clock and takes the answer only if
+    the round trip was short: the cloud's time is then known to within half of it.
+    """
+
+    request_id: Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class Status(_Message):
@@ -181,14 +213,19 @@ class WireSlot(BaseModel):
     dealer: LocalisedText | None = None
 
 
-class SlotsReply(_Message):
+class _Reply(_Message):
+    #: The cloud's time when it sent this (seconds since the epoch).
+    sent_at: float
+
+
+class SlotsReply(_Reply):
     """The answer to ``request.booking_slots``."""
 
     request_id: Annotated[str, Field(max_length=64)]
     slots: Annotated[list[WireSlot], Field(max_length=50)]
 
 
-class BookingReply(_Message):
+class BookingReply(_Reply):
     """The answer to ``request.booking``."""
 
     request_id: Annotated[str, Field(max_length=64)]
@@ -198,12 +235,30 @@ class BookingReply(_Message):
     slot: WireSlot | None = None
 
 
-class RedemptionReply(_Message):
+class RedemptionReply(_Reply):
     """The answer to ``request.redemption``."""
 
     request_id: Annotated[str, Field(max_length=64)]
     accepted: bool
     message: LocalisedText | None = None
+
+
+class Ack(_Reply):
+    """The cloud has stored these: the car may delete them.
+
+    ``batches`` are :class:`EventBatch` ``batch_id`` s and, for requests (sent one by
+    one on ``req/{name}``), the request event's ``id``. The cloud sends it after its own
+    commit, never on receipt alone; an ack for something the car does not know (sent
+    again meanwhile, or before a restart) is ignored.
+    """
+
+    batches: Annotated[list[BatchId], Field(min_length=1, max_length=MAX_ACK_BATCHES)]
+
+
+class ClockReply(_Reply):
+    """The cloud's answer to a :class:`ClockRequest`: its time is ``sent_at``."""
+
+    request_id: Annotated[str, Field(min_length=1, max_length=64)]
 
 
 REPLIES: Final[dict[RequestName, type[SlotsReply | BookingReply | RedemptionReply]]] = {
@@ -281,6 +336,16 @@ CHANNELS: Final = (
             "A request the driver made (booking slots, a booking, a redemption), as its "
             "request.{name} event. MQTT 5 properties: response topic res/{name}, "
             "correlation data the request id, message expiry from the request's expiry."),
+    Channel("clock", f"{PREFIX}/{{vehicle_id}}/clock", "up", (ClockRequest,), 0, False,
+            "The car asks the time, on connecting and every so often. MQTT 5 properties: "
+            "response topic clock/reply, correlation data the request id."),
+    Channel("ack", f"{PREFIX}/{{vehicle_id}}/ack", "down", (Ack,), 1, False,
+            "What the cloud has stored, after its own commit: the car deletes those events "
+            "then, not on the broker's PUBACK. Unacknowledged batches are sent again (same "
+            "event ids) after the car's ack timeout."),
+    Channel("clock_reply", f"{PREFIX}/{{vehicle_id}}/clock/reply", "down", (ClockReply,), 0,
+            False,
+            "The cloud's time, in answer to a clock request (its correlation data)."),
     Channel("replies", f"{PREFIX}/{{vehicle_id}}/res/{{name}}", "down",
             (SlotsReply, BookingReply, RedemptionReply), 1, False,
             "The cloud's answer to a request, with the request's correlation data. A "

@@ -53,6 +53,7 @@ class Outgoing:
     topic: str
     payload: bytes
     retain: bool = False
+    qos: int = 1
     response_topic: str | None = None
     correlation: bytes | None = None
     expiry_s: int | None = None
@@ -158,7 +159,9 @@ class MqttLink:
                 properties.CorrelationData = message.correlation
             if message.expiry_s:
                 properties.MessageExpiryInterval = message.expiry_s
-        info = client.publish(message.topic, message.payload, 1, message.retain, properties)
+        info = client.publish(
+            message.topic, message.payload, message.qos, message.retain, properties
+        )
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return False
         self._mids[info.mid] = message.token

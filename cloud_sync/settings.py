@@ -102,6 +102,17 @@ class CloudSettings(_Section):
         ),
     ] = 7 * 86_400
 
+    ack_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description="A batch the broker took but the cloud has not acknowledged as stored "
+            "within this many seconds is sent again (same event ids; the cloud drops "
+            "duplicates).",
+        ),
+    ] = 30.0
+
     @model_validator(mode="after")
     def _tls_files(self) -> Self:
         if self.tls and None in (self.ca_file, self.cert_file, self.key_file):

@@ -1,14 +1,19 @@
-"""Cloud sync in the daemon: the outbox up, documents and answers down.
+"""Cloud sync in the daemon: the outbox up, documents, answers and the time down.
 
 Up (store-and-forward): the SQLite outbox is the queue. Events leave it in priority
 then age order, batched up to a count and a byte limit, with at most ``window``
-messages unacknowledged. A row is deleted only when its PUBACK carries a success
-reason code; a failure code releases it for a retry, and after ``max_attempts`` it
-goes to the dead-letter table with the broker's reason. On a disconnect, what was in
-flight goes back to pending (a restart does the same when the store opens): delivery
-is at least once, and every event carries its id for the cloud to drop duplicates.
-Consent is checked again at send time: an event whose category the driver has
-withdrawn since it was recorded is deleted, not sent.
+messages on their way. A row is deleted only when the cloud's ``ack`` names its batch
+(the cloud has stored it); the broker's PUBACK is flow control and reason codes: a
+failure code releases the rows for a retry, and after ``max_attempts`` they go to the
+dead-letter table with the broker's reason. A batch the broker took but the cloud has
+not acknowledged within ``ack_timeout_s`` is sent again, same event ids. On a
+disconnect, everything on its way goes back to pending (a restart does the same when
+the store opens): delivery is at least once, and every event carries its id for the
+cloud to drop duplicates. Consent is checked again at send time: an event whose
+category the driver has withdrawn since it was recorded is deleted, not sent.
+
+The time: on connecting and every hour, the car asks the cloud for the time
+(:mod:`cloud_sync.clock_exchange`) and gives the agent what it measures.
 
 Down: replies to requests go to the agent's flows; signed documents pass the
 :class:`~cloud_sync.downlink.DownlinkGate` and take effect through
@@ -24,6 +29,7 @@ import dataclasses
 import json
 import logging
 import time
+import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -34,9 +40,14 @@ from pydantic import ValidationError
 from agent.booking import BookingStatus, Slot
 from agent.events import Event, OutboxRow
 from agent.ports import CloudHost
+from cloud_sync.clock_exchange import ClockExchange
 from cloud_sync.contract import (
     REPLIES,
+    SCHEMA_VERSION,
+    Ack,
     BookingReply,
+    ClockReply,
+    ClockRequest,
     RedemptionReply,
     RequestName,
     SlotsReply,
@@ -46,6 +57,7 @@ from cloud_sync.contract import (
     parse_topic,
 )
 from cloud_sync.downlink import Accepted, DownlinkGate, Ignored, short_reason
+from cloud_sync.inflight import InFlight, Sent
 from cloud_sync.link import Incoming, MqttLink, Outgoing
 from cloud_sync.settings import CloudSettings
 from cloud_sync.signing import Verifier
@@ -76,19 +88,13 @@ class SyncStats:
     events_withheld: int = 0
     events_unheard: int = 0
     replies: int = 0
+    #: Events the cloud did not acknowledge in time (sent again).
+    events_unacknowledged: int = 0
+    #: Times the cloud's clock was taken.
+    clock_readings: int = 0
     documents_applied: int = 0
     documents_rejected: int = 0
     last_refusal: str | None = None
-
-
-@dataclass(slots=True)
-class _InFlight:
-    #: The message's events in order, each with the attempt this send is.
-    attempts: dict[str, int]
-
-    @property
-    def ids(self) -> list[str]:
-        return list(self.attempts)
 
 
 class CloudSync:
@@ -106,7 +112,8 @@ class CloudSync:
         self.topics = Topics(vehicle_id)
         self._gate = DownlinkGate(vehicle_id, Verifier(settings.signing_keys))
         self.stats = SyncStats()
-        self._inflight: dict[int, _InFlight] = {}
+        self._inflight = InFlight()
+        self._clock = ClockExchange()
         self._tokens = 0
         self._connected = False
         self._wake = asyncio.Event()
@@ -126,6 +133,8 @@ class CloudSync:
                 self.topics.config_filter,
                 self.topics.cards,
                 self.topics.response_filter,
+                self.topics.ack,
+                self.topics.clock_reply,
             ),
             will=(self.topics.status, self._status("offline")),
             online=(self.topics.status, lambda: self._status("online", self._backlog)),
@@ -144,6 +153,7 @@ class CloudSync:
         self._tasks = [
             asyncio.create_task(self._send_loop(), name="cloud send"),
             asyncio.create_task(self._receive_loop(), name="cloud receive"),
+            asyncio.create_task(self._timers(), name="cloud timers"),
         ]
 
     async def stop(self) -> None:
@@ -169,6 +179,7 @@ class CloudSync:
         self.stats.connections += 1
         _log.info("connected to the cloud broker (session %s)",
                   "resumed" if session_present else "new")  # fmt: skip
+        self._ask_time()
         self._wake.set()
 
     def on_disconnected(self, reason: str) -> None:
@@ -178,8 +189,12 @@ class CloudSync:
         self._spawn(self._release_all(reason))
 
     def on_published(self, token: int, reason: ReasonCode | None) -> None:
-        """A PUBACK: delete, retry or dead-letter the message's events."""
-        entry = self._inflight.pop(token, None)
+        """A PUBACK: the message waits for the cloud's ack, or is retried or dead-lettered."""
+        if reason is None or (not reason.is_failure and reason.value != NO_MATCHING_SUBSCRIBERS):
+            if self._inflight.published(token) is not None:
+                self._quiet_s = 0.0
+            return
+        entry = self._inflight.refused(token)
         if entry is None:
             return  # sent on a connection that has since gone; released already
         self._spawn(self._settle(entry, reason))
@@ -220,20 +235,22 @@ class CloudSync:
                 unsent = [i for _, e in messages[index:] for i in e.ids]
                 await self._host.outbox.release(unsent, None, count=False)
                 return False
-            self._inflight[self._tokens] = entry
+            self._inflight.add(self._tokens, entry)
             self.stats.messages_sent += 1
             self.stats.events_sent += len(entry.ids)
         return True
 
-    def _messages(self, rows: Sequence[OutboxRow], now: float) -> list[tuple[Outgoing, _InFlight]]:
+    def _messages(self, rows: Sequence[OutboxRow], now: float) -> list[tuple[Outgoing, Sent]]:
         """Rows to messages, in order: a batch of events, or one request each."""
-        out: list[tuple[Outgoing, _InFlight]] = []
+        out: list[tuple[Outgoing, Sent]] = []
         batch: list[OutboxRow] = []
+        sent = time.monotonic()
 
         def flush() -> None:
             if batch:
-                text = _batch_json(self.topics.vehicle_id, now, batch)
-                entry = _InFlight({r.id: r.attempts + 1 for r in batch})
+                batch_id = str(uuid.uuid4())
+                text = _batch_json(self.topics.vehicle_id, batch_id, now, batch)
+                entry = Sent(batch_id, {r.id: r.attempts + 1 for r in batch}, sent)
                 out.append((Outgoing(0, self.topics.events, text.encode()), entry))
                 batch.clear()
 
@@ -242,7 +259,7 @@ class CloudSync:
                 batch.append(row)
                 continue
             flush()
-            out.append((self._request(row, now), _InFlight({row.id: row.attempts + 1})))
+            out.append((self._request(row, now), Sent(row.id, {row.id: row.attempts + 1}, sent)))
         flush()
         return out
 
@@ -260,12 +277,9 @@ class CloudSync:
             expiry_s=max(1, int(remaining)),
         )  # fmt: skip
 
-    async def _settle(self, entry: _InFlight, reason: ReasonCode | None) -> None:
-        if reason is not None and reason.value == NO_MATCHING_SUBSCRIBERS:
+    async def _settle(self, entry: Sent, reason: ReasonCode) -> None:
+        if reason.value == NO_MATCHING_SUBSCRIBERS:
             await self._unheard(entry)
-        elif reason is None or not reason.is_failure:
-            self._quiet_s = 0.0
-            await self._acknowledge(entry.ids)
         else:
             why = f"the broker refused it: {reason}"
             self.stats.events_refused += len(entry.ids)
@@ -282,7 +296,7 @@ class CloudSync:
         self._wake.set()
 
     async def _acknowledge(self, ids: list[str]) -> None:
-        """Delete acknowledged events; PUBACKs arriving meanwhile share one commit."""
+        """Delete acknowledged events; acks arriving meanwhile share one commit."""
         self._acked.extend(ids)
         if self._acking:
             return  # the running flush takes these too
@@ -295,7 +309,7 @@ class CloudSync:
         finally:
             self._acking = False
 
-    async def _unheard(self, entry: _InFlight) -> None:
+    async def _unheard(self, entry: Sent) -> None:
         """The broker took the message but nobody subscribes: the cloud is not there.
 
         0x10 is a success code to MQTT, not to us: an event nobody received is not
@@ -310,8 +324,7 @@ class CloudSync:
                             "for %.1f s", self.topics.events, self._quiet_s)  # fmt: skip
 
     async def _release_all(self, reason: str) -> None:
-        ids = [i for entry in self._inflight.values() for i in entry.ids]
-        self._inflight.clear()
+        ids = [i for entry in self._inflight.clear() for i in entry.ids]
         if ids:
             # Not the broker's refusal: this send does not count as an attempt.
             await self._host.outbox.release(ids, None, count=False)
@@ -335,6 +348,12 @@ class CloudSync:
         rest = parsed[1]
         if rest.startswith("res/"):
             await self._reply(rest.removeprefix("res/"), message)
+            return
+        if rest == "ack":
+            await self._acked_by_cloud(message)
+            return
+        if rest == "clock/reply":
+            await self._clock_reply(message)
             return
         verdict = self._gate.check(message.topic, message.payload, self._host.document_versions())
         if isinstance(verdict, Ignored):
@@ -368,6 +387,59 @@ class CloudSync:
             return
         self.stats.replies += 1
         await _answer(self._host, reply)
+
+    async def _acked_by_cloud(self, message: Incoming) -> None:
+        try:
+            ack = Ack.model_validate_json(message.payload)
+        except ValidationError as err:
+            await self._refuse(short_reason(f"not a valid ack: {err}"), message.topic)
+            return
+        ids: list[str] = []
+        for key in ack.batches:
+            entry = self._inflight.acknowledged(key)
+            if entry is not None:
+                ids.extend(entry.ids)
+        if ids:
+            await self._acknowledge(ids)
+        self._wake.set()
+
+    async def _clock_reply(self, message: Incoming) -> None:
+        try:
+            reply = ClockReply.model_validate_json(message.payload)
+        except ValidationError as err:
+            await self._refuse(short_reason(f"not a valid clock reply: {err}"), message.topic)
+            return
+        reading = self._clock.answer(reply.request_id, reply.sent_at, time.monotonic())
+        if reading is None:
+            _log.debug("a clock reply came too late or unasked for: not taken")
+            return
+        self.stats.clock_readings += 1
+        await self._host.on_cloud_time(reading.wall, reading.monotonic)
+
+    def _ask_time(self) -> None:
+        request_id = self._clock.ask(time.monotonic())
+        payload = ClockRequest(request_id=request_id).model_dump_json().encode()
+        self.link.publish(
+            Outgoing(-1, self.topics.clock, payload, response_topic=self.topics.clock_reply,
+                     correlation=request_id.encode(), qos=0)
+        )  # fmt: skip
+
+    async def _timers(self) -> None:
+        """The cloud's acks overdue, and the hourly clock request."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            late = self._inflight.overdue(now, self._settings.ack_timeout_s)
+            if late:
+                ids = [i for entry in late for i in entry.ids]
+                self.stats.events_unacknowledged += len(ids)
+                _rejections.warning("unacked", "the cloud did not acknowledge %d events within "
+                                    "%.0f s; sending them again", len(ids),
+                                    self._settings.ack_timeout_s)  # fmt: skip
+                await self._host.outbox.release(ids, "no ack from the cloud", count=False)
+                self._wake.set()
+            if self._connected and self._clock.due(now):
+                self._ask_time()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -413,8 +485,11 @@ def _event_json(row: OutboxRow) -> str:
     return f'{text[:-1]},"payload":{row.payload}}}'
 
 
-def _batch_json(vehicle_id: str, now: float, rows: Sequence[OutboxRow]) -> str:
+def _batch_json(vehicle_id: str, batch_id: str, now: float, rows: Sequence[OutboxRow]) -> str:
     events = ",".join(_event_json(r) for r in rows)
-    head = json.dumps({"schema_version": 1, "vehicle_id": vehicle_id, "sent_at": now},
-                      separators=(",", ":"))  # fmt: skip
+    head = json.dumps(
+        {"schema_version": SCHEMA_VERSION, "vehicle_id": vehicle_id, "batch_id": batch_id,
+         "sent_at": now},
+        separators=(",", ":"),
+    )  # fmt: skip
     return f'{head[:-1]},"events":[{events}]}}'

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from agent.booking import BookingStatus, Slot
 from agent.cards import Card, CloseReason, Text
+from agent.clock import TimeSource
 from agent.consent import Category, Grant
 from agent.ports import CardBoard, CloudHost, OutboxPort, Taken
 from agent.store.store import Store
@@ -187,6 +188,10 @@ class CloudService(CloudHost):
                 request_id, status, w, m, booking_id=booking_id, reason=reason, slot=slot
             )
         )
+
+    async def on_cloud_time(self, wall: float, monotonic: float) -> None:
+        """The cloud's time, from the clock exchange."""
+        await self._runner.apply(lambda a, w, _m: a.on_time(TimeSource.CLOUD, wall, w, monotonic))
 
     async def on_redemption_answer(
         self, request_id: str, *, accepted: bool, message: Text | None

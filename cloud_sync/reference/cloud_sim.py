@@ -5,8 +5,9 @@ several instances share the load, as a real backend would behind a clustered bro
 drops duplicate events by id and counts them (in memory, or in an SQLite file that
 several instances share), publishes each car's documents signed with a development
 key when the car first comes online (service plan, DTC catalogue, wallet, a campaign),
-and answers booking and redemption requests: confirm, decline, or confirm after a
-delay, as configured.
+answers booking and redemption requests (confirm, decline, or confirm after a delay, as
+configured) and the cars' clock requests, and acknowledges every batch and request once
+it has stored it (contract version 2: the car deletes only what is acknowledged).
 
 It is a reference, not a product: one process, no database beyond the dedup table.
 """
@@ -37,7 +38,10 @@ from agent.fault_engine import default_catalogue
 from agent.plan import default_plan
 from cloud_sync.contract import (
     PREFIX,
+    Ack,
     BookingReply,
+    ClockReply,
+    ClockRequest,
     DocumentKind,
     EventBatch,
     RedemptionReply,
@@ -131,6 +135,8 @@ class CloudStats:
     malformed: int = 0
     requests: int = 0
     answered: int = 0
+    #: Acknowledgements sent (one per batch or request stored).
+    acks: int = 0
     by_type: Counter[str] = field(default_factory=Counter)
     by_vehicle: Counter[str] = field(default_factory=Counter)
     online: set[str] = field(default_factory=set)
@@ -185,6 +191,7 @@ class CloudSim:
         documents: Which documents to publish to each car that comes online.
         on_event: Called with each new (not duplicate) event, on the MQTT thread.
         group: The shared-subscription group (secret in a deployment; see GROUP).
+        clock_skew_s: Added to the time the clock replies give (tests of a wrong cloud).
     """
 
     def __init__(
@@ -199,8 +206,12 @@ class CloudSim:
         documents: bool = True,
         on_event: Callable[[str, WireEvent], None] | None = None,
         group: str = GROUP,
+        clock_skew_s: float = 0.0,
     ) -> None:
         self.endpoint = endpoint
+        self.clock_skew_s = clock_skew_s
+        #: Whether stored batches are acknowledged (tests of a cloud that never says so).
+        self.acknowledge = True
         self.key = key
         self.booking: BookingAnswer = booking
         self.booking_delay_s = booking_delay_s
@@ -321,6 +332,7 @@ class CloudSim:
             return
         client.subscribe(f"$share/{self._group}/{PREFIX}/+/events", qos=1)
         client.subscribe(f"$share/{self._group}/{PREFIX}/+/req/+", qos=1)
+        client.subscribe(f"$share/{self._group}/{PREFIX}/+/clock", qos=0)
         client.subscribe(f"{PREFIX}/+/status", qos=1)
         self._connected.set()
 
@@ -336,6 +348,8 @@ class CloudSim:
                 self._status(vehicle_id, bytes(msg.payload))
             elif rest.startswith("req/"):
                 self._request(vehicle_id, rest.removeprefix("req/"), msg)
+            elif rest == "clock":
+                self._clock(vehicle_id, msg)
         except ValidationError as err:
             with self._lock:
                 self.stats.malformed += 1
@@ -366,6 +380,27 @@ class CloudSim:
             for event, new in zip(batch.events, fresh, strict=True):
                 if new:
                     self._on_event(vehicle_id, event)
+        # Stored (and handed on): only now may the car forget them. A duplicate is
+        # acknowledged too: the car sent it again because an ack was lost.
+        self._ack(vehicle_id, batch.batch_id)
+
+    def _ack(self, vehicle_id: str, batch_id: str) -> None:
+        if not self.acknowledge:
+            return
+        ack = Ack(batches=[batch_id], sent_at=time.time())
+        self.client.publish(f"{PREFIX}/{vehicle_id}/ack", ack.model_dump_json(), qos=1)
+        with self._lock:
+            self.stats.acks += 1
+
+    def _clock(self, vehicle_id: str, msg: mqtt.MQTTMessage) -> None:
+        request = ClockRequest.model_validate_json(msg.payload)
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        correlation = getattr(getattr(msg, "properties", None), "CorrelationData", None)
+        if correlation is not None:
+            properties.CorrelationData = correlation
+        reply = ClockReply(request_id=request.request_id, sent_at=time.time() + self.clock_skew_s)
+        self.client.publish(f"{PREFIX}/{vehicle_id}/clock/reply", reply.model_dump_json(),
+                            qos=0, properties=properties)  # fmt: skip
 
     def _status(self, vehicle_id: str, payload: bytes) -> None:
         if not payload:
@@ -392,6 +427,7 @@ class CloudSim:
                 self.stats.by_vehicle[vehicle_id] += 1
         if new and self._on_event is not None:
             self._on_event(vehicle_id, event)
+        self._ack(vehicle_id, event.id)
         properties = getattr(msg, "properties", None)
         response_topic = getattr(properties, "ResponseTopic", None)
         correlation = getattr(properties, "CorrelationData", None)
@@ -416,17 +452,19 @@ class CloudSim:
     def _answer(
         self, name: RequestName, request_id: str, payload: Mapping[str, Any]
     ) -> SlotsReply | BookingReply | RedemptionReply | None:
+        now = time.time()
         if name is RequestName.BOOKING_SLOTS:
-            return SlotsReply(request_id=request_id, slots=demo_slots(time.time()))
+            return SlotsReply(request_id=request_id, slots=demo_slots(now), sent_at=now)
         if name is RequestName.BOOKING:
             if self.booking == "decline":
                 return BookingReply(request_id=request_id, status="declined",
-                                    reason="the workshop is fully booked")  # fmt: skip
-            slot = next((s for s in demo_slots(time.time()) if s.id == payload.get("slot_id")),
+                                    reason="the workshop is fully booked", sent_at=now)  # fmt: skip
+            slot = next((s for s in demo_slots(now) if s.id == payload.get("slot_id")),
                         None)  # fmt: skip
             return BookingReply(request_id=request_id, status="confirmed",
-                                booking_id=f"BK-{request_id[-8:]}", slot=slot)  # fmt: skip
-        return RedemptionReply(request_id=request_id, accepted=True)
+                                booking_id=f"BK-{request_id[-8:]}", slot=slot,
+                                sent_at=now)  # fmt: skip
+        return RedemptionReply(request_id=request_id, accepted=True, sent_at=now)
 
     def _reply(
         self,

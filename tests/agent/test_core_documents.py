@@ -73,7 +73,7 @@ def test_a_refusal_is_recorded_and_nothing_changes(car: Car) -> None:
     before = car.agent.plan
     out = car.agent.reject_document(
         "the signature does not verify", kind="service_plan", version=9,
-        topic="tp/v1/veh-1/config/service_plan", wall=car.wall, monotonic=car.mono,
+        topic="tp/v2/veh-1/config/service_plan", wall=car.wall, monotonic=car.mono,
     )  # fmt: skip
     car.keep(out)
     [event] = car.events_of("downlink.rejected")

@@ -239,7 +239,7 @@ def cloud_documents() -> list[Event]:
             "not a signed document",
             kind=None,
             version=None,
-            topic="tp/v1/car-0001/config/wallet",
+            topic="tp/v2/car-0001/config/wallet",
             wall=car.wall,
             monotonic=car.mono,
         )
@@ -249,7 +249,7 @@ def cloud_documents() -> list[Event]:
             "version 1 is older than the 2 in effect (a replay or a rollback)",
             kind="card",
             version=1,
-            topic="tp/v1/car-0001/cards",
+            topic="tp/v2/car-0001/cards",
             wall=car.wall,
             monotonic=car.mono,
         )

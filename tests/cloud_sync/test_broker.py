@@ -44,7 +44,7 @@ def test_mutual_tls_carries_events_up_and_documents_down(peers: Peers) -> None:
     car = new_vehicle_id()
     topics = Topics(car)
     cloud = peers(CLOUD_USER)
-    assert code(cloud.subscribe("tp/v1/+/events")[0]) == GRANTED_QOS_1
+    assert code(cloud.subscribe("tp/v2/+/events")[0]) == GRANTED_QOS_1
     vehicle = peers(car)
     assert code(vehicle.subscribe(topics.config_filter)[0]) == GRANTED_QOS_1
 
@@ -159,30 +159,30 @@ CAR, OTHER = "{car}", "{other}"
 ALLOWED = NO_MATCHING_SUBSCRIBERS
 PUBLISH_CASES = [
     # A vehicle writes its own uplink...
-    (CAR, "tp/v1/{car}/events", ALLOWED),
-    (CAR, "tp/v1/{car}/status", ALLOWED),
-    (CAR, "tp/v1/{car}/req/booking", ALLOWED),
+    (CAR, "tp/v2/{car}/events", ALLOWED),
+    (CAR, "tp/v2/{car}/status", ALLOWED),
+    (CAR, "tp/v2/{car}/req/booking", ALLOWED),
     # ...but not its downlink (no forged documents, replies or cards)...
-    (CAR, "tp/v1/{car}/config/rules", NOT_AUTHORIZED),
-    (CAR, "tp/v1/{car}/res/booking", NOT_AUTHORIZED),
-    (CAR, "tp/v1/{car}/cards", NOT_AUTHORIZED),
+    (CAR, "tp/v2/{car}/config/rules", NOT_AUTHORIZED),
+    (CAR, "tp/v2/{car}/res/booking", NOT_AUTHORIZED),
+    (CAR, "tp/v2/{car}/cards", NOT_AUTHORIZED),
     # ...and nothing of another vehicle's, nor outside its prefix.
-    (CAR, "tp/v1/{other}/events", NOT_AUTHORIZED),
-    (CAR, "tp/v1/{other}/status", NOT_AUTHORIZED),
-    (CAR, "tp/v1/{other}/req/booking", NOT_AUTHORIZED),
-    (CAR, "tp/v1/{car}", NOT_AUTHORIZED),
-    (CAR, "tp/v1/{car}/other", NOT_AUTHORIZED),
+    (CAR, "tp/v2/{other}/events", NOT_AUTHORIZED),
+    (CAR, "tp/v2/{other}/status", NOT_AUTHORIZED),
+    (CAR, "tp/v2/{other}/req/booking", NOT_AUTHORIZED),
+    (CAR, "tp/v2/{car}", NOT_AUTHORIZED),
+    (CAR, "tp/v2/{car}/other", NOT_AUTHORIZED),
     (CAR, "elsewhere", NOT_AUTHORIZED),
     # The cloud writes every vehicle's downlink...
-    (CLOUD_USER, "tp/v1/{car}/config/rules", ALLOWED),
-    (CLOUD_USER, "tp/v1/{car}/res/booking", ALLOWED),
-    (CLOUD_USER, "tp/v1/{car}/cards", ALLOWED),
+    (CLOUD_USER, "tp/v2/{car}/config/rules", ALLOWED),
+    (CLOUD_USER, "tp/v2/{car}/res/booking", ALLOWED),
+    (CLOUD_USER, "tp/v2/{car}/cards", ALLOWED),
     # ...but cannot pose as a vehicle, not even one called "cloud".
-    (CLOUD_USER, "tp/v1/{car}/events", NOT_AUTHORIZED),
-    (CLOUD_USER, "tp/v1/{car}/status", NOT_AUTHORIZED),
-    (CLOUD_USER, "tp/v1/{car}/req/booking", NOT_AUTHORIZED),
-    (CLOUD_USER, "tp/v1/cloud/events", NOT_AUTHORIZED),
-    (CLOUD_USER, "tp/v1/cloud/config/rules", NOT_AUTHORIZED),
+    (CLOUD_USER, "tp/v2/{car}/events", NOT_AUTHORIZED),
+    (CLOUD_USER, "tp/v2/{car}/status", NOT_AUTHORIZED),
+    (CLOUD_USER, "tp/v2/{car}/req/booking", NOT_AUTHORIZED),
+    (CLOUD_USER, "tp/v2/cloud/events", NOT_AUTHORIZED),
+    (CLOUD_USER, "tp/v2/cloud/config/rules", NOT_AUTHORIZED),
 ]
 
 
@@ -202,7 +202,7 @@ def test_a_qos_1_publish_is_acknowledged_with_the_acl_verdict(
 def test_a_publish_under_another_vehicles_prefix_is_not_delivered(peers: Peers, qos: int) -> None:
     attacker, victim = new_vehicle_id(), new_vehicle_id()
     cloud = peers(CLOUD_USER)
-    for topic_filter in ("tp/v1/+/events", "tp/v1/+/status", "tp/v1/+/req/#"):
+    for topic_filter in ("tp/v2/+/events", "tp/v2/+/status", "tp/v2/+/req/#"):
         cloud.subscribe(topic_filter)
     car = peers(attacker)
     victims = Topics(victim)
@@ -231,14 +231,14 @@ def test_a_vehicle_may_subscribe_to_another_vehicles_topics_but_receives_nothing
     snoop, victim = new_vehicle_id(), new_vehicle_id()
     spy = peers(snoop)
     filters = [
-        f"tp/v1/{victim}/config/#", f"tp/v1/{victim}/res/#", f"tp/v1/{victim}/cards",
-        f"tp/v1/{victim}/events", "tp/v1/#", "#", "$SYS/#",
+        f"tp/v2/{victim}/config/#", f"tp/v2/{victim}/res/#", f"tp/v2/{victim}/cards",
+        f"tp/v2/{victim}/events", "tp/v2/#", "#", "$SYS/#",
     ]  # fmt: skip
     # Mosquitto 2.0's acl_file never refuses a SUBSCRIBE, even for MQTT 5 clients:
     # every SUBACK grants the QoS asked for; reading is checked per message instead.
     assert [code(spy.subscribe(f)[0]) for f in filters] == [GRANTED_QOS_1] * len(filters)
     target = peers(victim)
-    target.subscribe(f"tp/v1/{victim}/#")
+    target.subscribe(f"tp/v2/{victim}/#")
     cloud = peers(CLOUD_USER)
     victims = Topics(victim)
 
@@ -257,7 +257,7 @@ def test_a_vehicle_may_subscribe_to_another_vehicles_topics_but_receives_nothing
     assert sorted(m.topic for m in target.wait_for_messages(3)) == sorted(sent)
     spy.wait_for_messages(1)
     time.sleep(0.1)
-    # One copy per matching subscription (tp/v1/# and #), all of the sentinel.
+    # One copy per matching subscription (tp/v2/# and #), all of the sentinel.
     assert {m.payload for m in spy.messages} == {b"sentinel"}
 
 
@@ -267,7 +267,7 @@ def test_a_will_on_another_vehicles_status_is_accepted_but_never_published(
     attacker, victim = new_vehicle_id(), new_vehicle_id()
     peers(victim).publish(Topics(victim).status, b"online", retain=True)
     cloud = peers(CLOUD_USER)
-    cloud.subscribe("tp/v1/+/status")
+    cloud.subscribe("tp/v2/+/status")
     cloud.wait_for_messages(1)  # the retained "online"
 
     # Mosquitto checks a will's topic when it sends it, not at CONNECT.
@@ -304,7 +304,7 @@ def _publish_events(peers: Peers, cars: int, each: int) -> set[bytes]:
 def test_cloud_consumers_share_the_load_of_a_shared_subscription(peers: Peers) -> None:
     consumers = [peers(CLOUD_USER) for _ in range(2)]
     for consumer in consumers:
-        assert code(consumer.subscribe("$share/cloud/tp/v1/+/events")[0]) == GRANTED_QOS_1
+        assert code(consumer.subscribe("$share/cloud/tp/v2/+/events")[0]) == GRANTED_QOS_1
 
     sent = _publish_events(peers, cars=2, each=10)
 
@@ -322,7 +322,7 @@ def test_a_vehicle_joining_the_clouds_share_group_makes_the_cloud_lose_events(
     consumers = [peers(CLOUD_USER) for _ in range(2)]
     intruder = peers(new_vehicle_id())
     for member in [*consumers, intruder]:
-        assert code(member.subscribe(f"$share/{group}/tp/v1/+/events")[0]) == GRANTED_QOS_1
+        assert code(member.subscribe(f"$share/{group}/tp/v2/+/events")[0]) == GRANTED_QOS_1
 
     sent = _publish_events(peers, cars=1, each=30)
 
@@ -338,9 +338,9 @@ def test_a_vehicle_in_another_group_takes_nothing_from_the_cloud(peers: Peers) -
     group = f"cloud-{new_vehicle_id('group')}"
     consumers = [peers(CLOUD_USER) for _ in range(2)]
     for consumer in consumers:
-        consumer.subscribe(f"$share/{group}/tp/v1/+/events")
+        consumer.subscribe(f"$share/{group}/tp/v2/+/events")
     intruder = peers(new_vehicle_id())
-    intruder.subscribe(f"$share/{group}-guess/tp/v1/+/events")
+    intruder.subscribe(f"$share/{group}-guess/tp/v2/+/events")
 
     sent = _publish_events(peers, cars=1, each=10)
 

@@ -17,12 +17,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from agent.clock import TimeSource
 from agent.consent import Category
 from agent.events import Event, Priority
 from agent.settings import ConsentSettings, PolicySettings, StoreSettings, VehicleSettings
 from agent.store.store import Store
 from can_signals.update import SignalUpdate
 from cloud_sync.contract import (
+    Ack,
     DocumentKind,
     EventBatch,
     Status,
@@ -195,7 +197,12 @@ def test_a_broker_stopped_mid_drain_and_a_killed_agent_lose_nothing(
             broker.start()
             daemon = start_daemon()
             ours = {e.id for e in events}
-            _wait(lambda: ours <= seen, "every event at the cloud", daemon, timeout=120)
+            _wait(
+                lambda: ours <= seen and outbox_count(store, "0190%") == 0,
+                "every event at the cloud and acknowledged",
+                daemon,
+                timeout=120,
+            )
         finally:
             daemon.terminate()
             daemon.wait(timeout=20)
@@ -383,7 +390,8 @@ def test_events_whose_consent_was_withdrawn_offline_are_not_sent(
 def test_mosquitto_sub_sees_the_events_as_the_contract_describes(
     broker: Broker, tmp_path: Path
 ) -> None:
-    """A client nobody here wrote, subscribed to the car's prefix as the cloud."""
+    """Clients nobody here wrote, as the cloud: mosquitto_sub sees the car's events, and
+    only once mosquitto_pub acknowledges their batch does the car delete them."""
     vehicle = new_vehicle_id()
     store = tmp_path / "t.db"
     prefill(store, make_events(20))
@@ -391,26 +399,47 @@ def test_mosquitto_sub_sees_the_events_as_the_contract_describes(
     binary = Path(broker.binary).with_name("mosquitto_sub")
     if not binary.exists():
         binary = Path("/usr/bin/mosquitto_sub")
+    tls = ["-h", broker.host, "-p", str(broker.cloud_port), "-V", "mqttv5",
+           "--cafile", str(broker.pki.ca_cert), "--cert", str(cert), "--key", str(key)]  # fmt: skip
     topics = Topics(vehicle)
     sub = subprocess.Popen(
-        [str(binary), "-h", broker.host, "-p", str(broker.cloud_port), "-V", "mqttv5",
-         "--cafile", str(broker.pki.ca_cert), "--cert", str(cert), "--key", str(key),
-         "-i", f"sub-{vehicle}", "-t", f"{topics.root}/#", "-F", "%t\t%p", "-W", "30"],
+        [str(binary), *tls, "-i", f"sub-{vehicle}", "-t", f"{topics.root}/#", "-F", "%t\t%p",
+         "-W", "30"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     time.sleep(0.5)  # subscribed
+    lines: list[list[str]] = []
+
+    def first_batch() -> EventBatch:
+        assert sub.stdout is not None
+        for line in sub.stdout:
+            topic, _, payload = line.rstrip("\n").partition("\t")
+            lines.append([topic, payload])
+            if topic == topics.events:
+                return EventBatch.model_validate_json(payload)
+        raise AssertionError("mosquitto_sub saw no batch")
 
     async def scenario() -> None:
-        async with car(store, cloud_settings(broker, vehicle), vehicle) as d:
-            await until(lambda: d.store.outbox_count == 0, "an empty outbox")
+        async with car(store, cloud_settings(broker, vehicle), vehicle):
+            batch = await asyncio.get_running_loop().run_in_executor(None, first_batch)
+            await asyncio.sleep(1.0)
+            # The broker has them; the cloud said nothing: they stay.
+            assert outbox_count(store, "0190%") == 20
+            assert {e.id for e in batch.events} >= {e.id for e in make_events(20)}
+            ack = Ack(batches=[batch.batch_id], sent_at=time.time()).model_dump_json()
+            publish = [str(binary.with_name("mosquitto_pub")), *tls, "-i", f"pub-{vehicle}",
+                       "-t", topics.ack, "-q", "1", "-m", ack]  # fmt: skip
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: subprocess.run(publish, check=True, timeout=10)
+            )
+            await until(lambda: outbox_count(store, "0190%") == 0, "the batch deleted")
 
     try:
         asyncio.run(scenario())
-        time.sleep(0.3)
     finally:
         sub.terminate()
         out, err = sub.communicate(timeout=10)
-    lines = [line.split("\t", 1) for line in out.splitlines() if "\t" in line]
+    lines += [line.split("\t", 1) for line in out.splitlines() if "\t" in line]
     assert lines, f"mosquitto_sub printed nothing: {err}"
     events = []
     for topic, payload in lines:
@@ -423,3 +452,48 @@ def test_mosquitto_sub_sees_the_events_as_the_contract_describes(
     synthetic = [e for e in events if e.id.startswith("0190")]
     assert len({e.id for e in synthetic}) == 20
     assert {topics.status, topics.events} <= {t for t, _ in lines}
+
+
+def test_the_car_takes_the_clouds_time_from_the_clock_exchange(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The cloud's time (here 400 s ahead of this machine's) becomes the agent's clock."""
+    vehicle = new_vehicle_id()
+
+    async def scenario() -> None:
+        with cloud(broker, clock_skew_s=400.0) as sim:
+            async with car(tmp_path / "t.db", cloud_settings(broker, vehicle), vehicle) as d:
+                await until(lambda: d.agent.clock.trusted, "a trusted clock")
+                assert d.agent.clock.source is TimeSource.CLOUD
+                now = d.agent.clock.read(time.time(), time.monotonic())
+                assert abs(now.wall - (time.time() + 400.0)) < 2.0
+                assert d.cloud is not None
+                assert d.cloud.stats.clock_readings >= 1
+        assert sim.snapshot().acks >= 1  # and what the car sent was acknowledged
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_the_cloud_never_acknowledges_is_sent_again(broker: Broker, tmp_path: Path) -> None:
+    """A consumer that takes events and never says it stored them: nothing is deleted,
+    and after the ack timeout the same events go out again (the cloud drops duplicates)."""
+    vehicle = new_vehicle_id()
+    store = tmp_path / "t.db"
+    prefill(store, make_events(30))
+    received: list[str] = []
+
+    async def scenario() -> None:
+        with cloud(broker, on_event=lambda _v, e: received.append(e.id)) as sim:
+            sim.acknowledge = False
+            config = cloud_settings(broker, vehicle, ack_timeout_s=1.0)
+            async with car(store, config, vehicle):
+                await until(lambda: len(received) >= 30, "the events at the cloud")
+                await asyncio.sleep(2.5)
+                assert outbox_count(store, "0190%") == 30  # never acknowledged: all kept
+                sim.acknowledge = True
+                await until(lambda: outbox_count(store, "0190%") == 0, "the events acknowledged")
+            stats = sim.snapshot()
+        assert stats.duplicates >= 30  # they did come again
+        assert len(set(received)) == len(received) >= 30  # handed on once each
+
+    asyncio.run(scenario())

@@ -43,8 +43,11 @@ from cloud_sync.contract import (
     REPLIES,
     SCHEMA_VERSION,
     VEHICLE_ID,
+    Ack,
     BookingReply,
     Channel,
+    ClockReply,
+    ClockRequest,
     DocumentHeader,
     DocumentKind,
     EventBatch,
@@ -170,8 +173,13 @@ operations what the car subscribes to; the cloud does the opposite of each.
 * Every payload is UTF-8 JSON. Top-level messages carry `schema_version`; unknown fields
   are refused (a new field means a new schema version).
 * Times are seconds since the Unix epoch. An event's `time_trusted` says whether the
-  car's clock had been set from GNSS or the cloud when it was recorded; `boot_id` and
-  `seq` order events whose clock was not trusted.
+  car's clock had been set from a trusted source (the cloud's clock exchange, NTP, GNSS
+  with a fix) when it was recorded; `boot_id` and `seq` order events whose clock was
+  not trusted. Every message from the cloud carries the cloud's time (`sent_at`).
+* Delivery: the car deletes an event only when the cloud's `ack` names its batch (or,
+  for a request, its event id), which the cloud sends after storing it; a batch the
+  broker took but the cloud did not acknowledge in time is sent again with the same
+  event ids. Drop duplicates by event id, and acknowledge them too.
 * Events: the payload of each event type is described by the schema
   `EventPayload.{{type}}` under components/schemas (the event catalogue).
 * Signed documents: `signed` is the JSON text of a document header with a body whose
@@ -242,7 +250,12 @@ def _document(kind: DocumentKind, version: int, body: BaseModel) -> SignedDocume
 def _batch_examples() -> list[Example]:
     types = (EventType.MAINTENANCE_REMINDER, EventType.CARD_DISPLAYED, EventType.FAULT_DETECTED)
     events = [_event(CATALOGUE[t], seq) for seq, t in enumerate(types, start=41)]
-    batch = EventBatch(vehicle_id=_VEHICLE, sent_at=_T + 60, events=events)
+    batch = EventBatch(
+        vehicle_id=_VEHICLE,
+        batch_id="5b0f4c1e-8d7a-4a0e-9a52-2f1c6b3d7e90",
+        sent_at=_T + 60,
+        events=events,
+    )
     return [("batch", "A reminder, its card on screen, then a fault", batch)]
 
 
@@ -266,7 +279,9 @@ def _request_examples() -> list[Example]:
 def _slots_examples() -> list[Example]:
     start = _T + 3 * 86_400
     slots = [_slot("s1", start, dealer=True), _slot("s2", start + 3600, dealer=False)]
-    reply = SlotsReply(request_id=_request_id(RequestName.BOOKING_SLOTS), slots=slots)
+    reply = SlotsReply(
+        request_id=_request_id(RequestName.BOOKING_SLOTS), slots=slots, sent_at=_T + 61
+    )
     return [("slots", "Two appointments offered", reply)]
 
 
@@ -277,22 +292,45 @@ def _booking_examples() -> list[Example]:
         status="confirmed",
         booking_id="BK-20260531-0042",
         slot=_slot("s1", _T + 3 * 86_400, dealer=True),
+        sent_at=_T + 62,
     )
     declined = BookingReply(
-        request_id=request_id, status="declined", reason="The slot was taken meanwhile."
+        request_id=request_id,
+        status="declined",
+        reason="The slot was taken meanwhile.",
+        sent_at=_T + 62,
     )
     return [("confirmed", "Booked", confirmed), ("declined", "Not booked", declined)]
 
 
 def _redemption_examples() -> list[Example]:
     request_id = _request_id(RequestName.REDEMPTION)
-    accepted = RedemptionReply(request_id=request_id, accepted=True)
+    accepted = RedemptionReply(request_id=request_id, accepted=True, sent_at=_T + 63)
     refused = RedemptionReply(
         request_id=request_id,
         accepted=False,
         message=_text("券已用完。", "This coupon is used up."),
+        sent_at=_T + 63,
     )
     return [("accepted", "Redeemed", accepted), ("refused", "Refused, with a message", refused)]
+
+
+def _ack_examples() -> list[Example]:
+    ack = Ack(
+        batches=["5b0f4c1e-8d7a-4a0e-9a52-2f1c6b3d7e90", _request_id(RequestName.BOOKING)],
+        sent_at=_T + 61,
+    )
+    return [("ack", "A batch and a request stored", ack)]
+
+
+def _clock_examples() -> list[Example]:
+    request_id = "4e9b2f0a-6c1d-4f7e-8a3b-1d2c3e4f5a6b"
+    return [("ask", "What time is it?", ClockRequest(request_id=request_id))]
+
+
+def _clock_reply_examples() -> list[Example]:
+    request_id = "4e9b2f0a-6c1d-4f7e-8a3b-1d2c3e4f5a6b"
+    return [("time", "The cloud's time", ClockReply(request_id=request_id, sent_at=_T + 0.25))]
 
 
 def _config_examples() -> list[Example]:
@@ -350,6 +388,9 @@ EXAMPLES: Final[Mapping[str, Callable[[], list[Example]]]] = {
     "SlotsReply": _slots_examples,
     "BookingReply": _booking_examples,
     "RedemptionReply": _redemption_examples,
+    "Ack": _ack_examples,
+    "ClockRequest": _clock_examples,
+    "ClockReply": _clock_reply_examples,
     "ConfigDocument": _config_examples,
     "CardDocument": _card_examples,
 }

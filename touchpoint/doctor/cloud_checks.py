@@ -1,7 +1,7 @@
 """The cloud: the broker answers, and the car's TLS files are usable and belong together.
 
 The broker takes a client certificate's common name as the MQTT username
-(``use_identity_as_username``) and its ACL lets a car use only ``tp/v1/<CN>/...``
+(``use_identity_as_username``) and its ACL lets a car use only ``tp/v2/<CN>/...``
 (``cloud_sync/reference/broker/``), so the certificate's CN must be the vehicle id. The TLS
 handshake is made without an MQTT CONNECT: the broker forces a car's client id to its
 CN, so connecting as the car would take over the running agent's session.
@@ -195,7 +195,7 @@ def _check_cert(
     if _cn(cert) != vehicle_id:
         problems.append(
             f"[vehicle] id is {vehicle_id!r}: the broker takes the CN as the username and "
-            "lets a car use only tp/v1/<CN>/..., so this car would publish where it may not"
+            "lets a car use only tp/v2/<CN>/..., so this car would publish where it may not"
         )
         fix = f"set [vehicle] id = {_cn(cert)!r}, or {reissue}"
     cas = _load_cas(ca_path)
