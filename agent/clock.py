@@ -32,8 +32,10 @@ Pure: the caller passes the clocks' readings in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
+from types import MappingProxyType
 from typing import Final
 
 #: The earliest time any clock can say: this build's release (2026-01-01 UTC). A clock
@@ -109,6 +111,11 @@ class ClockState:
     last_source: TimeSource = TimeSource.NONE
     #: The monotonic clock when this run began (for the untrusted floor).
     started_monotonic: float | None = None
+    #: Each source's last reading, by its label: the system clock then, and how far the
+    #: source was from it (source minus system), for ``touchpoint doctor``.
+    readings: Mapping[str, tuple[float, float]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @property
     def trusted(self) -> bool:
@@ -183,6 +190,12 @@ class ClockState:
             last_source=mark_source,
         )
 
+    def noted(self, source: TimeSource, system_wall: float, wall: float) -> ClockState:
+        """The state with ``source``'s reading recorded (against the system clock then)."""
+        readings = dict(self.readings)
+        readings[source.label] = (system_wall, wall - system_wall)
+        return replace(self, readings=MappingProxyType(readings))
+
     def remember(self, now: Now) -> ClockState:
         """Raise the persisted high-water mark of trusted time."""
         if not now.trusted or (self.last_trusted is not None and now.wall <= self.last_trusted):
@@ -198,6 +211,7 @@ class ClockState:
             last_trusted=mark,
             last_source=self.last_source if mark is not None else TimeSource.NONE,
             started_monotonic=monotonic,
+            readings=self.readings,
         )
 
     def started(self, monotonic: float) -> ClockState:

@@ -59,6 +59,15 @@ class Grant:
     #: Whether ``granted_at`` came from a trusted clock (else it moves once trusted).
     time_trusted: bool = True
 
+    def shown_with(self, skew: float) -> Grant:
+        """This grant's times moved by ``skew`` seconds (for display, not for decisions)."""
+        return Grant(
+            self.granted,
+            None if self.granted_at is None else self.granted_at + skew,
+            None if self.expires_at is None else self.expires_at + skew,
+            self.time_trusted,
+        )
+
     def valid_at(self, now: float) -> bool:
         """Whether consent holds at ``now``."""
         return self.granted and (self.expires_at is None or now < self.expires_at)

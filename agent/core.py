@@ -135,7 +135,7 @@ class Agent:
             Targets(config.model, config.market),
             st.cloud_rules,
             st.rule_state,
-            config.policy.utc_offset_minutes,
+            config.policy.zone,
         )
         self.cards = CardManager(config.policy, st.cards)
         self.flows = Flows(self, st.bookings, st.redemptions)
@@ -548,9 +548,7 @@ class Agent:
 
     def facts(self, attrs: Mapping[str, ArgValue], now: Now) -> Any:
         """The fact lookup rule conditions use, at ``now`` with an event's ``attrs``."""
-        return fact_lookup(
-            self.vehicle, self.wallet, attrs, now, self.config.policy.utc_offset_minutes
-        )
+        return fact_lookup(self.vehicle, self.wallet, attrs, now, self.config.policy.zone)
 
     def _post_all(self, specs: Sequence[CardSpec], now: Now) -> None:
         for spec in specs:
@@ -763,6 +761,10 @@ class Agent:
         result = self.clock.set_trusted(wall, monotonic, source)
         if isinstance(result, Rejection):
             self.clock_rejections[source] += 1
+            if self.clock_rejections[source] == 1:  # the first of a run is kept for the doctor
+                system_now = system_wall + (monotonic - system_mono)
+                self.clock = self.clock.noted(source, system_now, wall)
+                self._out.dirty.add(Section.CLOCK)
             self.last_clock_rejection = result
             # The first of a run is news; the rest are counted (the status, the doctor).
             first = self.clock_rejections[source] == 1
@@ -781,7 +783,7 @@ class Agent:
             return
         if result is self.clock:
             return
-        self.clock = result
+        self.clock = result.noted(source, system_wall + (monotonic - system_mono), wall)
         self._out.dirty.add(Section.CLOCK)
         correction = wall - basis
         if not before.trusted and abs(correction) >= 1.0:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import tzinfo
 from typing import Any
 
 from agent.benefits import Wallet
 from agent.cards import ArgValue, Text
 from agent.clock import Now
-from agent.plan import DAY
+from agent.local_time import local
 from agent.rule_engine import MISSING
 from agent.vehicle import VehicleState
 
@@ -18,10 +19,9 @@ def fact_lookup(
     wallet: Wallet | None,
     attrs: Mapping[str, ArgValue],
     now: Now,
-    utc_offset_minutes: int,
+    zone: tzinfo,
 ) -> Callable[[str], Any]:
     """A lookup of the facts a rule condition may name (``event.code``, ``wallet.tier``...)."""
-    offset = utc_offset_minutes
 
     def lookup(fact: str) -> Any:  # noqa: PLR0911 - one arm per fact family
         head, _, rest = fact.partition(".")
@@ -40,7 +40,7 @@ def fact_lookup(
             return len(wallet.coupons) if rest == "coupons" else getattr(wallet, rest)
         if head == "clock":
             return now.trusted
-        local = now.wall + offset * 60
-        return int(local % DAY // 3600) if rest == "hour" else int((local // DAY + 3) % 7)
+        moment = local(now.wall, zone)
+        return moment.hour if rest == "hour" else moment.weekday()
 
     return lookup

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 
 from agent import maintenance as mnt
 from agent.booking import Booking, BookingStatus, Redemption, Slot
@@ -21,6 +20,7 @@ from agent.clock import Now
 from agent.consent import Category
 from agent.context import CoreContext
 from agent.events import EventDraft, EventType, JsonValue, Priority
+from agent.local_time import local_text
 from agent.sections import Section
 
 #: A request the cloud has not answered is not worth sending after this long.
@@ -225,10 +225,7 @@ class Flows:
 
     def _booking_attrs(self, booking: Booking) -> dict[str, ArgValue]:
         slot = booking.slot
-        offset = timedelta(minutes=self._ctx.config.policy.utc_offset_minutes)
-        when = ""
-        if slot is not None:
-            when = (datetime.fromtimestamp(slot.start, UTC) + offset).strftime("%Y-%m-%d %H:%M")
+        when = "" if slot is None else local_text(slot.start, self._ctx.config.policy.zone)
         dealer = slot.dealer if slot is not None and slot.dealer else Text("经销商", "your dealer")
         return {
             "card_key": booking.card_key,

@@ -18,10 +18,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import tzinfo
 from types import MappingProxyType
 from typing import Final
 
 from agent.cards import Card, CardChange, CardKind, CardState, ChangeType, CloseReason, Urgency
+from agent.local_time import DEFAULT_ZONE, local
 
 DAY: Final = 86_400.0
 
@@ -36,7 +38,7 @@ class PolicyConfig:
         cooldowns: After the driver dismisses a card of a kind, no new card of that kind
             for this many seconds.
         quiet_hours: Local hours ``(start, end)`` in which only critical cards show.
-        utc_offset_minutes: The car's local time zone, for quiet hours.
+        zone: The car's time zone, for quiet hours.
     """
 
     max_visible: int = 3
@@ -51,14 +53,14 @@ class PolicyConfig:
         )
     )
     quiet_hours: tuple[int, int] | None = (22, 7)
-    utc_offset_minutes: int = 8 * 60
+    zone: tzinfo = DEFAULT_ZONE
 
     def in_quiet_hours(self, wall: float) -> bool:
         """Whether ``wall`` (seconds since the epoch) falls in the local quiet hours."""
         if self.quiet_hours is None:
             return False
         start, end = self.quiet_hours
-        hour = int(((wall + self.utc_offset_minutes * 60) % DAY) // 3600)
+        hour = local(wall, self.zone).hour
         return start <= hour < end if start <= end else hour >= start or hour < end
 
 

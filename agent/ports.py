@@ -24,6 +24,14 @@ from agent.consent import Category, Grant
 from agent.events import OutboxRow
 
 
+@dataclass(frozen=True, slots=True)
+class TimeBounds:
+    """What the agent knows of the time now: its floor and, if trusted, the time."""
+
+    floor: float
+    trusted: float | None = None
+
+
 class CardBoard(Protocol):
     """What the HMI bridge shows and what it asks of the agent.
 
@@ -43,6 +51,10 @@ class CardBoard(Protocol):
     @property
     def max_visible(self) -> int:
         """Cards on screen at once, at most."""
+
+    @property
+    def time_zone(self) -> str:
+        """The car's time zone, an IANA name: every HMI renders times in it."""
 
     def booking_slots(self, card_id: str) -> tuple[Slot, ...] | None:
         """The slots offered for a card's booking; ``None`` until the cloud answers."""
@@ -140,6 +152,9 @@ class CloudInbox(Protocol):
 
     async def on_cloud_time(self, wall: float, monotonic: float) -> None:
         """The cloud's time, measured: it was ``wall`` at ``monotonic``."""
+
+    def time_bounds(self) -> TimeBounds:
+        """What the agent knows of the time now (to judge the broker's certificate by)."""
 
 
 class CloudHost(CloudInbox, Protocol):

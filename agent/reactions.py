@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from agent import maintenance as mnt
@@ -22,6 +22,7 @@ from agent.consent import Category
 from agent.context import CoreContext
 from agent.events import EventType, Priority
 from agent.fault_engine import active_faults, diff
+from agent.local_time import local
 from agent.rule_model import AGENT_EVENTS
 from agent.sections import Section
 from agent.signals import GNSS_FIX, GNSS_NO_FIX
@@ -305,10 +306,9 @@ class Reactions:
         """The member's birthday (local date, trusted clock) is a benefit scene."""
         if not now.trusted or self._ctx.wallet is None or self._ctx.wallet.birthday is None:
             return
-        offset = timedelta(minutes=self._ctx.config.policy.utc_offset_minutes)
-        local = datetime.fromtimestamp(now.wall, UTC) + offset
-        if local.strftime("%m-%d") == self._ctx.wallet.birthday:
-            self._scene("birthday", f"birthday:{local.year}", now)
+        today = local(now.wall, self._ctx.config.policy.zone)
+        if today.strftime("%m-%d") == self._ctx.wallet.birthday:
+            self._scene("birthday", f"birthday:{today.year}", now)
 
     def _start(self, now: Now, value: object) -> dict[str, Any]:
         """When a drive or a charge began, measurable whichever clock survives till its end."""

@@ -19,9 +19,11 @@ import operator
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from typing import Any, Final
 
 from agent.cards import ArgValue, CardKind, Display, Text, Urgency, render
+from agent.local_time import DEFAULT_ZONE, local, local_day
 from agent.rule_model import (
     AllOf,
     AnyOf,
@@ -151,13 +153,13 @@ class RuleEngine:
         targets: Targets,
         cloud: RuleSetDocument | None = None,
         state: Mapping[str, Mapping[str, Any]] | None = None,
-        utc_offset_minutes: int = 480,
+        zone: tzinfo = DEFAULT_ZONE,
     ) -> None:
         self._builtin = builtin
         self._targets = targets
         self._cloud = cloud
         self._previous: RuleSetDocument | None = None
-        self._offset = utc_offset_minutes * 60
+        self._zone = zone
         self.dirty = False
         self._state: dict[str, _RuleState] = defaultdict(_RuleState)
         for rule_id, raw in (state or {}).items():
@@ -296,8 +298,8 @@ class RuleEngine:
         if not trusted:
             return []
         specs = []
-        local = now + self._offset
-        day, minute = int(local // DAY), int(local % DAY // 60)
+        moment = local(now, self._zone)
+        day, minute = local_day(now, self._zone), moment.hour * 60 + moment.minute
         for rule in self._timed:
             trigger = rule.trigger
             assert isinstance(trigger, TimeTrigger)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -90,15 +91,45 @@ class PolicySettings(_Section):
             "(`[22, 7]` spans midnight)."
         ),
     ] = (22, 7)
-    utc_offset_minutes: Annotated[
-        int,
+
+
+class TimeSettings(_Section):
+    """Where the car's time comes from, and how it is told (docs/time.md)."""
+
+    zone: Annotated[
+        str,
         Field(
-            ge=-720,
-            le=840,
-            description="The car's local time zone, in minutes east of UTC: quiet hours, "
-            "time-of-day rules and booking times use it.",
+            min_length=1,
+            max_length=64,
+            description="The car's time zone, an IANA name (`Asia/Shanghai`, "
+            "`Europe/Berlin`): quiet hours, time-of-day rules, birthdays and the times "
+            "written in cards use it, and HMIs read it from the D-Bus Manager's `TimeZone`.",
         ),
-    ] = 480
+    ] = "Asia/Shanghai"
+    trust_ntp: Annotated[
+        bool,
+        Field(
+            description="Take the system clock as a trusted source while the kernel says NTP "
+            "keeps it synchronised (the cloud's time and GNSS with a fix are the others)."
+        ),
+    ] = True
+    max_disagreement_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="`touchpoint doctor` fails when the trusted time and the system clock "
+            "disagree by more than this many seconds.",
+        ),
+    ] = 300.0
+
+    @field_validator("zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(f"not a time zone this system knows: {value!r}") from err
+        return value
 
 
 class ConsentSettings(_Section):

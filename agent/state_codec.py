@@ -12,6 +12,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Collection, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 from agent import maintenance as mnt
@@ -28,7 +29,7 @@ from agent.cards import (
     Text,
     Urgency,
 )
-from agent.clock import ClockState
+from agent.clock import ClockState, TimeSource
 from agent.consent import Category, ConsentState
 from agent.core import Agent, AgentState
 from agent.documents import ConsentText
@@ -146,6 +147,19 @@ def _scenes(data: Any) -> dict[str, Any]:
     if "charging_sessions" in scenes and _integer(scenes["charging_sessions"]) is None:
         del scenes["charging_sessions"]
     return scenes
+
+
+def _clock(data: Any) -> ClockState:
+    sources = {s.label: s for s in TimeSource}
+    readings: dict[str, tuple[float, float]] = {}
+    for label, pair in _object(data.get("readings", {})).items():
+        if label in sources and isinstance(pair, list) and len(pair) == 2:
+            readings[label] = (_time(pair[0]), _time(pair[1]))
+    return ClockState(
+        last_trusted=_epoch(data.get("last_trusted")),
+        last_source=sources.get(str(data.get("last_source")), TimeSource.NONE),
+        readings=MappingProxyType(readings),
+    )
 
 
 def _rule_state(data: Any) -> dict[str, dict[str, Any]]:
@@ -382,7 +396,11 @@ _ENCODERS: Final[dict[Section, Callable[[Agent], Any]]] = {
         "drive_cycle": a.vehicle.drive_cycle,
         "scenes": dict(a.scenes),
     },
-    Section.CLOCK: lambda a: {"last_trusted": a.clock.last_trusted},
+    Section.CLOCK: lambda a: {
+        "last_trusted": a.clock.last_trusted,
+        "last_source": a.clock.last_source.label,
+        "readings": {k: list(v) for k, v in a.clock.readings.items()},
+    },
     Section.PLAN: lambda a: _model_or_none(a.plan),
     Section.CATALOGUE: lambda a: _model_or_none(a.catalogue),
     Section.MAINTENANCE: lambda a: _maintenance_json(a.maintenance),
@@ -413,7 +431,7 @@ _DECODERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
         "drive_cycle": int(d.get("drive_cycle", 0)),
         "scenes": _scenes(d.get("scenes", {})),
     },
-    Section.CLOCK: lambda d: {"clock": ClockState(last_trusted=_epoch(d.get("last_trusted")))},
+    Section.CLOCK: lambda d: {"clock": _clock(d)},
     Section.PLAN: lambda d: {"plan": None if d is None else ServicePlan.model_validate(d)},
     Section.CATALOGUE: lambda d: {
         "catalogue": None if d is None else DtcCatalogue.model_validate(d)

@@ -15,6 +15,15 @@ expiry: the broker keeps the car's subscriptions and queues its downlink through
 coverage gap, while what the car had in flight is forgotten with the old client. The
 outbox, not paho's memory, is the queue: the forwarder sends those events again.
 Reconnects back off exponentially with jitter.
+
+TLS before the time is known: OpenSSL would judge the broker's certificate by the system
+clock, so a car whose clock is wrong (a flat RTC battery, a clock set to 2106) could never
+connect to learn the time. The handshake is made without OpenSSL's time check, and the
+certificate's validity is then checked against the agent's clock model
+(:class:`TimeBounds`): with a trusted time, exactly; without one, only that it had not
+expired by the clock's floor (the latest instant known to have passed, never earlier
+than this build's release). Everything else of the certificate (chain to the pinned CA,
+host name, the CRL) is OpenSSL's check as usual.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.ports import TimeBounds
 from cloud_sync.settings import CloudSettings
 
 _log = logging.getLogger(__name__)
@@ -84,6 +94,29 @@ class LinkListener(Protocol):
         """A message arrived on a subscription."""
 
 
+#: OpenSSL's ``X509_V_FLAG_NO_CHECK_TIME``: the validity period is ours to check.
+_NO_CHECK_TIME: Final = 0x200000
+#: Clock slack allowed on a certificate's start with a trusted time, in seconds.
+CERT_SLACK_S: Final = 300.0
+
+
+def certificate_problem(certificate: dict[str, object], bounds: TimeBounds) -> str | None:
+    """Why the peer's certificate is not valid at the time the agent knows, or ``None``."""
+    try:
+        not_before = ssl.cert_time_to_seconds(str(certificate["notBefore"]))
+        not_after = ssl.cert_time_to_seconds(str(certificate["notAfter"]))
+    except (KeyError, ValueError):
+        return "the broker's certificate has no validity period"
+    if not_after < bounds.floor:
+        return "the broker's certificate expired (by the clock's floor)"
+    if bounds.trusted is not None:
+        if bounds.trusted > not_after:
+            return "the broker's certificate expired"
+        if bounds.trusted + CERT_SLACK_S < not_before:
+            return "the broker's certificate is not valid yet"
+    return None
+
+
 class MqttLink:
     """The car's MQTT 5 connection, on the owner's event loop.
 
@@ -94,6 +127,7 @@ class MqttLink:
         will: ``(topic, payload)`` the broker publishes retained if the car vanishes.
         online: ``(topic, payload maker)`` published retained on every connection.
         listener: Who hears of connections, acknowledgements and messages.
+        time_bounds: What the agent knows of the time, to judge certificates by.
     """
 
     def __init__(
@@ -105,8 +139,10 @@ class MqttLink:
         will: tuple[str, bytes],
         online: tuple[str, Callable[[], bytes]],
         listener: LinkListener,
+        time_bounds: Callable[[], TimeBounds] | None = None,
     ) -> None:
         self._settings = settings
+        self._time_bounds = time_bounds
         self._client_id = client_id
         self._subscriptions = tuple(subscriptions)
         self._will = will
@@ -199,7 +235,13 @@ class MqttLink:
                 self.last_error = str(err) or type(err).__name__
                 _log.warning("cannot reach the MQTT broker (%s); retrying", self.last_error)
             else:
-                accepted = await self._serve(client)
+                problem = self._certificate_problem(client)
+                if problem is None:
+                    accepted = await self._serve(client)
+                else:
+                    self.failures += 1
+                    self.last_error = problem
+                    _log.warning("not using the broker's connection: %s", problem)
             self._drop(client)
             if self._stopping:
                 return
@@ -242,6 +284,15 @@ class MqttLink:
             clean_start=False,
             properties=properties,
         )
+
+    def _certificate_problem(self, client: mqtt.Client) -> str | None:
+        sock = client.socket()
+        if not isinstance(sock, ssl.SSLSocket) or self._time_bounds is None:
+            return None
+        certificate = sock.getpeercert()
+        if not certificate:
+            return "the broker sent no certificate"
+        return certificate_problem(dict(certificate), self._time_bounds())
 
     async def _serve(self, client: mqtt.Client) -> bool:
         """Run one connection until it ends; whether the broker ever accepted it."""
@@ -412,6 +463,9 @@ def client_tls_context(
     """Mutual TLS with a pinned CA: only ``ca_file`` is trusted, TLS 1.2 at least."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # The validity period is judged by the agent's clock model, not the system clock
+    # (see the module's docstring): everything else is OpenSSL's to check.
+    context.verify_flags |= _NO_CHECK_TIME
     context.load_verify_locations(cafile=ca_file)
     if cert_file is not None:
         context.load_cert_chain(cert_file, key_file)

@@ -139,6 +139,7 @@ class CloudSync:
             will=(self.topics.status, self._status("offline")),
             online=(self.topics.status, lambda: self._status("online", self._backlog)),
             listener=self,
+            time_bounds=host.time_bounds,
         )
 
     @property

@@ -22,8 +22,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final, TypeVar
+from zoneinfo import ZoneInfo
 
 from agent import state_codec
+from agent.clock import TimeSource
 from agent.consent import Category
 from agent.context import AgentConfig
 from agent.core import Agent, Output
@@ -36,6 +38,7 @@ from agent.rule_model import builtin_rules
 from agent.sections import VEHICLE_SECTIONS, Section
 from agent.store.store import OpenReport, Store, StoreLimits
 from can_signals.errors import CanSignalsError, SourceError
+from touchpoint.ntp import system_clock_synchronised
 from touchpoint.runner import AgentRunner, CardSink, Clock, Step
 from touchpoint.sdnotify import Notifier, watchdog_interval
 from touchpoint.services import CloudService, HmiService
@@ -56,6 +59,8 @@ CAN_RETRY_S: Final = 5.0
 #: How often the heap freed since (a burst of signals, commits, a document) is given
 #: back to the system: without it a head unit keeps the high-water mark of every drive.
 HEAP_TRIM_S: Final = 10.0
+#: How often the kernel is asked whether NTP keeps the system clock synchronised.
+NTP_CHECK_S: Final = 60.0
 #: A loop that has not made progress for this long stops the watchdog.
 STALL_S: Final = 30.0
 
@@ -98,6 +103,7 @@ class Daemon:
         notifier: Notifier | None = None,
         wall: Clock = time.time,
         monotonic: Clock = time.monotonic,
+        ntp_synchronised: Callable[[], bool] = system_clock_synchronised,
     ) -> None:
         self.settings = settings
         #: Told of card changes once they are durable (the D-Bus bridge, tools, tests).
@@ -108,6 +114,7 @@ class Daemon:
         self.event_taps: list[Callable[[Sequence[Event]], None]] = []
         self._notifier = notifier or Notifier()
         self._wall, self._monotonic = wall, monotonic
+        self._ntp_synchronised = ntp_synchronised
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._runner: AgentRunner | None = None
         self._pipeline: SignalPipeline | None = None
@@ -205,7 +212,7 @@ class Daemon:
         if settings.dbus is not None:
             from ui_bridge.bridge import DbusBridge  # noqa: PLC0415 - only with [dbus]
 
-            board = HmiService(self.runner, self.wipe)
+            board = HmiService(self.runner, self.wipe, settings.time.zone)
             self.bridge = DbusBridge(board, settings.dbus.address, settings.dbus.locale)
             await self.bridge.start()
             self.sinks.append(self.bridge)
@@ -216,6 +223,8 @@ class Daemon:
             await self.cloud.start()
             self.event_taps.append(self.cloud.events_committed)
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
+        if settings.time.trust_ntp:
+            self._tasks.append(asyncio.create_task(self._ntp(), name="ntp"))
         self.runner.start()
         interval = watchdog_interval()
         if interval is not None:
@@ -259,7 +268,7 @@ class Daemon:
         policy = PolicyConfig(
             max_visible=settings.policy.max_visible,
             quiet_hours=settings.policy.quiet_hours,
-            utc_offset_minutes=settings.policy.utc_offset_minutes,
+            zone=ZoneInfo(settings.time.zone),
         )
         config = AgentConfig(
             model=settings.vehicle.model, market=settings.vehicle.market, policy=policy
@@ -408,6 +417,14 @@ class Daemon:
             self._beat("signals")
         _log.info("the signal source ended")
         self.signals_finished.set()
+
+    async def _ntp(self) -> None:
+        """The system clock as a time source, while the kernel says NTP keeps it in step."""
+        while True:
+            if self._ntp_synchronised():
+                wall, mono = self._wall(), self._monotonic()
+                self.submit(self.agent.on_time(TimeSource.NTP, wall, wall, mono))
+            await asyncio.sleep(NTP_CHECK_S)
 
     async def _tick(self) -> None:
         trimmed = self._monotonic()

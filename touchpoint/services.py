@@ -16,7 +16,7 @@ from agent.booking import BookingStatus, Slot
 from agent.cards import Card, CloseReason, Text
 from agent.clock import TimeSource
 from agent.consent import Category, Grant
-from agent.ports import CardBoard, CloudHost, OutboxPort, Taken
+from agent.ports import CardBoard, CloudHost, OutboxPort, Taken, TimeBounds
 from agent.store.store import Store
 from touchpoint.runner import AgentRunner
 
@@ -31,9 +31,10 @@ class HmiService(CardBoard):
         wipe: Deletes the driver's data (the daemon's; it empties the store too).
     """
 
-    def __init__(self, runner: AgentRunner, wipe: Wipe) -> None:
+    def __init__(self, runner: AgentRunner, wipe: Wipe, time_zone: str) -> None:
         self._runner = runner
         self._wipe = wipe
+        self._time_zone = time_zone
 
     @property
     def shown(self) -> Sequence[Card]:
@@ -50,13 +51,28 @@ class HmiService(CardBoard):
         """Cards on screen at once, at most."""
         return self._runner.agent.config.policy.max_visible
 
+    @property
+    def time_zone(self) -> str:
+        """The car's time zone (``[time] zone``)."""
+        return self._time_zone
+
     def booking_slots(self, card_id: str) -> tuple[Slot, ...] | None:
         """The slots offered for a card's booking."""
         return self._runner.agent.booking_slots(card_id)
 
     def consents(self) -> Mapping[Category, Grant]:
-        """The driver's consent per category."""
-        return self._runner.agent.consent.grants
+        """The driver's consent per category, dated for a person to read.
+
+        A grant made before the clock was trusted is dated internally by the clock's
+        floor (docs/time.md); shown, it is moved onto the clock's current estimate.
+        """
+        runner = self._runner
+        now = runner.agent.clock.read(runner.wall(), runner.monotonic())
+        skew = now.wall - now.floor
+        return {
+            category: grant if grant.time_trusted else grant.shown_with(skew)
+            for category, grant in runner.agent.consent.grants.items()
+        }
 
     async def invoke_action(self, card_id: str, key: str, options: Mapping[str, object]) -> None:
         """The driver tapped an action."""
@@ -188,6 +204,12 @@ class CloudService(CloudHost):
                 request_id, status, w, m, booking_id=booking_id, reason=reason, slot=slot
             )
         )
+
+    def time_bounds(self) -> TimeBounds:
+        """The agent's clock now: its floor, and the time if trusted."""
+        runner = self._runner
+        now = runner.agent.clock.read(runner.wall(), runner.monotonic())
+        return TimeBounds(now.floor, now.wall if now.trusted else None)
 
     async def on_cloud_time(self, wall: float, monotonic: float) -> None:
         """The cloud's time, from the clock exchange."""

@@ -35,6 +35,7 @@ from agent.settings import (
     ConsentSettings,
     PolicySettings,
     StoreSettings,
+    TimeSettings,
     VehicleSettings,
 )
 from can_signals.settings import CanSettings
@@ -74,6 +75,7 @@ class DaemonSettings(_Section):
     consent: Annotated[ConsentSettings, Field(description="Absent: nothing is granted.")] = (
         ConsentSettings()
     )
+    time: Annotated[TimeSettings, Field(description="Every key has a default.")] = TimeSettings()
     dbus: Annotated[
         DbusSettings | None,
         Field(description="Absent: no D-Bus (the agent still decides and records)."),

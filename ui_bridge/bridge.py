@@ -248,6 +248,11 @@ class DbusBridge:
 
     # -- backends of the interfaces -----------------------------------------------------
 
+    @property
+    def time_zone(self) -> str:
+        """The car's time zone (the Manager's ``TimeZone``)."""
+        return self._host.time_zone
+
     def driving_restricted(self) -> bool:
         """Whether the driver-distraction restrictions apply, as far as committed."""
         return self._host.driving

@@ -37,6 +37,10 @@ class ManagerBackend(Protocol):
     locale: str
     version: str
 
+    @property
+    def time_zone(self) -> str:
+        """The car's time zone, an IANA name."""
+
     def driving_restricted(self) -> bool:
         """Whether the driver-distraction restrictions apply now."""
 
@@ -95,6 +99,15 @@ class ManagerInterface(ServiceInterface):
     def Version(self) -> DBusStr:  # noqa: N802
         """The API version and the software version, e.g. ``1 (touchpoint 0.1.0)``."""
         return self._backend.version
+
+    @dbus_property(access=PropertyAccess.READ)
+    def TimeZone(self) -> DBusStr:  # noqa: N802
+        """The car's time zone, an IANA name (``Asia/Shanghai``): render every time in it.
+
+        Times on the bus are UTC instants (microseconds since the epoch); an HMI that
+        renders them in its own system zone could disagree with the cards' texts.
+        """
+        return self._backend.time_zone
 
     @dbus_method()
     def GetCapabilities(self) -> DBusDict:  # noqa: N802

@@ -41,14 +41,23 @@ def event(
 
 
 def make_store(
-    path: Path, events: Sequence[Event] = (), *, last_trusted: float | None = None
+    path: Path,
+    events: Sequence[Event] = (),
+    *,
+    last_trusted: float | None = None,
+    readings: dict[str, list[float]] | None = None,
 ) -> Path:
-    """A real store at ``path`` with ``events`` committed, closed again."""
+    """A real store at ``path`` with ``events`` committed, closed again.
+
+    ``readings``: each time source's last reading (system time, source minus system);
+    by default the cloud's, right on the system clock at ``last_trusted``.
+    """
     store, _ = Store.open(path)
     try:
-        sections = (
-            {} if last_trusted is None else {"clock": json.dumps({"last_trusted": last_trusted})}
-        )
+        if readings is None and last_trusted is not None:
+            readings = {"cloud": [last_trusted, 0.2]}
+        clock = {"last_trusted": last_trusted, "readings": readings or {}}
+        sections = {} if last_trusted is None else {"clock": json.dumps(clock)}
         store.commit(list(events), sections, now=last_trusted)
     finally:
         store.close()

@@ -66,7 +66,9 @@ max_events = 500
 [policy]
 max_visible = 2
 quiet_hours = [23, 6]
-utc_offset_minutes = 60
+[time]
+zone = "Europe/Berlin"
+trust_ntp = false
 [consent.defaults]
 vehicle_health = true
 marketing_benefits = false
@@ -83,6 +85,8 @@ buses = [{{name = "body", interface = "virtual", channel = "vc0"}}]
     assert settings.store.path == tmp_path / "db.sqlite"
     assert settings.store.max_events == 500
     assert settings.policy.quiet_hours == (23, 6)
+    assert settings.time.zone == "Europe/Berlin"
+    assert settings.time.trust_ntp is False
     assert settings.consent.defaults == {
         Category.VEHICLE_HEALTH: True,
         Category.MARKETING: False,

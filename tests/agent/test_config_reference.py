@@ -54,7 +54,8 @@ def test_check_mode_reports_a_stale_copy(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "README.md").write_text(
-        f"# x\n\n{config_reference.START}\nold\n{config_reference.END}\n", encoding="utf-8"
+        f"# x\n\n{config_reference.START}\nSTALE-COPY\n{config_reference.END}\n",
+        encoding="utf-8",
     )
     assert config_reference.main(["--check", "--root", str(tmp_path)]) == 1
     assert COMMAND in capsys.readouterr().err
@@ -63,7 +64,7 @@ def test_check_mode_reports_a_stale_copy(
     readme = (tmp_path / "README.md").read_text(encoding="utf-8")
     assert readme.startswith("# x\n\n")
     assert readme.endswith(f"{config_reference.END}\n")
-    assert "old" not in readme
+    assert "STALE-COPY" not in readme
 
 
 def test_write_refuses_a_readme_without_markers(tmp_path: Path) -> None:
@@ -95,6 +96,7 @@ def test_every_section_and_key_of_the_model_is_listed() -> None:
         "[store]",
         "[policy]",
         "[consent]",
+        "[time]",
         "[dbus]",
         "[cloud]",
     ]

@@ -59,6 +59,7 @@ def test_a_sound_store_and_the_reference_car_pass(tmp_path: Path, db: Path) -> N
         "store": Status.OK,
         "outbox": Status.OK,
         "clock": Status.OK,
+        "clock.sources": Status.OK,
         "can.dbc": Status.OK,
         "can.mapping": Status.OK,
         "can.can0": Status.WARN,  # a virtual bus is a simulation
@@ -575,3 +576,18 @@ def test_the_tally_counts_the_findings(tmp_path: Path) -> None:
     ]
 
     assert tally(checks) == "0 OK, 1 WARN, 0 FAIL"
+
+
+def test_the_clock_sources_and_their_disagreement_with_the_system_clock(
+    tmp_path: Path, db: Path
+) -> None:
+    now = time.time()
+    make_store(db, last_trusted=now - 60,
+               readings={"cloud": [now - 60, -420.0], "gnss": [now - 30, 2.0]})  # fmt: skip
+    checks = diagnose(toml_config(tmp_path / "t.toml", store=db))
+    sources = only(checks, "clock.sources")
+    assert sources.status is Status.FAIL  # 7 minutes off the cloud's time: over 5
+    assert "-420 s off the cloud time" in sources.message
+    assert "gnss" in sources.message
+    tolerant = toml_config(tmp_path / "u.toml", "[time]\nmax_disagreement_s = 600\n", store=db)
+    assert only(diagnose(tolerant), "clock.sources").status is Status.OK

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from datetime import UTC
 from types import MappingProxyType
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import ValidationError
@@ -14,6 +16,7 @@ from agent.benefits import Wallet
 from agent.cards import ArgValue, CardKind, Display, Text, Urgency
 from agent.clock import Now
 from agent.facts import fact_lookup
+from agent.local_time import DEFAULT_ZONE
 from agent.rule_engine import MISSING, RuleEngine, Targets, evaluate
 from agent.rule_model import (
     MAX_CONDITION_DEPTH,
@@ -256,7 +259,7 @@ def test_facts() -> None:
     )
     wallet = Wallet.model_validate({"version": 1, "tier": "gold", "points": 250})
     attrs: dict[str, ArgValue] = {"code": "P0301", "title": Text("失火", "Misfire")}
-    look = fact_lookup(vehicle, wallet, attrs, Now(T0, True, 0.0), 480)
+    look = fact_lookup(vehicle, wallet, attrs, Now(T0, True, 0.0), DEFAULT_ZONE)
     assert look("event.code") == "P0301"
     assert look("event.title") == "Misfire"
     assert look("event.nothing") is MISSING
@@ -272,8 +275,11 @@ def test_facts() -> None:
     assert look("clock.trusted") is True
     assert look("time.hour") == 12  # T0 is noon in UTC+8
     assert look("time.weekday") == 3  # 2026-05-28 is a Thursday (Monday = 0)
-    assert fact_lookup(vehicle, None, {}, Now(T0, False, 0.0), 0)("wallet.tier") is MISSING
-    assert fact_lookup(vehicle, None, {}, Now(T0, False, 0.0), 0)("time.hour") == 4
+    assert fact_lookup(vehicle, None, {}, Now(T0, False, 0.0), UTC)("wallet.tier") is MISSING
+    assert fact_lookup(vehicle, None, {}, Now(T0, False, 0.0), UTC)("time.hour") == 4
+    # A zone with summer time: the hour follows the zone's rules, not a fixed offset.
+    berlin = ZoneInfo("Europe/Berlin")
+    assert fact_lookup(vehicle, None, {}, Now(T0, False, 0.0), berlin)("time.hour") == 6
 
 
 # -- the engine -----------------------------------------------------------------------------

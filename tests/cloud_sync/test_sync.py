@@ -10,12 +10,16 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
+import shutil
 import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
+
+import pytest
 
 from agent.clock import TimeSource
 from agent.consent import Category
@@ -29,6 +33,7 @@ from cloud_sync.contract import (
     EventBatch,
     Status,
     Topics,
+    WireEvent,
 )
 from cloud_sync.reference.cloud_sim import CloudSim, Endpoint
 from cloud_sync.reference.pki import CLOUD_USER
@@ -497,3 +502,38 @@ def test_a_batch_the_cloud_never_acknowledges_is_sent_again(broker: Broker, tmp_
         assert len(set(received)) == len(received) >= 30  # handed on once each
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("fake", ["2099-01-01 00:00:00", "2014-03-01 00:00:00"])
+def test_a_car_whose_clock_is_far_off_still_reaches_the_cloud_and_learns_the_time(
+    broker: Broker, tmp_path: Path, fake: str
+) -> None:
+    """The daemon's system clock (and only the daemon's) says 2099, or 2014: OpenSSL
+    would call the broker's certificate expired, or not yet valid. The car checks it
+    against its clock floor instead, connects, and takes the cloud's time."""
+    if shutil.which("faketime") is None:
+        pytest.fail("faketime is missing (Debian's package faketime; make test installs it)")
+    vehicle = new_vehicle_id()
+    store = tmp_path / "t.db"
+    config = tmp_path / "touchpoint.toml"
+    config.write_text(_toml(store, cloud_settings(broker, vehicle), vehicle), encoding="utf-8")
+    received: list[WireEvent] = []
+    environment = os.environ | {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    log = tmp_path / "daemon.log"
+    with cloud(broker, on_event=lambda _v, e: received.append(e)) as sim, log.open("wb") as err:
+        daemon = subprocess.Popen(
+            ["faketime", "-f", f"@{fake}", *_touchpoint(), "--log-level", "INFO", "run",
+             "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=err, env=environment,
+        )  # fmt: skip
+        try:
+            _wait(lambda: any(e.time_trusted for e in received), "a trusted event", daemon)
+        except AssertionError as failed:
+            raise AssertionError(log.read_text(encoding="utf-8")) from failed
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=20)
+        assert sim.snapshot().acks >= 1
+    trusted = [e for e in received if e.time_trusted]
+    assert all(abs(e.time - time.time()) < 120 for e in trusted)
+    assert any(e.type == "clock.trusted" for e in received)

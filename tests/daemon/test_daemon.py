@@ -11,6 +11,7 @@ from pathlib import Path
 import can
 import pytest
 
+from agent.clock import TimeSource
 from agent.settings import ConsentSettings
 from can_signals import sources
 from can_signals.errors import SourceError
@@ -96,6 +97,30 @@ def test_without_can_settings_the_daemon_still_serves(tmp_path: Path) -> None:
         assert daemon.pipeline is None
         await daemon.settle()
         await daemon.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("trust_ntp", [True, False])
+def test_an_ntp_synchronised_system_clock_is_a_trusted_source(
+    tmp_path: Path, trust_ntp: bool
+) -> None:
+    settings = DaemonSettings(
+        store={"path": tmp_path / "t.db"},  # type: ignore[arg-type]
+        time={"trust_ntp": trust_ntp},  # type: ignore[arg-type]
+    )
+
+    async def scenario() -> None:
+        # The kernel's answer is given: this machine's clock may not be synchronised.
+        daemon = Daemon(settings, ntp_synchronised=lambda: True)
+        await daemon.start()
+        try:
+            await daemon.settle()
+            assert daemon.agent.clock.trusted is trust_ntp
+            if trust_ntp:
+                assert daemon.agent.clock.source is TimeSource.NTP
+        finally:
+            await daemon.stop()
 
     asyncio.run(scenario())
 

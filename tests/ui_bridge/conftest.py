@@ -48,13 +48,22 @@ def settings(store: Path, address: str, locale: str = "en") -> DaemonSettings:
 
 @contextlib.asynccontextmanager
 async def serving(
-    store: Path, address: str, locale: str = "en", wall: Callable[[], float] | None = None
+    store: Path,
+    address: str,
+    locale: str = "en",
+    wall: Callable[[], float] | None = None,
+    monotonic: Callable[[], float] | None = None,
 ) -> AsyncIterator[Daemon]:
     """A started daemon whose bridge owns org.touchpoint.Agent1 on ``address``.
 
-    ``wall`` replaces the daemon's wall clock (to let expiry times pass without waiting).
+    ``wall`` and ``monotonic`` replace the daemon's clocks (to let expiry times pass
+    without waiting: expiries run on the clock model's floor, docs/time.md).
     """
-    daemon = Daemon(settings(store, address, locale), wall=wall or time.time)
+    daemon = Daemon(
+        settings(store, address, locale),
+        wall=wall or time.time,
+        monotonic=monotonic or time.monotonic,
+    )
     await daemon.start()
     try:
         assert daemon.bridge is not None

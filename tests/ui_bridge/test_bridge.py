@@ -189,7 +189,7 @@ def test_book_reaches_the_booking_flow_and_dismiss_removes_with_its_reason(
 
 
 def test_expiry_removes_the_card_with_reason_expired(tmp_path: Path, bus_address: str) -> None:
-    clock = [time.time()]
+    skip = [0.0]  # how far both clocks have been moved on
     rules = RuleSetDocument.model_validate({"version": 1, "rules": [{
         "id": "campaign.short", "version": 1,
         "trigger": {"signal": {"path": "Vehicle.Speed", "op": "==", "value": 0}},
@@ -199,13 +199,18 @@ def test_expiry_removes_the_card_with_reason_expired(tmp_path: Path, bus_address
 
     async def scenario() -> None:
         async with (
-            serving(tmp_path / "t.db", bus_address, wall=lambda: clock[0]) as daemon,
+            serving(
+                tmp_path / "t.db",
+                bus_address,
+                wall=lambda: time.time() + skip[0],
+                monotonic=lambda: time.monotonic() + skip[0],
+            ) as daemon,
             client(bus_address) as hmi,
         ):
             await daemon.apply(lambda a, w, m: a.set_rules(rules, w, m))
             await feed(daemon, *PARK)
             added = await hmi.wait(_added)
-            clock[0] += 120  # the card's minute is up
+            skip[0] += 120  # the card's minute is up
             await daemon.apply(lambda a, w, m: a.on_tick(w, m))
             closed = await hmi.wait(lambda m: m.member == "CardClosed")
             assert closed.body == [added.body[0], CloseReason.EXPIRED]
@@ -409,7 +414,10 @@ def test_consent_is_read_by_method_and_announced_without_values(
             location = next(r for r in rows if r[0] == "location")
             assert location[2] is True
             assert location[4] - location[3] == 3600 * 1_000_000
-            assert daemon.agent.consent.allows(Category.LOCATION, time.time())
+            now = daemon.agent.clock.read(time.time(), time.monotonic())
+            assert daemon.agent.consent.allows(Category.LOCATION, now.floor)
+            # Shown on the car's clock estimate, even before the clock is trusted.
+            assert abs(location[3] / 1e6 - time.time()) < 60
 
     asyncio.run(scenario())
     assert any(e["type"] == "consent.changed" for e in _events(store))

@@ -62,6 +62,10 @@ class FakeBoard(CardBoard):
     def max_visible(self) -> int:
         return 2
 
+    @property
+    def time_zone(self) -> str:
+        return "Europe/Berlin"
+
     def booking_slots(self, card_id: str) -> tuple[Slot, ...] | None:
         return None
 
@@ -136,6 +140,9 @@ def test_the_bridge_exports_the_boards_committed_view_and_relays_the_calls(
             manager = "org.touchpoint.Agent1.Manager"
             [caps] = await _call(hmi, ROOT_PATH, manager, "GetCapabilities")
             assert caps["MaxVisible"].value == 2
+            [zone] = await _call(hmi, ROOT_PATH, "org.freedesktop.DBus.Properties", "Get", "ss",
+                                 [manager, "TimeZone"])  # fmt: skip
+            assert zone.value == "Europe/Berlin"
             await _call(hmi, card_path("c1"), CARD_INTERFACE, "InvokeAction", "sa{sv}",
                         ["book", {}])  # fmt: skip
             assert board.calls == [("invoke_action", ("c1", "book", {}))]

@@ -72,7 +72,7 @@ def diagnose(
     if settings is None:
         return checks
     chosen: DaemonSettings = settings
-    record(guarded("store", lambda: check_store(chosen.store)))
+    record(guarded("store", lambda: check_store(chosen.store, time_settings=chosen.time)))
     record(guarded("can", lambda: check_can(chosen.can, listen=listen, timeout=timeout,
                                             sysfs=sysfs)))  # fmt: skip
     record(guarded("dbus", lambda: check_dbus(chosen.dbus, timeout=timeout,

@@ -260,8 +260,12 @@ def _check_key(path: Path | None, cert_path: Path | None) -> Check:
     return ok("tls.key", f"{described}, {matched}, mode {mode:04o}")
 
 
-def _check_handshake(settings: CloudSettings, timeout: float) -> Check:
-    from cloud_sync.link import client_tls_context  # noqa: PLC0415 - paho only when needed
+def _check_handshake(settings: CloudSettings, timeout: float) -> Check:  # noqa: PLR0911 - one per outcome
+    from agent.ports import TimeBounds  # noqa: PLC0415
+    from cloud_sync.link import (  # noqa: PLC0415 - paho only when needed
+        certificate_problem,
+        client_tls_context,
+    )
 
     assert settings.ca_file is not None  # checked by the settings model
     where = f"{settings.host}:{settings.port}"
@@ -279,6 +283,10 @@ def _check_handshake(settings: CloudSettings, timeout: float) -> Check:
             context.wrap_socket(raw, server_hostname=settings.host) as tls,
         ):
             version = tls.version()
+            # The daemon judges the dates by its clock model; here the system clock is
+            # what there is (the clock checks say whether it can be believed).
+            now = time.time()
+            dated = certificate_problem(dict(tls.getpeercert() or {}), TimeBounds(now, now))
             tls.settimeout(REFUSAL_WAIT_S)
             try:
                 data = tls.recv(1)
@@ -298,6 +306,12 @@ def _check_handshake(settings: CloudSettings, timeout: float) -> Check:
         )
     except OSError as err:
         return fail("tls.handshake", f"{where}: {err}", "check the broker and the network")
+    if dated is not None:
+        return fail(
+            "tls.handshake",
+            f"{where}: {dated}",
+            "the broker needs a certificate valid now (or this head unit's clock is wrong)",
+        )
     if data == b"":
         return fail(
             "tls.handshake",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from agent.errors import StoreError
-from agent.settings import StoreSettings
+from agent.settings import StoreSettings, TimeSettings
 from agent.store.readonly import (
     OutboxReport,
     human_size,
@@ -29,6 +29,7 @@ from agent.store.readonly import (
 )
 from agent.store.schema import SCHEMA_VERSION
 from agent.store.store import PAGE_HEADROOM
+from touchpoint.doctor.clock_checks import clock_sources_check
 from touchpoint.doctor.report import Check, fail, ok, shorten, warn
 
 #: Share of the outbox budget beyond which the doctor warns (eviction is near).
@@ -44,10 +45,13 @@ _CORRUPT_FIX: Final = (
 )
 
 
-def check_store(settings: StoreSettings, now: float | None = None) -> Iterator[Check]:
+def check_store(
+    settings: StoreSettings, now: float | None = None, time_settings: TimeSettings | None = None
+) -> Iterator[Check]:
     """The database file, the outbox and the persisted clock.
 
-    Yields ``store``, then (if the file can be read) ``outbox`` and ``clock``.
+    Yields ``store``, then (if the file can be read) ``outbox``, ``clock`` and
+    ``clock.sources``.
     """
     stamp = time.time() if now is None else now
     path = settings.path
@@ -69,7 +73,7 @@ def check_store(settings: StoreSettings, now: float | None = None) -> Iterator[C
         )
         return
     try:
-        yield from _inspect(connection, settings, path, stamp, wal=wal)
+        yield from _inspect(connection, settings, path, stamp, wal=wal, time_settings=time_settings)
     finally:
         connection.close()
 
@@ -94,7 +98,13 @@ def _missing(path: Path) -> Check:
 
 
 def _inspect(
-    connection: sqlite3.Connection, settings: StoreSettings, path: Path, now: float, *, wal: bool
+    connection: sqlite3.Connection,
+    settings: StoreSettings,
+    path: Path,
+    now: float,
+    *,
+    wal: bool,
+    time_settings: TimeSettings | None = None,
 ) -> Iterator[Check]:
     try:
         result = [str(r[0]) for r in connection.execute("PRAGMA quick_check").fetchall()]
@@ -125,6 +135,7 @@ def _inspect(
     yield _file_check(path, settings, version, wal=wal)
     yield _outbox_check(report, settings, now)
     yield _clock_check(connection, now)
+    yield clock_sources_check(connection, now, time_settings or TimeSettings())
 
 
 def _file_check(path: Path, settings: StoreSettings, version: int, *, wal: bool) -> Check:

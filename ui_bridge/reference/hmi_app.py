@@ -23,8 +23,9 @@ import logging
 import sys
 from collections.abc import Awaitable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import ClassVar, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from textual import on
 from textual.app import App, ComposeResult, ScreenStackError
@@ -79,6 +80,14 @@ def _closed(reason: CloseReason | None) -> str:
 
 def _locale(state: HmiState, wish: str | None) -> str:
     return state.locale or wish or LOCALES[0]
+
+
+def car_zone(name: str) -> tzinfo | None:
+    """The car's time zone from its IANA name (``None``, this system's, if unknown)."""
+    try:
+        return ZoneInfo(name) if name else None
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
 def word(key: str, locale: str) -> str:
@@ -146,15 +155,17 @@ class SlotPicker(ModalScreen[str | None]):
         *(Binding(str(n), f"pick({n - 1})", show=False) for n in range(1, 10)),
     ]
 
-    def __init__(self, slots: list[BookingSlot]) -> None:
+    def __init__(self, slots: list[BookingSlot], zone: tzinfo | None = None) -> None:
         super().__init__()
         self._slots = slots
+        #: The car's time zone (the Manager's TimeZone): the cards' texts use it too.
+        self._zone = zone
 
     def compose(self) -> ComposeResult:
         """The slots as a list."""
         options = []
         for n, slot in enumerate(self._slots, 1):
-            when = datetime.fromtimestamp(slot.start).astimezone().strftime("%a %d %b %H:%M")
+            when = datetime.fromtimestamp(slot.start, self._zone).strftime("%a %d %b %H:%M")
             dealer = f" — {slot.dealer}" if slot.dealer else ""
             options.append(Option(f"{n} {when}{dealer}", id=slot.id))
         with Vertical(id="slots"):
@@ -434,7 +445,8 @@ class HmiApp(App[None]):
             if not slots:
                 self.status("the dealer offers no slots", error=True)
                 return
-            slot_id = await self.push_screen_wait(SlotPicker(slots))
+            zone = car_zone(client.state.time_zone)
+            slot_id = await self.push_screen_wait(SlotPicker(slots, zone))
             if slot_id is None:
                 self.status("booking cancelled")
                 return

@@ -147,6 +147,7 @@ _FIELDS: Final[dict[str, tuple[str, Callable[[object], object]]]] = {
 _MANAGER_FIELDS: Final = {
     "DrivingRestricted": "restricted",
     "Locale": "locale",
+    "TimeZone": "time_zone",
     "Version": "version",
 }
 
@@ -202,6 +203,8 @@ class HmiState:
     restricted: bool = False
     locale: str = ""
     version: str = ""
+    #: The car's time zone (IANA): render every time in it, not in this system's.
+    time_zone: str = ""
     cards: dict[str, CardView] = field(default_factory=dict)
 
     def ordered(self) -> list[CardView]:
