@@ -8,10 +8,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the test suite talks to for real (private buses and brokers per test session;
-# systemd for systemd-analyze and systemd-sysusers, which check the unit in systemd/).
-DEB_PACKAGES := dbus mosquitto mosquitto-clients systemd
+# systemd for systemd-analyze and systemd-sysusers, which check the unit in systemd/;
+# faketime to run the daemon on a wrong clock).
+DEB_PACKAGES := dbus mosquitto mosquitto-clients systemd faketime
 # Where each package's binary lands, to tell whether it is installed (sbin may not be on PATH).
-DEB_PROBES := /usr/bin/dbus-daemon /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/bin/systemd-analyze
+DEB_PROBES := /usr/bin/dbus-daemon /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/bin/systemd-analyze /usr/bin/faketime
 
 .PHONY: help venv deb-deps lint typecheck pytest test demo bench clean
 
