@@ -10,7 +10,7 @@ Pure data and transitions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from agent.cards import Text
@@ -53,6 +53,10 @@ class Booking:
         reason: Why it was declined or cancelled.
         reminded: The reminder before the appointment was given.
         via: The card the driver last tapped for it (a "not confirmed" card, to retry).
+        asked: When the pending request (slots or booking) went out, on this run's
+            monotonic clock (``None``: not yet timed in this run).
+        unanswered: The pending request got no answer in time: the card says so and
+            offers a retry (an answer that comes later is still taken).
     """
 
     card_key: str
@@ -66,21 +70,50 @@ class Booking:
     reason: str | None = None
     reminded: bool = False
     via: str | None = None
+    #: Run-local (the monotonic clock restarts): not persisted, not part of equality.
+    asked: float | None = field(default=None, compare=False)
+    unanswered: bool = False
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a request of this flow waits for the cloud's answer."""
+        return self.status in (BookingStatus.SLOTS_REQUESTED, BookingStatus.REQUESTED)
+
+    @property
+    def pending_request(self) -> str | None:
+        """The id of the request waiting for an answer, if one is."""
+        if self.status is BookingStatus.SLOTS_REQUESTED:
+            return self.slots_request
+        if self.status is BookingStatus.REQUESTED:
+            return self.request_id
+        return None
 
     def offered(self, slots: tuple[Slot, ...]) -> Booking:
         """The cloud offered slots."""
-        return replace(self, status=BookingStatus.SLOTS_OFFERED, slots=slots)
+        return replace(self, status=BookingStatus.SLOTS_OFFERED, slots=slots, unanswered=False)
 
-    def requested(self, request_id: str, slot: Slot) -> Booking:
+    def requested(self, request_id: str, slot: Slot, asked: float) -> Booking:
         """The driver picked a slot."""
-        return replace(self, status=BookingStatus.REQUESTED, request_id=request_id, slot=slot)
+        return replace(
+            self,
+            status=BookingStatus.REQUESTED,
+            request_id=request_id,
+            slot=slot,
+            asked=asked,
+            unanswered=False,
+        )
 
     def answered(
         self, status: BookingStatus, booking_id: str | None, reason: str | None, slot: Slot | None
     ) -> Booking:
         """The cloud confirmed, declined or cancelled."""
         return replace(
-            self, status=status, booking_id=booking_id, reason=reason, slot=slot or self.slot
+            self,
+            status=status,
+            booking_id=booking_id,
+            reason=reason,
+            slot=slot or self.slot,
+            unanswered=False,
         )
 
 
@@ -91,3 +124,7 @@ class Redemption:
     request_id: str
     coupon_id: str
     card_key: str
+    #: When it went out, on this run's monotonic clock (``None``: not yet timed); run-local.
+    asked: float | None = field(default=None, compare=False)
+    #: No answer in time: the card says so and offers a retry (same request id).
+    unanswered: bool = False

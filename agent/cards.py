@@ -144,6 +144,8 @@ class Card:
         close_reason: Why it closed, once closed.
         time_trusted: Whether its times (created, expires, snooze) came from a trusted
             clock; if not, they move with the correction once the clock is trusted.
+        note: A short status line under the body, in both locales: what a request of
+            the card's is waiting for, or that it got no answer and how to retry.
     """
 
     id: str
@@ -169,6 +171,7 @@ class Card:
     snooze_until_odometer: int | None = None
     close_reason: CloseReason = CloseReason.UNKNOWN
     time_trusted: bool = True
+    note: Text | None = None
 
     def rebased(self, correction: float) -> Card:
         """The card with its estimated times moved by ``correction`` seconds, now trusted."""

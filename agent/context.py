@@ -35,6 +35,8 @@ class AgentConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     #: Remind the driver this long before a booked appointment.
     booking_reminder_s: float = DAY
+    #: A request the cloud has not answered in this long ends on its card as unanswered.
+    request_timeout_s: float = 120.0
     #: Snooze for cards outside the maintenance plan's own snooze settings.
     snooze_s: float = 3 * DAY
     snooze_km: float = 300.0
@@ -114,6 +116,9 @@ class CoreContext(Protocol):
 
     def mark_dirty(self, section: Section) -> None:
         """Persist ``section`` with this input."""
+
+    def withdraw_request(self, request_id: str) -> None:
+        """Take the request out of the outbox with this input, if it is still unsent."""
 
     def new_id(self, now: Now) -> str:
         """A new UUIDv7."""

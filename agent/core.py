@@ -90,6 +90,8 @@ class Output:
     changes: list[CardChange] = field(default_factory=list)
     dirty: set[Section] = field(default_factory=set)
     suppressed: Counter[str] = field(default_factory=Counter)
+    #: Requests to take out of the outbox (if still unsent) in the same commit.
+    withdrawn: list[str] = field(default_factory=list)
 
     def extend(self, other: Output) -> None:
         """Append another output (in order)."""
@@ -97,6 +99,7 @@ class Output:
         self.changes.extend(other.changes)
         self.dirty |= other.dirty
         self.suppressed.update(other.suppressed)
+        self.withdrawn.extend(other.withdrawn)
 
 
 class Agent:
@@ -306,10 +309,13 @@ class Agent:
         wall: float,
         monotonic: float,
         message: Text | None = None,
+        code: str | None = None,
     ) -> Output:
-        """The cloud redeemed a coupon, or refused."""
+        """The cloud redeemed a coupon (``code``: what to show at the partner), or refused."""
         now = self._now(wall, monotonic)
-        self.flows.on_redemption_answer(request_id, accepted=accepted, now=now, message=message)
+        self.flows.on_redemption_answer(
+            request_id, accepted=accepted, now=now, message=message, code=code
+        )
         return self._finish(now)
 
     def on_time(
@@ -809,6 +815,10 @@ class Agent:
     def open_cards(self) -> Sequence[Card]:
         """Every open card (on screen or waiting)."""
         return self.cards.cards
+
+    def withdraw_request(self, request_id: str) -> None:
+        """Take the request out of the outbox with this output, if it is still unsent."""
+        self._out.withdrawn.append(request_id)
 
     def mark_dirty(self, section: Section) -> None:
         """Note that a part of the state changed and must be persisted with this output."""

@@ -531,6 +531,33 @@ _TYPES: Final = (
         for outcome in ("confirmed", "declined")
     ),
     EventSpec(
+        "booking.unanswered",
+        (Category.SERVICE_REQUESTS,),
+        Priority.HIGH,
+        "A booking request (for slots, or for a slot) got no answer within the request "
+        "timeout: its card says the dealer could not be reached; tapping Book retries with "
+        "the same request id, and a later answer is still taken. An unsent request is "
+        "taken out of the outbox.",
+        (
+            _REQUEST_ID_FIELD,
+            _CARD_KEY,
+            _f("stage", "string", "Which request waited.", "slots", enum=("slots", "booking")),
+            _f("waited_s", "number", "How long it waited, in seconds.", 120.0),
+        ),
+    ),
+    EventSpec(
+        "redemption.unanswered",
+        (Category.SERVICE_REQUESTS,),
+        Priority.HIGH,
+        "A redemption got no answer within the request timeout: its card says the partner "
+        "could not be reached; tapping Redeem retries with the same request id.",
+        (
+            _REQUEST_ID_FIELD,
+            _COUPON,
+            _f("waited_s", "number", "How long it waited, in seconds.", 120.0),
+        ),
+    ),
+    EventSpec(
         "consent.changed",
         (Category.SERVICE_REQUESTS,),
         Priority.HIGH,

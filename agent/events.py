@@ -57,6 +57,8 @@ class EventType(StrEnum):
     BOOKING_CANCELLED = "booking.cancelled"
     REDEMPTION_CONFIRMED = "redemption.confirmed"
     REDEMPTION_DECLINED = "redemption.declined"
+    BOOKING_UNANSWERED = "booking.unanswered"
+    REDEMPTION_UNANSWERED = "redemption.unanswered"
     CONSENT_CHANGED = "consent.changed"
     PRIVACY_WIPED = "privacy.wiped"
     DOWNLINK_APPLIED = "downlink.applied"

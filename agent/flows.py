@@ -6,6 +6,14 @@ idempotency key), and moves on when the cloud answers, however long that takes: 
 flow's state is persisted with the rest of the agent's, so a request made offline is
 answered after a reconnect or a restart. An answer nobody is waiting for (a duplicate,
 an unknown id) is ignored.
+
+Every request ends where the driver sees it: while it waits, its card shows "pending"
+and says what for; with no answer within ``request_timeout_s`` (on the monotonic clock,
+timed again from a restart), the card says the dealer or the partner could not be
+reached and that tapping again retries, an ``*.unanswered`` event records it, and a
+request still unsent is taken out of the outbox (it would otherwise act days later,
+unasked). A retry sends the same request id (the idempotency key); an answer that comes
+after the timeout is still taken.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from agent import maintenance as mnt
+from agent import request_notes as notes
 from agent.booking import Booking, BookingStatus, Redemption, Slot
 from agent.cards import ArgValue, Card, CardKind, CloseReason, Text
 from agent.clock import Now
@@ -21,10 +30,8 @@ from agent.consent import Category
 from agent.context import CoreContext
 from agent.events import EventDraft, EventType, JsonValue, Priority
 from agent.local_time import local_text
+from agent.redemptions import Redemptions, send_request
 from agent.sections import Section
-
-#: A request the cloud has not answered is not worth sending after this long.
-REQUEST_TTL = 7 * 86_400.0
 
 
 class BookingInProgressError(ValueError):
@@ -39,7 +46,7 @@ class Flows:
     ) -> None:
         self._ctx = ctx
         self._bookings: dict[str, Booking] = {b.card_key: b for b in bookings}
-        self._redemptions: dict[str, Redemption] = {r.request_id: r for r in redemptions}
+        self.redemptions = Redemptions(ctx, redemptions)
 
     def bookings_state(self) -> tuple[Booking, ...]:
         """The bookings to persist."""
@@ -47,7 +54,7 @@ class Flows:
 
     def redemptions_state(self) -> tuple[Redemption, ...]:
         """The redemptions awaiting an answer, to persist."""
-        return tuple(self._redemptions.values())
+        return self.redemptions.state()
 
     def booking_for(self, card_key: str) -> Booking | None:
         """The booking flow started from the card with ``card_key``."""
@@ -73,9 +80,14 @@ class Flows:
         return card.key
 
     def start_booking(self, card: Card, now: Now) -> Booking:
-        """Book was tapped: ask the cloud for slots (once; a second tap reuses the flow)."""
+        """Book was tapped: ask the cloud for slots (once; a second tap reuses the flow).
+
+        After a request went unanswered, the tap retries it with the same request id.
+        """
         origin = self.origin_key(card)
         existing = self._bookings.get(origin)
+        if existing is not None and existing.waiting and existing.unanswered:
+            return self._retry(replace(existing, via=card.key), now)
         if existing is not None and existing.status in (
             BookingStatus.SLOTS_REQUESTED,
             BookingStatus.SLOTS_OFFERED,
@@ -85,17 +97,53 @@ class Flows:
         # A retry keeps what the visit was for; a first booking takes it from the card.
         items = existing.items if existing is not None and existing.items else _items_of(card)
         request_id = self._new_id(now)
-        booking = Booking(origin, items, BookingStatus.SLOTS_REQUESTED, request_id, via=card.key)
+        booking = Booking(
+            origin,
+            items,
+            BookingStatus.SLOTS_REQUESTED,
+            request_id,
+            via=card.key,
+            asked=now.monotonic,
+        )
         self._bookings[origin] = booking
+        self._send_slots_request(booking, now)
+        self._set_pending(booking, now, pending=True)
+        self._ctx.mark_dirty(Section.FLOWS)
+        return booking
+
+    def _send_slots_request(self, booking: Booking, now: Now) -> None:
         self._request(
             EventType.REQUEST_BOOKING_SLOTS,
-            request_id,
+            booking.slots_request,
             now,
-            card_key=origin,
-            items=list(items),
+            card_key=booking.card_key,
+            items=list(booking.items),
             odometer_km=self._odometer_km(),
             dealer_id=self._dealer_id(),
         )
+
+    def _send_booking_request(self, booking: Booking, now: Now) -> None:
+        assert booking.request_id is not None
+        assert booking.slot is not None
+        self._request(
+            EventType.REQUEST_BOOKING,
+            booking.request_id,
+            now,
+            card_key=booking.card_key,
+            slot_id=booking.slot.id,
+            items=list(booking.items),
+            odometer_km=self._odometer_km(),
+            dealer_id=self._dealer_id(),
+        )
+
+    def _retry(self, booking: Booking, now: Now) -> Booking:
+        """Send an unanswered request again, same request id (the cloud drops a double)."""
+        booking = replace(booking, asked=now.monotonic, unanswered=False)
+        self._bookings[booking.card_key] = booking
+        if booking.status is BookingStatus.SLOTS_REQUESTED:
+            self._send_slots_request(booking, now)
+        else:
+            self._send_booking_request(booking, now)
         self._set_pending(booking, now, pending=True)
         self._ctx.mark_dirty(Section.FLOWS)
         return booking
@@ -139,28 +187,26 @@ class Flows:
         if slot is None:
             raise ValueError(f"slot {slot_id!r} was not offered")
         request_id = self._new_id(now)
-        booking = replace(booking.requested(request_id, slot), via=card.key)
+        booking = replace(booking.requested(request_id, slot, now.monotonic), via=card.key)
         self._bookings[booking.card_key] = booking
-        self._request(
-            EventType.REQUEST_BOOKING,
-            request_id,
-            now,
-            card_key=booking.card_key,
-            slot_id=slot.id,
-            items=list(booking.items),
-            odometer_km=self._odometer_km(),
-            dealer_id=self._dealer_id(),
-        )
+        self._send_booking_request(booking, now)
         self._set_pending(booking, now, pending=True)
         self._ctx.mark_dirty(Section.FLOWS)
         return booking
 
-    def _set_pending(self, booking: Booking, now: Now, *, pending: bool) -> None:
-        """Show (or clear) "pending" on the card the driver tapped, and on the origin card."""
+    def _set_pending(
+        self, booking: Booking, now: Now, *, pending: bool, note: Text | None = None
+    ) -> None:
+        """Show (or clear) "pending" on the card the driver tapped, and on the origin card.
+
+        While pending, the card says it waits for the dealer; ``note`` says something
+        else when it is not pending (no answer came).
+        """
+        note = notes.WAITING_FOR_DEALER if pending else note
         for key in dict.fromkeys((booking.via or booking.card_key, booking.card_key)):
             card = self._ctx.card_by_key(key)
-            if card is not None and card.pending != pending:
-                self._ctx.update_card(replace(card, pending=pending), now)
+            if card is not None and (card.pending, card.note) != (pending, note):
+                self._ctx.update_card(replace(card, pending=pending, note=note), now)
 
     def on_booking_answer(
         self,
@@ -172,7 +218,10 @@ class Flows:
         reason: str | None = None,
         slot: Slot | None = None,
     ) -> bool:
-        """The cloud confirmed, declined or cancelled a booking; ``False`` if unknown."""
+        """The cloud confirmed, declined or cancelled a booking; ``False`` if unknown.
+
+        An answer after the card said nobody answered is taken all the same.
+        """
         booking = next((b for b in self._bookings.values() if b.request_id == request_id), None)
         if booking is None or booking.status is status:
             return False
@@ -197,6 +246,10 @@ class Flows:
                 self._ctx.recheck_maintenance()
             if card is not None:
                 self._ctx.close(card, CloseReason.COMPLETED, now)
+            if self._reminder_due(booking, now):
+                # Booked within the reminder's lead (an appointment tomorrow): the
+                # confirmation already says when; a reminder on top would stack.
+                self._bookings[booking.card_key] = replace(booking, reminded=True)
             # The booking card (confirmed) replaces a "not confirmed" one in place.
             self._ctx.agent_event("booking_confirmed", attrs, now)
         else:
@@ -206,10 +259,11 @@ class Flows:
         return True
 
     def tick(self, now: Now) -> None:
-        """Remind the driver the day before a confirmed appointment."""
+        """Requests that waited too long; the reminder the day before an appointment."""
+        self._time_out_bookings(now)
+        self.redemptions.tick(now)
         if not now.trusted:
             return
-        lead = self._ctx.config.booking_reminder_s
         for booking in list(self._bookings.values()):
             slot = booking.slot
             if booking.status is not BookingStatus.CONFIRMED or slot is None:
@@ -218,10 +272,44 @@ class Flows:
                 # The visit is history, reminded or not (a reminded booking used to stay).
                 del self._bookings[booking.card_key]
                 self._ctx.mark_dirty(Section.FLOWS)
-            elif not booking.reminded and slot.start - lead <= now.wall < slot.start:
+            elif not booking.reminded and self._reminder_due(booking, now):
                 self._bookings[booking.card_key] = replace(booking, reminded=True)
                 self._ctx.mark_dirty(Section.FLOWS)
                 self._ctx.agent_event("booking_reminder", self._booking_attrs(booking), now)
+
+    def _reminder_due(self, booking: Booking, now: Now) -> bool:
+        slot = booking.slot
+        lead = self._ctx.config.booking_reminder_s
+        return now.trusted and slot is not None and slot.start - lead <= now.wall < slot.start
+
+    def _time_out_bookings(self, now: Now) -> None:
+        timeout = self._ctx.config.request_timeout_s
+        for booking in list(self._bookings.values()):
+            if not booking.waiting or booking.unanswered:
+                continue
+            if booking.asked is None:  # restored after a restart: timed from now
+                self._bookings[booking.card_key] = replace(booking, asked=now.monotonic)
+                continue
+            waited = now.monotonic - booking.asked
+            if waited < timeout:
+                continue
+            request_id = booking.pending_request
+            assert request_id is not None
+            self._bookings[booking.card_key] = replace(booking, unanswered=True)
+            self._ctx.mark_dirty(Section.FLOWS)
+            self._ctx.withdraw_request(request_id)
+            stage = "slots" if booking.status is BookingStatus.SLOTS_REQUESTED else "booking"
+            self._ctx.record(
+                EventDraft(
+                    EventType.BOOKING_UNANSWERED,
+                    Category.SERVICE_REQUESTS,
+                    {"request_id": request_id, "card_key": booking.card_key, "stage": stage,
+                     "waited_s": round(waited, 1)},
+                    Priority.HIGH,
+                ),
+                now,
+            )  # fmt: skip
+            self._set_pending(booking, now, pending=False, note=notes.DEALER_UNREACHABLE)
 
     def _booking_attrs(self, booking: Booking) -> dict[str, ArgValue]:
         slot = booking.slot
@@ -238,62 +326,27 @@ class Flows:
     # -- redemption ---------------------------------------------------------------------
 
     def redeem(self, card: Card, now: Now) -> Redemption | None:
-        """Redeem was tapped: ask the cloud (once per card until it answers)."""
-        if card.pending:
-            return None
-        coupon_id = str(card.args.get("coupon_id", ""))
-        request_id = self._new_id(now)
-        redemption = Redemption(request_id, coupon_id, card.key)
-        self._redemptions[request_id] = redemption
-        self._request(
-            EventType.REQUEST_REDEMPTION, request_id, now, coupon_id=coupon_id, card_key=card.key
-        )
-        self._ctx.update_card(replace(card, pending=True), now)
-        self._ctx.mark_dirty(Section.FLOWS)
-        return redemption
+        """Redeem was tapped (see :meth:`Redemptions.redeem`)."""
+        return self.redemptions.redeem(card, now)
 
     def on_redemption_answer(
-        self, request_id: str, *, accepted: bool, now: Now, message: Text | None = None
+        self,
+        request_id: str,
+        *,
+        accepted: bool,
+        now: Now,
+        message: Text | None = None,
+        code: str | None = None,
     ) -> bool:
-        """The cloud redeemed or refused; ``False`` if nobody asked (or already answered)."""
-        redemption = self._redemptions.pop(request_id, None)
-        if redemption is None:
-            return False
-        self._ctx.mark_dirty(Section.FLOWS)
-        outcome = "confirmed" if accepted else "declined"
-        self._ctx.record(
-            EventDraft(
-                EventType(f"redemption.{outcome}"),
-                Category.SERVICE_REQUESTS,
-                {"request_id": request_id, "coupon_id": redemption.coupon_id},
-                Priority.HIGH,
-            ),
-            now,
+        """The cloud redeemed or refused (see :meth:`Redemptions.on_answer`)."""
+        return self.redemptions.on_answer(
+            request_id, accepted=accepted, now=now, message=message, code=code
         )
-        card = self._ctx.card_by_key(redemption.card_key)
-        if card is not None:
-            if accepted:
-                self._ctx.close(card, CloseReason.COMPLETED, now)
-            else:
-                body = message or Text("暂时无法领取，请稍后再试。", "Could not redeem right now.")
-                self._ctx.update_card(replace(card, pending=False, body=body), now)
-        self._ctx.agent_event(f"redemption_{outcome}", {"coupon_id": redemption.coupon_id}, now)
-        return True
 
     # -- helpers ------------------------------------------------------------------------
 
     def _request(self, kind: EventType, request_id: str, now: Now, **payload: JsonValue) -> None:
-        self._ctx.record(
-            EventDraft(
-                kind,
-                Category.SERVICE_REQUESTS,
-                payload,
-                Priority.HIGH,
-                ttl=REQUEST_TTL,
-                request_id=request_id,
-            ),
-            now,
-        )
+        send_request(self._ctx, kind, request_id, now, **payload)
 
     def _new_id(self, now: Now) -> str:
         return self._ctx.new_id(now)

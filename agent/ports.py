@@ -146,9 +146,9 @@ class CloudInbox(Protocol):
         """The cloud confirmed, declined or cancelled a booking."""
 
     async def on_redemption_answer(
-        self, request_id: str, *, accepted: bool, message: Text | None
+        self, request_id: str, *, accepted: bool, message: Text | None, code: str | None = None
     ) -> None:
-        """The cloud redeemed a coupon, or refused."""
+        """The cloud redeemed a coupon (``code``: what to show at the partner), or refused."""
 
     async def on_cloud_time(self, wall: float, monotonic: float) -> None:
         """The cloud's time, measured: it was ``wall`` at ``monotonic``."""

@@ -93,6 +93,21 @@ class PolicySettings(_Section):
     ] = (22, 7)
 
 
+class RequestSettings(_Section):
+    """The driver's requests to the cloud (booking slots, a booking, a redemption)."""
+
+    timeout_s: Annotated[
+        float,
+        Field(
+            ge=5,
+            le=3600,
+            description="A request with no answer after this many seconds ends on its card as "
+            "unanswered (the dealer or partner could not be reached), with a retry; an "
+            "answer that comes later is still taken.",
+        ),
+    ] = 120.0
+
+
 class TimeSettings(_Section):
     """Where the car's time comes from, and how it is told (docs/time.md)."""
 

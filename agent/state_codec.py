@@ -255,6 +255,7 @@ def card_to_json(card: Card) -> dict[str, Any]:
         "snooze_until_odometer": card.snooze_until_odometer,
         "close_reason": card.close_reason.name,
         "time_trusted": card.time_trusted,
+        "note": None if card.note is None else card.note.to_json(),
     }
 
 
@@ -284,6 +285,7 @@ def card_from_json(data: Mapping[str, Any]) -> Card:
         snooze_until_odometer=_integer(data["snooze_until_odometer"]),
         close_reason=CloseReason[data["close_reason"]],
         time_trusted=data.get("time_trusted", True) is not False,
+        note=None if data.get("note") is None else Text.from_json(data["note"]),
     )
 
 
@@ -320,6 +322,7 @@ def _booking_json(b: Booking) -> dict[str, Any]:
         "reason": b.reason,
         "reminded": b.reminded,
         "via": b.via,
+        "unanswered": b.unanswered,
     }
 
 
@@ -336,6 +339,7 @@ def _booking(d: Mapping[str, Any]) -> Booking:
         reason=d["reason"],
         reminded=bool(d["reminded"]),
         via=_text(d["via"]) if d.get("via") is not None else None,
+        unanswered=d.get("unanswered") is True,
     )
 
 
@@ -419,7 +423,12 @@ _ENCODERS: Final[dict[Section, Callable[[Agent], Any]]] = {
     Section.FLOWS: lambda a: {
         "bookings": [_booking_json(b) for b in a.flows.bookings_state()],
         "redemptions": [
-            {"request_id": r.request_id, "coupon_id": r.coupon_id, "card_key": r.card_key}
+            {
+                "request_id": r.request_id,
+                "coupon_id": r.coupon_id,
+                "card_key": r.card_key,
+                "unanswered": r.unanswered,
+            }
             for r in a.flows.redemptions_state()
         ],
     },
@@ -463,7 +472,12 @@ _DECODERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
     Section.FLOWS: lambda d: {
         "bookings": tuple(_booking(b) for b in d.get("bookings", [])),
         "redemptions": tuple(
-            Redemption(_text(r["request_id"]), _text(r["coupon_id"]), _text(r["card_key"]))
+            Redemption(
+                _text(r["request_id"]),
+                _text(r["coupon_id"]),
+                _text(r["card_key"]),
+                unanswered=r.get("unanswered") is True,
+            )
             for r in d.get("redemptions", [])
         ),
     },

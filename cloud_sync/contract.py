@@ -241,6 +241,8 @@ class RedemptionReply(_Reply):
     request_id: Annotated[str, Field(max_length=64)]
     accepted: bool
     message: LocalisedText | None = None
+    #: What the driver shows at the partner (a voucher code), if the partner needs one.
+    code: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
 class Ack(_Reply):

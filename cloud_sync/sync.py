@@ -471,7 +471,9 @@ async def _answer(host: CloudHost, reply: SlotsReply | BookingReply | Redemption
         )  # fmt: skip
     else:
         message = reply.message.text() if reply.message else None
-        await host.on_redemption_answer(reply.request_id, accepted=reply.accepted, message=message)
+        await host.on_redemption_answer(
+            reply.request_id, accepted=reply.accepted, message=message, code=reply.code
+        )
 
 
 def _event_json(row: OutboxRow) -> str:

@@ -271,7 +271,10 @@ class Daemon:
             zone=ZoneInfo(settings.time.zone),
         )
         config = AgentConfig(
-            model=settings.vehicle.model, market=settings.vehicle.market, policy=policy
+            model=settings.vehicle.model,
+            market=settings.vehicle.market,
+            policy=policy,
+            request_timeout_s=settings.requests.timeout_s,
         )
         return Agent(
             config,

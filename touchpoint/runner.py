@@ -170,13 +170,16 @@ class AgentRunner:
         while self._pending:
             batch, self._pending = self._pending, []
             events = [e for p in batch for e in p.output.events]
+            withdrawn = [r for p in batch for r in p.output.withdrawn]
             sections: dict[str, str] = {}
             for pending in batch:
                 sections.update(pending.sections)
             store, now = self.store, self.wall()
             loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(self.executor, store.commit, events, sections, now)
+                await loop.run_in_executor(
+                    self.executor, store.commit, events, sections, now, withdrawn
+                )
             except StoreError as err:
                 failures += 1
                 self.failures += 1

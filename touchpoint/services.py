@@ -216,12 +216,12 @@ class CloudService(CloudHost):
         await self._runner.apply(lambda a, w, _m: a.on_time(TimeSource.CLOUD, wall, w, monotonic))
 
     async def on_redemption_answer(
-        self, request_id: str, *, accepted: bool, message: Text | None
+        self, request_id: str, *, accepted: bool, message: Text | None, code: str | None = None
     ) -> None:
         """A redemption was answered."""
         await self._runner.apply(
             lambda a, w, m: a.on_redemption_answer(
-                request_id, accepted=accepted, wall=w, monotonic=m, message=message
+                request_id, accepted=accepted, wall=w, monotonic=m, message=message, code=code
             )
         )
 

@@ -34,6 +34,7 @@ from pydantic import (
 from agent.settings import (
     ConsentSettings,
     PolicySettings,
+    RequestSettings,
     StoreSettings,
     TimeSettings,
     VehicleSettings,
@@ -76,6 +77,9 @@ class DaemonSettings(_Section):
         ConsentSettings()
     )
     time: Annotated[TimeSettings, Field(description="Every key has a default.")] = TimeSettings()
+    requests: Annotated[RequestSettings, Field(description="Every key has a default.")] = (
+        RequestSettings()
+    )
     dbus: Annotated[
         DbusSettings | None,
         Field(description="Absent: no D-Bus (the agent still decides and records)."),

@@ -96,6 +96,7 @@ class CardProperties(TypedDict):
     Expires: int
     State: int
     Pending: bool
+    Note: str
     Extensions: dict[str, Variant]
 
 
@@ -116,6 +117,7 @@ def card_properties(card: Card, locale: str) -> CardProperties:
         "Expires": _micros(card.expires),
         "State": int(card.state),
         "Pending": card.pending,
+        "Note": "" if card.note is None else card.note.get(locale),
         "Extensions": {},
     }
 
@@ -124,7 +126,7 @@ SIGNATURES: Final = {
     "Id": "s", "Kind": "u", "Urgency": "u", "DisplayPolicy": "u", "Priority": "u",
     "Title": "s", "Body": "s", "TemplateId": "s", "TemplateArgs": "a{sv}",
     "Actions": "a(ss)", "Created": "x", "Expires": "x", "State": "u", "Pending": "b",
-    "Extensions": "a{sv}",
+    "Note": "s", "Extensions": "a{sv}",
 }  # fmt: skip
 PUBLIC: Final = tuple(name for name in SIGNATURES if name not in PRIVATE)
 
@@ -234,6 +236,14 @@ class CardObject(ServiceInterface):
     def Pending(self) -> DBusBool:  # noqa: N802
         """An action waits for the cloud's answer: show "pending"."""
         return self._told["Pending"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Note(self) -> DBusStr:  # noqa: N802
+        """A status line under the body ("" when there is none; private).
+
+        What a request of the card's waits for, or that it got no answer and how to retry.
+        """
+        return self._told["Note"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Extensions(self) -> DBusDict:  # noqa: N802

@@ -35,7 +35,7 @@ ERROR_INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
 
 #: Longest string and largest dictionary a caller may pass (a guard, not a feature).
 #: Card properties that may carry personal data: never sent in a broadcast signal.
-PRIVATE: Final = frozenset({"Title", "Body", "TemplateArgs"})
+PRIVATE: Final = frozenset({"Title", "Body", "TemplateArgs", "Note"})
 
 MAX_STRING: Final = 256
 MAX_OPTIONS: Final = 16

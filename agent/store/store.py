@@ -161,9 +161,16 @@ class Store:
     # -- the hot path -------------------------------------------------------------------
 
     def commit(
-        self, events: Sequence[Event], sections: Mapping[str, str], now: float | None = None
+        self,
+        events: Sequence[Event],
+        sections: Mapping[str, str],
+        now: float | None = None,
+        withdrawn: Sequence[str] = (),
     ) -> CommitResult:
         """Write a batch of events and state sections in one durable transaction.
+
+        ``withdrawn``: request ids whose rows leave the outbox in the same transaction,
+        if they are still unsent (a request its flow gave up on).
 
         When the budget is exceeded, the lowest-priority oldest events are evicted in the
         same transaction. When the disk (or ``max_page_count``) is full, more is evicted
@@ -175,13 +182,19 @@ class Store:
         rows = [_row(e) for e in events]
         stamp = time.time() if now is None else now
         try:
-            return self._commit(rows, sections, stamp, extra_evict=0)
+            return self._commit(rows, sections, stamp, extra_evict=0, withdrawn=withdrawn)
         except sqlite3.OperationalError as err:
             if "full" not in str(err).lower():
                 raise StoreError(f"commit failed: {err}") from err
             _log.warning("store full (%s): evicting a tenth of the outbox and retrying", err)
             try:
-                return self._commit(rows, sections, stamp, extra_evict=max(1, self._count // 10))
+                return self._commit(
+                    rows,
+                    sections,
+                    stamp,
+                    extra_evict=max(1, self._count // 10),
+                    withdrawn=withdrawn,
+                )
             except sqlite3.OperationalError as again:
                 raise StoreError(f"store full even after eviction: {again}") from again
 
@@ -192,18 +205,20 @@ class Store:
         stamp: float,
         *,
         extra_evict: int,
+        withdrawn: Sequence[str] = (),
     ) -> CommitResult:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             evicted_rows, evicted_bytes = self._evict(extra_evict) if extra_evict else (0, 0)
+            taken = self._withdraw(withdrawn) if withdrawn else []
             before = db.total_changes
             db.executemany(_INSERT, rows)
             inserted = db.total_changes - before
             if inserted == len(rows):
                 added = sum(int(r[11]) for r in rows)  # type: ignore[call-overload]
-                count = self._count + inserted - evicted_rows
-                size = self._bytes + added - evicted_bytes
+                count = self._count + inserted - evicted_rows - len(taken)
+                size = self._bytes + added - evicted_bytes - sum(taken)
             else:  # some ids were already there (a replayed batch): count afresh
                 count, size = self._totals()
             n, b = self._evict_to_budget(count, size)
@@ -226,6 +241,19 @@ class Store:
                 "evicted", "outbox full: evicted %d low-priority events", evicted_rows
             )
         return CommitResult(inserted, evicted_rows)
+
+    def _withdraw(self, request_ids: Sequence[str]) -> list[int]:
+        """Delete unsent rows of these requests (inside the open transaction); their sizes."""
+        sizes: list[int] = []
+        for request_id in request_ids:
+            sizes += [
+                int(r[0])
+                for r in self._db.execute(
+                    "DELETE FROM outbox WHERE request_id = ? AND state = 0 RETURNING size",
+                    (request_id,),
+                ).fetchall()
+            ]
+        return sizes
 
     def _totals(self) -> tuple[int, int]:
         count, size = self._db.execute(

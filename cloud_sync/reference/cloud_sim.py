@@ -464,7 +464,8 @@ class CloudSim:
             return BookingReply(request_id=request_id, status="confirmed",
                                 booking_id=f"BK-{request_id[-8:]}", slot=slot,
                                 sent_at=now)  # fmt: skip
-        return RedemptionReply(request_id=request_id, accepted=True, sent_at=now)
+        code = f"CF-{request_id[-6:].upper()}"  # the partner's voucher for this redemption
+        return RedemptionReply(request_id=request_id, accepted=True, code=code, sent_at=now)
 
     def _reply(
         self,

@@ -97,6 +97,7 @@ def test_every_section_and_key_of_the_model_is_listed() -> None:
         "[policy]",
         "[consent]",
         "[time]",
+        "[requests]",
         "[dbus]",
         "[cloud]",
     ]

@@ -104,7 +104,7 @@ def test_the_next_session_may_offer_again_once_the_card_is_gone(car: Car) -> Non
     assert car.visible(CardKind.BENEFIT)
 
 
-def test_redeem_pending_then_confirmed_closes_the_card(car: Car) -> None:
+def test_redeem_pending_then_confirmed_leaves_the_driver_the_confirmation(car: Car) -> None:
     give(car, coupon())
     charge(car, on=True)
     [card] = car.visible(CardKind.BENEFIT)
@@ -113,7 +113,7 @@ def test_redeem_pending_then_confirmed_closes_the_card(car: Car) -> None:
     assert request.request_id is not None
     assert request.category is Category.SERVICE_REQUESTS
     assert request.payload["coupon_id"] == "coffee-1"
-    assert request.expires is not None
+    assert request.expires is None  # its flow ends it, visibly, not an expiry in the outbox
     [change] = out.changes
     assert change.type is ChangeType.UPDATED
     assert change.card.pending
@@ -122,14 +122,24 @@ def test_redeem_pending_then_confirmed_closes_the_card(car: Car) -> None:
     assert [e for e in out.events if e.type == "request.redemption"] == []
     out = car.keep(
         car.agent.on_redemption_answer(
-            request.request_id, accepted=True, wall=car.wall, monotonic=car.mono
+            request.request_id, accepted=True, wall=car.wall, monotonic=car.mono, code="CF-1234"
         )
     )
-    assert [(c.type, c.card.id, c.reason) for c in out.changes] == [
-        (ChangeType.REMOVED, card.id, CloseReason.COMPLETED)
-    ]
+    # The card stays: it is what the driver shows at the café.
+    [change] = out.changes
+    assert (change.type, change.card.id) == (ChangeType.UPDATED, card.id)
+    confirmed = change.card
+    assert not confirmed.pending
+    assert confirmed.title.en == "Redeemed"
+    assert "CF-1234" in confirmed.body.en
+    assert "CF-1234" in confirmed.body.zh_cn
+    assert [a.key for a in confirmed.actions] == ["ok"]
     assert [e.type for e in out.events if e.type.startswith("redemption.")] == [
         "redemption.confirmed"
+    ]
+    done = car.tap(confirmed, "ok")
+    assert [(c.type, c.reason) for c in done.changes] == [
+        (ChangeType.REMOVED, CloseReason.DISMISSED)
     ]
     # The same answer again is ignored.
     again = car.keep(

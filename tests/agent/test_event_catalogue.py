@@ -132,6 +132,7 @@ def benefits() -> list[Event]:
     car.keep(
         car.agent.on_redemption_answer(request_id, accepted=True, wall=car.wall, monotonic=car.mono)
     )
+    car.tap(_visible(car, CardKind.BENEFIT), "ok")  # shown at the café, then put away
     car.send((STATE_OF_CHARGE, 80.0))
     car.send((IS_CHARGING, False))
     car.tick(car.agent.config.policy.cooldowns[CardKind.BENEFIT])
@@ -145,6 +146,19 @@ def benefits() -> list[Event]:
     )
     car.dismiss(_visible(car, CardKind.BENEFIT))
     car.odometer_km(10_001)  # a milestone scene within the cooldown: suppressed
+    return car.events
+
+
+def unanswered() -> list[Event]:
+    """No answer in time: a slot request and a redemption say so on their cards."""
+    car = _parked_car()
+    car.odometer_km(9_000)
+    car.tap(_visible(car, CardKind.MAINTENANCE), "book")
+    car.tick(car.agent.config.request_timeout_s + 1)
+    _give(car, _coupon("coffee-2"))
+    car.send((IS_CHARGING, True))
+    car.tap(_visible(car, CardKind.BENEFIT), "redeem")
+    car.tick(car.agent.config.request_timeout_s + 1)
     return car.events
 
 
@@ -300,6 +314,7 @@ SCENARIOS: Final[dict[str, Callable[[Path], list[Event]]]] = {
     "faults": lambda _: faults(),
     "benefits": lambda _: benefits(),
     "booking": lambda _: booking(),
+    "unanswered": lambda _: unanswered(),
     "cloud_rules": lambda _: cloud_rules(),
     "privacy": lambda _: privacy(),
     "cloud_documents": lambda _: cloud_documents(),

@@ -183,7 +183,9 @@ def test_a_restarted_agent_carries_on() -> None:
     assert [e.type for e in out.events if e.type.startswith("redemption.")] == [
         "redemption.confirmed"
     ]
-    assert restarted.card("benefit:coffee") is None
+    redeemed = restarted.card("benefit:coffee")  # now the driver's confirmation
+    assert redeemed is not None
+    assert redeemed.title.en == "Redeemed"
     # The dismissed fault stays dismissed; the rule caps carried over.
     assert restarted.card("fault:P0301") is None
     restarted.send((STATE_OF_CHARGE, 50.0))

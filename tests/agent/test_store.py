@@ -455,3 +455,16 @@ def test_a_version_1_database_is_migrated(db: Path) -> None:
     check.close()
     assert {"idx_outbox_send", "idx_outbox_expires"} <= names
     assert "idx_outbox_state_priority" not in names
+
+
+def test_a_withdrawn_request_leaves_only_if_still_unsent(store: Store) -> None:
+    sent, unsent, other = event("request.booking"), event("request.booking"), event()
+    store.commit([sent, unsent, other], {}, T0)
+    taken, _ = store.take(1, 1 << 20, {"service_requests", "usage_analytics"}, T0)
+    assert [r.id for r in taken] == [sent.id]  # in flight now
+    assert sent.request_id is not None
+    assert unsent.request_id is not None
+    store.commit([], {}, T0, withdrawn=[sent.request_id, unsent.request_id])
+    left = {r.id for r in store.pending(100)} | {sent.id}
+    assert left == {sent.id, other.id}
+    assert store.outbox_count == 2  # the one in flight stays: the cloud may have it

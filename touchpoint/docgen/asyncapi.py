@@ -30,7 +30,6 @@ from agent.benefits import Wallet
 from agent.documents import CloudCard, ConsentText
 from agent.event_catalogue import CARD_CATEGORY_NOTE, CATALOGUE, EventSpec, payload_schema
 from agent.events import EventType
-from agent.flows import REQUEST_TTL
 from agent.plan import LocalisedText
 from agent.rule_model import CardTemplate
 from cloud_sync.contract import (
@@ -59,6 +58,7 @@ from cloud_sync.contract import (
     WireEvent,
     WireSlot,
 )
+from cloud_sync.settings import CloudSettings
 from cloud_sync.signing import SigningKey
 
 ASYNCAPI_VERSION: Final = "3.0.0"
@@ -662,13 +662,14 @@ def _operation(channel: Channel) -> dict[str, Any]:
         channel.id, (f"The car's {_action(channel)} on {channel.id}.", "")
     )
     binding: dict[str, Any] = {"qos": channel.qos, "retain": channel.retain}
+    request_ttl = int(CloudSettings.model_fields["request_expiry_s"].default)
     if channel.id == "requests":
         binding["messageExpiryInterval"] = {
             "type": "integer",
             "minimum": 1,
-            "maximum": int(REQUEST_TTL),
-            "description": "Seconds until the request's expiry (at most "
-            f"{int(REQUEST_TTL)}, less the time it waited in the car's outbox).",
+            "maximum": request_ttl,
+            "description": "Seconds until the request is no longer worth acting on "
+            f"(`[cloud] request_expiry_s`, {request_ttl} by default).",
         }
     binding["bindingVersion"] = MQTT_BINDING_VERSION
     operation: dict[str, Any] = {
@@ -677,7 +678,7 @@ def _operation(channel: Channel) -> dict[str, Any]:
         "summary": summary,
         "description": description.format(
             max_events=MAX_BATCH_EVENTS,
-            ttl_days=int(REQUEST_TTL // 86_400),
+            ttl_days=request_ttl // 86_400,
             max_bytes=MAX_DOWNLINK_BYTES,
         ),
         "bindings": {"mqtt": binding},

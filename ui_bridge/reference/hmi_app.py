@@ -140,7 +140,8 @@ class CardPanel(Vertical, can_focus=True):
         pending = f"  {word('pending', locale)}" if card.pending else ""
         self.title_text = f"{card.title}{pending}"
         self.query_one(".title", Static).update(self.title_text)
-        self.query_one(".body", Static).update(card.body)
+        body = f"{card.body}\n{card.note}" if card.note else card.body
+        self.query_one(".body", Static).update(body)
         if new or old.actions != card.actions:
             box = self.query_one(".actions", Horizontal)
             await box.remove_children()

@@ -142,6 +142,7 @@ _FIELDS: Final[dict[str, tuple[str, Callable[[object], object]]]] = {
     "Expires": ("expires", _seconds),
     "State": ("state", lambda v: _enum(CardState, v)),
     "Pending": ("pending", bool),
+    "Note": ("note", _string),
 }
 #: Manager property -> HmiState attribute.
 _MANAGER_FIELDS: Final = {
@@ -177,6 +178,7 @@ class CardView:
     expires: float | None = None
     state: CardState = CardState.UNKNOWN
     pending: bool = False
+    note: str = ""
     private_loaded: bool = False
 
     def merged(self, properties: Mapping[str, Any]) -> CardView:
