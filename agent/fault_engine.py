@@ -9,7 +9,9 @@ lamps.
 
 A generic lamp (the check-engine light) says less than the code behind it: an entry can
 name a prefix that ``explained_by`` it, and while such a code is active the lamp makes
-no card of its own.
+no card of its own. Codes that tell of one problem share a ``group`` (a random misfire
+and a cylinder's misfire): the driver gets one card for the group, listing its codes,
+which closes when the last of them clears.
 
 Pure: the engine compares the active set with what it announced and returns the faults
 that appeared and cleared.
@@ -57,6 +59,8 @@ class CatalogueEntry(BaseModel):
     title: LocalisedText
     advice: LocalisedText
     explained_by: Annotated[str | None, Field(pattern=r"^[PCBU][0-9A-F]{0,4}$")] = None
+    #: Codes with the same group make one card (default: each code its own).
+    group: Annotated[str | None, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = None
 
     @model_validator(mode="after")
     def _valid(self) -> Self:
@@ -127,6 +131,11 @@ class Fault:
     def severity(self) -> Severity:
         """Its severity."""
         return self.entry.level
+
+    @property
+    def group(self) -> str:
+        """The card it belongs to: its entry's group, or its own code."""
+        return self.entry.group or self.code
 
 
 def active_faults(catalogue: DtcCatalogue, listing: tuple[str, ...]) -> dict[str, Fault]:

@@ -364,6 +364,9 @@ def _items_of(card: Card) -> tuple[str, ...]:
     ids = card.args.get("item_ids")
     if isinstance(ids, tuple):
         return tuple(str(i) for i in ids)
+    codes = card.args.get("codes")
+    if card.kind is CardKind.FAULT and isinstance(codes, tuple) and codes:
+        return tuple(str(c) for c in codes)
     code = card.args.get("code")
     if card.kind is CardKind.FAULT and isinstance(code, str):
         return (code,)

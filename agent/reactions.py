@@ -214,36 +214,67 @@ class Reactions:
             if now.monotonic - since < LAMP_SETTLE_S:
                 del faults[code]  # not yet
         appeared, cleared = diff(self._announced, faults)
+        groups = {self._group_of(code) for code in cleared}
+        # Each touched group's lead as it was, for a rule keyed by the code, not the group.
+        leads = {g: self._lead(g) for g in groups}
         for fault in appeared:
-            entry = fault.entry
-            self._announced[fault.code] = entry.severity
+            self._announced[fault.code] = fault.entry.severity
             self._ctx.note(
                 EventType.FAULT_DETECTED,
                 Category.VEHICLE_HEALTH,
                 now,
                 Priority.HIGH,
                 code=fault.code,
-                severity=entry.severity,
+                severity=fault.entry.severity,
                 odometer_km=_km(self._ctx.vehicle.odometer_m),
             )
-            self._ctx.agent_event(
-                "fault_detected",
-                {
-                    "code": fault.code,
-                    "severity": entry.severity,
-                    "title": entry.title.text(),
-                    "advice": entry.advice.text(),
-                },
-                now,
-            )
+            groups.add(fault.group)
         for code in cleared:
             del self._announced[code]
             self._ctx.note(
                 EventType.FAULT_CLEARED, Category.VEHICLE_HEALTH, now, Priority.HIGH, code=code
             )
-            self._ctx.agent_event("fault_cleared", {"code": code}, now)
+        # One card per group of codes that tell of one problem: posted (or updated in
+        # place) with every active code of the group, closed when the last one clears.
+        for group in sorted(groups):
+            members = sorted(
+                (f for f in faults.values() if f.group == group and f.code in self._announced),
+                key=lambda f: (-f.severity, -f.entry.specificity(), f.code),
+            )
+            if not members:
+                lead_code = leads.get(group) or group
+                self._ctx.agent_event("fault_cleared", {"code": lead_code, "group": group}, now)
+                continue
+            lead = members[0]
+            self._ctx.agent_event(
+                "fault_detected",
+                {
+                    "code": lead.code,
+                    "group": group,
+                    "codes": tuple(sorted(f.code for f in members)),
+                    "severity": lead.entry.severity,
+                    "title": lead.entry.title.text(),
+                    "advice": lead.entry.advice.text(),
+                },
+                now,
+            )
         if appeared or cleared:
             self._ctx.mark_dirty(Section.FAULTS)
+
+    def _lead(self, group: str) -> str | None:
+        """The code a group's card was last posted for (most severe, most specific)."""
+        catalogue = self._ctx.catalogue
+        members = [c for c in self._announced if self._group_of(c) == group]
+        if not members:
+            return None
+        return min(
+            members,
+            key=lambda c: (-catalogue.lookup(c).level, -catalogue.lookup(c).specificity(), c),
+        )
+
+    def _group_of(self, code: str) -> str:
+        """The card group of a code (by the catalogue in effect)."""
+        return self._ctx.catalogue.lookup(code).group or code
 
     def _service_reset(self, now: Now) -> None:
         record = mnt.reset_record(

@@ -142,7 +142,7 @@ def test_a_cloud_rule_overrides_a_builtin_card(car: Car) -> None:
         },
     )
     car.dtcs("P0455")
-    card = car.card("fault:P0455")
+    card = car.card("fault:P0455")  # this rule keys its cards by the code
     assert card is not None
     assert card.title.en == "Note: Fuel vapour system leak"
     assert card.rule == "builtin.fault.info@2"

@@ -464,7 +464,8 @@ def test_a_cloud_rule_overrides_a_builtin_by_id_and_rolls_back() -> None:
 
 def test_closing_keys_render_with_the_event() -> None:
     eng = RuleEngine(builtin_rules(), TARGETS)
-    assert eng.closing_keys("fault_cleared", {"code": "P0301"}) == ["fault:P0301"] * 3
+    closing = eng.closing_keys("fault_cleared", {"code": "P0301", "group": "misfire"})
+    assert closing == ["fault:misfire"] * 3
     assert set(eng.closing_keys("maintenance_ok", {})) == {"maintenance"}
     assert eng.closing_keys("parked", {}) == []
 

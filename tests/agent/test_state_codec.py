@@ -90,7 +90,7 @@ def rich_car() -> tuple[Car, dict[str, str]]:
     car.slots(slots_request, Slot("s1", T0 + 3 * DAY, None), Slot("s2", T0 + 4 * DAY, None))
     out = car.keep(car.agent.request_booking(maintenance.id, "s1", car.wall, car.mono))
     ids["booking"] = str(out.events[-1].request_id)
-    fault = car.card("fault:P0301")
+    fault = car.card("fault:misfire")
     assert fault is not None
     car.tap(fault, "dismiss")
     car.tick(HOUR)
@@ -187,7 +187,7 @@ def test_a_restarted_agent_carries_on() -> None:
     assert redeemed is not None
     assert redeemed.title.en == "Redeemed"
     # The dismissed fault stays dismissed; the rule caps carried over.
-    assert restarted.card("fault:P0301") is None
+    assert restarted.card("fault:misfire") is None
     restarted.send((STATE_OF_CHARGE, 50.0))
     restarted.send((STATE_OF_CHARGE, 5.0))
     assert restarted.events_of("card.updated") == []  # ops.soc: once per day
