@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--mapping", required=True, metavar="FILE",
                         help="the VSS mapping (KUKSA dbc2vss format, JSON or YAML)")  # fmt: skip
+    parser.add_argument(
+        "--vss", metavar="FILE",
+        help="a VSS release's JSON export, for the types and units of mapped paths outside "
+        "touchpoint's catalogue that the mapping leaves out",
+    )  # fmt: skip
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--replay", metavar="LOG",
                         help="a recorded log: candump .log, .asc, .blf or .trc")  # fmt: skip
@@ -71,11 +76,11 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     dbcs = [parse_dbc_argument(a) for a in args.dbc]
     if args.replay:
         pipeline = SignalPipeline.from_files(
-            args.mapping, dbcs, replay=args.replay, speed=args.speed
+            args.mapping, dbcs, vss=args.vss, replay=args.replay, speed=args.speed
         )
     else:
         bus = BusConfig(args.bus_name or args.channel, args.interface, args.channel)
-        pipeline = SignalPipeline.from_files(args.mapping, dbcs, buses=[bus])
+        pipeline = SignalPipeline.from_files(args.mapping, dbcs, vss=args.vss, buses=[bus])
     for warning in pipeline.binding.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     loop = asyncio.get_running_loop()

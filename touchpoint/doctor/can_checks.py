@@ -24,6 +24,7 @@ from can_signals.errors import DbcError, MappingError, SourceError
 from can_signals.mapping import read_mapping
 from can_signals.settings import BusSettings, CanSettings
 from can_signals.sources import check_log
+from can_signals.vss import VssError, VssRelease, load_vss
 from touchpoint.doctor.report import Check, fail, ok, shorten, warn
 
 SYSFS_NET: Final = Path("/sys/class/net")
@@ -44,7 +45,7 @@ def check_can(
     timeout: float = 3.0,
     sysfs: Path = SYSFS_NET,
 ) -> Iterator[Check]:
-    """The CAN set-up: ``can.dbc``, ``can.mapping``, ``can.<bus>``, ``can.listen.<bus>``."""
+    """The CAN set-up: ``can.dbc``, ``.vss``, ``.mapping``, ``.<bus>``, ``.listen.<bus>``."""
     if settings is None:
         yield warn(
             "can",
@@ -61,7 +62,19 @@ def check_can(
         messages = sum(len(s.database.messages) for s in sources)
         files = ", ".join(f"{s.path}{f' (bus {s.bus})' if s.bus else ''}" for s in sources)
         yield ok("can.dbc", f"{len(sources)} DBC file(s), {messages} messages: {files}")
-    binding = yield from _check_mapping(settings.mapping, sources)
+    release: VssRelease | None = None
+    if settings.vss is not None:
+        try:
+            release = load_vss(settings.vss)
+        except VssError as err:
+            yield fail(
+                "can.vss",
+                shorten([str(p) for p in err.problems]),
+                "set [can] vss to a VSS release's JSON export (vspec export json), or remove it",
+            )
+        else:
+            yield ok("can.vss", f"{settings.vss}: {len(release.leaves)} VSS signals")
+    binding = yield from _check_mapping(settings.mapping, sources, release)
     if settings.replay is not None:
         yield _check_replay(settings.replay)
     elif not settings.buses:
@@ -84,7 +97,7 @@ def check_can(
 
 
 def _check_mapping(
-    mapping: Path, sources: Sequence[DbcSource]
+    mapping: Path, sources: Sequence[DbcSource], release: VssRelease | None
 ) -> Generator[Check, None, Binding | None]:
     document, problems = read_mapping(mapping)
     if not sources:  # the DBC files failed: only the file's own shape can be checked
@@ -99,7 +112,7 @@ def _check_mapping(
             )
         return None
     try:
-        binding = bind(document, sources, earlier=problems)
+        binding = bind(document, sources, earlier=problems, vss=release)
     except MappingError as err:
         yield fail("can.mapping", shorten([str(p) for p in err.problems]), _HOW_TO_FIX_A_FILE)
         return None
@@ -110,7 +123,8 @@ def _check_mapping(
         yield warn(
             "can.mapping",
             f"{described}; {shorten([str(w) for w in binding.warnings])}",
-            "pin the message with 'message:' where a signal is in several",
+            "pin the message with 'message:' where a signal is in several; declare "
+            "'datatype' and 'unit', or set [can] vss, for paths outside the catalogue",
         )
     else:
         yield ok("can.mapping", described)
