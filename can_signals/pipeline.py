@@ -140,7 +140,12 @@ class SignalPipeline:
             self._replay = replay
             replay.start()
             return
-        live = LiveBuses(self._bus_configs, self.processor, self.binding.frame_ids_for_bus)
+        live = LiveBuses(
+            self._bus_configs,
+            self.processor,
+            self.binding.frame_ids_for_bus,
+            fd=self.binding.fd_for_bus,
+        )
         live.start(loop)
         self._live = live
         self._ticker = asyncio.create_task(self._watch_silence(), name="signal staleness")

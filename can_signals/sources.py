@@ -7,9 +7,11 @@ its frames are decoded right there: handing every frame to the loop would cost a
 13 µs of CPU per frame, against 2 µs for the thread alone (measured here), so only the
 resulting updates cross to the loop (see :mod:`can_signals.stream`).
 
-On socketcan the kernel filters frames by the mapped IDs, so unmapped traffic never
-reaches Python. Other interfaces filter in python-can, which is slower than our own
-table look-up, so they get no filter.
+On socketcan the kernel filters frames by the mapped IDs (11- and 29-bit alike), so
+unmapped traffic never reaches Python; a bus whose mapped messages are CAN FD (declared
+so, or longer than 8 bytes) is opened with ``fd=True``, without which the kernel hands
+no CAN FD frame to the socket. Other interfaces filter in python-can, which is slower
+than our own table look-up, so they get no filter.
 
 Replays read candump ``.log``, ``.asc``, ``.trc`` and ``.blf`` files with python-can's
 readers. A malformed line is counted and skipped: the text readers are restarted past
@@ -32,6 +34,7 @@ from typing import Any, Final, TextIO
 import can
 from can.io.blf import BLFParseError
 from can.io.player import MESSAGE_READERS
+from can.typechecking import CanFilter
 
 from can_signals.errors import SourceError
 from can_signals.processor import BusInput, FrameProcessor
@@ -71,10 +74,12 @@ class LiveBuses:
         configs: tuple[BusConfig, ...],
         processor: FrameProcessor,
         kernel_filters: Callable[[str], list[tuple[int, bool]]],
+        fd: Callable[[str], bool] = lambda _bus: False,
     ) -> None:
         self._configs = configs
         self._processor = processor
         self._kernel_filters = kernel_filters
+        self._fd = fd
         self.buses: dict[str, can.BusABC] = {}
         self.notifiers: dict[str, can.Notifier] = {}
 
@@ -86,7 +91,7 @@ class LiveBuses:
         """
         try:
             for config in self._configs:
-                bus = _open_bus(config, self._kernel_filters(config.name))
+                bus = _open_bus(config, self._kernel_filters(config.name), fd=self._fd(config.name))
                 self.buses[config.name] = bus
                 listener = self._processor.bus(config.name)
                 self.notifiers[config.name] = _notifier(bus, listener, loop)
@@ -107,19 +112,28 @@ class LiveBuses:
         self.buses.clear()
 
 
-def _open_bus(config: BusConfig, mapped_ids: list[tuple[int, bool]]) -> can.BusABC:
+def _open_bus(
+    config: BusConfig, mapped_ids: list[tuple[int, bool]], *, fd: bool = False
+) -> can.BusABC:
     options = dict(config.options)
     if config.interface == "socketcan" and mapped_ids:
-        options["can_filters"] = [
-            {"can_id": can_id, "can_mask": 0x1FFFFFFF if extended else 0x7FF, "extended": extended}
-            for can_id, extended in mapped_ids
-        ]
+        options["can_filters"] = kernel_filters(mapped_ids)
+    if config.interface == "socketcan" and fd:
+        options.setdefault("fd", True)
     try:
         return can.Bus(interface=config.interface, channel=config.channel, **options)
     except (can.CanError, OSError, ValueError, ImportError, NotImplementedError) as err:
         raise SourceError(
             f"cannot open CAN bus {config.name!r} ({config.interface} {config.channel}): {err}"
         ) from err
+
+
+def kernel_filters(mapped_ids: list[tuple[int, bool]]) -> list[CanFilter]:
+    """python-can filters passing exactly the mapped IDs: 11-bit and 29-bit kept apart."""
+    return [
+        {"can_id": can_id, "can_mask": 0x1FFFFFFF if extended else 0x7FF, "extended": extended}
+        for can_id, extended in mapped_ids
+    ]
 
 
 def _notifier(bus: can.BusABC, listener: BusInput, loop: asyncio.AbstractEventLoop) -> can.Notifier:

@@ -32,6 +32,8 @@ SYSFS_NET: Final = Path("/sys/class/net")
 ARPHRD_CAN: Final = 280
 #: ``IFF_UP`` in ``/sys/class/net/<if>/flags``.
 IFF_UP: Final = 0x1
+#: The MTU of a CAN FD capable interface (``struct canfd_frame``); classic CAN has 16.
+CANFD_MTU: Final = 72
 _HOW_TO_FIX_A_FILE: Final = (
     "fix the file at the line named; `touchpoint signals --dbc ... --mapping ... "
     "--replay LOG` reports the same problems"
@@ -148,6 +150,7 @@ def _check_replay(path: Path) -> Check:
 def _check_bus(bus: BusSettings, binding: Binding | None, sysfs: Path, timeout: float) -> Check:
     name = f"can.{bus.name}"
     coverage = ""
+    fd = binding is not None and binding.fd_for_bus(bus.name)
     if binding is not None:
         ids = binding.frame_ids_for_bus(bus.name)
         if not ids:
@@ -159,7 +162,7 @@ def _check_bus(bus: BusSettings, binding: Binding | None, sysfs: Path, timeout: 
             )
         coverage = f"; {len(ids)} mapped frame IDs"
     if bus.interface == "socketcan":
-        return _check_socketcan(name, bus.channel, sysfs, coverage)
+        return _check_socketcan(name, bus.channel, sysfs, coverage, fd=fd)
     if bus.interface == "virtual":
         return warn(
             name,
@@ -172,7 +175,9 @@ def _check_bus(bus: BusSettings, binding: Binding | None, sysfs: Path, timeout: 
     return ok(name, f"{bus.interface} {bus.channel}: not checked without --listen{coverage}")
 
 
-def _check_socketcan(name: str, channel: str, sysfs: Path, coverage: str) -> Check:
+def _check_socketcan(
+    name: str, channel: str, sysfs: Path, coverage: str, *, fd: bool = False
+) -> Check:
     device = sysfs / channel
     if not device.exists():
         return fail(
@@ -196,6 +201,15 @@ def _check_socketcan(name: str, channel: str, sysfs: Path, coverage: str) -> Che
             f"socketcan {channel}: down (operstate {state})",
             f"ip link set {channel} up type can bitrate 500000 (vcan: ip link set up "
             f"{channel}); usually a systemd-networkd .network file does this",
+        )
+    mtu = _read_int(device / "mtu")
+    if fd and mtu is not None and mtu < CANFD_MTU:
+        return fail(
+            name,
+            f"socketcan {channel}: classic CAN (mtu {mtu}), but the mapping reads CAN FD "
+            "messages: their frames never arrive",
+            f"ip link set {channel} up type can bitrate 500000 dbitrate 2000000 fd on "
+            f"(vcan: ip link set {channel} mtu {CANFD_MTU})",
         )
     return ok(name, f"socketcan {channel}: up (operstate {state}){coverage}")
 
