@@ -34,10 +34,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-import can
 from cantools.database.errors import DecodeError
 
 from can_signals.binding import Binding, frame_key
+from can_signals.bus_input import BusInput
 from can_signals.catalogue import LAMP_PREFIX, ODOMETER, SPEED
 from can_signals.convert import (
     NOT_A_NUMBER,
@@ -83,67 +83,6 @@ class ProcessorStats:
     def rejected(self) -> int:
         """All rejections together."""
         return sum(self.rejections.values())
-
-
-class BusInput:
-    """Receives the frames of one named bus; a python-can listener (callable).
-
-    One thread feeds one bus (its Notifier's reader, or the replay), so the counters
-    here need no lock, and neither does the table look-up that ends an unmapped frame.
-    """
-
-    __slots__ = (
-        "_processor", "_table", "error_or_remote", "frames", "name", "unmapped", "without_dbc",
-    )  # fmt: skip
-
-    def __init__(self, processor: FrameProcessor, name: str, table: dict[int, Plan]) -> None:
-        self._processor = processor
-        self._table = table
-        self.name = name
-        self.frames = 0
-        self.unmapped = 0
-        self.without_dbc = 0
-        self.error_or_remote = 0
-
-    def __call__(self, msg: can.Message) -> None:
-        """Process one frame (the python-can ``Listener`` protocol)."""
-        self.frames += 1
-        key = msg.arbitration_id | 0x8000_0000 if msg.is_extended_id else msg.arbitration_id
-        plan = self._table.get(key)
-        processor = self._processor
-        if plan is None:
-            if self._table:
-                self.unmapped += 1
-            else:
-                self.without_dbc += 1
-            # Other traffic still moves the clock: mapped IDs that stopped go stale.
-            timestamp = msg.timestamp
-            processor.latest_timestamp = timestamp
-            if timestamp >= processor.next_stale_check:
-                with processor.lock:
-                    processor.advance_clock(timestamp)
-            return
-        if msg.is_remote_frame or msg.is_error_frame:
-            self.error_or_remote += 1
-            return
-        timestamp, data = msg.timestamp, msg.data
-        # The common case, decided without the lock: nothing due, nothing watched changed.
-        # Only this bus's thread writes these fields; another thread may reset them (a
-        # stale signal), and this frame then simply takes the full path below or the next.
-        if (
-            timestamp < plan.next_due
-            and timestamp < processor.next_stale_check
-            and len(data) == plan.last_len == plan.length
-            and int.from_bytes(data, "little") & plan.watch_mask == plan.watch_bits
-        ):
-            plan.last_seen = processor.latest_timestamp = timestamp
-            return
-        with processor.lock:
-            processor.frame(plan, timestamp, data)
-
-    def on_error(self, exc: Exception) -> None:
-        """python-can calls this when the bus fails under a Notifier thread."""
-        _log.error("CAN bus %s: receive failed: %s", self.name, exc)
 
 
 class FrameProcessor:

@@ -13,9 +13,11 @@ so, or longer than 8 bytes) is opened with ``fd=True``, without which the kernel
 no CAN FD frame to the socket. Other interfaces filter in python-can, which is slower
 than our own table look-up, so they get no filter.
 
-Replays read candump ``.log``, ``.asc``, ``.trc`` and ``.blf`` files with python-can's
-readers. A malformed line is counted and skipped: the text readers are restarted past
-it, fed again with the file's header lines so they keep its settings.
+Replays read candump ``.log`` files with :mod:`can_signals.candump`, which skips the
+python-can message of every line (unmapped frames never become one), and ``.asc``,
+``.trc`` and ``.blf`` files with python-can's readers. A malformed line is counted and
+skipped: the text readers are restarted past it, fed again with the file's header lines
+so they keep its settings.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from can.io.blf import BLFParseError
 from can.io.player import MESSAGE_READERS
 from can.typechecking import CanFilter
 
+from can_signals.candump import CandumpPlayer
 from can_signals.errors import SourceError
 from can_signals.processor import BusInput, FrameProcessor
 from touchpoint.ratelimit import RateLimitedLog
@@ -206,8 +209,11 @@ class Replay:
         processor: Where the frames go; each log channel is a bus of that name.
         speed: 1 for real time, 2 for twice as fast, 0 for as fast as possible.
         on_done: Called from the worker thread when the log is finished or stopped.
-        after_frame: Called from the worker thread after each frame, outside the
-            processor's lock (where a replay may wait for its consumer).
+        after_frame: Called from the worker thread after each frame that may have
+            produced updates, outside the processor's lock (where a replay may wait for
+            its consumer).
+        python_can_only: Read a candump log with python-can's reader too (the slow way,
+            to check the fast one against).
     """
 
     def __init__(
@@ -217,6 +223,8 @@ class Replay:
         speed: float = 1.0,
         on_done: Callable[[], None] = lambda: None,
         after_frame: Callable[[], None] = lambda: None,
+        *,
+        python_can_only: bool = False,
     ) -> None:
         if speed < 0:
             raise ValueError("speed must be >= 0")
@@ -225,6 +233,7 @@ class Replay:
         self._speed = speed
         self._on_done = on_done
         self._after_frame = after_frame
+        self._python_can_only = python_can_only
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = RateLimitedLog(_log, interval=10.0)
@@ -249,24 +258,24 @@ class Replay:
 
     def _run(self) -> None:
         inputs: dict[object, BusInput] = {}
-        start_wall = 0.0
-        first_stamp: float | None = None
+
+        def input_for(channel: str | int | None) -> BusInput:
+            listener = inputs.get(channel)
+            if listener is None:
+                name = DEFAULT_BUS_NAME if channel is None else str(channel)
+                listener = inputs[channel] = self._processor.bus(name)
+            return listener
+
+        pace = self._pacer() if self._speed else None
         try:
+            if self.path.suffix.lower() == ".log" and not self._python_can_only:
+                self._play_candump(input_for, pace)
+                return
             for msg in self._frames():
-                if self._stop.is_set():
+                if self._stop.is_set() or (pace is not None and pace(msg.timestamp)):
                     break
-                if self._speed:
-                    if first_stamp is None:
-                        first_stamp, start_wall = msg.timestamp, time.monotonic()
-                    delay = start_wall + (msg.timestamp - first_stamp) / self._speed
-                    delay -= time.monotonic()
-                    if delay > 0 and self._stop.wait(delay):
-                        break
-                listener = inputs.get(msg.channel)
-                if listener is None:
-                    name = DEFAULT_BUS_NAME if msg.channel is None else str(msg.channel)
-                    listener = inputs[msg.channel] = self._processor.bus(name)
-                listener(msg)
+                channel = msg.channel
+                input_for(channel if isinstance(channel, str | int) else None)(msg)
                 self.frames += 1
                 self._after_frame()
         except OSError as err:
@@ -274,6 +283,38 @@ class Replay:
             _log.error("%s", self.error)
         finally:
             self._on_done()
+
+    def _pacer(self) -> Callable[[float], bool]:
+        """Waits until a frame's time has come at the replay's speed; ``True``: stopped."""
+        start_wall = 0.0
+        first_stamp: float | None = None
+
+        def pace(timestamp: float) -> bool:
+            nonlocal first_stamp, start_wall
+            if first_stamp is None:
+                first_stamp, start_wall = timestamp, time.monotonic()
+            delay = start_wall + (timestamp - first_stamp) / self._speed - time.monotonic()
+            return delay > 0 and self._stop.wait(delay)
+
+        return pace
+
+    def _play_candump(
+        self,
+        input_for: Callable[[str | int | None], BusInput],
+        pace: Callable[[float], bool] | None,
+    ) -> None:
+        def bad_line(number: int, err: Exception) -> None:
+            self.bad_lines += 1
+            self._log.warning(
+                "bad-line", "%s line %d: skipped a malformed line (%s)", self.path, number, err
+            )
+
+        player = CandumpPlayer(input_for, self._after_frame, pace, self._stop.is_set, bad_line)
+        with self.path.open(encoding="utf-8", errors="replace", newline=None) as handle:
+            try:
+                player.play(handle)
+            finally:
+                self.frames += player.frames
 
     def _frames(self) -> Iterator[can.Message]:
         if self.path.suffix.lower() not in _TEXT_FORMATS:
