@@ -79,6 +79,31 @@ class BusInput:
             processor.advance_clock(timestamp)
         return True
 
+    @property
+    def stale_check_at(self) -> float:
+        """The frame time of the processor's next look for stale signals.
+
+        Until then a frame of an unmapped ID changes nothing but the counters (and the
+        latest timestamp): a replay may count such frames with :meth:`count_skipped`.
+        """
+        return self._processor.next_stale_check
+
+    def count_skipped(self, count: int, latest: float) -> None:
+        """Count ``count`` frames of unmapped IDs before :attr:`stale_check_at`.
+
+        Args:
+            count: How many.
+            latest: The timestamp of the last of them.
+        """
+        self.frames += count
+        if self.table:
+            self.unmapped += count
+        else:
+            self.without_dbc += count
+        processor = self._processor
+        if processor.latest_timestamp is None or latest > processor.latest_timestamp:
+            processor.latest_timestamp = latest
+
     def feed(self, plan: Plan, timestamp: float, data: bytes | bytearray) -> None:
         """Process a data frame of a mapped ID, ``plan`` being its entry in :attr:`table`."""
         self.frames += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,13 +40,25 @@ class _Everything(dict[int, int]):
 
 
 class Recorder:
-    """A replay input that writes down every frame it is given."""
+    """A replay input that writes down every frame it is given.
 
-    def __init__(self, channel: object, seen: list[Seen], *, mapped: bool) -> None:
+    ``counted`` holds the unmapped frames the player only counted (before the stale-check
+    time the recorder gives); with ``-inf`` there it hands every one over, one by one.
+    """
+
+    def __init__(
+        self, channel: object, seen: list[Seen], *, mapped: bool, stale_check_at: float
+    ) -> None:
         self.channel = channel
         self.seen = seen
         self.mapped = mapped
         self.table: dict[int, int] = _Everything() if mapped else {}
+        self.stale_check_at = stale_check_at
+        self.counted = 0
+
+    def count_skipped(self, count: int, latest: float) -> None:
+        assert latest < self.stale_check_at
+        self.counted += count
 
     def skip(self, timestamp: float) -> bool:
         self.seen.append((self.channel, timestamp, -1, None, False, False))
@@ -70,16 +83,23 @@ def _seen(channel: object, msg: can.Message, *, mapped: bool) -> Seen:
     return (channel, msg.timestamp, _key(msg), data, msg.is_remote_frame, msg.is_error_frame)
 
 
-def fast(lines: list[str], *, mapped: bool) -> tuple[list[Seen], list[int]]:
+def fast(
+    lines: list[str], *, mapped: bool, stale_check_at: float = -math.inf
+) -> tuple[list[Seen], list[int]]:
     """What the player hands on, and the numbers of the lines it refused."""
     seen: list[Seen] = []
     bad: list[int] = []
-    player = CandumpPlayer(
-        lambda channel: Recorder(channel, seen, mapped=mapped),
-        lambda: None, None, lambda: False, lambda number, _err: bad.append(number),
-    )  # fmt: skip
+    recorders: list[Recorder] = []
+
+    def recorder(channel: object) -> Recorder:
+        made = Recorder(channel, seen, mapped=mapped, stale_check_at=stale_check_at)
+        recorders.append(made)
+        return made
+
+    player = CandumpPlayer(recorder, lambda: None, None, lambda: False,
+                           lambda number, _err: bad.append(number))  # fmt: skip
     player.play(lines)
-    assert player.frames == len(seen)
+    assert player.frames == len(seen) + sum(r.counted for r in recorders)
     return seen, bad
 
 
@@ -114,6 +134,8 @@ def test_every_shared_log_reads_as_python_can_reads_it(realdata_dir: Path) -> No
         assert fast(lines, mapped=False)[0] == [
             (c, t, -1, None, False, False) for c, t, *_ in whole
         ], log.name
+        # Before the next stale check, unmapped frames are only counted: all of them.
+        assert fast(lines, mapped=False, stale_check_at=math.inf) == ([], []), log.name
 
 
 def _edge_frames() -> list[can.Message]:
