@@ -155,7 +155,7 @@ def bind(
     if binder.uncatalogued:
         warnings.append(_uncatalogued_warning(document.file, binder.uncatalogued, vss))
     if problems:
-        raise MappingError(problems)
+        raise MappingError(problems, warnings)
     return Binding(document, sources, binder.bindings, warnings)
 
 

@@ -199,7 +199,7 @@ class CandumpPlayer:
             before: How many lines of the log came before them.
         """
         channels, fromhex, inside, careful = self._channels, bytes.fromhex, _INSIDE, _CAREFUL
-        threshold, latest, frames = self._threshold, self._latest, 0
+        threshold, latest = self._threshold, self._latest
         for number, line in enumerate(chunk, before + 1):
             try:
                 stamp, name, frame, *mark = line.split()
@@ -212,22 +212,19 @@ class CandumpPlayer:
                 plan = careful
             if plan is None and not mark and timestamp < threshold:
                 # The common case: unmapped, and no look for stale signals due.
-                frames += 1
                 channel.pending += 1
                 latest = timestamp
                 continue
-            self._latest, self.frames = latest, self.frames + frames
-            frames = 0
+            self._latest = latest
             if plan is careful or (mark and not _plain_mark(line, mark)):
                 self._careful(line, number)
             elif plan is None:
-                self.frames += 1
                 self._skip(channel, timestamp)
             else:
                 self.frames += 1
                 self._feed(channel, plan, timestamp, data)
             threshold, latest = self._threshold, self._latest
-        self._latest, self.frames = latest, self.frames + frames
+        self._latest = latest
 
     def _learn_threshold(self, channel: _Channel) -> None:
         """A new channel's input tells when the next look for stale signals is due."""
@@ -241,6 +238,7 @@ class CandumpPlayer:
             self._latest = timestamp
             return
         self._flush()
+        self.frames += 1
         if channel.input.skip(timestamp):
             self._after_frame()
         self._threshold = channel.input.stale_check_at
@@ -273,10 +271,10 @@ class CandumpPlayer:
             return self._slow(line, number)
         if self._pace is not None and self._pace(timestamp):
             return False
-        self.frames += 1
         if plan is None:
             self._skip(channel, timestamp)
         else:
+            self.frames += 1
             self._feed(channel, plan, timestamp, data)
         return True
 
@@ -285,6 +283,7 @@ class CandumpPlayer:
         for channel in self._channels.values():
             if channel.pending:
                 channel.input.count_skipped(channel.pending, self._latest)
+                self.frames += channel.pending
                 channel.pending = 0
 
     def _slow(self, line: str, number: int) -> bool:

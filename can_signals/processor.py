@@ -205,10 +205,21 @@ class FrameProcessor:
                     if values is None:
                         return
                 route.last_bits, route.last_len = route_bits, length
-                raw = self._reading(plan, route, values, timestamp, previous_seen)
-                # A value refused for its range or plausibility, or absent, does not use
-                # up the interval (KUKSA drops out-of-range values before its time rule).
-                taken = raw is not None and self._take(plan, route, raw, values, timestamp)
+                raw = values.get(route.signal)
+                selector = route.selector
+                if raw is None or (selector is not None and values.get(selector[0]) != selector[1]):
+                    self._absent(plan, route, raw, previous_seen)
+                    taken = False  # an absent value leaves the interval unused
+                else:
+                    route.present = True
+                    route.last_present = timestamp
+                    # A value refused for its range or plausibility does not use up the
+                    # interval (KUKSA drops out-of-range values before its time condition).
+                    taken = (
+                        self._convert(plan, route, raw, values, timestamp)
+                        if route.combo is None
+                        else self._feed(plan, route, raw, timestamp)
+                    )
             else:
                 # Nothing this route reads changed since it last converted.
                 taken = self._again(plan, route, timestamp)
@@ -228,41 +239,19 @@ class FrameProcessor:
         self.decodes += 1
         return values
 
-    def _reading(
-        self,
-        plan: Plan,
-        route: Route,
-        values: Mapping[str, float | int],
-        timestamp: float,
-        previous_seen: float,
-    ) -> float | int | None:
-        """The route's value in this frame, or ``None`` when the frame does not carry it."""
-        raw = values.get(route.signal)
-        selector = route.selector
-        if raw is not None and (selector is None or values.get(selector[0]) == selector[1]):
-            route.present = True
-            route.last_present = timestamp
-            return raw
-        # Absent: bits missing from a short frame, another multiplexer branch, or the
-        # instance of another multiplexer value.
+    def _absent(
+        self, plan: Plan, route: Route, raw: float | int | None, previous_seen: float
+    ) -> None:
+        """A frame without the route's value.
+
+        Its bits are missing from a short frame, or it is another multiplexer branch, or
+        the instance of another multiplexer value.
+        """
         if route.present:
             route.present = False
             route.last_present = previous_seen
         if raw is None and route.last_len < plan.length:
             self._rejections[(TRUNCATED, route.path)] += 1
-        return None
-
-    def _take(
-        self,
-        plan: Plan,
-        route: Route,
-        raw: float | int,
-        values: Mapping[str, float | int],
-        timestamp: float,
-    ) -> bool:
-        if route.combo is not None:
-            return self._feed(plan, route, raw, timestamp)
-        return self._convert(plan, route, raw, values, timestamp)
 
     def _again(self, plan: Plan, route: Route, timestamp: float) -> bool:
         """A frame whose bits for the route are those it last converted."""

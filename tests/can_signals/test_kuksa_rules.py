@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -253,3 +255,28 @@ def test_a_declared_unit_that_cannot_become_the_catalogues_is_an_error(
     odometer, speed = caught.value.problems
     assert "cannot convert 'kg' (mass) to 'm' (length)" in odometer.message
     assert "unknown unit 'furlongs/fortnight'" in speed.message
+
+
+def test_the_cli_shows_the_warnings_with_the_problems(
+    write_file: WriteFile, rav4_dir: Path
+) -> None:
+    mapping = write_file(
+        "draft.yaml",
+        GEAR_LABELS.replace("{from: P, to: 126}", "{from: PARK, to: 126}")
+        + "Vehicle.Speed:\n  dbc2vss: {signal: SPED}\n",
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "touchpoint.cli", "signals", "--dbc",
+         str(rav4_dir / "toyota_new_mc_pt.dbc"), "--mapping", str(mapping),
+         "--replay", str(rav4_dir / "drive_seg40_excerpt.log")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert run.returncode == 2
+    lines = run.stderr.splitlines()
+    assert lines[0].startswith("warning: ")
+    assert "in several messages" in lines[0]
+    assert lines[1].startswith("warning: ")
+    assert "'PARK' is not a label" in lines[1]
+    assert lines[2] == "error: 1 problem found"
+    assert "unknown DBC signal 'SPED' (did you mean 'SPEED'?)" in lines[3]

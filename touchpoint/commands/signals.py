@@ -17,7 +17,7 @@ import can
 from can.io.blf import BLFParseError
 
 from can_signals.dbc import parse_dbc_argument
-from can_signals.errors import CanSignalsError
+from can_signals.errors import CanSignalsError, MappingError
 from can_signals.pipeline import PipelineStats, SignalPipeline
 from can_signals.sources import BusConfig
 from can_signals.update import SignalUpdate
@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(args, sys.stdout))
     except CanSignalsError as err:
+        if isinstance(err, MappingError):  # what else was found, with the problems
+            for warning in err.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
         print(f"error: {err}", file=sys.stderr)
         return 2
 
