@@ -17,6 +17,7 @@ from pathlib import Path
 import can
 import pytest
 
+from agent.settings import StoreSettings
 from can_signals.binding import bind
 from can_signals.dbc import load_dbc
 from can_signals.errors import MappingError
@@ -29,6 +30,7 @@ from can_signals.vss import VssError, load_vss
 from tests.can_signals.conftest import encode, load_database
 from touchpoint.doctor import Check, Status
 from touchpoint.doctor.can_checks import check_can
+from touchpoint.settings import DaemonSettings
 
 WriteFile = Callable[[str, str], Path]
 LOG = "candump_Manual_SOC_DogMode_CabinTemp.log"
@@ -245,3 +247,42 @@ def test_the_doctor_reads_can_vss(write_file: WriteFile, model3_dir: Path, vss6:
     assert status(with_release, "can.mapping") is Status.OK
     assert status(without, "can.mapping") is Status.FAIL
     assert status(broken, "can.vss") is Status.FAIL
+
+
+def test_the_daemon_reads_can_vss(
+    write_file: WriteFile, tmp_path: Path, model3_dir: Path, vss6: Path
+) -> None:
+    from tests.daemon.conftest import RecordingSink  # noqa: PLC0415
+    from touchpoint.daemon import Daemon  # noqa: PLC0415
+
+    def settings(vss: Path | None) -> DaemonSettings:
+        return DaemonSettings(
+            store=StoreSettings(path=tmp_path / f"{vss is not None}.db"),
+            can=CanSettings(
+                mapping=write_file("m.yaml", UNDECLARED),
+                dbc=[DbcSettings(file=model3_dir / "Model3CAN.dbc")],
+                vss=vss,
+                replay=model3_dir / LOG,
+                replay_speed=0,
+            ),
+        )
+
+    async def run(vss: Path | None) -> Daemon:
+        daemon = Daemon(settings(vss))
+        daemon.sinks.append(RecordingSink())
+        await daemon.start()
+        if daemon.pipeline is not None:
+            await asyncio.wait_for(daemon.signals_finished.wait(), timeout=30)
+            await daemon.settle()
+        await daemon.stop()
+        return daemon
+
+    with_release = asyncio.run(run(vss6))
+    without = asyncio.run(run(None))
+
+    signals = with_release.agent.vehicle.signals  # the agent has the last of each
+    assert signals[SOC] == _decoded(model3_dir, 0x33A, "UI_SOC", None)[-1]
+    assert signals[CABIN] == pytest.approx(
+        _decoded(model3_dir, 0x243, "VCRIGHT_hvacCabinTempEst", 0)[-1]
+    )
+    assert without.pipeline is None  # the paths have no type: the daemon runs without CAN
