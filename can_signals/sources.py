@@ -29,7 +29,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -94,7 +94,8 @@ class LiveBuses:
         """
         try:
             for config in self._configs:
-                bus = _open_bus(config, self._kernel_filters(config.name), fd=self._fd(config.name))
+                opened = _with_fd(config, self._fd(config.name))
+                bus = _open_bus(opened, self._kernel_filters(config.name))
                 self.buses[config.name] = bus
                 listener = self._processor.bus(config.name)
                 self.notifiers[config.name] = _notifier(bus, listener, loop)
@@ -115,14 +116,17 @@ class LiveBuses:
         self.buses.clear()
 
 
-def _open_bus(
-    config: BusConfig, mapped_ids: list[tuple[int, bool]], *, fd: bool = False
-) -> can.BusABC:
+def _with_fd(config: BusConfig, fd: bool) -> BusConfig:  # noqa: FBT001 - one flag, named
+    """A socketcan bus carrying mapped CAN FD messages needs the socket's CAN FD frames."""
+    if not fd or config.interface != "socketcan" or "fd" in config.options:
+        return config
+    return replace(config, options={**config.options, "fd": True})
+
+
+def _open_bus(config: BusConfig, mapped_ids: list[tuple[int, bool]]) -> can.BusABC:
     options = dict(config.options)
     if config.interface == "socketcan" and mapped_ids:
         options["can_filters"] = kernel_filters(mapped_ids)
-    if config.interface == "socketcan" and fd:
-        options.setdefault("fd", True)
     try:
         return can.Bus(interface=config.interface, channel=config.channel, **options)
     except (can.CanError, OSError, ValueError, ImportError, NotImplementedError) as err:

@@ -355,3 +355,39 @@ def test_the_doctor_wants_a_can_fd_interface_for_can_fd_messages(
         assert "classic CAN (mtu 16), but the mapping reads CAN FD messages" in check.message
         assert check.fix is not None
         assert "fd on" in check.fix
+
+
+def test_a_socketcan_bus_for_can_fd_messages_is_opened_with_fd(
+    write_file: WriteFile,
+    hyundai_canfd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    virtual_channel: str,
+    no_leaked_threads: None,
+) -> None:
+    # No machine of this project has SocketCAN: what python-can is asked to open is
+    # recorded, and a virtual bus stands in for the socket.
+    from can_signals import sources  # noqa: PLC0415
+
+    asked: list[BusConfig] = []
+
+    def open_bus(config: BusConfig, mapped_ids: list[tuple[int, bool]]) -> can.BusABC:
+        asked.append(config)
+        assert sorted(mapped_ids) == [(0x45, False), (0xA0, False)]
+        return can.Bus(interface="virtual", channel=virtual_channel)
+
+    monkeypatch.setattr(sources, "_open_bus", open_bus)
+    buses = [
+        BusConfig("can0", "socketcan", "can0"),
+        BusConfig("can1", "socketcan", "can1", {"fd": False}),  # the integrator's word holds
+    ]
+    pipeline = SignalPipeline.from_files(
+        write_file("m.yaml", HYUNDAI_MAPPING), [(None, hyundai_canfd)], buses=buses
+    )
+
+    async def run() -> None:
+        async with pipeline:
+            pass
+
+    asyncio.run(run())
+
+    assert [dict(c.options) for c in asked] == [{"fd": True}, {"fd": False}]
