@@ -125,15 +125,24 @@ class KuksaLikeProvider:
 
     def __call__(self, msg: can.Message) -> None:
         """Process one frame."""
+        decoded = self.decode(msg)
+        if decoded is not None:
+            self.publish(decoded[0], decoded[1], msg.timestamp)
+
+    def decode(self, msg: can.Message) -> tuple[Message, Mapping[str, object]] | None:
+        """KUKSA's CAN filter and cantools' decoding with choices; ``None``: dropped."""
         message = self._whitelist.get(msg.arbitration_id)
         if message is None:
-            return  # KUKSA's CAN filter (kernel or python-can) drops it
+            return None  # KUKSA's CAN filter (kernel or python-can) drops it
         try:
             decoded = message.decode(bytes(msg.data), decode_choices=True, allow_truncated=True)
         except DecodeError:
-            return  # KUKSA logs these with a traceback; not charged here
+            return None  # KUKSA logs these with a traceback; not charged here
         assert isinstance(decoded, dict)
-        rx_time = msg.timestamp
+        return message, decoded
+
+    def publish(self, message: Message, decoded: Mapping[str, object], rx_time: float) -> None:
+        """KUKSA's per-signal steps: range check, interval, transform, on_change."""
         for name, raw in decoded.items():
             signal = message.get_signal_by_name(name)
             if isinstance(raw, int | float):
