@@ -1,12 +1,10 @@
-"""Binding a mapping to DBC files and the catalogue: every problem found, or a plan per frame.
+"""Binding a mapping to DBC files and the signal catalogues: every problem, or a plan per frame.
 
-``bind`` checks each mapping entry against the catalogue (unknown VSS path, type and
-unit mismatches) and the DBC files (unknown signal, ambiguous signal, expression names)
-and reports all problems at once. The result compiles, per bus, into one
-:class:`FramePlan` per mapped CAN ID: a cantools message cut down to the signals the
-mapping needs (cached, so decoding work is proportional to what is mapped), the bit
-mask of those signals (to skip frames whose mapped bits did not change) and the routes
-from each signal to its VSS path.
+``bind`` checks each mapping entry against the signal catalogues (:mod:`can_signals.vss`:
+unknown VSS path, type and unit mismatches) and the DBC files (unknown signal, ambiguous
+signal, labels, multiplexers, combined signals, expression names) and reports all
+problems at once. The result compiles, per bus, into one
+:class:`~can_signals.layout.FrameLayout` per mapped CAN ID (see :mod:`can_signals.layout`).
 """
 
 from __future__ import annotations
@@ -14,81 +12,56 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Final, Literal
 
 from cantools.database.can import Message, Signal
 
-from can_signals.catalogue import (
-    CATALOGUE,
-    DTC_COUNT,
-    DTC_LIST,
-    LAMP_PREFIX,
-    SignalSpec,
+from can_signals.catalogue import CATALOGUE, DTC_COUNT, DTC_LIST, LAMP_PREFIX, SignalSpec
+from can_signals.convert import (
+    SetupError,
+    build_converter,
+    label_value,
+    number_text,
+    reading_converter,
+    signal_labels,
+    type_family,
 )
-from can_signals.convert import Converter, SetupError, build_converter, type_family
 from can_signals.dbc import DbcSource
-from can_signals.errors import MappingError, Problem
+from can_signals.errors import ExpressionError, MappingError, Problem
 from can_signals.expression import compile_expression
+from can_signals.layout import (
+    EXTENDED_FLAG,
+    Combination,
+    FrameLayout,
+    RouteKind,
+    SignalBinding,
+    build_layout,
+    frame_key,
+    is_fd_message,
+    route_mask,
+    signal_bits,
+    stale_seconds,
+)
 from can_signals.mapping import MappingDocument, MappingEntry
+from can_signals.vss import Resolved, SignalTypeError, VssRelease, resolve
 
 _log = logging.getLogger(__name__)
 
-#: Frame keys set this bit for 29-bit identifiers, so 0x123 standard and extended differ.
-EXTENDED_FLAG: Final = 0x8000_0000
-DEFAULT_STALE_MS: Final = 5000
-RouteKind = Literal["value", "lamp", "dtc"]
+__all__ = [
+    "EXTENDED_FLAG",
+    "Binding",
+    "FrameLayout",
+    "SignalBinding",
+    "bind",
+    "frame_key",
+    "route_mask",
+    "signal_bits",
+]
 
-
-def frame_key(arbitration_id: int, *, extended: bool) -> int:
-    """The lookup key of a CAN ID (extended IDs carry :data:`EXTENDED_FLAG`)."""
-    return arbitration_id | EXTENDED_FLAG if extended else arbitration_id
-
-
-@dataclass(frozen=True, slots=True)
-class SignalBinding:
-    """One mapping entry bound to one signal of one DBC message."""
-
-    entry: MappingEntry
-    spec: SignalSpec
-    dbc_index: int
-    message: Message
-    signal: Signal
-    convert: Converter
-    reads: frozenset[str]
-    kind: RouteKind
-
-    @property
-    def key(self) -> int:
-        """The frame key of the message carrying the signal."""
-        return frame_key(self.message.frame_id, extended=self.message.is_extended_frame)
-
-    @property
-    def stale_seconds(self) -> float:
-        """Seconds without the signal before it is reported stale (0: never)."""
-        if self.entry.stale_ms is not None:
-            return self.entry.stale_ms / 1000
-        cycle = self.message.cycle_time
-        if cycle:
-            return max(10 * cycle, 1000) / 1000
-        return DEFAULT_STALE_MS / 1000
-
-
-@dataclass(frozen=True, slots=True)
-class FrameLayout:
-    """What is needed to decode one CAN ID for a set of bindings."""
-
-    key: int
-    message: Message
-    bindings: tuple[SignalBinding, ...]
-    mask: int
-    #: For a multiplexed message, its mapped signals outside the multiplexed branches:
-    #: what is decoded when the multiplexer selects a branch the mapping does not read.
-    unmultiplexed: Message | None = None
+Candidate = tuple[int, Message, Signal]  # (DBC file index, message, signal)
 
 
 class Binding:
-    """A mapping checked against DBC files and the catalogue."""
+    """A mapping checked against DBC files and the signal catalogues."""
 
     def __init__(
         self,
@@ -128,6 +101,10 @@ class Binding:
             for layout in self.layouts_for_bus(bus).values()
         ]
 
+    def fd_for_bus(self, bus: str) -> bool:
+        """Whether a mapped message of the bus travels in CAN FD frames."""
+        return any(is_fd_message(layout.message) for layout in self.layouts_for_bus(bus).values())
+
     def _build_layouts(self, indexes: frozenset[int]) -> dict[int, FrameLayout]:
         by_key: dict[int, list[SignalBinding]] = defaultdict(list)
         for binding in self.bindings:
@@ -142,156 +119,312 @@ class Binding:
                     "CAN ID 0x%X is defined by several DBC files on one bus; using %s from %s",
                     first.frame_id, first.name, self.sources[group[0].dbc_index].path,
                 )  # fmt: skip
-            layouts[key] = _layout(key, first, kept)
+            layouts[key] = build_layout(key, first, kept)
         return layouts
 
 
-def _layout(key: int, message: Message, bindings: Sequence[SignalBinding]) -> FrameLayout:
-    wanted: dict[str, Signal] = {}
-    for binding in bindings:
-        for name in (binding.signal.name, *binding.reads):
-            _add_with_multiplexers(message, name, wanted)
-    signals = list(wanted.values())
-    reduced = _cut_down(message, signals)
-    unmultiplexed = None
-    if reduced.is_multiplexed():
-        plain = [s for s in signals if s.multiplexer_ids is None and not s.is_multiplexer]
-        unmultiplexed = _cut_down(message, plain)
-    return FrameLayout(key, reduced, tuple(bindings), _bits_mask(signals), unmultiplexed)
-
-
-def route_mask(binding: SignalBinding) -> int:
-    """The bits a binding's value depends on.
-
-    Its signal, the signals its expression reads, and the multiplexers selecting them.
-    """
-    wanted: dict[str, Signal] = {}
-    for name in (binding.signal.name, *binding.reads):
-        _add_with_multiplexers(binding.message, name, wanted)
-    return _bits_mask(wanted.values())
-
-
-def _bits_mask(signals: Iterable[Signal]) -> int:
-    mask = 0
-    for signal in signals:
-        for bit in signal_bits(signal):
-            mask |= 1 << bit
-    return mask
-
-
-def _cut_down(message: Message, signals: list[Signal]) -> Message:
-    return Message(
-        frame_id=message.frame_id,
-        name=message.name,
-        length=message.length,
-        signals=signals,
-        is_extended_frame=message.is_extended_frame,
-        is_fd=message.is_fd,
-        strict=False,
-        cycle_time=message.cycle_time,
-    )
-
-
-def _add_with_multiplexers(message: Message, name: str, wanted: dict[str, Signal]) -> None:
-    while name and name not in wanted:
-        signal = message.get_signal_by_name(name)
-        wanted[name] = signal
-        name = signal.multiplexer_signal or ""
-
-
-def signal_bits(signal: Signal) -> Iterable[int]:
-    """The positions of a signal's bits in ``int.from_bytes(data, "little")``.
-
-    Byte ``i`` bit ``j`` (LSB 0) is position ``8 * i + j``, which is also how DBC numbers
-    the start bit; big-endian (Motorola) signals run from their start bit (the MSB)
-    down through the byte and on to the next byte's bit 7.
-    """
-    if signal.byte_order == "little_endian":
-        return range(signal.start, signal.start + signal.length)
-    bits = []
-    bit = signal.start
-    for _ in range(signal.length):
-        bits.append(bit)
-        bit = bit + 15 if bit % 8 == 0 else bit - 1
-    return bits
-
-
 def bind(
-    document: MappingDocument, sources: Sequence[DbcSource], earlier: Sequence[Problem] = ()
+    document: MappingDocument,
+    sources: Sequence[DbcSource],
+    earlier: Sequence[Problem] = (),
+    vss: VssRelease | None = None,
 ) -> Binding:
-    """Check a mapping against DBC files and the catalogue.
+    """Check a mapping against DBC files and the signal catalogues.
 
     Args:
         document: The mapping.
         sources: The DBC files.
         earlier: Problems already found in the mapping file (see
             :func:`can_signals.mapping.read_mapping`), reported together with these.
+        vss: A VSS release, for the types and units of paths outside touchpoint's
+            catalogue that the mapping does not declare.
+
+    Returns:
+        The binding; its ``warnings`` (for the caller to show or log) name what is
+        ignored or guessed: ``vss2dbc`` blocks, paths no catalogue has, ambiguous
+        signals, labels no message has.
 
     Raises:
         MappingError: With every problem found, each with its file and line or key.
     """
-    index = _SignalIndex(sources)
-    problems: list[Problem] = list(earlier)
-    warnings: list[Problem] = []
-    bindings: list[SignalBinding] = []
-    mapped_paths = {e.path for e in document.entries}
-    derived = any(p == DTC_LIST or p.startswith(LAMP_PREFIX) for p in mapped_paths)
+    binder = _Binder(document, sources, vss)
     for entry in document.entries:
+        binder.add(entry)
+    problems = [*earlier, *binder.problems]
+    warnings = [*document.warnings, *binder.warnings]
+    if binder.uncatalogued:
+        warnings.append(_uncatalogued_warning(document.file, binder.uncatalogued, vss))
+    if problems:
+        raise MappingError(problems, warnings)
+    return Binding(document, sources, binder.bindings, warnings)
 
-        def report(message: str, entry: MappingEntry = entry) -> None:
-            problems.append(Problem(document.file, entry.where, f"{entry.path}: {message}"))
 
-        spec = CATALOGUE.get(entry.path)
-        if spec is None:
-            hint = _suggest(entry.path, CATALOGUE)
-            report(f"unknown VSS path: not in touchpoint's signal catalogue{hint}")
-            continue
-        if entry.path == DTC_COUNT and derived:
-            report(
-                "duplicate target: DTCCount is derived from DTCList and the lamps; do not map it"
-            )
-            continue
-        if entry.path == DTC_LIST and not (entry.transform and entry.transform.dtc):
-            report("DTCList is fed one code per frame: use 'transform: {dtc: true}'")
-            continue
-        if entry.datatype is not None and type_family(entry.datatype) != type_family(spec.datatype):
-            report(f"type mismatch: declared {entry.datatype!r}, the catalogue has {spec.datatype}")
-            continue
-        candidates = index.find(entry.signal, entry.message)
-        if not candidates:
-            where = f" in message {entry.message!r}" if entry.message else ""
-            report(f"unknown DBC signal {entry.signal!r}{where}{index.suggest(entry.signal)}")
-            continue
-        if len({(i, m.name) for i, m, _ in candidates}) > 1:
-            places = ", ".join(sorted({m.name for _, m, _ in candidates}))
-            warnings.append(
-                Problem(document.file, entry.where,
-                        f"{entry.path}: signal {entry.signal!r} is in several messages ({places}); "
-                        "all are mapped, add 'message' to pick one")
-            )  # fmt: skip
+class _Binder:
+    """Binds entries one by one, collecting bindings, problems and warnings."""
+
+    def __init__(
+        self, document: MappingDocument, sources: Sequence[DbcSource], vss: VssRelease | None
+    ) -> None:
+        self.document = document
+        self.vss = vss
+        self.index = _SignalIndex(sources)
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+        self.bindings: list[SignalBinding] = []
+        self.uncatalogued: list[str] = []
+        paths = {e.path for e in document.entries}
+        self.derived = any(p == DTC_LIST or p.startswith(LAMP_PREFIX) for p in paths)
+
+    def report(self, entry: MappingEntry, message: str) -> None:
+        self.problems.append(Problem(self.document.file, entry.where, f"{entry.path}: {message}"))
+
+    def warn(self, entry: MappingEntry, message: str) -> None:
+        self.warnings.append(Problem(self.document.file, entry.where, f"{entry.path}: {message}"))
+
+    def add(self, entry: MappingEntry) -> None:
+        resolved = self._resolve(entry)
+        candidates = self._candidates(entry) if resolved is not None else []
+        if resolved is None or not candidates:
+            return
+        spec = resolved.spec
+        combination: Combination | None = None
+        parts: list[Candidate] | None = []
+        if entry.combine is not None:
+            parts = self._parts(entry)
+            if parts is None:
+                return
+            combination = self._combination(entry, spec, candidates, parts)
+            if combination is None:
+                return
         kind: RouteKind = (
-            "dtc" if entry.path == DTC_LIST
+            "part" if combination is not None
+            else "dtc" if entry.path == DTC_LIST
             else "lamp" if entry.path.startswith(LAMP_PREFIX)
             else "value"
         )  # fmt: skip
         failures: set[str] = set()
         for dbc_index, message, signal in candidates:
             try:
-                convert = build_converter(entry, spec, signal, message)
+                selector = _selector(entry, message, signal)
+                convert = (
+                    reading_converter(signal)
+                    if combination is not None
+                    else build_converter(entry, spec, signal, message)
+                )
             except SetupError as err:
                 failures.add(str(err))
                 continue
-            reads = _expression_reads(entry, message)
-            bindings.append(
-                SignalBinding(entry, spec, dbc_index, message, signal, convert, reads, kind)
-            )
+            reads = _expression_reads(entry, message) if combination is None else frozenset()
+            if selector is not None:
+                reads |= {selector[0]}
+            self.bindings.append(
+                SignalBinding(
+                    entry, spec, dbc_index, message, signal, convert, reads, kind,
+                    selector, combination,
+                )
+            )  # fmt: skip
         for failure in sorted(failures):
-            report(failure)
-    for warning in warnings:
-        _log.warning("%s", warning)
-    if problems:
-        raise MappingError(problems)
-    return Binding(document, sources, bindings, warnings)
+            self.report(entry, failure)
+        if failures:
+            return
+        if combination is not None and parts:
+            self._add_parts(entry, spec, combination, parts)
+        if resolved.origin == "mapping":
+            self.uncatalogued.append(entry.path)
+
+    def _resolve(self, entry: MappingEntry) -> Resolved | None:
+        try:
+            resolved = resolve(entry, self.vss)
+        except SignalTypeError as err:
+            known = [*CATALOGUE, *(self.vss.leaves if self.vss is not None else ())]
+            self.report(entry, f"{err}{_suggest(entry.path, known)}")
+            return None
+        spec = resolved.spec
+        if entry.path == DTC_COUNT and self.derived:
+            self.report(
+                entry,
+                "duplicate target: DTCCount is derived from DTCList and the lamps; do not map it",
+            )
+            return None
+        if entry.path == DTC_LIST and not (entry.transform and entry.transform.dtc):
+            self.report(entry, "DTCList is fed one code per frame: use 'transform: {dtc: true}'")
+            return None
+        if entry.datatype is not None and type_family(entry.datatype) != type_family(spec.datatype):
+            self.report(
+                entry,
+                f"type mismatch: declared {entry.datatype!r}, the catalogue has {spec.datatype}",
+            )
+            return None
+        return resolved
+
+    def _candidates(self, entry: MappingEntry) -> list[Candidate]:
+        candidates = self.index.find(entry.signal, entry.message)
+        if not candidates:
+            where = f" in message {entry.message!r}" if entry.message else ""
+            self.report(
+                entry,
+                f"unknown DBC signal {entry.signal!r}{where}{self.index.suggest(entry.signal)}",
+            )
+            return []
+        if len({(i, m.name) for i, m, _ in candidates}) > 1:
+            places = ", ".join(sorted({m.name for _, m, _ in candidates}))
+            self.warn(
+                entry,
+                f"signal {entry.signal!r} is in several messages ({places}); all are mapped, "
+                "add 'message' to pick one",
+            )
+        unknown = _unknown_labels(entry, [signal for _, _, signal in candidates])
+        if unknown:
+            self.warn(entry, unknown)
+        return candidates
+
+    def _parts(self, entry: MappingEntry) -> list[Candidate] | None:
+        """The signals a ``combine`` entry reads besides its own, one message each."""
+        assert entry.combine is not None
+        parts: list[Candidate] = []
+        for written in entry.combine.signals:
+            message, _, name = written.rpartition(".")
+            found = self.index.find(name, message or None)
+            if len(found) == 1:
+                parts.append(found[0])
+                continue
+            if not found:
+                where = f" in message {message!r}" if message else ""
+                self.report(
+                    entry,
+                    f"combine: unknown DBC signal {name!r}{where}{self.index.suggest(name)}",
+                )
+            else:
+                places = ", ".join(sorted({m.name for _, m, _ in found}))
+                self.report(
+                    entry,
+                    f"combine: signal {name!r} is in several messages ({places}); "
+                    f"write MESSAGE.{name}",
+                )
+            return None
+        return parts
+
+    def _combination(
+        self,
+        entry: MappingEntry,
+        spec: SignalSpec,
+        candidates: Sequence[Candidate],
+        parts: Sequence[Candidate],
+    ) -> Combination | None:
+        combine, transform = entry.combine, entry.transform
+        assert combine is not None
+        assert transform is not None
+        assert transform.math is not None
+        names = tuple(combine.part_name(i) for i in range(len(combine.signals)))
+        try:
+            compile_expression(transform.math, allowed_names={"x", *names})
+        except ExpressionError as err:
+            self.report(entry, f"combine: the expression may read x and {', '.join(names)}: {err}")
+            return None
+        _, message, signal = candidates[0]
+        try:
+            convert = build_converter(entry, spec, signal, message, extra_names=names)
+        except SetupError as err:
+            self.report(entry, str(err))
+            return None
+        stale = [stale_seconds(entry, m) for _, m, _ in (*candidates, *parts)]
+        return Combination(entry, spec, convert, ("x", *names), combine.within_ms, max(stale))
+
+    def _add_parts(
+        self,
+        entry: MappingEntry,
+        spec: SignalSpec,
+        combination: Combination,
+        parts: Sequence[Candidate],
+    ) -> None:
+        for (dbc_index, message, signal), name in zip(parts, combination.names[1:], strict=True):
+            self.bindings.append(
+                SignalBinding(
+                    entry, spec, dbc_index, message, signal, reading_converter(signal),
+                    frozenset(), "part", None, combination, name,
+                )
+            )  # fmt: skip
+
+
+def _selector(
+    entry: MappingEntry, message: Message, signal: Signal
+) -> tuple[str, float | int] | None:
+    """The ``(selector signal, value)`` of a ``multiplexer`` entry on one message.
+
+    Raises:
+        SetupError: If the message has no such selector or value, or the signal is never
+            sent with that value.
+    """
+    mux = entry.multiplexer
+    if mux is None:
+        return None
+    name = mux.signal or signal.multiplexer_signal
+    if name is None:
+        tops = [s.name for s in message.signals if s.is_multiplexer and not s.multiplexer_signal]
+        if len(tops) != 1:
+            raise SetupError(
+                f"multiplexer: message {message.name} has {'no' if not tops else 'several'} "
+                f"multiplexer signals; name the selector: {{signal: NAME, value: {mux.value!r}}}"
+            )
+        name = tops[0]
+    try:
+        selector = message.get_signal_by_name(name)
+    except KeyError:
+        raise SetupError(f"multiplexer: no signal {name!r} in message {message.name}") from None
+    value = label_value(selector, mux.value) if isinstance(mux.value, str) else mux.value
+    if value is None:
+        labels = ", ".join(sorted(signal_labels(selector))) or "none"
+        raise SetupError(
+            f"multiplexer: {mux.value!r} is not a value of {name} (its labels: {labels})"
+        )
+    ids = signal.multiplexer_ids
+    if ids and signal.multiplexer_signal == name:
+        sent = sorted(_scaled(selector, i) for i in ids)
+        if value not in sent:
+            raise SetupError(
+                f"multiplexer: {signal.name} is only sent when {name} is "
+                f"{', '.join(f'{v:g}' for v in sent)}, never {value:g}"
+            )
+    return name, value
+
+
+def _scaled(signal: Signal, raw: int) -> float:
+    value = signal.conversion.raw_to_scaled(raw, decode_choices=False)
+    assert isinstance(value, int | float)
+    return float(value)
+
+
+def _uncatalogued_warning(file: str, paths: Sequence[str], vss: VssRelease | None) -> Problem:
+    """One line for every path only the mapping declares (VSS 4.0's ``Vehicle.OBD.*``)."""
+    where = f"nor in {vss.file}" if vss is not None else "and no VSS release is given (--vss)"
+    shown = ", ".join(paths[:4]) + (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
+    return Problem(
+        file,
+        "",
+        f"{len(paths)} path{'s are' if len(paths) != 1 else ' is'} not in touchpoint's signal "
+        f"catalogue {where}: decoded with the datatype and unit the mapping declares ({shown})",
+    )
+
+
+def _unknown_labels(entry: MappingEntry, signals: Sequence[Signal]) -> str:
+    """What to say of ``from`` labels no message carrying the signal has (``""``: none)."""
+    if entry.transform is None or entry.transform.table is None:
+        return ""
+    labels = frozenset().union(*(signal_labels(s) for s in signals))
+    missing = [
+        source
+        for source, _ in entry.transform.table
+        if isinstance(source, str) and source not in labels and number_text(source) is None
+    ]
+    if not missing:
+        return ""
+    names = ", ".join(repr(m) for m in missing)
+    known = ", ".join(sorted(labels)) or "none"
+    return (
+        f"mapping source{'s' if len(missing) > 1 else ''} {names} "
+        f"{'are' if len(missing) > 1 else 'is'} not a label of DBC signal {signals[0].name} "
+        f"(its labels: {known}): never matches"
+    )
 
 
 def _expression_reads(entry: MappingEntry, message: Message) -> frozenset[str]:

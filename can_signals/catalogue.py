@@ -19,15 +19,17 @@ from typing import Final
 
 
 class DataType(StrEnum):
-    """VSS datatypes used by the catalogue (the subset touchpoint needs)."""
+    """The VSS datatypes a CAN signal can feed (every scalar one, and ``string[]``)."""
 
     BOOLEAN = "boolean"
     UINT8 = "uint8"
     UINT16 = "uint16"
     UINT32 = "uint32"
+    UINT64 = "uint64"
     INT8 = "int8"
     INT16 = "int16"
     INT32 = "int32"
+    INT64 = "int64"
     FLOAT = "float"
     DOUBLE = "double"
     STRING = "string"
@@ -48,9 +50,11 @@ _INTEGER_RANGES: Final[dict[DataType, tuple[int, int]]] = {
     DataType.UINT8: (0, 2**8 - 1),
     DataType.UINT16: (0, 2**16 - 1),
     DataType.UINT32: (0, 2**32 - 1),
+    DataType.UINT64: (0, 2**64 - 1),
     DataType.INT8: (-(2**7), 2**7 - 1),
     DataType.INT16: (-(2**15), 2**15 - 1),
     DataType.INT32: (-(2**31), 2**31 - 1),
+    DataType.INT64: (-(2**63), 2**63 - 1),
 }
 
 

@@ -11,7 +11,7 @@ only a value can reveal (out of range, no table entry, a failing expression) rai
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Final
 
@@ -63,9 +63,20 @@ def type_family(datatype: str) -> str:
 
 
 def build_converter(
-    entry: MappingEntry, spec: SignalSpec, signal: Signal, message: Message
+    entry: MappingEntry,
+    spec: SignalSpec,
+    signal: Signal,
+    message: Message,
+    extra_names: Collection[str] = (),
 ) -> Converter:
     """Build the converter for one mapping entry on one DBC signal.
+
+    Args:
+        entry: The mapping entry.
+        spec: The VSS datatype, unit and limits of its path.
+        signal: The DBC signal (``x``).
+        message: The DBC message carrying it (a ``math`` expression may read its signals).
+        extra_names: Further names a ``math`` expression may read (combined signals).
 
     Raises:
         SetupError: If the entry cannot produce values of the catalogue's type and unit.
@@ -79,7 +90,7 @@ def build_converter(
         table = _build_table(entry, spec, signal, finish)
         return _table_converter(table, check_dbc_range)
     if transform is not None and transform.math is not None:
-        names = {"x", *(s.name for s in message.signals)}
+        names = {"x", *(s.name for s in message.signals), *extra_names}
         try:
             expression = compile_expression(transform.math, allowed_names=names)
         except ExpressionError as err:
@@ -87,6 +98,17 @@ def build_converter(
         unit = _unit_step(entry.unit or spec.unit, spec, f"the unit {entry.unit!r} declared here")
         return _math_converter(expression, unit, finish, check_dbc_range)
     return _plain_converter(entry, spec, signal, finish, check_dbc_range)
+
+
+def reading_converter(signal: Signal) -> Converter:
+    """The converter of a combined value's input: the DBC range check, nothing else."""
+    check_dbc_range = _dbc_range_check(signal)
+
+    def convert(raw: float | int, _frame: Frame) -> SignalValue:
+        check_dbc_range(raw)
+        return raw
+
+    return convert
 
 
 def _plain_converter(
@@ -212,7 +234,11 @@ def _build_table(
         unit = _unit_step(entry.unit, spec, f"the unit {entry.unit!r} declared here")
     table: dict[float | int, SignalValue] = {}
     for source, target in entry.transform.table:
-        key = _table_key(source, by_label, signal)
+        key = _table_key(source, by_label)
+        if key is None:
+            # A label of the same signal name in another message, or of none: it never
+            # matches here (KUKSA's rule; bind() warns when no message has it).
+            continue
         if isinstance(target, str) and spec.datatype.is_numeric:
             raise SetupError(f"type mismatch: mapping target {target!r} is not a number")
         try:
@@ -224,19 +250,33 @@ def _build_table(
     return table
 
 
-def _table_key(source: Scalar, by_label: Mapping[str, float | int], signal: Signal) -> float | int:
+def _table_key(source: Scalar, by_label: Mapping[str, float | int]) -> float | int | None:
+    """The decoded value a ``from`` stands for; ``None`` for a label this signal lacks."""
     if isinstance(source, str):
         if source in by_label:
             return by_label[source]
-        try:
-            return _number_key(float(source))
-        except ValueError:
-            labels = ", ".join(sorted(by_label)) or "none"
-            raise SetupError(
-                f"mapping source {source!r} is not a value of DBC signal {signal.name} "
-                f"(its labels: {labels})"
-            ) from None
+        number = number_text(source)
+        return None if number is None else _number_key(number)
     return _number_key(source)
+
+
+def number_text(text: str) -> float | None:
+    """The number a ``from`` written as text stands for (``"3"``), or ``None`` for a label."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def signal_labels(signal: Signal) -> frozenset[str]:
+    """The labels of a DBC signal's value table."""
+    return frozenset(_labels(signal).values())
+
+
+def label_value(signal: Signal, text: str) -> float | int | None:
+    """The decoded value a label (or a number written as text) stands for, else ``None``."""
+    by_label = {label: value for value, label in _labels(signal).items()}
+    return _table_key(text, by_label)
 
 
 def _number_key(value: float) -> float | int:

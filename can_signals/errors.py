@@ -45,7 +45,20 @@ class DbcError(ConfigurationError):
 
 
 class MappingError(ConfigurationError):
-    """A mapping file that does not load or does not fit the DBC files and the catalogue."""
+    """A mapping file that does not load or does not fit the DBC files and the catalogue.
+
+    Attributes:
+        warnings: What was found besides the problems (labels no message has, paths no
+            catalogue has, ...), for the user to see with them.
+    """
+
+    def __init__(
+        self,
+        problems: list[Problem] | tuple[Problem, ...],
+        warnings: list[Problem] | tuple[Problem, ...] = (),
+    ) -> None:
+        super().__init__(problems)
+        self.warnings: tuple[Problem, ...] = tuple(warnings)
 
 
 class ExpressionError(CanSignalsError):

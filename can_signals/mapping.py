@@ -10,13 +10,19 @@ A node maps a signal with a ``dbc2vss`` block (``dbc`` is the old synonym) holdi
 ``signal``, optional ``interval_ms`` and ``on_change`` (KUKSA's defaults: neither given
 means every 1000 ms; only ``on_change: true`` means every change) and an optional
 ``transform`` with ``math`` (an expression over ``x``) or ``mapping`` (a list of
-``from``/``to`` pairs). ``vss2dbc`` blocks (writing to CAN) are ignored: touchpoint only
-reads the bus.
+``from``/``to`` pairs). ``vss2dbc`` blocks (writing to CAN) are ignored with one warning:
+touchpoint reads the bus and never writes signals to the car.
+
+A node's own VSS declarations (``datatype``, ``unit``, ``min``, ``max``, ``allowed``, as a
+``vss_dbc.json`` tree carries them on every node and an overlay on the nodes it adds)
+are kept with the entry: :mod:`can_signals.signal_types` decides with them what the path's
+values are.
 
 touchpoint extensions, which KUKSA would not understand but which never change the
 meaning of a KUKSA file: ``message`` (pins the DBC message when a signal name occurs in
 several), ``stale_ms`` (how long without the signal before it is reported stale; 0
-never), and the ``dtc`` transform (a two-byte DTC slot, see :mod:`can_signals.faults`).
+never), the ``dtc`` transform (a two-byte DTC slot, see :mod:`can_signals.faults`),
+``multiplexer`` and ``combine`` (see :mod:`can_signals.mapping_extensions`).
 
 This module only reads the file and checks its shape; :mod:`can_signals.binding` checks
 it against the DBC files and the catalogue.
@@ -33,14 +39,18 @@ from typing import Any, Final
 
 from can_signals.errors import ExpressionError, MappingError, Problem
 from can_signals.expression import compile_expression
+from can_signals.mapping_extensions import Combine, Multiplexer, read_combine, read_multiplexer
 
 Scalar = bool | int | float | str
 
 DEFAULT_INTERVAL_MS: Final = 1000
 _MAPPING_KEYS: Final = ("dbc2vss", "dbc")
 _ENTRY_KEYS: Final = frozenset(
-    {"signal", "interval_ms", "on_change", "transform", "message", "stale_ms"}
-)
+    {
+        "signal", "interval_ms", "on_change", "transform", "message", "stale_ms",
+        "multiplexer", "combine",
+    }
+)  # fmt: skip
 _SEGMENT: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -60,6 +70,25 @@ class Transform:
 
 
 @dataclass(frozen=True, slots=True)
+class Declared:
+    """What a mapping node declares about its VSS signal (each ``None`` when it does not).
+
+    Attributes:
+        datatype: The VSS datatype (``float``, ``uint32``, ...).
+        unit: The VSS unit the value (after the transform) is in.
+        minimum: The lowest allowed value (``min``).
+        maximum: The highest allowed value (``max``).
+        allowed: The values an enumerated string may take (``allowed``).
+    """
+
+    datatype: str | None = None
+    unit: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    allowed: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MappingEntry:
     """One VSS path fed by one DBC signal.
 
@@ -70,10 +99,11 @@ class MappingEntry:
         on_change: Only forward a value that differs from the last one forwarded.
         transform: The transform, or ``None`` to take the value as decoded.
         message: The DBC message name, when the file pins it.
-        datatype: The VSS datatype the file declares, if it does.
-        unit: The VSS unit the file declares (the unit the transform's result is in).
+        declared: What the node declares about its VSS signal (datatype, unit, limits).
         stale_ms: Time without the signal before it is stale (``None``: the default).
         where: Where in the file the entry is, for messages.
+        multiplexer: Only frames whose multiplexer has this value feed the path.
+        combine: Other signals the value is computed from, and how fresh they must be.
     """
 
     path: str
@@ -82,18 +112,36 @@ class MappingEntry:
     on_change: bool
     transform: Transform | None
     message: str | None
-    datatype: str | None
-    unit: str | None
+    declared: Declared
     stale_ms: int | None
     where: str
+    multiplexer: Multiplexer | None = None
+    combine: Combine | None = None
+
+    @property
+    def datatype(self) -> str | None:
+        """The VSS datatype the file declares, if it does."""
+        return self.declared.datatype
+
+    @property
+    def unit(self) -> str | None:
+        """The VSS unit the file declares (the unit the transform's result is in)."""
+        return self.declared.unit
 
 
 @dataclass(frozen=True, slots=True)
 class MappingDocument:
-    """A loaded mapping file."""
+    """A loaded mapping file.
+
+    Attributes:
+        file: The file it was read from.
+        entries: One per mapped VSS path.
+        warnings: What the file holds that touchpoint ignores (``vss2dbc`` blocks).
+    """
 
     file: str
     entries: tuple[MappingEntry, ...]
+    warnings: tuple[Problem, ...] = ()
 
 
 def load_mapping(path: str | Path) -> MappingDocument:
@@ -144,12 +192,15 @@ def check_mapping(
     document = reader.read()
     problems = reader.problems
     entries: list[MappingEntry] = []
+    writes: list[str] = []
     if document is not None:
         if not isinstance(document, dict):
             problems.append(reader.problem((), "the top level must be a mapping of VSS paths"))
         else:
             seen: dict[str, str] = {}
             for key_path, path, node in _walk(document):
+                if "vss2dbc" in node:
+                    writes.append(path)
                 entry = _entry(reader, key_path, path, node)
                 if entry is None:
                     continue
@@ -166,7 +217,14 @@ def check_mapping(
                 entries.append(entry)
     if not entries and not problems:
         problems.append(Problem(file, "", "maps no signal (no dbc2vss block found)"))
-    return MappingDocument(file, tuple(entries)), tuple(problems)
+    warnings: tuple[Problem, ...] = ()
+    if writes:
+        shown = ", ".join(writes[:3]) + (f" and {len(writes) - 3} more" if len(writes) > 3 else "")
+        blocks = f"{len(writes)} 'vss2dbc' block{'s' if len(writes) != 1 else ''}"
+        warnings = (
+            Problem(file, "", f"{blocks} ignored ({shown}): touchpoint never writes to the car"),
+        )
+    return MappingDocument(file, tuple(entries), warnings), tuple(problems)
 
 
 KeyPath = tuple[str, ...]
@@ -234,18 +292,18 @@ def _entry(
         reader.add((*block_path, "message"), f"{path}: 'message' must be a DBC message name")
         ok = False
     transform = _transform(reader, block, block_path, path)
-    datatype, unit = node.get("datatype"), node.get("unit")
-    for key, value in (("datatype", datatype), ("unit", unit)):
-        if value is not None and not isinstance(value, str):
-            reader.add((*key_path, key), f"{path}: '{key}' must be a string")
-            ok = False
+    declared = _declared(reader, node, key_path, path)
+    extensions = _extensions(reader, block, block_path, path, transform)
     if (
         not ok
         or isinstance(interval, _Invalid)
         or isinstance(stale, _Invalid)
         or isinstance(transform, _Invalid)
+        or isinstance(declared, _Invalid)
+        or isinstance(extensions, _Invalid)
     ):
         return None
+    multiplexer, combine = extensions
     if interval is None:
         interval = 0 if on_change else DEFAULT_INTERVAL_MS
     return MappingEntry(
@@ -255,10 +313,75 @@ def _entry(
         on_change=bool(on_change),
         transform=transform,
         message=message,
-        datatype=datatype,
-        unit=unit,
+        declared=declared,
         stale_ms=stale,
         where=reader.where(key_path),
+        multiplexer=multiplexer,
+        combine=combine,
+    )
+
+
+def _extensions(
+    reader: _Reader,
+    block: Mapping[str, Any],
+    block_path: KeyPath,
+    path: str,
+    transform: Transform | _Invalid | None,
+) -> tuple[Multiplexer | None, Combine | None] | _Invalid:
+    """The ``multiplexer`` and ``combine`` keys; :data:`_INVALID` after reporting a problem."""
+    multiplexer = read_multiplexer(block["multiplexer"]) if "multiplexer" in block else None
+    combine = read_combine(block["combine"]) if "combine" in block else None
+    ok = True
+    for key, parsed in (("multiplexer", multiplexer), ("combine", combine)):
+        if isinstance(parsed, str):
+            reader.add((*block_path, key), f"{path}: {parsed}")
+            ok = False
+    if isinstance(combine, Combine) and (
+        not isinstance(transform, Transform) or transform.math is None
+    ):
+        reader.add((*block_path, "combine"), f"{path}: 'combine' needs a 'math' transform")
+        ok = False
+    if not ok or isinstance(multiplexer, str) or isinstance(combine, str):
+        return _INVALID
+    return multiplexer, combine
+
+
+def _declared(
+    reader: _Reader, node: Mapping[str, Any], key_path: KeyPath, path: str
+) -> Declared | _Invalid:
+    """The node's VSS declarations; :data:`_INVALID` after reporting a malformed one."""
+    ok = True
+    texts: dict[str, str | None] = {}
+    for key in ("datatype", "unit"):
+        value = node.get(key)
+        if value is not None and not isinstance(value, str):
+            reader.add((*key_path, key), f"{path}: '{key}' must be a string")
+            ok = False
+        texts[key] = value
+    limits: dict[str, float | None] = {}
+    for key in ("min", "max"):
+        value = node.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            reader.add((*key_path, key), f"{path}: '{key}' must be a number")
+            ok = False
+            value = None
+        limits[key] = value
+    allowed = node.get("allowed")
+    if allowed is not None and (
+        not isinstance(allowed, list) or not all(isinstance(a, Scalar) for a in allowed)
+    ):
+        reader.add((*key_path, "allowed"), f"{path}: 'allowed' must be a list of values")
+        ok = False
+    if not ok:
+        return _INVALID
+    # Only strings are checked against 'allowed' (VSS enumerates strings).
+    strings = tuple(allowed) if allowed and all(isinstance(a, str) for a in allowed) else None
+    return Declared(
+        datatype=texts["datatype"],
+        unit=texts["unit"],
+        minimum=limits["min"],
+        maximum=limits["max"],
+        allowed=strings,
     )
 
 

@@ -30,6 +30,7 @@ from can_signals.processor import FrameProcessor, ProcessorStats
 from can_signals.sources import BusConfig, LiveBuses, Replay
 from can_signals.stream import DEFAULT_CAPACITY, UpdateStream
 from can_signals.update import SignalUpdate
+from can_signals.vss import load_vss
 
 _log = logging.getLogger(__name__)
 
@@ -80,17 +81,23 @@ class SignalPipeline:
         cls,
         mapping: str | Path,
         dbcs: Sequence[tuple[str | None, str | Path]],
+        *,
+        vss: str | Path | None = None,
         **kwargs: object,
     ) -> Self:
-        """Load the DBC files and the mapping and bind them.
+        """Load the DBC files, the mapping and (if given) a VSS release, and bind them.
+
+        The binding's warnings (``pipeline.binding.warnings``) are the caller's to show.
 
         Raises:
             DbcError: If a DBC file does not load.
+            VssError: If the VSS release does not load.
             MappingError: If the mapping has problems, all of them listed.
         """
+        release = load_vss(vss) if vss is not None else None
         sources = load_dbcs(dbcs)
         document, problems = read_mapping(mapping)
-        binding = bind(document, sources, earlier=problems)
+        binding = bind(document, sources, earlier=problems, vss=release)
         return cls(binding, **kwargs)  # type: ignore[arg-type]
 
     def _emit(self, update: SignalUpdate) -> None:
@@ -133,7 +140,12 @@ class SignalPipeline:
             self._replay = replay
             replay.start()
             return
-        live = LiveBuses(self._bus_configs, self.processor, self.binding.frame_ids_for_bus)
+        live = LiveBuses(
+            self._bus_configs,
+            self.processor,
+            self.binding.frame_ids_for_bus,
+            fd=self.binding.fd_for_bus,
+        )
         live.start(loop)
         self._live = live
         self._ticker = asyncio.create_task(self._watch_silence(), name="signal staleness")

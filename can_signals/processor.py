@@ -34,14 +34,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-import can
 from cantools.database.errors import DecodeError
 
-from can_signals.binding import Binding, FrameLayout, SignalBinding, frame_key, route_mask
+from can_signals.binding import Binding, frame_key
+from can_signals.bus_input import BusInput
 from can_signals.catalogue import LAMP_PREFIX, ODOMETER, SPEED
-from can_signals.convert import Rejected
+from can_signals.convert import (
+    NOT_A_NUMBER,
+    OUT_OF_DBC_RANGE,
+    OUT_OF_RANGE,
+    Rejected,
+)
 from can_signals.faults import FaultAssembler
 from can_signals.plausibility import OdometerGuard, SpeedGuard
+from can_signals.routes import Combo, Plan, Route
 from can_signals.update import SignalUpdate, SignalValue
 from touchpoint.ratelimit import RateLimitedLog
 
@@ -52,6 +58,10 @@ Emit = Callable[[SignalUpdate], None]
 STALE_CHECK_PERIOD: Final = 0.25
 TRUNCATED: Final = "truncated"
 DECODE_FAILED: Final = "decode_failed"
+#: Rejections that leave the interval unused (a missing table entry or a failing
+#: expression uses it up, as in KUKSA, where both happen after its time condition).
+_RANGE_REASONS: Final = frozenset({OUT_OF_DBC_RANGE, OUT_OF_RANGE, NOT_A_NUMBER})
+_NO_READINGS: Final[Mapping[str, float | int]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,141 +85,6 @@ class ProcessorStats:
         return sum(self.rejections.values())
 
 
-class _Route:
-    """Runtime state of one binding on one bus."""
-
-    __slots__ = (
-        "binding", "convert", "due", "interval", "kind", "last_bits", "last_len",
-        "last_present", "mask", "on_change", "path", "present", "scale", "signal",
-        "stale_after", "unit", "value",
-    )  # fmt: skip
-
-    def __init__(self, binding: SignalBinding) -> None:
-        entry = binding.entry
-        self.binding = binding
-        self.path = entry.path
-        self.unit = binding.spec.unit
-        self.signal = binding.signal.name
-        self.convert = binding.convert
-        self.kind = binding.kind
-        # A DTC slot cycles through codes: every change matters, whatever the file says.
-        self.interval = 0.0 if binding.kind == "dtc" else entry.interval_ms / 1000
-        self.on_change = True if binding.kind == "dtc" else entry.on_change
-        self.stale_after = binding.stale_seconds
-        self.scale = float(binding.signal.scale)
-        self.mask = route_mask(binding)
-        # When the interval allows the next look (KUKSA's time condition).
-        self.due = -math.inf
-        # The bits (and frame length) last converted; None: look at the next frame.
-        self.last_bits: int | None = None
-        self.last_len = -1
-        self.value: SignalValue | None = None
-        self.present = False
-        self.last_present = -math.inf
-
-
-class _Plan:
-    """Runtime state of one mapped CAN ID on one bus."""
-
-    __slots__ = (
-        "bus", "decode", "last_len", "last_seen", "length", "name", "next_due", "routes",
-        "watch_bits", "watch_mask",
-    )  # fmt: skip
-
-    def __init__(self, layout: FrameLayout, bus: str) -> None:
-        message = layout.message
-        self.bus = bus
-        self.name = message.name
-        self.length = message.length
-        self.routes = tuple(_Route(b) for b in layout.bindings)
-        # The bits of the routes that look at every change (interval 0, on change): a
-        # frame where they are unchanged and no interval is due needs no work at all.
-        self.watch_mask = 0
-        for route in self.routes:
-            if not route.interval and route.on_change:
-                self.watch_mask |= route.mask
-        self.watch_bits: int | None = None
-        self.last_len = -1
-        self.last_seen = -math.inf
-        self.next_due = -math.inf
-        decode_simple = message.decode_simple
-        unmultiplexed = layout.unmultiplexed
-
-        def decode(data: bytes | bytearray) -> Mapping[str, float | int]:
-            # Positional: no choices, scaling on, truncated frames allowed, excess allowed.
-            try:
-                return decode_simple(data, False, True, True, True)  # type: ignore[arg-type,return-value]
-            except DecodeError:
-                if unmultiplexed is None:
-                    raise
-            # The multiplexer selects a branch the mapping does not read (or one the DBC
-            # does not define): only the signals outside the branches are in this frame.
-            return unmultiplexed.decode_simple(data, False, True, True, True)  # type: ignore[arg-type,return-value]
-
-        self.decode = decode
-
-
-class BusInput:
-    """Receives the frames of one named bus; a python-can listener (callable).
-
-    One thread feeds one bus (its Notifier's reader, or the replay), so the counters
-    here need no lock, and neither does the table look-up that ends an unmapped frame.
-    """
-
-    __slots__ = (
-        "_processor", "_table", "error_or_remote", "frames", "name", "unmapped", "without_dbc",
-    )  # fmt: skip
-
-    def __init__(self, processor: FrameProcessor, name: str, table: dict[int, _Plan]) -> None:
-        self._processor = processor
-        self._table = table
-        self.name = name
-        self.frames = 0
-        self.unmapped = 0
-        self.without_dbc = 0
-        self.error_or_remote = 0
-
-    def __call__(self, msg: can.Message) -> None:
-        """Process one frame (the python-can ``Listener`` protocol)."""
-        self.frames += 1
-        key = msg.arbitration_id | 0x8000_0000 if msg.is_extended_id else msg.arbitration_id
-        plan = self._table.get(key)
-        processor = self._processor
-        if plan is None:
-            if self._table:
-                self.unmapped += 1
-            else:
-                self.without_dbc += 1
-            # Other traffic still moves the clock: mapped IDs that stopped go stale.
-            timestamp = msg.timestamp
-            processor.latest_timestamp = timestamp
-            if timestamp >= processor.next_stale_check:
-                with processor.lock:
-                    processor.advance_clock(timestamp)
-            return
-        if msg.is_remote_frame or msg.is_error_frame:
-            self.error_or_remote += 1
-            return
-        timestamp, data = msg.timestamp, msg.data
-        # The common case, decided without the lock: nothing due, nothing watched changed.
-        # Only this bus's thread writes these fields; another thread may reset them (a
-        # stale signal), and this frame then simply takes the full path below or the next.
-        if (
-            timestamp < plan.next_due
-            and timestamp < processor.next_stale_check
-            and len(data) == plan.last_len == plan.length
-            and int.from_bytes(data, "little") & plan.watch_mask == plan.watch_bits
-        ):
-            plan.last_seen = processor.latest_timestamp = timestamp
-            return
-        with processor.lock:
-            processor.frame(plan, timestamp, data)
-
-    def on_error(self, exc: Exception) -> None:
-        """python-can calls this when the bus fails under a Notifier thread."""
-        _log.error("CAN bus %s: receive failed: %s", self.name, exc)
-
-
 class FrameProcessor:
     """Decodes frames of any number of named buses into :class:`SignalUpdate` s."""
 
@@ -218,7 +93,8 @@ class FrameProcessor:
         self._binding = binding
         self._emit = emit
         self._inputs: dict[str, BusInput] = {}
-        self._plans: list[_Plan] = []
+        self._plans: list[Plan] = []
+        self._combos: list[tuple[Combo, str]] = []
         self._assembler = FaultAssembler(self._emit_counted)
         self._odometer = OdometerGuard()
         self._speed = SpeedGuard()
@@ -237,9 +113,10 @@ class FrameProcessor:
             existing = self._inputs.get(name)
             if existing is not None:
                 return existing
-            table: dict[int, _Plan] = {}
+            table: dict[int, Plan] = {}
+            combos: dict[int, Combo] = {}
             for key, layout in self._binding.layouts_for_bus(name).items():
-                plan = _Plan(layout, name)
+                plan = Plan(layout, name)
                 table[key] = plan
                 self._plans.append(plan)
                 for route in plan.routes:
@@ -247,6 +124,13 @@ class FrameProcessor:
                         self._assembler.add_slot(
                             id(route), name, route.stale_after, _last_seen_of(plan)
                         )
+                    combination = route.binding.combination
+                    if combination is not None:
+                        combo = combos.get(id(combination))
+                        if combo is None:
+                            combo = combos[id(combination)] = Combo(combination, route.binding)
+                            self._combos.append((combo, name))
+                        route.combo = combo
             bus_input = BusInput(self, name, table)
             self._inputs[name] = bus_input
             return bus_input
@@ -266,7 +150,7 @@ class FrameProcessor:
         with self.lock:
             self._assembler.read_result(source, codes, timestamp)
 
-    def frame(self, plan: _Plan, timestamp: float, data: bytes | bytearray) -> None:
+    def frame(self, plan: Plan, timestamp: float, data: bytes | bytearray) -> None:
         """Process one mapped frame. The caller holds :attr:`lock`."""
         length = len(data)
         if length != plan.length:
@@ -297,7 +181,7 @@ class FrameProcessor:
 
     def _run_routes(
         self,
-        plan: _Plan,
+        plan: Plan,
         timestamp: float,
         previous_seen: float,
         data: bytes | bytearray,
@@ -305,81 +189,141 @@ class FrameProcessor:
     ) -> None:
         values: Mapping[str, float | int] | None = None
         length = plan.last_len
-        bus = plan.bus
         next_due = math.inf
         for route in plan.routes:
-            if route.interval:
-                if timestamp < route.due:
+            interval = route.interval_ms
+            if interval:
+                if (timestamp - route.last_time) * 1000.0 < interval:
                     next_due = min(next_due, route.due)
                     continue
-                route.due = timestamp + route.interval
-                next_due = min(next_due, route.due)
             elif not route.on_change:
                 next_due = -math.inf
             route_bits = bits & route.mask
-            if route_bits == route.last_bits and length == route.last_len:
-                # Nothing this route reads changed since it last converted.
-                if not route.on_change and route.value is not None:
-                    self._emit_counted(
-                        SignalUpdate(route.path, route.value, route.unit, timestamp, bus)
+            if route_bits != route.last_bits or length != route.last_len:
+                if values is None:
+                    values = self._decode(plan, data)
+                    if values is None:
+                        return
+                route.last_bits, route.last_len = route_bits, length
+                raw = values.get(route.signal)
+                selector = route.selector
+                if raw is None or (selector is not None and values.get(selector[0]) != selector[1]):
+                    self._absent(plan, route, raw, previous_seen)
+                    taken = False  # an absent value leaves the interval unused
+                else:
+                    route.present = True
+                    route.last_present = timestamp
+                    # A value refused for its range or plausibility does not use up the
+                    # interval (KUKSA drops out-of-range values before its time condition).
+                    taken = (
+                        self._convert(plan, route, raw, values, timestamp)
+                        if route.combo is None
+                        else self._feed(plan, route, raw, timestamp)
                     )
-                continue
-            if values is None:
-                try:
-                    values = plan.decode(data)
-                except (DecodeError, ValueError, KeyError, IndexError) as err:
-                    plan.watch_bits = None
-                    self._reject(plan.name, DECODE_FAILED, f"{plan.name}: {err}")
-                    return
-                self.decodes += 1
-            route.last_bits, route.last_len = route_bits, length
-            raw = values.get(route.signal)
-            if raw is None:
-                if route.present:
-                    route.present = False
-                    route.last_present = previous_seen
-                if length < plan.length:  # else another multiplexer branch
-                    self._rejections[(TRUNCATED, route.path)] += 1
-                continue
-            route.present = True
-            route.last_present = timestamp
-            self._convert(plan, route, raw, values, timestamp)
+            else:
+                # Nothing this route reads changed since it last converted.
+                taken = self._again(plan, route, timestamp)
+            if interval:
+                if taken:
+                    route.restart_interval(timestamp)
+                next_due = min(next_due, route.due)
         plan.next_due = next_due
+
+    def _decode(self, plan: Plan, data: bytes | bytearray) -> Mapping[str, float | int] | None:
+        try:
+            values = plan.decode(data)
+        except (DecodeError, ValueError, KeyError, IndexError) as err:
+            plan.watch_bits = None
+            self._reject(plan.name, DECODE_FAILED, f"{plan.name}: {err}")
+            return None
+        self.decodes += 1
+        return values
+
+    def _absent(
+        self, plan: Plan, route: Route, raw: float | int | None, previous_seen: float
+    ) -> None:
+        """A frame without the route's value.
+
+        Its bits are missing from a short frame, or it is another multiplexer branch, or
+        the instance of another multiplexer value.
+        """
+        if route.present:
+            route.present = False
+            route.last_present = previous_seen
+        if raw is None and route.last_len < plan.length:
+            self._rejections[(TRUNCATED, route.path)] += 1
+
+    def _again(self, plan: Plan, route: Route, timestamp: float) -> bool:
+        """A frame whose bits for the route are those it last converted."""
+        if route.combo is not None:
+            if route.present:
+                self._feed(plan, route, route.cached, timestamp)
+        elif not route.on_change and route.value is not None:
+            self._emit_counted(
+                SignalUpdate(route.path, route.value, route.unit, timestamp, plan.bus)
+            )
+        return True
+
+    def _feed(self, plan: Plan, route: Route, raw: float | int, timestamp: float) -> bool:
+        """Hand an input's reading to its combined value, and compute that when it can."""
+        combo = route.combo
+        assert combo is not None
+        try:
+            route.convert(raw, _NO_READINGS)  # the input's own DBC range
+        except Rejected as rejected:
+            self._look_again(plan, route)
+            combo.stamps.pop(route.name, None)
+            self._reject(route.path, rejected.reason, f"{route.signal}: {rejected}")
+            return False
+        route.cached = combo.readings[route.name] = raw
+        combo.stamps[route.name] = timestamp
+        output = combo.route
+        if combo.complete(timestamp) and output.time_condition(timestamp):
+            taken = self._convert(plan, output, combo.readings["x"], combo.readings, timestamp)
+            if taken and output.interval_ms:
+                output.restart_interval(timestamp)
+        return True
 
     def _convert(
         self,
-        plan: _Plan,
-        route: _Route,
+        plan: Plan,
+        route: Route,
         raw: float | int,
         values: Mapping[str, float | int],
         timestamp: float,
-    ) -> None:
-        """Convert a route's raw value, check it, and publish it if it is news."""
+    ) -> bool:
+        """Convert a route's raw value, check it, and publish it if it is news.
+
+        Returns:
+            Whether the value used up the route's interval: ``False`` when it was refused
+            for its range or plausibility, as if the frame had not carried it.
+        """
         try:
             value = route.convert(raw, values)
         except Rejected as rejected:
             self._look_again(plan, route)
             self._reject(route.path, rejected.reason, str(rejected))
-            return
+            return rejected.reason not in _RANGE_REASONS
         if route.on_change and value == route.value:
-            return
+            return True
         bus = plan.bus
         if route.kind == "dtc":
             route.value = value
             self._assembler.slot(id(route), value, timestamp, bus)  # type: ignore[arg-type]
-            return
+            return True
         reason = self._implausible(route, value, raw, values, timestamp)
         if reason is not None:
             self._look_again(plan, route)
             self._reject(route.path, reason, f"implausible value {value!r}")
-            return
+            return False
         route.value = value
         self._emit_counted(SignalUpdate(route.path, value, route.unit, timestamp, bus))
         if route.kind == "lamp":
             self._assembler.lamp(route.path[len(LAMP_PREFIX) :], bool(value), timestamp, bus)
+        return True
 
     @staticmethod
-    def _look_again(plan: _Plan, route: _Route) -> None:
+    def _look_again(plan: Plan, route: Route) -> None:
         """Make the next frame of the plan reach the route, even if identical."""
         route.last_bits = None
         plan.watch_bits = None
@@ -387,7 +331,7 @@ class FrameProcessor:
 
     def _implausible(
         self,
-        route: _Route,
+        route: Route,
         value: SignalValue,
         raw: float | int,
         values: Mapping[str, float | int],
@@ -439,7 +383,24 @@ class FrameProcessor:
                 self._emit_counted(SignalUpdate(route.path, None, route.unit, now, plan.bus))
                 if route.kind == "lamp":
                     self._assembler.lamp(route.path[len(LAMP_PREFIX) :], None, now, plan.bus)
+        for combo, bus in self._combos:
+            self._stale_combo(combo, bus, now)
         self._assembler.expire(now)
+
+    def _stale_combo(self, combo: Combo, bus: str, now: float) -> None:
+        route = combo.route
+        if route.value is None or not route.stale_after:
+            return
+        oldest = combo.oldest()
+        if now - oldest <= route.stale_after:
+            return
+        route.value = None
+        self._log.warning(
+            ("stale", route.path), "%s is stale: no complete set of readings", route.path
+        )
+        self._emit_counted(SignalUpdate(route.path, None, route.unit, now, bus))
+        if route.kind == "lamp":
+            self._assembler.lamp(route.path[len(LAMP_PREFIX) :], None, now, bus)
 
     def _emit_counted(self, update: SignalUpdate) -> None:
         self.updates += 1
@@ -471,7 +432,7 @@ class FrameProcessor:
             )
 
 
-def _last_seen_of(plan: _Plan) -> Callable[[], float]:
+def _last_seen_of(plan: Plan) -> Callable[[], float]:
     return lambda: plan.last_seen
 
 

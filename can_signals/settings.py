@@ -119,6 +119,15 @@ class CanSettings(_Section):
         list[DbcSettings],
         Field(min_length=1, description="At least one."),
     ]
+    vss: Annotated[
+        Path | None,
+        Field(
+            description="A VSS release's JSON export (as the KUKSA databroker's `--vss` "
+            "takes it), for the types and units of mapped paths outside touchpoint's own "
+            "catalogue that the mapping does not declare. Absent: the mapping's "
+            "declarations alone."
+        ),
+    ] = None
     buses: Annotated[
         list[BusSettings],
         Field(description="The buses to read; ignored when `replay` is set."),

@@ -7,13 +7,17 @@ its frames are decoded right there: handing every frame to the loop would cost a
 13 µs of CPU per frame, against 2 µs for the thread alone (measured here), so only the
 resulting updates cross to the loop (see :mod:`can_signals.stream`).
 
-On socketcan the kernel filters frames by the mapped IDs, so unmapped traffic never
-reaches Python. Other interfaces filter in python-can, which is slower than our own
-table look-up, so they get no filter.
+On socketcan the kernel filters frames by the mapped IDs (11- and 29-bit alike), so
+unmapped traffic never reaches Python; a bus whose mapped messages are CAN FD (declared
+so, or longer than 8 bytes) is opened with ``fd=True``, without which the kernel hands
+no CAN FD frame to the socket. Other interfaces filter in python-can, which is slower
+than our own table look-up, so they get no filter.
 
-Replays read candump ``.log``, ``.asc``, ``.trc`` and ``.blf`` files with python-can's
-readers. A malformed line is counted and skipped: the text readers are restarted past
-it, fed again with the file's header lines so they keep its settings.
+Replays read candump ``.log`` files with :mod:`can_signals.candump`, which skips the
+python-can message of every line (unmapped frames never become one), and ``.asc``,
+``.trc`` and ``.blf`` files with python-can's readers. A malformed line is counted and
+skipped: the text readers are restarted past it, fed again with the file's header lines
+so they keep its settings.
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 import can
 from can.io.blf import BLFParseError
 from can.io.player import MESSAGE_READERS
+from can.typechecking import CanFilter
 
+from can_signals.candump import CandumpPlayer
 from can_signals.errors import SourceError
 from can_signals.processor import BusInput, FrameProcessor
 from touchpoint.ratelimit import RateLimitedLog
@@ -71,10 +77,12 @@ class LiveBuses:
         configs: tuple[BusConfig, ...],
         processor: FrameProcessor,
         kernel_filters: Callable[[str], list[tuple[int, bool]]],
+        fd: Callable[[str], bool] = lambda _bus: False,
     ) -> None:
         self._configs = configs
         self._processor = processor
         self._kernel_filters = kernel_filters
+        self._fd = fd
         self.buses: dict[str, can.BusABC] = {}
         self.notifiers: dict[str, can.Notifier] = {}
 
@@ -86,7 +94,8 @@ class LiveBuses:
         """
         try:
             for config in self._configs:
-                bus = _open_bus(config, self._kernel_filters(config.name))
+                opened = _with_fd(config, self._fd(config.name))
+                bus = _open_bus(opened, self._kernel_filters(config.name))
                 self.buses[config.name] = bus
                 listener = self._processor.bus(config.name)
                 self.notifiers[config.name] = _notifier(bus, listener, loop)
@@ -107,19 +116,31 @@ class LiveBuses:
         self.buses.clear()
 
 
+def _with_fd(config: BusConfig, fd: bool) -> BusConfig:  # noqa: FBT001 - one flag, named
+    """A socketcan bus carrying mapped CAN FD messages needs the socket's CAN FD frames."""
+    if not fd or config.interface != "socketcan" or "fd" in config.options:
+        return config
+    return replace(config, options={**config.options, "fd": True})
+
+
 def _open_bus(config: BusConfig, mapped_ids: list[tuple[int, bool]]) -> can.BusABC:
     options = dict(config.options)
     if config.interface == "socketcan" and mapped_ids:
-        options["can_filters"] = [
-            {"can_id": can_id, "can_mask": 0x1FFFFFFF if extended else 0x7FF, "extended": extended}
-            for can_id, extended in mapped_ids
-        ]
+        options["can_filters"] = kernel_filters(mapped_ids)
     try:
         return can.Bus(interface=config.interface, channel=config.channel, **options)
     except (can.CanError, OSError, ValueError, ImportError, NotImplementedError) as err:
         raise SourceError(
             f"cannot open CAN bus {config.name!r} ({config.interface} {config.channel}): {err}"
         ) from err
+
+
+def kernel_filters(mapped_ids: list[tuple[int, bool]]) -> list[CanFilter]:
+    """python-can filters passing exactly the mapped IDs: 11-bit and 29-bit kept apart."""
+    return [
+        {"can_id": can_id, "can_mask": 0x1FFFFFFF if extended else 0x7FF, "extended": extended}
+        for can_id, extended in mapped_ids
+    ]
 
 
 def _notifier(bus: can.BusABC, listener: BusInput, loop: asyncio.AbstractEventLoop) -> can.Notifier:
@@ -192,8 +213,11 @@ class Replay:
         processor: Where the frames go; each log channel is a bus of that name.
         speed: 1 for real time, 2 for twice as fast, 0 for as fast as possible.
         on_done: Called from the worker thread when the log is finished or stopped.
-        after_frame: Called from the worker thread after each frame, outside the
-            processor's lock (where a replay may wait for its consumer).
+        after_frame: Called from the worker thread after each frame that may have
+            produced updates, outside the processor's lock (where a replay may wait for
+            its consumer).
+        python_can_only: Read a candump log with python-can's reader too (the slow way,
+            to check the fast one against).
     """
 
     def __init__(
@@ -203,6 +227,8 @@ class Replay:
         speed: float = 1.0,
         on_done: Callable[[], None] = lambda: None,
         after_frame: Callable[[], None] = lambda: None,
+        *,
+        python_can_only: bool = False,
     ) -> None:
         if speed < 0:
             raise ValueError("speed must be >= 0")
@@ -211,6 +237,7 @@ class Replay:
         self._speed = speed
         self._on_done = on_done
         self._after_frame = after_frame
+        self._python_can_only = python_can_only
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = RateLimitedLog(_log, interval=10.0)
@@ -235,24 +262,24 @@ class Replay:
 
     def _run(self) -> None:
         inputs: dict[object, BusInput] = {}
-        start_wall = 0.0
-        first_stamp: float | None = None
+
+        def input_for(channel: str | int | None) -> BusInput:
+            listener = inputs.get(channel)
+            if listener is None:
+                name = DEFAULT_BUS_NAME if channel is None else str(channel)
+                listener = inputs[channel] = self._processor.bus(name)
+            return listener
+
+        pace = self._pacer() if self._speed else None
         try:
+            if self.path.suffix.lower() == ".log" and not self._python_can_only:
+                self._play_candump(input_for, pace)
+                return
             for msg in self._frames():
-                if self._stop.is_set():
+                if self._stop.is_set() or (pace is not None and pace(msg.timestamp)):
                     break
-                if self._speed:
-                    if first_stamp is None:
-                        first_stamp, start_wall = msg.timestamp, time.monotonic()
-                    delay = start_wall + (msg.timestamp - first_stamp) / self._speed
-                    delay -= time.monotonic()
-                    if delay > 0 and self._stop.wait(delay):
-                        break
-                listener = inputs.get(msg.channel)
-                if listener is None:
-                    name = DEFAULT_BUS_NAME if msg.channel is None else str(msg.channel)
-                    listener = inputs[msg.channel] = self._processor.bus(name)
-                listener(msg)
+                channel = msg.channel
+                input_for(channel if isinstance(channel, str | int) else None)(msg)
                 self.frames += 1
                 self._after_frame()
         except OSError as err:
@@ -260,6 +287,38 @@ class Replay:
             _log.error("%s", self.error)
         finally:
             self._on_done()
+
+    def _pacer(self) -> Callable[[float], bool]:
+        """Waits until a frame's time has come at the replay's speed; ``True``: stopped."""
+        start_wall = 0.0
+        first_stamp: float | None = None
+
+        def pace(timestamp: float) -> bool:
+            nonlocal first_stamp, start_wall
+            if first_stamp is None:
+                first_stamp, start_wall = timestamp, time.monotonic()
+            delay = start_wall + (timestamp - first_stamp) / self._speed - time.monotonic()
+            return delay > 0 and self._stop.wait(delay)
+
+        return pace
+
+    def _play_candump(
+        self,
+        input_for: Callable[[str | int | None], BusInput],
+        pace: Callable[[float], bool] | None,
+    ) -> None:
+        def bad_line(number: int, err: Exception) -> None:
+            self.bad_lines += 1
+            self._log.warning(
+                "bad-line", "%s line %d: skipped a malformed line (%s)", self.path, number, err
+            )
+
+        player = CandumpPlayer(input_for, self._after_frame, pace, self._stop.is_set, bad_line)
+        with self.path.open(encoding="utf-8", errors="replace", newline=None) as handle:
+            try:
+                player.play(handle)
+            finally:
+                self.frames += player.frames
 
     def _frames(self) -> Iterator[can.Message]:
         if self.path.suffix.lower() not in _TEXT_FORMATS:

@@ -326,6 +326,7 @@ class Daemon:
                 pipeline = SignalPipeline.from_files(
                     can.mapping,
                     dbcs,
+                    vss=can.vss,
                     replay=can.replay,
                     speed=can.replay_speed,
                     capacity=can.queue_capacity,
@@ -333,11 +334,13 @@ class Daemon:
             else:
                 buses = [BusConfig(b.name, b.interface, b.channel, b.options) for b in can.buses]
                 pipeline = SignalPipeline.from_files(
-                    can.mapping, dbcs, buses=buses, capacity=can.queue_capacity
+                    can.mapping, dbcs, vss=can.vss, buses=buses, capacity=can.queue_capacity
                 )
         except (CanSignalsError, ValueError) as err:
             _log.error("CAN signals unavailable, running without them: %s", err)
             return None
+        for warning in pipeline.binding.warnings:
+            _log.warning("%s", warning)
         odometer = self.agent.vehicle.odometer_m
         if odometer is not None:
             pipeline.processor.seed_odometer(odometer)

@@ -5,6 +5,10 @@ The encoder quantises every physical value to the signal's raw integer itself
 values with cantools, so what goes on the wire is exactly known: tests compare the
 decoded values against :attr:`EncodedFrame.raw`. One cantools message per CAN ID is
 looked up once and kept.
+
+The reference car's ECUs (:mod:`can_signals.simulator.ecus`) are the default; other
+message functions and cycle times encode another car's DBC. A message longer than 8
+bytes (or declared CAN FD) goes out as a CAN FD frame with the bit-rate switch set.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from types import MappingProxyType
 import can
 from cantools.database.can import Database, Message, Signal
 
+from can_signals.layout import is_fd_message
 from can_signals.simulator.ecus import CHECKSUMS, MESSAGES, MessageFunction
 from can_signals.simulator.errors import SimulatorError
 from can_signals.simulator.model import VehicleState
@@ -54,33 +59,44 @@ class FrameEncoder:
     slot), so a fresh encoder is needed for every run.
 
     Args:
-        database: The reference DBC, loaded with cantools.
+        database: The DBC, loaded with cantools (the reference DBC by default).
         channel: The channel name frames carry (it becomes the bus name of a replay).
+        messages: The function giving each message's signals (default: the reference
+            car's ECUs).
+        checksums: The checksum signal of each message protected by the reference
+            car's checksum (default: the reference car's).
+        cycle_ms: Cycle times for messages whose DBC gives none.
 
     Raises:
-        SimulatorError: If a message of :data:`~can_signals.simulator.ecus.MESSAGES` is
-            missing from the database, has no cycle time, or its function does not give
-            exactly the message's signals.
+        SimulatorError: If a message of ``messages`` is missing from the database, has no
+            cycle time, or its function does not give exactly the message's signals.
     """
 
-    def __init__(self, database: Database, channel: str = "can0") -> None:
+    def __init__(
+        self,
+        database: Database,
+        channel: str = "can0",
+        *,
+        messages: Mapping[str, MessageFunction] = MESSAGES,
+        checksums: Mapping[str, str] = CHECKSUMS,
+        cycle_ms: Mapping[str, int] | None = None,
+    ) -> None:
         self._channel = channel
         self._schedule: list[_Scheduled] = []
-        for name, values in MESSAGES.items():
+        for name, values in messages.items():
             try:
                 message = database.get_message_by_name(name)
             except KeyError as err:
                 raise SimulatorError(f"the DBC has no message {name}") from err
-            if not message.cycle_time:
+            cycle = (cycle_ms or {}).get(name) or message.cycle_time
+            if not cycle:
                 raise SimulatorError(f"message {name} has no GenMsgCycleTime")
             # Checked once here, so that encoding can skip cantools' per-frame checks.
             given = set(values(VehicleState(), 0))
             if given != {s.name for s in message.signals}:
                 raise SimulatorError(f"the simulator's {name} does not match the DBC's signals")
             signals = {s.name: (s, _raw_limits(s)) for s in message.signals}
-            self._schedule.append(
-                _Scheduled(message, message.cycle_time, values, signals, CHECKSUMS.get(name))
-            )
+            self._schedule.append(_Scheduled(message, cycle, values, signals, checksums.get(name)))
         self._schedule.sort(key=lambda s: s.message.frame_id)
 
     @property
@@ -109,10 +125,13 @@ class FrameEncoder:
         if scheduled.checksum is not None:
             raw[scheduled.checksum] = _checksum(message.frame_id, data)
             data = message.encode(raw, scaling=False, strict=False)
+        fd = is_fd_message(message)
         frame = can.Message(
             timestamp=timestamp,
             arbitration_id=message.frame_id,
             is_extended_id=message.is_extended_frame,
+            is_fd=fd,
+            bitrate_switch=fd,
             data=data,
             channel=self._channel,
             is_rx=False,

@@ -205,6 +205,15 @@ def tesla_party_dbc(opendbc_dir: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def vss6(realdata_dir: Path) -> Path:
+    """VSS 6.0's JSON export (``shared/vss/vss-6.0.json``), as an integrator's ``--vss``."""
+    path = realdata_dir.parent / "vss" / "vss-6.0.json"
+    if not path.is_file():
+        pytest.fail(f"the shared VSS release is missing: {path}", pytrace=False)
+    return path
+
+
 def load_database(path: Path) -> Database:
     """Load a DBC as the tests' own reference decoder (cantools, non-strict like the code)."""
     database = cantools.database.load_file(str(path), strict=False)

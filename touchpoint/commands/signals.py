@@ -17,7 +17,7 @@ import can
 from can.io.blf import BLFParseError
 
 from can_signals.dbc import parse_dbc_argument
-from can_signals.errors import CanSignalsError
+from can_signals.errors import CanSignalsError, MappingError
 from can_signals.pipeline import PipelineStats, SignalPipeline
 from can_signals.sources import BusConfig
 from can_signals.update import SignalUpdate
@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--mapping", required=True, metavar="FILE",
                         help="the VSS mapping (KUKSA dbc2vss format, JSON or YAML)")  # fmt: skip
+    parser.add_argument(
+        "--vss", metavar="FILE",
+        help="a VSS release's JSON export, for the types and units of mapped paths outside "
+        "touchpoint's catalogue that the mapping leaves out",
+    )  # fmt: skip
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--replay", metavar="LOG",
                         help="a recorded log: candump .log, .asc, .blf or .trc")  # fmt: skip
@@ -63,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(args, sys.stdout))
     except CanSignalsError as err:
+        if isinstance(err, MappingError):  # what else was found, with the problems
+            for warning in err.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -71,11 +79,11 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     dbcs = [parse_dbc_argument(a) for a in args.dbc]
     if args.replay:
         pipeline = SignalPipeline.from_files(
-            args.mapping, dbcs, replay=args.replay, speed=args.speed
+            args.mapping, dbcs, vss=args.vss, replay=args.replay, speed=args.speed
         )
     else:
         bus = BusConfig(args.bus_name or args.channel, args.interface, args.channel)
-        pipeline = SignalPipeline.from_files(args.mapping, dbcs, buses=[bus])
+        pipeline = SignalPipeline.from_files(args.mapping, dbcs, vss=args.vss, buses=[bus])
     for warning in pipeline.binding.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     loop = asyncio.get_running_loop()

@@ -24,6 +24,7 @@ from can_signals.errors import DbcError, MappingError, SourceError
 from can_signals.mapping import read_mapping
 from can_signals.settings import BusSettings, CanSettings
 from can_signals.sources import check_log
+from can_signals.vss import VssError, VssRelease, load_vss
 from touchpoint.doctor.report import Check, fail, ok, shorten, warn
 
 SYSFS_NET: Final = Path("/sys/class/net")
@@ -31,6 +32,8 @@ SYSFS_NET: Final = Path("/sys/class/net")
 ARPHRD_CAN: Final = 280
 #: ``IFF_UP`` in ``/sys/class/net/<if>/flags``.
 IFF_UP: Final = 0x1
+#: The MTU of a CAN FD capable interface (``struct canfd_frame``); classic CAN has 16.
+CANFD_MTU: Final = 72
 _HOW_TO_FIX_A_FILE: Final = (
     "fix the file at the line named; `touchpoint signals --dbc ... --mapping ... "
     "--replay LOG` reports the same problems"
@@ -44,7 +47,7 @@ def check_can(
     timeout: float = 3.0,
     sysfs: Path = SYSFS_NET,
 ) -> Iterator[Check]:
-    """The CAN set-up: ``can.dbc``, ``can.mapping``, ``can.<bus>``, ``can.listen.<bus>``."""
+    """The CAN set-up: ``can.dbc``, ``.vss``, ``.mapping``, ``.<bus>``, ``.listen.<bus>``."""
     if settings is None:
         yield warn(
             "can",
@@ -61,7 +64,19 @@ def check_can(
         messages = sum(len(s.database.messages) for s in sources)
         files = ", ".join(f"{s.path}{f' (bus {s.bus})' if s.bus else ''}" for s in sources)
         yield ok("can.dbc", f"{len(sources)} DBC file(s), {messages} messages: {files}")
-    binding = yield from _check_mapping(settings.mapping, sources)
+    release: VssRelease | None = None
+    if settings.vss is not None:
+        try:
+            release = load_vss(settings.vss)
+        except VssError as err:
+            yield fail(
+                "can.vss",
+                shorten([str(p) for p in err.problems]),
+                "set [can] vss to a VSS release's JSON export (vspec export json), or remove it",
+            )
+        else:
+            yield ok("can.vss", f"{settings.vss}: {len(release.leaves)} VSS signals")
+    binding = yield from _check_mapping(settings.mapping, sources, release)
     if settings.replay is not None:
         yield _check_replay(settings.replay)
     elif not settings.buses:
@@ -84,7 +99,7 @@ def check_can(
 
 
 def _check_mapping(
-    mapping: Path, sources: Sequence[DbcSource]
+    mapping: Path, sources: Sequence[DbcSource], release: VssRelease | None
 ) -> Generator[Check, None, Binding | None]:
     document, problems = read_mapping(mapping)
     if not sources:  # the DBC files failed: only the file's own shape can be checked
@@ -99,7 +114,7 @@ def _check_mapping(
             )
         return None
     try:
-        binding = bind(document, sources, earlier=problems)
+        binding = bind(document, sources, earlier=problems, vss=release)
     except MappingError as err:
         yield fail("can.mapping", shorten([str(p) for p in err.problems]), _HOW_TO_FIX_A_FILE)
         return None
@@ -110,7 +125,8 @@ def _check_mapping(
         yield warn(
             "can.mapping",
             f"{described}; {shorten([str(w) for w in binding.warnings])}",
-            "pin the message with 'message:' where a signal is in several",
+            "pin the message with 'message:' where a signal is in several; declare "
+            "'datatype' and 'unit', or set [can] vss, for paths outside the catalogue",
         )
     else:
         yield ok("can.mapping", described)
@@ -134,6 +150,7 @@ def _check_replay(path: Path) -> Check:
 def _check_bus(bus: BusSettings, binding: Binding | None, sysfs: Path, timeout: float) -> Check:
     name = f"can.{bus.name}"
     coverage = ""
+    fd = binding is not None and binding.fd_for_bus(bus.name)
     if binding is not None:
         ids = binding.frame_ids_for_bus(bus.name)
         if not ids:
@@ -145,7 +162,7 @@ def _check_bus(bus: BusSettings, binding: Binding | None, sysfs: Path, timeout: 
             )
         coverage = f"; {len(ids)} mapped frame IDs"
     if bus.interface == "socketcan":
-        return _check_socketcan(name, bus.channel, sysfs, coverage)
+        return _check_socketcan(name, bus.channel, sysfs, coverage, fd=fd)
     if bus.interface == "virtual":
         return warn(
             name,
@@ -158,7 +175,9 @@ def _check_bus(bus: BusSettings, binding: Binding | None, sysfs: Path, timeout: 
     return ok(name, f"{bus.interface} {bus.channel}: not checked without --listen{coverage}")
 
 
-def _check_socketcan(name: str, channel: str, sysfs: Path, coverage: str) -> Check:
+def _check_socketcan(
+    name: str, channel: str, sysfs: Path, coverage: str, *, fd: bool = False
+) -> Check:
     device = sysfs / channel
     if not device.exists():
         return fail(
@@ -182,6 +201,15 @@ def _check_socketcan(name: str, channel: str, sysfs: Path, coverage: str) -> Che
             f"socketcan {channel}: down (operstate {state})",
             f"ip link set {channel} up type can bitrate 500000 (vcan: ip link set up "
             f"{channel}); usually a systemd-networkd .network file does this",
+        )
+    mtu = _read_int(device / "mtu")
+    if fd and mtu is not None and mtu < CANFD_MTU:
+        return fail(
+            name,
+            f"socketcan {channel}: classic CAN (mtu {mtu}), but the mapping reads CAN FD "
+            "messages: their frames never arrive",
+            f"ip link set {channel} up type can bitrate 500000 dbitrate 2000000 fd on "
+            f"(vcan: ip link set {channel} mtu {CANFD_MTU})",
         )
     return ok(name, f"socketcan {channel}: up (operstate {state}){coverage}")
 
