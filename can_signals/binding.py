@@ -76,11 +76,6 @@ class Binding:
         self.warnings = tuple(warnings)
         self._layouts: dict[frozenset[int], dict[int, FrameLayout]] = {}
 
-    @property
-    def derives_dtc_list(self) -> bool:
-        """Whether DTC slots or lamps are mapped, so the fault assembler owns ``DTCList``."""
-        return any(b.kind in ("dtc", "lamp") for b in self.bindings)
-
     def dbc_indexes_for_bus(self, bus: str) -> frozenset[int]:
         """The DBC files that describe ``bus``: those for every bus and those named for it."""
         return frozenset(i for i, s in enumerate(self.sources) if s.bus in (None, bus))
