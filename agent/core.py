@@ -92,6 +92,8 @@ class Output:
     suppressed: Counter[str] = field(default_factory=Counter)
     #: Requests to take out of the outbox (if still unsent) in the same commit.
     withdrawn: list[str] = field(default_factory=list)
+    #: Cards that could be on screen but for the limit on cards at once, as of this output.
+    waiting: int = 0
 
     def extend(self, other: Output) -> None:
         """Append another output (in order)."""
@@ -100,6 +102,7 @@ class Output:
         self.dirty |= other.dirty
         self.suppressed.update(other.suppressed)
         self.withdrawn.extend(other.withdrawn)
+        self.waiting = other.waiting
 
 
 class Agent:
@@ -674,6 +677,7 @@ class Agent:
         if changes or expired:
             self._out.dirty.add(Section.CARDS)
         self._out.changes.extend(changes)
+        self._out.waiting = self.cards.waiting
         out, self._out = self._out, Output()
         return out
 

@@ -97,6 +97,8 @@ class CardManager:
         # tells refresh() when nothing can have changed (see _Settled).
         self._version = 0
         self._settled: _Settled | None = None
+        #: Cards that could be on screen now but for the limit on cards at once.
+        self.waiting = 0
         if snapshot is not None:
             for card in snapshot.cards:
                 self._cards[card.id] = card
@@ -314,9 +316,12 @@ class CardManager:
         for kind, _ in self._shown_log:
             shown_today[kind] = shown_today.get(kind, 0) + 1
         chosen: set[str] = set()
+        waiting = 0
         for card in candidates:
             if len(chosen) >= self.config.max_visible:
-                break
+                capped = card.posted_at is None and self._capped(card, shown_today)
+                waiting += 0 if capped else 1
+                continue
             if card.posted_at is None:
                 # A card's first appearance counts against its kind's daily cap.
                 cap = self.config.daily_caps.get(card.kind)
@@ -325,7 +330,13 @@ class CardManager:
                     continue
                 shown_today[card.kind.name] = count + 1
             chosen.add(card.id)
+        self.waiting = waiting
         return chosen
+
+    def _capped(self, card: Card, shown_today: Mapping[str, int]) -> bool:
+        """Whether a card's kind has used up its daily cap."""
+        cap = self.config.daily_caps.get(card.kind)
+        return cap is not None and shown_today.get(card.kind.name, 0) >= cap
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,10 @@ class CardBoard(Protocol):
         """Cards on screen at once, at most."""
 
     @property
+    def waiting(self) -> int:
+        """Cards that could be on screen but for the limit, as of that commit."""
+
+    @property
     def time_zone(self) -> str:
         """The car's time zone, an IANA name: every HMI renders times in it."""
 

@@ -52,6 +52,7 @@ class _Pending:
     sections: dict[str, str]
     done: asyncio.Future[None]
     driving: bool  # the vehicle's state when the output was made
+    waiting: int  # cards held back by the limit on cards at once, then
 
 
 class AgentRunner:
@@ -87,6 +88,8 @@ class AgentRunner:
         #: agent's own state runs ahead: driving may have begun in an input whose card
         #: withdrawals are still to be committed.
         self.driving = agent.vehicle.driving
+        #: Cards held back by the limit on cards at once, as of that commit.
+        self.waiting = agent.cards.waiting
         self._shown: dict[str, Card] = {c.id: c for c in agent.cards.visible}
         self.commits = 0
         #: Commits the store refused (each retried until it succeeds, or at shutdown
@@ -137,7 +140,9 @@ class AgentRunner:
         """Queue an output for the next commit; the future resolves once it is durable."""
         sections = state_codec.encode(self.agent, output.dirty) if output.dirty else {}
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(output, sections, done, self.agent.vehicle.driving))
+        self._pending.append(
+            _Pending(output, sections, done, self.agent.vehicle.driving, output.waiting)
+        )
         self._last_done = done
         self._wake.set()
         return done
@@ -200,9 +205,10 @@ class AgentRunner:
             # them (driving or parked) even without one.
             changes = self._showable([c for p in batch for c in p.output.changes])
             driving_changed = batch[-1].driving != self.driving
-            self.driving = batch[-1].driving
+            waiting_changed = batch[-1].waiting != self.waiting
+            self.driving, self.waiting = batch[-1].driving, batch[-1].waiting
             self._remember(changes)
-            if changes or driving_changed:
+            if changes or driving_changed or waiting_changed:
                 await self._show(changes)
             for pending in batch:
                 if not pending.done.done():

@@ -47,6 +47,11 @@ class HmiService(CardBoard):
         return self._runner.driving
 
     @property
+    def waiting(self) -> int:
+        """Cards held back by the limit on cards at once, as committed."""
+        return self._runner.waiting
+
+    @property
     def max_visible(self) -> int:
         """Cards on screen at once, at most."""
         return self._runner.agent.config.policy.max_visible

@@ -96,6 +96,7 @@ class DbusBridge:
         self._manager = ManagerInterface(self)
         self._consent = ConsentInterface(self)
         self._restricted: bool | None = None
+        self._waiting = 0
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.reconnects = 0
@@ -144,6 +145,7 @@ class DbusBridge:
         for card in self._host.shown:
             self._add(card)
         self._restricted = self.driving_restricted()
+        self._waiting = self._host.waiting
         _log.info("serving %s on the %s bus", BUS_NAME, self._address)
 
     async def _watch_connection(self) -> None:
@@ -201,6 +203,10 @@ class DbusBridge:
                 self._remove(change.card, change.reason)
         if restricted:
             self._announce_restriction(restricted)
+        waiting = self._host.waiting
+        if waiting != self._waiting:
+            self._waiting = waiting
+            self._manager.announce_waiting(waiting)
 
     def _announce_restriction(self, restricted: bool) -> None:  # noqa: FBT001
         if restricted != self._restricted:
@@ -252,6 +258,11 @@ class DbusBridge:
     def time_zone(self) -> str:
         """The car's time zone (the Manager's ``TimeZone``)."""
         return self._host.time_zone
+
+    @property
+    def waiting(self) -> int:
+        """Cards held back by the limit (the Manager's ``Waiting``)."""
+        return self._host.waiting
 
     def driving_restricted(self) -> bool:
         """Whether the driver-distraction restrictions apply, as far as committed."""

@@ -38,6 +38,10 @@ class ManagerBackend(Protocol):
     version: str
 
     @property
+    def waiting(self) -> int:
+        """Cards held back by the limit."""
+
+    @property
     def time_zone(self) -> str:
         """The car's time zone, an IANA name."""
 
@@ -101,6 +105,14 @@ class ManagerInterface(ServiceInterface):
         return self._backend.version
 
     @dbus_property(access=PropertyAccess.READ)
+    def Waiting(self) -> DBusUInt32:  # noqa: N802
+        """Cards that would be on screen but for the limit on cards at once (MaxVisible).
+
+        The most important cards are the ones shown; an HMI can say that more wait.
+        """
+        return self._backend.waiting
+
+    @dbus_property(access=PropertyAccess.READ)
     def TimeZone(self) -> DBusStr:  # noqa: N802
         """The car's time zone, an IANA name (``Asia/Shanghai``): render every time in it.
 
@@ -143,6 +155,10 @@ class ManagerInterface(ServiceInterface):
     def announce_restriction(self, restricted: bool) -> None:  # noqa: FBT001
         """``PropertiesChanged`` for DrivingRestricted."""
         self.emit_properties_changed({"DrivingRestricted": restricted})
+
+    def announce_waiting(self, waiting: int) -> None:
+        """``PropertiesChanged`` for Waiting."""
+        self.emit_properties_changed({"Waiting": waiting})
 
     def announce_locale(self, locale: str) -> None:
         """``PropertiesChanged`` for Locale."""

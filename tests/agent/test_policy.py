@@ -100,6 +100,7 @@ def test_priorities_and_the_limit_on_cards_shown() -> None:
     manager.post(card("normal-70", priority=70, created=T0 + 5), T0)
     manager.refresh(driving=False, now=T0, odometer_m=None)
     assert visible_keys(manager) == {"normal-70", "normal-50"}
+    assert manager.waiting == 1  # the low one: the HMI can say that more wait
     # A newcomer of the same rank does not push a card off the screen.
     manager.post(card("normal-50-new", priority=50, created=T0 - 100), T0 + 1)
     manager.refresh(driving=False, now=T0 + 1, odometer_m=None)
@@ -111,6 +112,7 @@ def test_priorities_and_the_limit_on_cards_shown() -> None:
     [gone] = [c for c in changes if c.type is ChangeType.REMOVED]
     assert gone.card.key == "normal-50"
     assert gone.reason is CloseReason.SUPERSEDED
+    assert manager.waiting == 3
 
 
 def test_quiet_hours_hold_back_all_but_critical_cards() -> None:

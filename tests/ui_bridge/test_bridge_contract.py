@@ -66,6 +66,10 @@ class FakeBoard(CardBoard):
     def time_zone(self) -> str:
         return "Europe/Berlin"
 
+    @property
+    def waiting(self) -> int:
+        return 0
+
     def booking_slots(self, card_id: str) -> tuple[Slot, ...] | None:
         return None
 

@@ -63,6 +63,35 @@ _WORDS: Final = {
     "down": ("agent not running — retrying  ·  服务未运行",) * 2,
     "empty": ("No cards", "暂无卡片"),
     "pending": ("⏳ pending", "⏳ 处理中"),
+    "waiting": ("{n} more waiting", "另有 {n} 张卡片等待显示"),
+    "no_action": ("no action {n} here", "此卡片没有第 {n} 个操作"),
+    "no_card": ("no card selected", "未选择卡片"),
+    "done": ("{what}: done", "{what}：已完成"),
+    "dismissed": ("{what}: dismissed", "{what}：已忽略"),
+    "locale": ("language: {what}", "语言：{what}"),
+    "no_booking": ("this card offers no booking", "此卡片不提供预约"),
+    "slots_wait": ("waiting for the dealer's slots…", "正在等待经销商的可预约时段……"),
+    "no_slots": ("the dealer offers no slots", "经销商暂无可预约时段"),
+    "booking_cancelled": ("booking cancelled", "已取消预约"),
+    "booking_requested": (
+        "booking requested: waiting for the dealer",
+        "已提交预约，等待经销商确认",
+    ),
+    "slots_late": ("the dealer's slots did not arrive", "未收到经销商的可预约时段"),
+    "pick_slot": (
+        "Pick a slot (1..9, enter), escape to cancel",
+        "选择时段（1..9，回车），Esc 取消",
+    ),
+}
+#: Why a card left the screen, as the driver reads it.
+_CLOSED: Final = {
+    CloseReason.EXPIRED: ("expired", "已过期"),
+    CloseReason.DISMISSED: ("dismissed", "已忽略"),
+    CloseReason.CLOSED_BY_AGENT: ("closed", "已关闭"),
+    CloseReason.WITHDRAWN_FOR_DRIVING: ("hidden while driving", "行驶中暂时隐藏"),
+    CloseReason.SUPERSEDED: ("replaced by a more important card", "被更重要的卡片替换"),
+    CloseReason.COMPLETED: ("done", "已完成"),
+    CloseReason.SNOOZED: ("snoozed", "稍后提醒"),
 }
 _URGENCY_CLASSES: Final = {
     Urgency.CRITICAL: "critical",
@@ -72,10 +101,9 @@ _URGENCY_CLASSES: Final = {
 }
 
 
-def _closed(reason: CloseReason | None) -> str:
-    if reason is CloseReason.WITHDRAWN_FOR_DRIVING:
-        return "hidden while driving"
-    return f"closed ({(reason or CloseReason.UNKNOWN).name.lower().replace('_', ' ')})"
+def _closed(reason: CloseReason | None, locale: str) -> str:
+    english, chinese = _CLOSED.get(reason or CloseReason.UNKNOWN, ("closed", "已关闭"))
+    return english if locale.startswith("en") else chinese
 
 
 def _locale(state: HmiState, wish: str | None) -> str:
@@ -156,9 +184,12 @@ class SlotPicker(ModalScreen[str | None]):
         *(Binding(str(n), f"pick({n - 1})", show=False) for n in range(1, 10)),
     ]
 
-    def __init__(self, slots: list[BookingSlot], zone: tzinfo | None = None) -> None:
+    def __init__(
+        self, slots: list[BookingSlot], zone: tzinfo | None = None, locale: str = LOCALES[0]
+    ) -> None:
         super().__init__()
         self._slots = slots
+        self._locale = locale
         #: The car's time zone (the Manager's TimeZone): the cards' texts use it too.
         self._zone = zone
 
@@ -170,7 +201,7 @@ class SlotPicker(ModalScreen[str | None]):
             dealer = f" — {slot.dealer}" if slot.dealer else ""
             options.append(Option(f"{n} {when}{dealer}", id=slot.id))
         with Vertical(id="slots"):
-            yield Static("Pick a slot (1..9, enter), escape to cancel", markup=False)
+            yield Static(word("pick_slot", self._locale), markup=False)
             yield OptionList(*options)
 
     def action_pick(self, index: int) -> None:
@@ -257,6 +288,10 @@ class HmiApp(App[None]):
         """The agent's display language (or this HMI's wish, before it is known)."""
         return _locale(self.client.state, self.client.locale)
 
+    def word(self, key: str, **values: object) -> str:
+        """One of the screen's own words in the current locale, filled in."""
+        return word(key, self.locale).format(**values)
+
     @on(ClientUpdated)
     async def _refresh(self, message: ClientUpdated) -> None:
         update = message.update
@@ -266,7 +301,8 @@ class HmiApp(App[None]):
         state = replace(self.client.state, cards=dict(self.client.state.cards))
         try:
             if update.kind is UpdateKind.CLOSED and update.path in self._panels:
-                self.status(f"{self._panels[update.path].card.title}: {_closed(update.reason)}")
+                title = self._panels[update.path].card.title
+                self.status(f"{title}: {_closed(update.reason, self.locale)}")
             await self._show_cards(state)
             self._show_header(state)  # last: once it says something, the cards agree
         except (NoMatches, ScreenStackError):
@@ -285,6 +321,8 @@ class HmiApp(App[None]):
         else:
             driving = word("driving" if state.restricted else "parked", locale)
             text = f"{driving}  ·  {locale}  ·  API {state.version}"
+            if state.waiting:
+                text += "  ·  " + word("waiting", locale).format(n=state.waiting)
         header.update(text)
         header.set_class(state.running and state.restricted, "restricted")
         header.set_class(not state.running, "down")
@@ -374,7 +412,7 @@ class HmiApp(App[None]):
         """The selected card's action number ``index + 1``."""
         card = self.selected()
         if card is None or index >= len(card.actions):
-            self.status(f"no action {index + 1} here", error=True)
+            self.status(self.word("no_action", n=index + 1), error=True)
             return
         self._invoke(card, card.actions[index])
 
@@ -392,20 +430,21 @@ class HmiApp(App[None]):
         if action.key == "book":
             self.run_worker(self._book(card), group="booking", exclusive=True)
         else:
-            self._send(self.client.invoke_action(card.path, action.key), f"{action.label}: done")
+            done = self.word("done", what=action.label)
+            self._send(self.client.invoke_action(card.path, action.key), done)
 
     def action_dismiss_card(self) -> None:
         """Dismiss the selected card (reason 2: the driver dismissed it)."""
         card = self.selected()
         if card is None:
-            self.status("no card selected", error=True)
+            self.status(self.word("no_card"), error=True)
         else:
-            self._send(self.client.dismiss(card.path), f"{card.title}: dismissed")
+            self._send(self.client.dismiss(card.path), self.word("dismissed", what=card.title))
 
     def action_toggle_locale(self) -> None:
         """Switch the agent's display language between zh-CN and en."""
         locale = LOCALES[(LOCALES.index(self.locale) + 1) % len(LOCALES)]
-        self._send(self.client.set_locale(locale), f"locale: {locale}")
+        self._send(self.client.set_locale(locale), word("locale", locale).format(what=locale))
 
     def _send(self, call: Awaitable[None], done: str) -> None:
         """Run a call to the agent in a worker; its outcome goes to the status line."""
@@ -424,7 +463,7 @@ class HmiApp(App[None]):
         """Book from the selected card: its slots, then the one the driver picks."""
         card = self.selected()
         if card is None or all(a.key != "book" for a in card.actions):
-            self.status("this card offers no booking", error=True)
+            self.status(self.word("no_booking"), error=True)
             return
         self.run_worker(self._book(card), group="booking", exclusive=True)
 
@@ -439,24 +478,24 @@ class HmiApp(App[None]):
                     await client.invoke_action(card.path, "book")
                 elif err.name != ERROR_NOT_READY:
                     raise
-                self.status("waiting for the dealer's slots…")
+                self.status(self.word("slots_wait"))
                 async with asyncio.timeout(SLOTS_WAIT_S):
                     await waiter
                 slots = await client.booking_slots(card.path)
             if not slots:
-                self.status("the dealer offers no slots", error=True)
+                self.status(self.word("no_slots"), error=True)
                 return
             zone = car_zone(client.state.time_zone)
-            slot_id = await self.push_screen_wait(SlotPicker(slots, zone))
+            slot_id = await self.push_screen_wait(SlotPicker(slots, zone, self.locale))
             if slot_id is None:
-                self.status("booking cancelled")
+                self.status(self.word("booking_cancelled"))
                 return
             await client.request_booking(card.path, slot_id)
-            self.status("booking requested: waiting for the dealer")
+            self.status(self.word("booking_requested"))
         except HmiError as err:
             self.status(str(err), error=True)
         except TimeoutError:
-            self.status("the dealer's slots did not arrive", error=True)
+            self.status(self.word("slots_late"), error=True)
         finally:
             waiter.cancel()
 

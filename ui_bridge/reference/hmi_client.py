@@ -149,6 +149,7 @@ _MANAGER_FIELDS: Final = {
     "DrivingRestricted": "restricted",
     "Locale": "locale",
     "TimeZone": "time_zone",
+    "Waiting": "waiting",
     "Version": "version",
 }
 
@@ -207,6 +208,8 @@ class HmiState:
     version: str = ""
     #: The car's time zone (IANA): render every time in it, not in this system's.
     time_zone: str = ""
+    #: Cards the agent holds back for the limit on cards at once (say more wait).
+    waiting: int = 0
     cards: dict[str, CardView] = field(default_factory=dict)
 
     def ordered(self) -> list[CardView]:
