@@ -350,7 +350,10 @@ class Agent:
         self.set_maintenance(mnt.with_records(self.maintenance, (*history.records, *local)))
         after = mnt.assess(self.plan, self.maintenance, self.vehicle, now).state
         if after < before:
+            # Serviced (the scene, and the reminder closes); what is still due comes back
+            # as a new reminder at once: a fresh episode, not one the closed card owned.
             self.agent_event("service_completed", {}, now)
+            self.set_maintenance(mnt.new_episode(self.maintenance))
         self.reactions.invalidate()
         return self.on_tick(wall, monotonic)
 
@@ -665,6 +668,7 @@ class Agent:
         )
         for card in expired:
             self._card_event(EventType.CARD_EXPIRED, card, now, reason=CloseReason.EXPIRED.name)
+        changes = [self._current(c) for c in changes]
         for change in changes:
             if change.type is ChangeType.ADDED:
                 # Whether the car was parked when the card went on screen: the context
@@ -680,6 +684,29 @@ class Agent:
         self._out.waiting = self.cards.waiting
         out, self._out = self._out, Output()
         return out
+
+    def _current(self, change: CardChange) -> CardChange:
+        """A card coming on screen, saying what is true now.
+
+        The odometer has moved on since it was posted: a reminder must not say 14,970 km
+        after a 41 km drive.
+        """
+        card = change.card
+        odometer = self.vehicle.odometer_m
+        if (
+            change.type is not ChangeType.ADDED
+            or "odometer_km" not in card.args
+            or odometer is None
+            or card.args["odometer_km"] == round(odometer / 1000)
+        ):
+            return change
+        args = {**card.args, "odometer_km": round(odometer / 1000)}
+        texts = self.rules.render_again(card.template, args)
+        if texts is None:
+            return change
+        current = replace(card, args=args, title=texts[0], body=texts[1])
+        self.cards.replace_card(current)
+        return replace(change, card=current)
 
     def _card_event(self, kind: EventType, card: Card, now: Now, **extra: JsonValue) -> None:
         impression = kind in (EventType.CARD_SHOWN, EventType.CARD_DISPLAYED)

@@ -344,6 +344,11 @@ def on_serviced(state: MaintenanceState, record: ServiceRecord) -> MaintenanceSt
     return with_records(state, records)
 
 
+def new_episode(state: MaintenanceState) -> MaintenanceState:
+    """Forget what was reminded: whatever is due now is told afresh, in a new card."""
+    return replace(state, notified=ItemState.OK, notified_items=(), dismissed_at=None)
+
+
 def with_records(state: MaintenanceState, records: Sequence[ServiceRecord]) -> MaintenanceState:
     """Replace the service records; an item whose latest record changed is judged afresh.
 

@@ -313,6 +313,17 @@ class RuleEngine:
                 specs.append(self._fire(rule, {}, now))
         return specs
 
+    def render_again(self, rule_id: str, args: Mapping[str, ArgValue]) -> tuple[Text, Text] | None:
+        """A card's title and body from its rule's templates with ``args``.
+
+        ``None`` when the rule is no longer in effect (the card keeps its texts).
+        """
+        rule = self._rules.get(rule_id)
+        if rule is None:
+            return None
+        spec = card_spec(rule.id, rule.ref, rule.card, {"rule_id": rule.id, **args})
+        return spec.title, spec.body
+
     def closing_keys(self, name: str, attrs: Mapping[str, ArgValue]) -> list[str]:
         """Card keys that the agent event ``name`` closes."""
         return [_render_key(rule, attrs) for rule in self._closers.get(name, ())]

@@ -266,3 +266,28 @@ def test_a_screen_timeout_is_not_the_drivers_answer(car: Car) -> None:
     car.tick(60)
     [back] = car.visible(CardKind.MAINTENANCE)
     assert back.id != card.id
+
+
+def test_history_that_services_part_of_a_visit_brings_the_rest_back_at_once(car: Car) -> None:
+    """A card shown before the cloud's history arrived closed when it came, and never
+    came back though an item was still due (issue 11)."""
+    car.odometer_km(14_990)  # tyre rotation overdue (10,000 km), engine oil due soon
+    [card] = car.visible(CardKind.MAINTENANCE)
+    before = set(card.args["item_ids"])  # type: ignore[arg-type]
+    assert {"tyre_rotation", "engine_oil"} <= before
+    car.history(serviced_at(0, T0 - 100 * DAY), serviced_at(14_900, T0, ("tyre_rotation",)))
+    [again] = car.visible(CardKind.MAINTENANCE)
+    assert "engine_oil" in again.args["item_ids"]  # type: ignore[operator]
+    assert "tyre_rotation" not in again.args["item_ids"]  # type: ignore[operator]
+
+
+def test_a_reminder_coming_on_screen_says_the_odometer_of_now(car: Car) -> None:
+    car.odometer_km(9_000)
+    [card] = car.visible(CardKind.MAINTENANCE)
+    assert "9000 km" in card.body.en.replace(",", "")
+    car.drive()
+    car.odometer_km(9_041)
+    car.park()
+    [shown] = car.visible(CardKind.MAINTENANCE)
+    assert shown.id == card.id
+    assert "9041 km" in shown.body.en.replace(",", "")
