@@ -85,6 +85,15 @@ def test_the_demo_fails_when_the_story_does_not_happen() -> None:
     assert demo.outcome is not None
     assert demo.outcome.car_events["booking.declined"] == 1
     delivered_exactly_once(demo.outcome)
+    # With a person at the screen (--interactive) a booking not made is theirs to
+    # choose: said so, not a failure; every other check still decides.
+    demo.out = io.StringIO()
+    demo.interactive = True
+    status = demo._summary(1.0)
+    said = demo.out.getvalue()
+    assert "[not done] the driver booked from the card" in said
+    assert "[FAILED] the driver" not in said
+    assert status == (1 if "[FAILED]" in said else 0), said
 
 
 def test_touchpoint_demo_runs_as_the_readme_says() -> None:

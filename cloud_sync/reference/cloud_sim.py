@@ -134,6 +134,8 @@ class CloudStats:
     batches: int = 0
     malformed: int = 0
     requests: int = 0
+    #: Requests taken in for the first time (``requests`` counts repeats too).
+    requests_new: int = 0
     answered: int = 0
     #: Acknowledgements sent (one per batch or request stored).
     acks: int = 0
@@ -423,6 +425,7 @@ class CloudSim:
         with self._lock:
             self.stats.requests += 1
             if new:
+                self.stats.requests_new += 1
                 self.stats.by_type[event.type] += 1
                 self.stats.by_vehicle[vehicle_id] += 1
         if new and self._on_event is not None:

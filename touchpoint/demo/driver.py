@@ -58,8 +58,15 @@ class ScriptedDriver:
     """
 
     def __init__(
-        self, address: str, say: Callable[[str], None], moving: Callable[[], bool]
+        self,
+        address: str,
+        say: Callable[[str], None],
+        moving: Callable[[], bool],
+        *,
+        watch_only: bool = False,
     ) -> None:
+        #: Only watch the screen for distraction mistakes: a person taps (--interactive).
+        self.watch_only = watch_only
         self.log = DriverLog()
         self._say = say
         self._moving = moving
@@ -106,6 +113,8 @@ class ScriptedDriver:
         self._on_bus = set(state.cards)
         # A card that left the screen is read again when it comes back.
         self._handled &= state.cards.keys()
+        if self.watch_only:
+            return
         for card in state.ordered():
             if card.path in self._handled or not card.private_loaded:
                 continue

@@ -64,6 +64,16 @@ class Story:
     drives: tuple[Drive, ...]
     checks: tuple[tuple[str, Check], ...] = field(default=())
 
+    def up_to_the_driver(self, text: str) -> bool:
+        """Whether the check ``text`` needs a tap; in the interactive demo a person may not."""
+        return text in DRIVERS_PART
+
+
+_BOOKED: Final = "the driver booked from the card and the cloud confirmed the booking"
+_REDEEMED: Final = "the driver redeemed it and the cloud accepted"
+_FAULT_BOOKED: Final = "the driver booked a workshop visit from the fault card; the cloud confirmed"
+#: The checks that only a tap makes true.
+DRIVERS_PART: Final = frozenset({_BOOKED, _REDEEMED, _FAULT_BOOKED})
 
 #: The cloud's documents a car takes in when it first comes online.
 DOCUMENTS: Final = 5
@@ -109,12 +119,10 @@ SERVICE: Final = Story(
         *_COMMON_FIRST,
         ("the service came due and its card was shown",
          lambda o: o.cards_shown.get(CardKind.MAINTENANCE, 0) >= 1),
-        ("the driver booked from the card and the cloud confirmed the booking",
-         lambda o: bool(o.driver.booked_slots) and _confirmed(o) == 1),
+        (_BOOKED, lambda o: bool(o.driver.booked_slots) and _confirmed(o) == 1),
         ("the charging stop unlocked the coupon",
          lambda o: o.cards_shown.get(CardKind.BENEFIT, 0) >= 1),
-        ("the driver redeemed it and the cloud accepted",
-         lambda o: o.car_events.get(EventType.REDEMPTION_CONFIRMED, 0) == 1),
+        (_REDEEMED, lambda o: o.car_events.get(EventType.REDEMPTION_CONFIRMED, 0) == 1),
         ("the driver reported what was seen (impressions)",
          lambda o: o.car_events.get(EventType.CARD_SHOWN, 0) >= 3),
         *_COMMON_LAST,
@@ -140,8 +148,7 @@ FAULT: Final = Story(
         ("the misfire was detected on the move, its card held back until parked",
          lambda o: o.car_events.get(EventType.FAULT_DETECTED, 0) >= 1
          and o.cards_shown.get(CardKind.FAULT, 0) >= 1),
-        ("the driver booked a workshop visit from the fault card; the cloud confirmed",
-         lambda o: bool(o.driver.booked_slots) and _confirmed(o) == 1),
+        (_FAULT_BOOKED, lambda o: bool(o.driver.booked_slots) and _confirmed(o) == 1),
         ("the codes were gone on the next drive and the agent said so",
          lambda o: o.car_events.get(EventType.FAULT_CLEARED, 0) >= 1),
         *_COMMON_LAST,

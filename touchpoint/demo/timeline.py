@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, TextIO
 
 from agent.cards import CardChange, CardKind, ChangeType
-from agent.events import Event
+from agent.events import Event, EventType
 from agent.signals import IGNITION, IS_CHARGING, SELECTED_GEAR
 from agent.vehicle import VehicleState
 from can_signals.catalogue import DTC_LIST, GEAR_DRIVE, GEAR_PARK, ODOMETER, SPEED
@@ -71,6 +71,9 @@ class Timeline:
         self.speed_kmh = 0.0
         self.changes: list[CardChange] = []
         self.car_events: dict[str, str] = {}  # id -> type, every event the car committed
+        #: The driver's taps (action keys) and the slots booked, as the car recorded them.
+        self.actions: list[str] = []
+        self.booked_slots: list[str] = []
         self.cloud_events: dict[str, str] = {}  # id -> type, every event the cloud took in
         self._arrived: list[str] = []
 
@@ -115,6 +118,10 @@ class Timeline:
         """An event tap: what the car committed to its outbox."""
         for event in events:
             self.car_events[event.id] = event.type
+            if event.type == EventType.CARD_ACTION:
+                self.actions.append(str(event.payload.get("action")))
+            elif event.type == EventType.REQUEST_BOOKING:
+                self.booked_slots.append(str(event.payload.get("slot_id")))
 
     async def apply(self, changes: Sequence[CardChange]) -> None:
         """A card sink: every card shown, changed or taken away."""
