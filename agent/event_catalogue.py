@@ -622,6 +622,18 @@ _TYPES: Final = (
         ),
     ),
     EventSpec(
+        "odometer.corrected",
+        (Category.VEHICLE_HEALTH,),
+        Priority.NORMAL,
+        "The odometer went down: readings that agree with each other replaced a value "
+        "that was wrong (kept by an older version, or a replaced instrument cluster). "
+        "Distances driven before it are not recomputed.",
+        (
+            _f("from_km", "number", "The odometer before, in km, one decimal.", 1677721.5),
+            _f("to_km", "number", "The odometer now, in km, one decimal.", 13500.0),
+        ),
+    ),
+    EventSpec(
         "downlink.rejected",
         (Category.SERVICE_REQUESTS,),
         Priority.NORMAL,

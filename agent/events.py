@@ -64,6 +64,7 @@ class EventType(StrEnum):
     DOWNLINK_APPLIED = "downlink.applied"
     DOWNLINK_REJECTED = "downlink.rejected"
     CLOCK_TRUSTED = "clock.trusted"
+    ODOMETER_CORRECTED = "odometer.corrected"
 
 
 class Priority(IntEnum):

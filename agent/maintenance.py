@@ -344,6 +344,22 @@ def on_serviced(state: MaintenanceState, record: ServiceRecord) -> MaintenanceSt
     return with_records(state, records)
 
 
+def after_odometer_correction(state: MaintenanceState) -> MaintenanceState:
+    """The odometer was wrong: forget what was judged from it (states, dismissal, milestone).
+
+    A booking stands (the driver made it); whatever is due by the real odometer is told
+    afresh.
+    """
+    return replace(
+        state,
+        notified=ItemState.OK,
+        notified_items=(),
+        dismissed_at=None,
+        last_states={},
+        last_milestone_km=None,
+    )
+
+
 def new_episode(state: MaintenanceState) -> MaintenanceState:
     """Forget what was reminded: whatever is due now is told afresh, in a new card."""
     return replace(state, notified=ItemState.OK, notified_items=(), dismissed_at=None)

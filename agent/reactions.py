@@ -106,7 +106,9 @@ class Reactions:
         if t is veh.Transition.ODOMETER_CHANGED:
             self._ctx.mark_dirty(Section.VEHICLE)
             odometer = self._ctx.vehicle.odometer_m
-            recheck = odometer is not None and odometer >= self._next_check_m
+            recheck = self._corrected(change, now) or (
+                odometer is not None and odometer >= self._next_check_m
+            )
             before = self._ctx.maintenance
             after, reached = mnt.milestone(self._ctx.plan, before, self._ctx.vehicle.odometer_m)
             if after is not before:
@@ -142,6 +144,26 @@ class Reactions:
         if t.value in AGENT_EVENTS:
             self._ctx.agent_event(t.value, dict(change.detail), now)  # type: ignore[arg-type]
         return recheck
+
+    def _corrected(self, change: veh.Change, now: Now) -> bool:
+        """An odometer that went down; only the signal layer's recovery does that."""
+        before_m = change.detail.get("from")
+        odometer = self._ctx.vehicle.odometer_m
+        if not isinstance(before_m, int) or odometer is None or odometer >= before_m:
+            return False
+        # The value before was wrong: say so, and judge what is due from the real one.
+        self._ctx.note(
+            EventType.ODOMETER_CORRECTED, Category.VEHICLE_HEALTH, now, Priority.NORMAL,
+            from_km=round(before_m / 1000, 1), to_km=round(odometer / 1000, 1),
+        )  # fmt: skip
+        wrong = self._ctx.maintenance
+        self._ctx.set_maintenance(mnt.after_odometer_correction(wrong))
+        if wrong.notified > mnt.ItemState.OK:
+            # The episode the wrong value started is over; what the real one makes due
+            # is told afresh by the next look.
+            self._ctx.agent_event("maintenance_ok", {}, now)
+        self._next_check_m = -math.inf
+        return True
 
     def _gnss_time(self, change: veh.Change, monotonic: float) -> None:
         # A receiver without a fix still sends its clock, often all ones or its epoch:

@@ -42,6 +42,7 @@ from can_signals.layout import (
     stale_seconds,
 )
 from can_signals.mapping import MappingDocument, MappingEntry
+from can_signals.not_available import unknown_labels
 from can_signals.vss import Resolved, SignalTypeError, VssRelease, resolve
 
 _log = logging.getLogger(__name__)
@@ -209,6 +210,8 @@ class _Binder:
             except SetupError as err:
                 failures.add(str(err))
                 continue
+            for label in unknown_labels(entry, signal):
+                failures.add(f"not_available: {signal.name} has no value labelled {label!r}")
             reads = _expression_reads(entry, message) if combination is None else frozenset()
             if selector is not None:
                 reads |= {selector[0]}

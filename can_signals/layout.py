@@ -17,6 +17,7 @@ from cantools.database.can import Message, Signal
 from can_signals.catalogue import SignalSpec
 from can_signals.convert import Converter
 from can_signals.mapping import MappingEntry
+from can_signals.not_available import not_available_values
 
 #: Frame keys set this bit for 29-bit identifiers, so 0x123 standard and extended differ.
 EXTENDED_FLAG: Final = 0x8000_0000
@@ -56,6 +57,13 @@ class SignalBinding:
     def key(self) -> int:
         """The frame key of the message carrying the signal."""
         return frame_key(self.message.frame_id, extended=self.message.is_extended_frame)
+
+    @property
+    def unavailable(self) -> frozenset[float | int]:
+        """The decoded values that mean the signal has no value (see not_available)."""
+        if self.kind == "dtc":
+            return frozenset()  # a DTC slot's empty value is "no code", handled there
+        return not_available_values(self.entry, self.signal, own=self.part_name == "x")
 
     @property
     def stale_seconds(self) -> float:

@@ -22,7 +22,10 @@ touchpoint extensions, which KUKSA would not understand but which never change t
 meaning of a KUKSA file: ``message`` (pins the DBC message when a signal name occurs in
 several), ``stale_ms`` (how long without the signal before it is reported stale; 0
 never), the ``dtc`` transform (a two-byte DTC slot, see :mod:`can_signals.faults`),
-``multiplexer`` and ``combine`` (see :mod:`can_signals.mapping_extensions`).
+``multiplexer`` and ``combine`` (see :mod:`can_signals.mapping_extensions`), and
+``not_available`` (the raw values, or value-table labels, that mean "no value": by
+default a DBC's SNA labels and, for unsigned integer signals of 8 bits or more, the
+all-ones value; ``[]`` keeps only the labels).
 
 This module only reads the file and checks its shape; :mod:`can_signals.binding` checks
 it against the DBC files and the catalogue.
@@ -48,7 +51,7 @@ _MAPPING_KEYS: Final = ("dbc2vss", "dbc")
 _ENTRY_KEYS: Final = frozenset(
     {
         "signal", "interval_ms", "on_change", "transform", "message", "stale_ms",
-        "multiplexer", "combine",
+        "multiplexer", "combine", "not_available",
     }
 )  # fmt: skip
 _SEGMENT: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -104,6 +107,8 @@ class MappingEntry:
         where: Where in the file the entry is, for messages.
         multiplexer: Only frames whose multiplexer has this value feed the path.
         combine: Other signals the value is computed from, and how fresh they must be.
+        not_available: Raw values or labels that mean "no value", replacing the all-ones
+            default (``None``: the default).
     """
 
     path: str
@@ -117,6 +122,7 @@ class MappingEntry:
     where: str
     multiplexer: Multiplexer | None = None
     combine: Combine | None = None
+    not_available: tuple[int | str, ...] | None = None
 
     @property
     def datatype(self) -> str | None:
@@ -291,6 +297,7 @@ def _entry(
     if message is not None and (not isinstance(message, str) or not message):
         reader.add((*block_path, "message"), f"{path}: 'message' must be a DBC message name")
         ok = False
+    not_available = _not_available(reader, block, block_path, path)
     transform = _transform(reader, block, block_path, path)
     declared = _declared(reader, node, key_path, path)
     extensions = _extensions(reader, block, block_path, path, transform)
@@ -298,6 +305,7 @@ def _entry(
         not ok
         or isinstance(interval, _Invalid)
         or isinstance(stale, _Invalid)
+        or isinstance(not_available, _Invalid)
         or isinstance(transform, _Invalid)
         or isinstance(declared, _Invalid)
         or isinstance(extensions, _Invalid)
@@ -318,7 +326,28 @@ def _entry(
         where=reader.where(key_path),
         multiplexer=multiplexer,
         combine=combine,
+        not_available=not_available,
     )
+
+
+def _not_available(
+    reader: _Reader, block: Mapping[str, Any], block_path: KeyPath, path: str
+) -> tuple[int | str, ...] | _Invalid | None:
+    """The ``not_available`` key: a list of raw integers and labels."""
+    if "not_available" not in block:
+        return None
+    values = block["not_available"]
+    if not isinstance(values, list) or not all(
+        (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+        or (isinstance(v, str) and v.strip())
+        for v in values
+    ):
+        reader.add(
+            (*block_path, "not_available"),
+            f"{path}: 'not_available' must be a list of raw values (integers >= 0) or labels",
+        )
+        return _INVALID
+    return tuple(v.strip() if isinstance(v, str) else v for v in values)
 
 
 def _extensions(

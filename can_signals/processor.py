@@ -31,7 +31,7 @@ import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from cantools.database.errors import DecodeError
@@ -46,7 +46,12 @@ from can_signals.convert import (
     Rejected,
 )
 from can_signals.faults import FaultAssembler
-from can_signals.plausibility import OdometerGuard, SpeedGuard
+from can_signals.plausibility import (
+    ODOMETER_UNCONFIRMED,
+    RECOVER_S,
+    OdometerGuard,
+    SpeedGuard,
+)
 from can_signals.routes import Combo, Plan, Route
 from can_signals.update import SignalUpdate, SignalValue
 from touchpoint.ratelimit import RateLimitedLog
@@ -78,6 +83,12 @@ class ProcessorStats:
     decodes: int
     updates: int
     rejections: Mapping[tuple[str, str], int]
+    #: Per VSS path, frames whose value said "no value" (SNA, all ones): not rejections.
+    not_available: Mapping[str, int] = field(default_factory=dict)
+    #: Odometer readings held until others confirmed them (not rejections).
+    odometer_unconfirmed: int = 0
+    #: Times readings agreeing with each other replaced a wrong odometer.
+    odometer_corrections: int = 0
 
     @property
     def rejected(self) -> int:
@@ -100,6 +111,11 @@ class FrameProcessor:
         self._speed = SpeedGuard()
         self.next_stale_check = -math.inf
         self._rejections: Counter[tuple[str, str]] = Counter()
+        self._not_available_counts: Counter[str] = Counter()
+        #: Odometer readings held until others confirmed them (none kept to compare with).
+        self.unconfirmed = 0
+        #: Times readings replaced a wrong odometer (see OdometerGuard).
+        self.odometer_corrections = 0
         self._log = RateLimitedLog(_log)
         self.short_frames = 0
         self.long_frames = 0
@@ -207,8 +223,12 @@ class FrameProcessor:
                 route.last_bits, route.last_len = route_bits, length
                 raw = values.get(route.signal)
                 selector = route.selector
-                if raw is None or (selector is not None and values.get(selector[0]) != selector[1]):
-                    self._absent(plan, route, raw, previous_seen)
+                if (
+                    raw is None
+                    or (selector is not None and values.get(selector[0]) != selector[1])
+                    or raw in route.unavailable
+                ):
+                    self._without_value(plan, route, raw, values, previous_seen)
                     taken = False  # an absent value leaves the interval unused
                 else:
                     route.present = True
@@ -252,6 +272,42 @@ class FrameProcessor:
             route.last_present = previous_seen
         if raw is None and route.last_len < plan.length:
             self._rejections[(TRUNCATED, route.path)] += 1
+
+    def _without_value(
+        self,
+        plan: Plan,
+        route: Route,
+        raw: float | int | None,
+        values: Mapping[str, float | int],
+        previous_seen: float,
+    ) -> None:
+        """A frame that carries no value for the route: absent, or "no value" said."""
+        selector = route.selector
+        if raw is None or (selector is not None and values.get(selector[0]) != selector[1]):
+            self._absent(plan, route, raw, previous_seen)
+        else:
+            self._not_available(plan, route, raw, previous_seen)
+
+    def _not_available(
+        self, plan: Plan, route: Route, raw: float | int, previous_seen: float
+    ) -> None:
+        """A frame whose value says "no value" (SNA): as if the signal were not in it.
+
+        The last value stays until the signal goes stale, as for a frame without it; each
+        such frame is looked at again (an identical frame must not repeat the old value).
+        """
+        # An input of a combined value keeps its last reading, which ages out of the
+        # combination's window: no value is computed with the marker, nor at once stale.
+        self._absent(plan, route, raw, previous_seen)
+        self._look_again(plan, route)
+        self._not_available_counts[route.path] += 1
+        self._log.warning(
+            ("not_available", route.path),
+            "%s: the bus says it has no value (%s %r)",
+            route.path,
+            route.signal,
+            raw,
+        )
 
     def _again(self, plan: Plan, route: Route, timestamp: float) -> bool:
         """A frame whose bits for the route are those it last converted."""
@@ -314,7 +370,10 @@ class FrameProcessor:
         reason = self._implausible(route, value, raw, values, timestamp)
         if reason is not None:
             self._look_again(plan, route)
-            self._reject(route.path, reason, f"implausible value {value!r}")
+            if reason == ODOMETER_UNCONFIRMED:
+                self.unconfirmed += 1  # waits for the next readings, refused by none
+            else:
+                self._reject(route.path, reason, f"implausible value {value!r}")
             return False
         route.value = value
         self._emit_counted(SignalUpdate(route.path, value, route.unit, timestamp, bus))
@@ -351,7 +410,19 @@ class FrameProcessor:
                 quantum = abs(float(step) - value) if isinstance(step, int | float) else 0.0
             except Rejected:
                 quantum = 0.0
-            return self._odometer.check(value, timestamp, quantum)
+            reason = self._odometer.check(value, timestamp, quantum)
+            correction = self._odometer.take_correction()
+            if correction is not None:
+                self.odometer_corrections += 1
+                _log.warning(
+                    "odometer: readings of %s km agree with each other for %.0f s and more, "
+                    "against %s km before: taking them (that value was wrong, or the "
+                    "cluster was replaced)",
+                    f"{correction[1] / 1000:,.1f}",
+                    RECOVER_S,
+                    f"{correction[0] / 1000:,.1f}",
+                )
+            return reason
         return None
 
     def check_stale(self, now: float) -> None:
@@ -429,6 +500,9 @@ class FrameProcessor:
                 decodes=self.decodes,
                 updates=self.updates,
                 rejections=rejections,
+                not_available=dict(self._not_available_counts),
+                odometer_unconfirmed=self.unconfirmed,
+                odometer_corrections=self.odometer_corrections,
             )
 
 

@@ -31,7 +31,8 @@ class Route:
     __slots__ = (
         "binding", "cached", "combo", "convert", "due", "interval", "interval_ms", "kind",
         "last_bits", "last_len", "last_present", "last_time", "mask", "name", "on_change",
-        "path", "present", "scale", "selector", "signal", "stale_after", "unit", "value",
+        "path", "present", "scale", "selector", "signal", "stale_after", "unavailable", "unit",
+        "value",
     )  # fmt: skip
 
     def __init__(self, binding: SignalBinding) -> None:
@@ -43,6 +44,8 @@ class Route:
         self.convert = binding.convert
         self.kind = binding.kind
         self.selector = binding.selector
+        #: Decoded values that mean "no value" (SNA, all ones): absent, not numbers.
+        self.unavailable = binding.unavailable
         # An input of a combined value looks at every frame; a DTC slot cycles through
         # codes, so every change matters, whatever the file says.
         every_frame = binding.kind == "part"

@@ -291,3 +291,31 @@ def test_a_reminder_coming_on_screen_says_the_odometer_of_now(car: Car) -> None:
     [shown] = car.visible(CardKind.MAINTENANCE)
     assert shown.id == card.id
     assert "9041 km" in shown.body.en.replace(",", "")
+
+
+def test_a_corrected_odometer_is_said_and_what_is_due_follows_the_real_one(car: Car) -> None:
+    # A garbage odometer slipped in (an older version kept it): everything came due.
+    car.odometer_km(5_000)
+    car.odometer_km(1_677_721.5)
+    assert car.visible(CardKind.MAINTENANCE)
+    # The signal layer's recovery puts the real odometer back.
+    car.odometer_km(5_010)
+
+    [corrected] = car.events_of("odometer.corrected")
+    assert corrected.payload == {"from_km": 1_677_721.5, "to_km": 5_010.0}
+    # Nothing is due at 5,010 km of the default plan: the card the garbage caused goes.
+    assert car.visible(CardKind.MAINTENANCE) == []
+    car.odometer_km(9_000)  # and the tyre rotation comes due where it should
+    assert [i["id"] for i in reminders(car)[-1]["items"]] == ["tyre_rotation"]
+
+
+def test_after_a_correction_what_is_really_due_gets_a_card_of_its_own(car: Car) -> None:
+    car.odometer_km(5_000)
+    car.odometer_km(1_677_721.5)
+    [wrong] = car.visible(CardKind.MAINTENANCE)
+    car.odometer_km(9_100)  # corrected: only the tyre rotation is due soon
+
+    [card] = car.visible(CardKind.MAINTENANCE)
+    assert card.id != wrong.id
+    assert card.args["item_ids"] == ("tyre_rotation",)
+    assert reminders(car)[-1]["state"] == "DUE_SOON"

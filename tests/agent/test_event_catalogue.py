@@ -89,7 +89,7 @@ def _coupon(coupon_id: str, *scenes: str) -> Coupon:
 
 def maintenance_life() -> list[Event]:
     """A reminder seen, hidden while driving, snoozed, escalated, dismissed, timed out,
-    then a workshop reset; a drive cycle ends."""
+    then a workshop reset; a drive cycle ends; a wrong odometer is corrected."""
     car = _parked_car()
     car.send(("Vehicle.Service.ResetCounter", 4))
     car.odometer_km(9_000)
@@ -107,6 +107,8 @@ def maintenance_life() -> list[Event]:
     assert car.card("maintenance") is not None
     car.send(("Vehicle.Service.ResetCounter", 5))  # the workshop reset closes it
     car.send((IGNITION, "OFF"))
+    car.odometer_km(1_677_721.5)  # a wrong odometer slipped in, then readings correct it
+    car.odometer_km(10_800)
     return car.events
 
 

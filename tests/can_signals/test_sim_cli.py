@@ -177,7 +177,9 @@ def test_sim_over_remote_feeds_signals_in_another_process(
     assert "11/11 lock the car" in sim.stderr
 
     first = json.loads(_wait_for(decoded, "Vehicle.TraveledDistance"))
-    assert first["value"] == 12_480_000
+    # The scenario starts at 12,480 km; with no odometer kept, the first readings wait
+    # to be confirmed by the next ones (a fraction of the drive's first kilometre).
+    assert 12_480_000 <= first["value"] < 12_481_000
     assert first["bus"] == url
     last = json.loads(_wait_for(decoded, '"LOCK"'))
     assert last["path"] == "Vehicle.LowVoltageSystemState"

@@ -206,6 +206,14 @@ def _print_summary(stats: PipelineStats, out: TextIO) -> None:
     rejected = {k: v for k, v in p.rejections.items() if k[0] != "truncated"}
     lines.append(f"rejected: {sum(rejected.values())}")
     lines += [f"  {reason} {path}: {count}" for (reason, path), count in sorted(rejected.items())]
+    if p.not_available:
+        lines.append("absent (the bus said 'no value': SNA, all ones):")
+        lines += [f"  {path}: {count}" for path, count in sorted(p.not_available.items())]
+    if p.odometer_unconfirmed or p.odometer_corrections:
+        lines.append(
+            f"odometer: {p.odometer_unconfirmed} first readings waited to be confirmed, "
+            f"{p.odometer_corrections} wrong value(s) replaced by agreeing readings"
+        )
     if truncated:
         lines.append("absent (bits missing from short frames):")
         lines += [f"  {path}: {count}" for (_, path), count in sorted(truncated.items())]
