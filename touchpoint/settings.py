@@ -6,10 +6,12 @@ array is given as JSON. Both are validated by the same pydantic models. (This lo
 replaced pydantic-settings, whose sources for dotenv, CLI and cloud secret stores cost
 the daemon about 1 MB of resident memory it never used.)
 
-A file that cannot be read, or values in it that are wrong, are reported one by one;
-where a default can stand in, the daemon goes on with it (a head unit should not stop
-reminding its driver over a typo), and only a setting with no sane default stops it. A
-wrong value in the environment stops it: someone set it on purpose.
+A configuration someone wrote and the daemon cannot read or validate stops it: a file
+that cannot be read, is not TOML, or holds a wrong value raises :class:`ConfigError`
+naming the file and line of every problem (or the environment variable), and
+``touchpoint run`` exits 2 (the unit's ``RestartPreventExitStatus=2`` keeps systemd from
+looping). Running on built-in defaults instead would look healthy while it wrote to
+another database, with no CAN, no D-Bus and no cloud.
 """
 
 from __future__ import annotations
@@ -99,50 +101,76 @@ class DaemonSettings(_Section):
     ] = 1.0
 
 
-def load_settings(
-    path: Path | None, environ: Mapping[str, str] | None = None
-) -> tuple[DaemonSettings, list[str]]:
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> DaemonSettings:
     """Read the TOML file (if any) and the environment (``os.environ`` unless given).
 
-    Returns:
-        The settings and the problems found (each one line, for the log); a value
-        that was wrong has been replaced by its default.
-
     Raises:
-        ConfigError: If the settings cannot be made valid by falling back to defaults
-            (a wrong value in the environment is one: it was set on purpose).
+        ConfigError: If the file cannot be read or is not TOML, or a value in it or in
+            the environment is wrong: every problem, each with its file and line (or
+            its variable).
     """
-    problems: list[str] = []
     data: dict[str, Any] = {}
+    text = ""
     if path is not None:
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except OSError as err:
-            problems.append(f"{path}: cannot read the config file ({err.strerror}); using defaults")
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            problems.append(f"{path}: not valid TOML ({err}); using defaults")
-    overrides = environment_overrides(os.environ if environ is None else environ)
-    for _ in range(50):  # each round drops at least one bad value
+            raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
         try:
-            return DaemonSettings.model_validate(_merged(data, overrides)), problems
-        except ValidationError as err:
-            dropped = False
-            for error in err.errors():
-                location = tuple(str(p) for p in error["loc"])
-                where = ".".join(location)
-                variable = _variable_for(overrides, location)
-                if variable is not None:
-                    raise ConfigError(f"{variable} ({where}): {error['msg']}") from err
-                if _drop(data, location):
-                    problems.append(
-                        f"{path or 'environment'}: {where}: {error['msg']}; using the default"
-                    )
-                    dropped = True
-                else:
-                    raise ConfigError(f"{where}: {error['msg']} (no default can stand in)") from err
-            if not dropped:
-                raise ConfigError(str(err)) from err
-    raise ConfigError("the settings do not converge to valid values")
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    overrides = environment_overrides(os.environ if environ is None else environ)
+    try:
+        return DaemonSettings.model_validate(_merged(data, overrides))
+    except ValidationError as err:
+        problems: list[tuple[int, str]] = []  # by line: the order the operator reads
+        for error in err.errors():
+            location = tuple(str(p) for p in error["loc"])
+            where = ".".join(location)
+            variable = _variable_for(overrides, location)
+            line = line_of(text, location) if path is not None and variable is None else None
+            if variable is not None:
+                problems.append((0, f"{variable} ({where}): {error['msg']}"))
+            elif line is not None:
+                problems.append((line, f"{path}:{line}: {where}: {error['msg']}"))
+            else:
+                problems.append((0, f"{path or 'settings'}: {where}: {error['msg']}"))
+        raise ConfigError("\n".join(message for _, message in sorted(problems))) from err
+
+
+def line_of(text: str, location: Sequence[str]) -> int | None:
+    """The line of a TOML text where the key at ``location`` (or its table) is written.
+
+    A plain reading of headers and ``key =`` lines, enough to point an operator at the
+    value: the first line whose key path is the longest prefix of ``location``.
+    """
+    table: tuple[str, ...] = ()
+    best: tuple[int, int] | None = None  # (depth matched, line)
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            name = line.strip("[]").split("#")[0].strip().strip("[]")
+            table = tuple(_key_parts(name))
+            keys = table
+        elif "=" in line:
+            keys = (*table, *_key_parts(line.split("=", 1)[0]))
+        else:
+            continue
+        depth = 0
+        while depth < min(len(keys), len(location)) and keys[depth] == location[depth]:
+            depth += 1
+        if depth == len(keys) and depth and (best is None or depth > best[0]):
+            best = (depth, number)
+    return best[1] if best else None
+
+
+def _key_parts(key: str) -> list[str]:
+    return [part.strip().strip('"').strip("'") for part in key.split(".") if part.strip()]
 
 
 def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -248,22 +276,3 @@ def _variable_for(overrides: dict[str, Any], location: tuple[str, ...]) -> str |
         node = node[location[depth]]
         depth += 1
     return env_variable(location[:depth])
-
-
-def _drop(data: dict[str, Any], location: tuple[str, ...]) -> bool:
-    """Remove the value at ``location`` (or its nearest droppable parent) from ``data``."""
-    for depth in range(len(location), 0, -1):
-        node: Any = data
-        for key in location[: depth - 1]:
-            if isinstance(node, dict) and key in node:
-                node = node[key]
-            elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
-                node = node[int(key)]
-            else:
-                node = None
-                break
-        key = location[depth - 1]
-        if isinstance(node, dict) and key in node:
-            del node[key]
-            return True
-    return False

@@ -26,30 +26,24 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_no_file_is_the_defaults() -> None:
-    settings, problems = load_settings(None)
-    assert problems == []
+    settings = load_settings(None)
     assert settings == DaemonSettings()
     assert settings.store.path == DEFAULT_STATE_DIR / "touchpoint.db"
     assert settings.can is None
     assert settings.policy.quiet_hours == (22, 7)
 
 
-def test_a_missing_file_is_reported_and_the_defaults_used(tmp_path: Path) -> None:
+def test_a_missing_file_stops_the_daemon(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
-    settings, problems = load_settings(missing)
-    assert settings == DaemonSettings()
-    [problem] = problems
-    assert str(missing) in problem
-    assert "cannot read" in problem
+    with pytest.raises(ConfigError, match=rf"^{missing}: cannot read the config file"):
+        load_settings(missing)
 
 
 def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, '[store]\npath = "/tmp/x.db"\nmax_events = = 3\n')
-    settings, problems = load_settings(path)
-    assert settings == DaemonSettings()
-    [problem] = problems
-    assert "not valid TOML" in problem
-    assert "line 3" in problem
+    with pytest.raises(ConfigError, match=r"not valid TOML: .*line 3") as caught:
+        load_settings(path)
+    assert str(caught.value).startswith(str(path))
 
 
 def test_a_good_file(tmp_path: Path) -> None:
@@ -78,8 +72,7 @@ dbc = [{{file = "car.dbc"}}]
 buses = [{{name = "body", interface = "virtual", channel = "vc0"}}]
 """,
     )
-    settings, problems = load_settings(path)
-    assert problems == []
+    settings = load_settings(path)
     assert settings.tick_seconds == 0.5
     assert settings.vehicle.id == "car-7"
     assert settings.store.path == tmp_path / "db.sqlite"
@@ -95,7 +88,7 @@ buses = [{{name = "body", interface = "virtual", channel = "vc0"}}]
     assert settings.can.buses[0].channel == "vc0"
 
 
-def test_wrong_values_fall_back_to_defaults_one_by_one(tmp_path: Path) -> None:
+def test_wrong_values_stop_the_daemon_each_named_with_its_line(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         """
@@ -105,6 +98,7 @@ surprise = 1
 id = "has spaces"
 model = "ok-model"
 [store]
+path = 123
 max_events = 5
 max_bytes = 100000000
 [policy]
@@ -112,42 +106,31 @@ max_visible = 0
 quiet_hours = [25, 7]
 """,
     )
-    settings, problems = load_settings(path)
-    defaults = DaemonSettings()
-    assert settings.tick_seconds == defaults.tick_seconds
-    assert settings.vehicle.id == defaults.vehicle.id
-    assert settings.vehicle.model == "ok-model"  # the good neighbour stays
-    assert settings.store.max_events == defaults.store.max_events
-    assert settings.store.max_bytes == 100_000_000
-    assert settings.policy.max_visible == defaults.policy.max_visible
-    assert settings.policy.quiet_hours == defaults.policy.quiet_hours
-    reported = {p.split(": ")[1] for p in problems}
-    assert reported == {
-        "tick_seconds",
-        "surprise",
-        "vehicle.id",
-        "store.max_events",
-        "policy.max_visible",
-        "policy.quiet_hours.0",  # the element that is wrong; the whole pair is reset
-    }
-    assert all(p.startswith(str(path)) and p.endswith("using the default") for p in problems)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    lines = str(caught.value).splitlines()
+    # Every problem at once, each where the operator wrote it.
+    assert [line.split(": ")[0:2] for line in lines] == [
+        [f"{path}:2", "tick_seconds"],
+        [f"{path}:3", "surprise"],
+        [f"{path}:5", "vehicle.id"],
+        [f"{path}:8", "store.path"],
+        [f"{path}:9", "store.max_events"],
+        [f"{path}:12", "policy.max_visible"],
+        [f"{path}:13", "policy.quiet_hours.0"],
+    ]
 
 
-def test_a_can_section_missing_a_required_value_is_dropped(tmp_path: Path) -> None:
-    path = write(tmp_path, '[can]\ndbc = [{file = "car.dbc"}]\n[store]\nmax_events = 1000\n')
-    settings, problems = load_settings(path)
-    assert settings.can is None
-    assert settings.store.max_events == 1000
-    [problem] = problems
-    assert "can.mapping" in problem
-    assert "required" in problem.lower()
+def test_a_can_section_missing_a_required_value_names_the_table(tmp_path: Path) -> None:
+    path = write(tmp_path, '[store]\nmax_events = 1000\n[can]\ndbc = [{file = "car.dbc"}]\n')
+    with pytest.raises(ConfigError, match=rf"^{path}:3: can.mapping: Field required"):
+        load_settings(path)
 
 
-def test_a_bad_dbc_entry_drops_the_can_section(tmp_path: Path) -> None:
+def test_a_bad_dbc_entry_names_its_line(tmp_path: Path) -> None:
     path = write(tmp_path, '[can]\nmapping = "m.yaml"\ndbc = [{bus = "x"}]\n')
-    settings, problems = load_settings(path)
-    assert settings.can is None
-    assert any("can.dbc.0.file" in p for p in problems)
+    with pytest.raises(ConfigError, match=rf"^{path}:3: can.dbc.0.file"):
+        load_settings(path)
 
 
 def test_the_environment_overrides_the_file(
@@ -159,8 +142,7 @@ def test_the_environment_overrides_the_file(
     monkeypatch.setenv("TOUCHPOINT_STORE__PATH", str(tmp_path / "env.db"))
     monkeypatch.setenv("TOUCHPOINT_VEHICLE__MARKET", "EU")
     monkeypatch.setenv("TOUCHPOINT_TICK_SECONDS", "2.5")
-    settings, problems = load_settings(path)
-    assert problems == []
+    settings = load_settings(path)
     assert settings.store.path == tmp_path / "env.db"
     assert settings.store.max_events == 700  # the file's other values stay
     assert settings.vehicle.model == "file"
@@ -170,8 +152,7 @@ def test_the_environment_overrides_the_file(
 
 def test_the_environment_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TOUCHPOINT_STORE__PATH", str(tmp_path / "only-env.db"))
-    settings, problems = load_settings(None)
-    assert problems == []
+    settings = load_settings(None)
     assert settings.store.path == tmp_path / "only-env.db"
 
 
@@ -184,25 +165,21 @@ def test_a_wrong_value_in_the_environment_stops_the_daemon(monkeypatch: pytest.M
 def test_a_file_that_is_not_utf8_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes('[vehicle]\nmodel = "Größe"\n'.encode("latin-1"))
-    settings, problems = load_settings(path)
-    assert settings == DaemonSettings()
-    [problem] = problems
-    assert "not valid TOML" in problem
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(path)
 
 
 # --- the environment, variable by variable (passed explicitly: no monkeypatching) ---------
 
 
 def test_lower_case_variables_work_too() -> None:
-    settings, problems = load_settings(None, {"touchpoint_vehicle__market": "JP"})
-    assert problems == []
+    settings = load_settings(None, {"touchpoint_vehicle__market": "JP"})
     assert settings.vehicle.market == "JP"
 
 
 def test_other_touchpoint_variables_are_not_settings() -> None:
     environ = {"TOUCHPOINT_KILL_SEED": "7", "TOUCHPOINT_BENCH_FLEET_MAX": "9", "HOME": "/root"}
-    settings, problems = load_settings(None, environ)
-    assert problems == []
+    settings = load_settings(None, environ)
     assert settings == DaemonSettings()
 
 
@@ -224,8 +201,7 @@ def test_a_table_that_is_not_json_stops_the_daemon() -> None:
 
 def test_a_key_of_a_file_table_is_overridden_alone(tmp_path: Path) -> None:
     path = write(tmp_path, '[can]\nmapping = "file.yaml"\ndbc = [{file = "car.dbc"}]\n')
-    settings, problems = load_settings(path, {"TOUCHPOINT_CAN__MAPPING": "env.yaml"})
-    assert problems == []
+    settings = load_settings(path, {"TOUCHPOINT_CAN__MAPPING": "env.yaml"})
     assert settings.can is not None
     assert settings.can.mapping == Path("env.yaml")
     assert [entry.file for entry in settings.can.dbc] == [Path("car.dbc")]
@@ -236,19 +212,17 @@ def test_a_whole_table_from_json_then_a_key_over_it() -> None:
         "TOUCHPOINT_STORE": '{"path": "/json/t.db", "max_events": 600}',
         "TOUCHPOINT_STORE__MAX_EVENTS": "800",
     }
-    settings, problems = load_settings(None, environ)
-    assert problems == []
+    settings = load_settings(None, environ)
     assert settings.store.path == Path("/json/t.db")
     assert settings.store.max_events == 800
 
 
-def test_a_wrong_file_value_under_an_environment_override_falls_back(tmp_path: Path) -> None:
+def test_a_wrong_file_value_under_an_environment_override_is_still_named(
+    tmp_path: Path,
+) -> None:
     path = write(tmp_path, "[policy]\nmax_visible = 99\n")
-    settings, problems = load_settings(path, {"TOUCHPOINT_POLICY__QUIET_HOURS": "[22, 7]"})
-    assert settings.policy.quiet_hours == (22, 7)
-    assert settings.policy.max_visible == DaemonSettings().policy.max_visible
-    [problem] = problems
-    assert "policy.max_visible" in problem
+    with pytest.raises(ConfigError, match=rf"^{path}:2: policy.max_visible"):
+        load_settings(path, {"TOUCHPOINT_POLICY__QUIET_HOURS": "[22, 7]"})
 
 
 def test_a_table_the_environment_leaves_incomplete_stops_the_daemon() -> None:
@@ -258,6 +232,5 @@ def test_a_table_the_environment_leaves_incomplete_stops_the_daemon() -> None:
 
 def test_the_environment_wins_even_over_a_wrong_file_value(tmp_path: Path) -> None:
     path = write(tmp_path, "tick_seconds = -1\n")
-    settings, problems = load_settings(path, {"TOUCHPOINT_TICK_SECONDS": "3"})
-    assert problems == []
+    settings = load_settings(path, {"TOUCHPOINT_TICK_SECONDS": "3"})
     assert settings.tick_seconds == 3.0

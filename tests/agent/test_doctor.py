@@ -109,7 +109,7 @@ def test_json_output(tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str
 # -- settings ---------------------------------------------------------------------------
 
 
-def test_a_file_that_is_not_toml_fails_and_the_rest_still_runs(
+def test_a_file_that_is_not_toml_fails_as_the_daemon_would(
     tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TOUCHPOINT_STORE__PATH", str(db))
@@ -118,11 +118,13 @@ def test_a_file_that_is_not_toml_fails_and_the_rest_still_runs(
 
     checks = diagnose(config)
 
-    configuration = [c for c in checks if c.name == "config"]
-    assert configuration[0].status is Status.FAIL
-    assert "not valid TOML" in configuration[0].message
-    assert "line 1" in configuration[0].message
-    assert only(checks, "store").status is Status.WARN  # no database yet: made at start
+    [configuration] = [c for c in checks if c.name == "config"]
+    assert configuration.status is Status.FAIL
+    assert "not valid TOML" in configuration.message
+    assert "line 1" in configuration.message
+    assert "will not start (exit 2)" in configuration.message
+    # Nothing else is judged: the daemon would not get as far as the store.
+    assert [c.name for c in checks] == ["config"]
     assert exit_status(checks) == 1
 
 
@@ -137,15 +139,18 @@ def test_a_missing_file_fails(tmp_path: Path, db: Path, monkeypatch: pytest.Monk
     assert len([c for c in configuration if "cannot read" in c.message]) == 0  # said once
 
 
-def test_a_wrong_value_is_a_warning_with_the_key(tmp_path: Path, db: Path) -> None:
+def test_a_wrong_value_fails_with_the_file_line_and_key(tmp_path: Path, db: Path) -> None:
     config = toml_config(tmp_path / "t.toml", "[policy]\nmax_visible = 99\n", store=db)
 
     checks = diagnose(config)
 
     problem = next(c for c in checks if c.name == "config")
-    assert problem.status is Status.WARN
-    assert "policy.max_visible" in problem.message
-    assert "default" in problem.message
+    assert problem.status is Status.FAIL
+    line = next(
+        n for n, text in enumerate(config.read_text().splitlines(), 1) if "max_visible" in text
+    )
+    assert f"{config}:{line}: policy.max_visible" in problem.message
+    assert "will not start" in problem.message
 
 
 def test_settings_the_daemon_cannot_run_with_stop_the_check_up(

@@ -231,12 +231,9 @@ def _run(args: argparse.Namespace) -> int:
     """
     configure("INFO")
     try:
-        settings, problems = load_settings(args.config)
+        settings = load_settings(args.config)
     except ConfigError as err:
         print(f"cannot run with these settings: {err}", file=sys.stderr)
-        return 2
-    if problems:
-        print(f"config problems: {problems}", file=sys.stderr)
         return 2
     rng = random.Random(args.seed)
     daemon = Daemon(settings)

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     path: Path | None = args.db
     if path is None or args.config is not None:
         try:
-            settings, _ = load_settings(args.config)
+            settings = load_settings(args.config)
         except ConfigError as err:
             print(f"touchpoint outbox: unusable settings: {err}", file=sys.stderr)
             return 2

@@ -28,12 +28,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT; 2 for settings it cannot run with."""
     configure(args.log_level if args.log_level != "WARNING" else "INFO")
     try:
-        settings, problems = load_settings(args.config)
+        settings = load_settings(args.config)
     except ConfigError as err:
-        print(f"touchpoint: cannot run with these settings: {err}", file=sys.stderr)
+        # The operator's file, not ours to guess at: stop, and say where (exit 2 keeps
+        # systemd from restarting into the same error: RestartPreventExitStatus=2).
+        _log.critical("cannot run with these settings:\n%s", err)
+        print(f"touchpoint: cannot run with these settings:\n{err}", file=sys.stderr)
         return 2
-    for problem in problems:
-        _log.error("config: %s", problem)
     from agent.errors import StoreError  # noqa: PLC0415
     from touchpoint.daemon import Daemon  # noqa: PLC0415 - after the settings are known good
 

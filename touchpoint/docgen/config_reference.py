@@ -440,11 +440,13 @@ def render_document(all_sections: Sequence[Section] | None = None) -> str:
         ),
         "",
         _wrap(
-            "A file that cannot be read, and every wrong value in it, is reported (one log "
-            "line each) and replaced by its default, so the daemon keeps running; a table "
-            "that lacks a required key is dropped as a whole (`[can]` without `mapping`: no "
-            "CAN signals). A wrong value in the environment stops the daemon (exit status "
-            "2): nothing stands in for it."
+            "A file that cannot be read or is not TOML, and a wrong value in it or in the "
+            "environment, stop the daemon with exit status 2 and one line per problem "
+            "naming the file and line (`/etc/touchpoint/touchpoint.toml:12: "
+            "policy.max_visible: Input should be less than or equal to 10`) or the "
+            "variable; the unit does not restart it (`RestartPreventExitStatus=2`), and "
+            "`touchpoint doctor` says the same. Running on defaults instead would look "
+            "healthy while it wrote another database with no CAN, D-Bus or cloud."
         ),
         "",
         f"A complete example: [`{EXAMPLE}`](examples/touchpoint.toml) (a test loads it).",

@@ -50,17 +50,16 @@ def diagnose(
         nonlocal settings
         unreadable = list(_check_file(config))
         yield from unreadable
+        if unreadable:
+            return  # said already, as a FAIL; the daemon would stop on it (exit 2)
         try:
-            settings, problems = load_settings(config)
+            settings = load_settings(config)
         except ConfigError as err:
-            yield fail("config", f"the daemon cannot run with these settings: {err}", _FIX_VALUE)
+            # The same words the daemon logs before it stops with exit status 2.
+            for problem in str(err).splitlines():
+                yield fail("config", f"the daemon will not start: {problem}", _FIX_VALUE)
             return
-        if unreadable:  # load_settings says so first, as a problem: said already, as a FAIL
-            problems = problems[1:]
-        for problem in problems:
-            yield warn("config", f"{problem} (the daemon runs with the default)", _FIX_VALUE)
-        if not problems and not unreadable:
-            yield ok("config", f"{config or 'defaults and the environment'}: settings are valid")
+        yield ok("config", f"{config or 'defaults and the environment'}: settings are valid")
         if settings.vehicle.id == VehicleSettings().id:
             yield warn(
                 "config",
@@ -90,12 +89,12 @@ def _check_file(config: Path | None) -> Iterator[Check]:
     except OSError as err:
         yield fail(
             "config",
-            f"{config}: cannot be read ({err.strerror}); the daemon would run on defaults",
+            f"{config}: cannot be read ({err.strerror}); the daemon will not start (exit 2)",
             "give the path of the daemon's settings file, readable by this user",
         )
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         yield fail(
             "config",
-            f"{config}: not valid TOML ({err}); the daemon would run on defaults",
+            f"{config}: not valid TOML ({err}); the daemon will not start (exit 2)",
             "fix the syntax at the line named",
         )
