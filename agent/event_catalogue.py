@@ -634,6 +634,24 @@ _TYPES: Final = (
         ),
     ),
     EventSpec(
+        "daemon.loop_crashed",
+        (Category.VEHICLE_HEALTH,),
+        Priority.NORMAL,
+        "One of the daemon's long-lived loops (the cloud's send loop, the store's "
+        "committer, the signal consumer, ...) crashed and is being restarted after a "
+        "back-off; the head unit's own health, for the fleet's software team.",
+        (
+            _f("loop", "string", "Which loop.", "cloud send"),
+            _f(
+                "error",
+                "string",
+                "The error, its type first (at most 500 characters).",
+                "OperationalError: database or disk is full",
+            ),
+            _f("crashes", "integer", "How many times it crashed since the daemon started.", 1),
+        ),
+    ),
+    EventSpec(
         "downlink.rejected",
         (Category.SERVICE_REQUESTS,),
         Priority.NORMAL,

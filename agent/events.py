@@ -65,6 +65,7 @@ class EventType(StrEnum):
     DOWNLINK_REJECTED = "downlink.rejected"
     CLOCK_TRUSTED = "clock.trusted"
     ODOMETER_CORRECTED = "odometer.corrected"
+    LOOP_CRASHED = "daemon.loop_crashed"
 
 
 class Priority(IntEnum):

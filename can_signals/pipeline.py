@@ -31,6 +31,7 @@ from can_signals.sources import BusConfig, LiveBuses, Replay
 from can_signals.stream import DEFAULT_CAPACITY, UpdateStream
 from can_signals.update import SignalUpdate
 from can_signals.vss import load_vss
+from touchpoint.tasks import Supervisor, beat
 
 _log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class SignalPipeline:
         self._live: LiveBuses | None = None
         self._replay: Replay | None = None
         self._ticker: asyncio.Task[None] | None = None
+        #: Runs the staleness watch of a live bus (restarted if it crashes).
+        self.supervisor = Supervisor()
         self._held: deque[SignalUpdate] = deque()
         self.processor = FrameProcessor(binding, self._emit)
 
@@ -148,7 +151,7 @@ class SignalPipeline:
         )
         live.start(loop)
         self._live = live
-        self._ticker = asyncio.create_task(self._watch_silence(), name="signal staleness")
+        self._ticker = self.supervisor.start("signal staleness", self._watch_silence)
 
     async def stop(self) -> None:
         """Stop the sources; the stream ends once drained."""
@@ -207,6 +210,7 @@ class SignalPipeline:
         loop = asyncio.get_running_loop()
         last_frames, silent_since = -1, loop.time()
         while True:
+            beat()
             await asyncio.sleep(SILENCE_TICK)
             frames = self.processor.frames
             if frames != last_frames:

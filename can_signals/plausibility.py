@@ -31,6 +31,10 @@ CONFIRM_S: Final = 1.0
 #: this many over this long, with no reading accepted meanwhile.
 RECOVER_READINGS: Final = 5
 RECOVER_S: Final = 10.0
+#: Below this, readings under the reference do not replace it: they catch up with it
+#: as the car drives on (a drive replayed twice, a reference a little too high), and a
+#: correction would judge the maintenance plan afresh for nothing.
+RECOVER_BACKWARDS_MIN_M: Final = 100_000.0
 #: Speed sensors jitter and frames are sampled: never reject a change smaller than this.
 SPEED_JITTER_KMH: Final = 10.0
 
@@ -58,7 +62,8 @@ class OdometerGuard:
     become the odometer. And a reference that is itself wrong (a garbage value kept by an
     older version, a replaced cluster) is not kept for good: readings that disagree with
     it but agree with each other, with nothing accepted meanwhile, replace it once they
-    span :data:`RECOVER_S` and :data:`RECOVER_READINGS`; :meth:`take_correction` tells.
+    span :data:`RECOVER_S` and :data:`RECOVER_READINGS` (readings below it only when
+    :data:`RECOVER_BACKWARDS_MIN_M` or more below); :meth:`take_correction` tells.
     """
 
     def __init__(self, max_speed_kmh: float = DEFAULT_MAX_SPEED_KMH) -> None:
@@ -134,8 +139,11 @@ class OdometerGuard:
             run = self._run
         else:
             run.value, run.time, run.count = metres, timestamp, run.count + 1
-        if self._reference is None:
+        reference = self._reference
+        if reference is None:
             readings, span = CONFIRM_READINGS, CONFIRM_S
+        elif reference - metres < RECOVER_BACKWARDS_MIN_M and metres < reference:
+            return False
         else:
             readings, span = RECOVER_READINGS, RECOVER_S
         return (

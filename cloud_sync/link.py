@@ -46,6 +46,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.ports import TimeBounds
 from cloud_sync.settings import CloudSettings
+from touchpoint.tasks import Supervisor, beat, idle
 
 _log = logging.getLogger(__name__)
 
@@ -166,8 +167,8 @@ class MqttLink:
         """Whether the broker accepted the connection and it is up."""
         return self._connected
 
-    def start(self) -> None:
-        """Start connecting (call from the owner's event loop).
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start connecting (call from the owner's event loop), supervised if given one.
 
         Raises:
             OSError: The TLS files cannot be read.
@@ -175,7 +176,10 @@ class MqttLink:
         """
         self._loop = asyncio.get_running_loop()
         self._tls = _tls_context(self._settings) if self._settings.tls else None
-        self._task = self._loop.create_task(self._run(), name="mqtt link")
+        if supervisor is None:
+            self._task = self._loop.create_task(self._run(), name="mqtt link")
+        else:
+            self._task = supervisor.start("mqtt link", self._run)
 
     def publish(self, message: Outgoing) -> bool:
         """Publish now; ``False`` if there is no connection (the message is not sent).
@@ -229,7 +233,8 @@ class MqttLink:
             client = self._new_client()
             accepted = False
             try:
-                await loop.run_in_executor(None, self._connect, client)
+                with idle():  # reaching the broker may take long; it is not being stuck
+                    await loop.run_in_executor(None, self._connect, client)
             except (OSError, ssl.SSLError, ValueError) as err:
                 self.failures += 1
                 self.last_error = str(err) or type(err).__name__
@@ -248,7 +253,8 @@ class MqttLink:
             if accepted:
                 delay = self._settings.reconnect_min_s  # it was up: start over
             # Full jitter: a fleet that lost the broker together does not return together.
-            await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - not cryptographic
+            with idle():
+                await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - not cryptographic
             delay = min(delay * 2, self._settings.reconnect_max_s)
 
     def _new_client(self) -> mqtt.Client:
@@ -313,6 +319,7 @@ class MqttLink:
         accepted = False
         try:
             while not gone.done():
+                beat()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(gone), _MISC_S)
                 accepted = accepted or self._connected

@@ -30,7 +30,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -38,6 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from agent.booking import BookingStatus, Slot
+from agent.errors import StoreError
 from agent.events import Event, OutboxRow
 from agent.ports import CloudHost
 from cloud_sync.clock_exchange import ClockExchange
@@ -62,7 +63,7 @@ from cloud_sync.link import Incoming, MqttLink, Outgoing
 from cloud_sync.settings import CloudSettings
 from cloud_sync.signing import Verifier
 from touchpoint.ratelimit import RateLimitedLog
-from touchpoint.tasks import cancel_and_wait
+from touchpoint.tasks import LoopRecord, Supervisor, beat, idle
 from touchpoint.version import package_version
 
 _log = logging.getLogger(__name__)
@@ -73,6 +74,14 @@ REQUEST_PREFIX: Final = "request."
 NO_MATCHING_SUBSCRIBERS: Final = 0x10
 QUIET_MIN_S: Final = 0.5
 QUIET_MAX_S: Final = 30.0
+#: After the store refused to hand out events (a full disk), the next try is this late.
+STORE_RETRY_S: Final = 2.0
+#: The supervised loops, by name and method.
+_LOOPS: Final = (
+    ("cloud send", "_send_loop"),
+    ("cloud receive", "_receive_loop"),
+    ("cloud timers", "_timers"),
+)
 
 
 @dataclass(slots=True)
@@ -94,6 +103,8 @@ class SyncStats:
     clock_readings: int = 0
     documents_applied: int = 0
     documents_rejected: int = 0
+    #: Store calls that failed (a full disk) and were retried.
+    store_failures: int = 0
     last_refusal: str | None = None
 
 
@@ -106,8 +117,19 @@ class CloudSync:
         vehicle_id: This car's id (``[vehicle] id``).
     """
 
-    def __init__(self, host: CloudHost, settings: CloudSettings, vehicle_id: str) -> None:
+    def __init__(
+        self,
+        host: CloudHost,
+        settings: CloudSettings,
+        vehicle_id: str,
+        *,
+        on_crash: Callable[[LoopRecord, BaseException], None] | None = None,
+    ) -> None:
         self._host = host
+        #: Runs the send, receive and timer loops and the link: a crash is restarted.
+        self.supervisor = Supervisor(on_crash)
+        #: Outbox changes the store refused (a full disk), retried by the timer loop.
+        self._retries: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         self._settings = settings
         self.topics = Topics(vehicle_id)
         self._gate = DownlinkGate(vehicle_id, Verifier(settings.signing_keys))
@@ -118,7 +140,6 @@ class CloudSync:
         self._connected = False
         self._wake = asyncio.Event()
         self._inbox: asyncio.Queue[Incoming] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
         self._chores: set[asyncio.Task[None]] = set()
         self._software = package_version()
         self._backlog = 0
@@ -150,20 +171,17 @@ class CloudSync:
     async def start(self) -> None:
         """Connect in the background and start sending (an unreachable broker is normal)."""
         self._backlog = await self._host.outbox.backlog()
-        self.link.start()
-        self._tasks = [
-            asyncio.create_task(self._send_loop(), name="cloud send"),
-            asyncio.create_task(self._receive_loop(), name="cloud receive"),
-            asyncio.create_task(self._timers(), name="cloud timers"),
-        ]
+        self.link.start(self.supervisor)
+        for name, loop in _LOOPS:
+            self.supervisor.start(name, getattr(self, loop))
 
     async def stop(self) -> None:
         """Say offline, disconnect, and put what was in flight back to pending."""
-        await cancel_and_wait(self._tasks)
-        self._tasks.clear()
+        await self.supervisor.stop([name for name, _ in _LOOPS])
         if self._chores:
             await asyncio.gather(*self._chores, return_exceptions=True)
         await self.link.stop(self._status("offline"))
+        await self.supervisor.stop()
         await self._release_all("the daemon stopped")
 
     # -- the daemon's event tap: told after each commit that recorded events ------------
@@ -208,14 +226,25 @@ class CloudSync:
 
     async def _send_loop(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            pause = self._resume_at - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            while self._connected and len(self._inflight) < self._settings.window:
-                if not await self._send_next():
-                    break
+            beat()
+            with idle():
+                await self._wake.wait()
+                self._wake.clear()
+                pause = self._resume_at - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+            try:
+                while self._connected and len(self._inflight) < self._settings.window:
+                    beat()
+                    if not await self._send_next():
+                        break
+            except StoreError as err:
+                # A full disk, say: nothing was taken; try again shortly, never give up.
+                self.stats.store_failures += 1
+                _rejections.warning("store", "cannot take events to send: %s; retrying", err)
+                with idle():
+                    await asyncio.sleep(STORE_RETRY_S)
+                self._wake.set()
 
     async def _send_next(self) -> bool:
         settings = self._settings
@@ -234,7 +263,7 @@ class CloudSync:
                 # The connection went meanwhile: what was taken and not sent goes back
                 # (what was sent, the disconnect puts back).
                 unsent = [i for _, e in messages[index:] for i in e.ids]
-                await self._host.outbox.release(unsent, None, count=False)
+                await self._release(unsent, None, count=False)
                 return False
             self._inflight.add(self._tokens, entry)
             self.stats.messages_sent += 1
@@ -291,8 +320,9 @@ class CloudSync:
             retry = [i for i in entry.ids if i not in dead]
 
             if dead:
-                await self._host.outbox.dead_letter(dead, why)
-            await self._host.outbox.release(retry, why, count=True)
+                await self._outbox_call("dead-lettering", lambda: self._host.outbox.dead_letter(
+                    dead, why))  # fmt: skip
+            await self._release(retry, why, count=True)
             self.stats.events_dead_lettered += len(dead)
         self._wake.set()
 
@@ -305,7 +335,16 @@ class CloudSync:
         try:
             while self._acked:
                 batch, self._acked = self._acked, []
-                self._backlog = await self._host.outbox.acknowledge(batch)
+                try:
+                    self._backlog = await self._host.outbox.acknowledge(batch)
+                except StoreError as err:
+                    # Kept, and deleted by the timer loop's next try: left in flight they
+                    # would only be sent again after a restart.
+                    self._acked[:0] = batch
+                    self.stats.store_failures += 1
+                    _rejections.warning("store", "cannot delete %d acknowledged events: %s; "
+                                        "retrying", len(batch), err)  # fmt: skip
+                    return
                 self.stats.events_acknowledged += len(batch)
         finally:
             self._acking = False
@@ -317,7 +356,7 @@ class CloudSync:
         delivered. It goes back to pending (not an attempt), and sending pauses, longer
         each time, until the cloud's consumers are back.
         """
-        await self._host.outbox.release(entry.ids, "no subscriber", count=False)
+        await self._release(entry.ids, "no subscriber", count=False)
         self.stats.events_unheard += len(entry.ids)
         self._quiet_s = min(max(self._quiet_s * 2, QUIET_MIN_S), QUIET_MAX_S)
         self._resume_at = time.monotonic() + self._quiet_s
@@ -328,14 +367,31 @@ class CloudSync:
         ids = [i for entry in self._inflight.clear() for i in entry.ids]
         if ids:
             # Not the broker's refusal: this send does not count as an attempt.
-            await self._host.outbox.release(ids, None, count=False)
+            await self._release(ids, None, count=False)
             _log.info("%d events back to pending (%s)", len(ids), reason)
+
+    async def _release(self, ids: Sequence[str], reason: str | None, *, count: bool) -> None:
+        """Back to pending; retried until the store takes it (else in flight until restart)."""
+        chosen = list(ids)
+        await self._outbox_call(
+            "releasing", lambda: self._host.outbox.release(chosen, reason, count=count)
+        )
+
+    async def _outbox_call(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await call()
+        except StoreError as err:
+            self.stats.store_failures += 1
+            _rejections.warning("store", "%s events failed: %s; retrying", what, err)
+            self._retries.append((what, call))
 
     # -- down ----------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
         while True:
-            message = await self._inbox.get()
+            beat()
+            with idle():
+                message = await self._inbox.get()
             try:
                 await self._handle(message)
             except Exception:  # noqa: BLE001 - one bad message must not stop the others
@@ -428,8 +484,14 @@ class CloudSync:
     async def _timers(self) -> None:
         """The cloud's acks overdue, and the hourly clock request."""
         while True:
+            beat()
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            retries, self._retries = self._retries, []
+            for what, call in retries:
+                await self._outbox_call(what, call)
+            if self._acked and not self._acking:
+                await self._acknowledge([])
             late = self._inflight.overdue(now, self._settings.ack_timeout_s)
             if late:
                 ids = [i for entry in late for i in entry.ids]
@@ -437,7 +499,7 @@ class CloudSync:
                 _rejections.warning("unacked", "the cloud did not acknowledge %d events within "
                                     "%.0f s; sending them again", len(ids),
                                     self._settings.ack_timeout_s)  # fmt: skip
-                await self._host.outbox.release(ids, "no ack from the cloud", count=False)
+                await self._release(ids, "no ack from the cloud", count=False)
                 self._wake.set()
             if self._connected and self._clock.due(now):
                 self._ask_time()

@@ -6,13 +6,18 @@ the HMI, so nothing is shown that a crash could forget, and nothing is forgotten
 was shown. Under load, outputs queue up while a commit runs and go in the next one
 (group commit).
 
-systemd: ``READY=1`` once serving, ``STATUS=`` with what it is doing, ``WATCHDOG=1``
-only while the loops (signals, time, commits) make progress, ``STOPPING=1`` on SIGTERM.
+Its long-lived loops run supervised (:mod:`touchpoint.tasks`): a crash is logged,
+counted, recorded as a ``daemon.loop_crashed`` event, written to the health file
+``touchpoint doctor`` reads, and the loop restarted after a back-off.
+
+systemd: ``READY=1`` once serving, ``STATUS=`` with what it is doing (and what failed),
+``WATCHDOG=1`` only while every loop beats or waits for work, ``STOPPING=1`` on SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import logging
@@ -29,7 +34,7 @@ from agent.clock import TimeSource
 from agent.consent import Category
 from agent.context import AgentConfig
 from agent.core import Agent, Output
-from agent.events import Event, EventDraft, EventType, Priority
+from agent.events import Event, EventDraft, EventType, JsonValue, Priority
 from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory
 from agent.plan import default_plan
@@ -38,12 +43,13 @@ from agent.rule_model import builtin_rules
 from agent.sections import VEHICLE_SECTIONS, Section
 from agent.store.store import OpenReport, Store, StoreLimits
 from can_signals.errors import CanSignalsError, SourceError
+from touchpoint.health import HealthFile, cloud_problem_text
 from touchpoint.ntp import system_clock_synchronised
 from touchpoint.runner import AgentRunner, CardSink, Clock, Step
 from touchpoint.sdnotify import Notifier, watchdog_interval
 from touchpoint.services import CloudService, HmiService
 from touchpoint.settings import DaemonSettings
-from touchpoint.tasks import cancel_and_wait
+from touchpoint.tasks import LoopRecord, Supervisor, beat, idle
 
 if TYPE_CHECKING:
     from can_signals.diagnostics import DtcPoller
@@ -63,6 +69,8 @@ HEAP_TRIM_S: Final = 10.0
 NTP_CHECK_S: Final = 60.0
 #: A loop that has not made progress for this long stops the watchdog.
 STALL_S: Final = 30.0
+#: How often the health file is written when systemd's watchdog is not asking.
+HEALTH_S: Final = 10.0
 
 _T = TypeVar("_T")
 
@@ -118,8 +126,9 @@ class Daemon:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._runner: AgentRunner | None = None
         self._pipeline: SignalPipeline | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._heartbeats: dict[str, float] = {}
+        self.supervisor = Supervisor(self._loop_crashed, monotonic=monotonic, wall=wall)
+        self._watchdog_task: asyncio.Task[None] | None = None
+        self._health: HealthFile | None = None
         self.boot_id = str(uuid.uuid4())
         self.open_report: OpenReport | None = None
         self.dtc_poller: DtcPoller | None = None
@@ -127,6 +136,8 @@ class Daemon:
         #: Why the CAN buses are not open (retried in the background), or ``None``.
         self.can_problem: str | None = None
         self.cloud: CloudSync | None = None
+        #: Why the cloud link is not running (a key or certificate it cannot use), or None.
+        self.cloud_problem: str | None = None
         self.started_at = 0.0
         #: Set when a finite signal source (a replay) has been consumed entirely.
         self.signals_finished = asyncio.Event()
@@ -186,13 +197,9 @@ class Daemon:
         sections = await loop.run_in_executor(self._executor, store.load_sections)
         agent = self._build_agent(state_codec.decode(sections))
         self._runner = AgentRunner(
-            agent,
-            store,
-            self._executor,
-            wall=self._wall,
-            monotonic=self._monotonic,
-            beat=lambda: self._beat("commit"),
+            agent, store, self._executor, wall=self._wall, monotonic=self._monotonic
         )
+        self._health = HealthFile.beside(settings.store.path)
         self._runner.sinks, self._runner.event_taps = self.sinks, self.event_taps
         self._first_start(sections, report)
         self._pipeline = self._build_pipeline()
@@ -206,7 +213,7 @@ class Daemon:
                 # after ours): cards, D-Bus and the cloud serve on while it is retried.
                 self.can_problem = str(err)
                 _log.error("cannot open the CAN buses: %s; retrying every %.0f s", err, CAN_RETRY_S)
-                self._tasks.append(asyncio.create_task(self._open_can_later(), name="can retry"))
+                self.supervisor.start("can retry", self._open_can_later)
             else:
                 self._can_started()
         if settings.dbus is not None:
@@ -214,25 +221,23 @@ class Daemon:
 
             board = HmiService(self.runner, self.wipe, settings.time.zone)
             self.bridge = DbusBridge(board, settings.dbus.address, settings.dbus.locale)
+            self.bridge.supervisor.on_crash = self._loop_crashed
             await self.bridge.start()
             self.sinks.append(self.bridge)
         if settings.cloud is not None:
-            from cloud_sync.sync import CloudSync  # noqa: PLC0415 - only with [cloud]
-
-            self.cloud = CloudSync(CloudService(self.runner), settings.cloud, settings.vehicle.id)
-            await self.cloud.start()
-            self.event_taps.append(self.cloud.events_committed)
-        self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
+            await self._start_cloud()
+        self.supervisor.start("tick", self._tick)
         if settings.time.trust_ntp:
-            self._tasks.append(asyncio.create_task(self._ntp(), name="ntp"))
-        self.runner.start()
-        interval = watchdog_interval()
-        if interval is not None:
-            self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+            self.supervisor.start("ntp", self._ntp)
+        self.runner.start(self.supervisor)
         self.submit(self.agent.on_tick(self._wall(), self._monotonic()))
         await self.settle()
         _release_heap()
         self._notifier.ready(self._status())
+        interval = watchdog_interval()
+        self._watchdog_task = asyncio.create_task(
+            self._watchdog(interval or HEALTH_S, feed=interval is not None), name="watchdog"
+        )
         _log.info("touchpoint started in %.0f ms", (self._monotonic() - self.started_at) * 1000)
 
     def _can_started(self) -> None:
@@ -246,13 +251,38 @@ class Daemon:
 
             self.dtc_poller = DtcPoller(diagnostics, pipeline)
             self.signal_taps.append(self.dtc_poller.observe)
-        self._tasks.append(asyncio.create_task(self._consume_signals(), name="signals"))
+        self.supervisor.start("signals", self._consume_signals, restart=False)
+
+    async def _start_cloud(self) -> None:
+        """Start the cloud link; a key or certificate it cannot use stops only the link.
+
+        The cards, D-Bus and the store go on, events keep in the outbox (up to its
+        budget), and the status, the log and ``touchpoint doctor`` say what to fix.
+        """
+        from cloud_sync.errors import SyncError  # noqa: PLC0415 - only with [cloud]
+        from cloud_sync.sync import CloudSync  # noqa: PLC0415
+
+        cloud = self.settings.cloud
+        assert cloud is not None
+        try:
+            sync = CloudSync(
+                CloudService(self.runner), cloud, self.settings.vehicle.id,
+                on_crash=self._loop_crashed,
+            )  # fmt: skip
+            await sync.start()
+        except (SyncError, OSError, ValueError) as err:
+            self.cloud_problem = cloud_problem_text(err, cloud)
+            _log.error("the cloud link is off: %s", self.cloud_problem)
+            return
+        self.cloud = sync
+        self.event_taps.append(sync.events_committed)
 
     async def _open_can_later(self) -> None:
         pipeline = self._pipeline
         assert pipeline is not None
         while True:
-            await asyncio.sleep(CAN_RETRY_S)
+            with idle():
+                await asyncio.sleep(CAN_RETRY_S)
             try:
                 await pipeline.start()
             except SourceError as err:
@@ -344,6 +374,7 @@ class Daemon:
         odometer = self.agent.vehicle.odometer_m
         if odometer is not None:
             pipeline.processor.seed_odometer(odometer)
+        pipeline.supervisor.on_crash = self._loop_crashed
         return pipeline
 
     async def stop(self) -> None:
@@ -357,10 +388,16 @@ class Daemon:
             await self.bridge.stop()
         if self._pipeline is not None:
             await self._pipeline.stop()
-        await cancel_and_wait(self._tasks)
-        self._tasks.clear()
+        # The committer is never cancelled: it drains what is pending when closed.
+        await self.supervisor.stop([n for n in self.supervisor.loops if n != "commit"])
+        if self._watchdog_task is not None:
+            self._watchdog_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog_task
         if self._runner is not None:
             await self._runner.close()
+        await self.supervisor.stop()
+        self._write_health()
         self._executor.shutdown(wait=True)
         self._notifier.close()
 
@@ -415,27 +452,33 @@ class Daemon:
 
     async def _consume_signals(self) -> None:
         assert self._pipeline is not None
-        self._beat("signals")
-        async for batch in self._pipeline.batches(500):
+        batches = aiter(self._pipeline.batches(500))
+        while True:
+            with idle():  # a parked car's bus may be silent for hours
+                batch = await anext(batches, None)
+            if batch is None:
+                break
+            beat()
             for tap in self.signal_taps:
                 tap(batch)
             self.submit(self.agent.on_signals(batch, self._wall(), self._monotonic()))
-            self._beat("signals")
         _log.info("the signal source ended")
         self.signals_finished.set()
 
     async def _ntp(self) -> None:
         """The system clock as a time source, while the kernel says NTP keeps it in step."""
         while True:
+            beat()
             if self._ntp_synchronised():
                 wall, mono = self._wall(), self._monotonic()
                 self.submit(self.agent.on_time(TimeSource.NTP, wall, wall, mono))
-            await asyncio.sleep(NTP_CHECK_S)
+            with idle():
+                await asyncio.sleep(NTP_CHECK_S)
 
     async def _tick(self) -> None:
         trimmed = self._monotonic()
         while True:
-            self._beat("tick")
+            beat()
             await asyncio.sleep(self.settings.tick_seconds)
             now = self._monotonic()
             self.submit(self.agent.on_tick(self._wall(), now))
@@ -445,21 +488,55 @@ class Daemon:
 
     # -- health -------------------------------------------------------------------------
 
-    def _beat(self, loop_name: str) -> None:
-        self._heartbeats[loop_name] = self._monotonic()
+    def _supervisors(self) -> list[Supervisor]:
+        found = [self.supervisor]
+        if self.cloud is not None:
+            found.append(self.cloud.supervisor)
+        if self.bridge is not None:
+            found.append(self.bridge.supervisor)
+        if self._pipeline is not None:
+            found.append(self._pipeline.supervisor)
+        return found
 
-    async def _watchdog(self, interval: float) -> None:
+    def _loop_crashed(self, record: LoopRecord, err: BaseException) -> None:
+        """A supervised loop crashed (it is restarted): say so everywhere it is looked for."""
+        if self._runner is not None:
+            agent, wall, mono = self.agent, self._wall(), self._monotonic()
+            payload: dict[str, JsonValue] = {
+                "loop": record.name,
+                "error": f"{type(err).__name__}: {err}"[:500],
+                "crashes": record.crashes,
+            }
+            draft = EventDraft(
+                EventType.LOOP_CRASHED, Category.VEHICLE_HEALTH, payload, Priority.NORMAL
+            )
+            agent.record(draft, agent.clock.read(wall, mono))
+            self.submit(agent.on_tick(wall, mono))
+        self._notifier.status(self._status())
+        self._write_health()
+
+    async def _watchdog(self, interval: float, *, feed: bool) -> None:
+        """Feed systemd's watchdog (if it asks) while every loop lives; write the health."""
         while True:
-            now = self._monotonic()
-            stalled = [
-                n for n, t in self._heartbeats.items() if now - t > max(STALL_S, 4 * interval)
-            ]
-            if stalled and not (set(stalled) <= {"signals", "commit"} and not self.runner.pending):
+            limit = max(STALL_S, 4 * interval)
+            stalled = [n for s in self._supervisors() for n in s.stalled(limit)]
+            if stalled:
                 _log.error("loops not making progress: %s; withholding the watchdog", stalled)
-            else:
+            elif feed:
                 self._notifier.watchdog()
-            self._notifier.status(self._status())
+            if feed:
+                self._notifier.status(self._status())
+            self._write_health(stalled)
             await asyncio.sleep(interval)
+
+    def _write_health(self, stalled: Sequence[str] = ()) -> None:
+        if self._health is None:
+            return
+        loops = {n: r for s in self._supervisors() for n, r in s.loops.items()}
+        self._health.write(
+            loops, stalled=stalled, status=self._status(), wall=self._wall(),
+            problems={"cloud": self.cloud_problem, "can": self.can_problem},
+        )  # fmt: skip
 
     def _status(self) -> str:
         runner = self._runner
@@ -471,4 +548,12 @@ class Daemon:
         else:
             source = "CAN not open (retrying)" if self.can_problem else "CAN ok"
         driving = "driving" if agent and agent.vehicle.driving else "parked"
-        return f"{source}, {driving}, {visible} card(s) shown, {outbox} event(s) to send"
+        status = f"{source}, {driving}, {visible} card(s) shown, {outbox} event(s) to send"
+        if self.cloud_problem:
+            status += "; cloud off (see the log or touchpoint doctor)"
+        if runner is not None and runner.store_problem:
+            status += f"; store failing: {runner.store_problem}"
+        crashed = [r for s in self._supervisors() for r in s.troubled()]
+        if crashed:
+            status += "; restarted: " + ", ".join(f"{r.name} x{r.crashes}" for r in crashed)
+        return status

@@ -26,6 +26,7 @@ from agent.errors import StoreError
 from agent.events import Event
 from agent.policy import moving_allowed
 from agent.store.store import Store
+from touchpoint.tasks import Supervisor, beat, idle
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -64,7 +65,6 @@ class AgentRunner:
         executor: One thread for the store (several runners may share it).
         wall: The system clock.
         monotonic: The monotonic clock.
-        beat: Called whenever the commit loop makes progress (the watchdog's heartbeat).
     """
 
     def __init__(
@@ -75,7 +75,6 @@ class AgentRunner:
         *,
         wall: Clock,
         monotonic: Clock,
-        beat: Callable[[], None] | None = None,
     ) -> None:
         self.agent = agent
         self.store = store
@@ -95,7 +94,9 @@ class AgentRunner:
         #: Commits the store refused (each retried until it succeeds, or at shutdown
         #: given up on after :data:`CLOSING_RETRIES`).
         self.failures = 0
-        self._beat = beat or (lambda: None)
+        #: Why commits fail right now (the disk is full, ...), or ``None``.
+        self.store_problem: str | None = None
+        self._trouble: asyncio.Future[None] | None = None
         self._pending: list[_Pending] = []
         self._last_done: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
@@ -112,9 +113,12 @@ class AgentRunner:
         """Whether outputs wait to be committed."""
         return bool(self._pending)
 
-    def start(self) -> None:
-        """Start committing (on the running event loop)."""
-        self._committer = asyncio.create_task(self._commit_loop(), name="commit")
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start committing (on the running event loop), supervised if given one."""
+        if supervisor is None:
+            self._committer = asyncio.create_task(self._commit_loop(), name="commit")
+        else:
+            self._committer = supervisor.start("commit", self._commit_loop)
 
     async def close(self) -> None:
         """Commit what is pending (the committer is never cancelled), then close the store.
@@ -151,9 +155,22 @@ class AgentRunner:
         """Run one input through the agent and wait until its output is durable.
 
         Errors the step raises reach the caller and change nothing.
+
+        Raises:
+            StoreError: If the store refuses commits (a full disk): the caller hears at
+                once rather than waiting; the output stays queued and is committed, in
+                order, when the store takes it again.
         """
         output = step(self.agent, self.wall(), self.monotonic())
-        await self.submit(output)
+        done = self.submit(output)
+        if self.store_problem is None:
+            if self._trouble is None:
+                self._trouble = asyncio.get_running_loop().create_future()
+            await asyncio.wait({done, self._trouble}, return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            raise StoreError(
+                f"not saved yet ({self.store_problem}); it will be once the store takes it"
+            )
         return output
 
     async def settle(self) -> None:
@@ -165,8 +182,9 @@ class AgentRunner:
 
     async def _commit_loop(self) -> None:
         while not (self._closing and not self._pending):
-            self._beat()
-            await self._wake.wait()
+            beat()
+            with idle():
+                await self._wake.wait()
             self._wake.clear()
             await self._flush()
 
@@ -174,45 +192,71 @@ class AgentRunner:
         failures = 0
         while self._pending:
             batch, self._pending = self._pending, []
-            events = [e for p in batch for e in p.output.events]
-            withdrawn = [r for p in batch for r in p.output.withdrawn]
-            sections: dict[str, str] = {}
-            for pending in batch:
-                sections.update(pending.sections)
-            store, now = self.store, self.wall()
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(
-                    self.executor, store.commit, events, sections, now, withdrawn
-                )
-            except StoreError as err:
+            if not await self._commit(batch):
                 failures += 1
-                self.failures += 1
                 if self._closing and failures >= CLOSING_RETRIES:
-                    _log.critical("giving up on %d events at shutdown: %s", len(events), err)
+                    _log.critical("giving up on a batch of %d steps at shutdown", len(batch))
                 else:
-                    _log.error("commit of %d events failed: %s; retrying", len(events), err)
                     self._pending[:0] = batch
-                    await asyncio.sleep(COMMIT_RETRY_S)
+                    with idle():  # waiting for space is not being stuck
+                        await asyncio.sleep(COMMIT_RETRY_S)
                     continue
-            else:
-                self.commits += 1
-                self._beat()
-                if events:
-                    for tap in self.event_taps:
-                        tap(events)
-            # Sinks hear of card changes, and of a change of the vehicle state behind
-            # them (driving or parked) even without one.
-            changes = self._showable([c for p in batch for c in p.output.changes])
-            driving_changed = batch[-1].driving != self.driving
-            waiting_changed = batch[-1].waiting != self.waiting
-            self.driving, self.waiting = batch[-1].driving, batch[-1].waiting
-            self._remember(changes)
-            if changes or driving_changed or waiting_changed:
-                await self._show(changes)
-            for pending in batch:
-                if not pending.done.done():
-                    pending.done.set_result(None)
+            await self._publish(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> bool:
+        """Make one batch durable; False when the store refused it (to be retried)."""
+        events = [e for p in batch for e in p.output.events]
+        withdrawn = [r for p in batch for r in p.output.withdrawn]
+        sections: dict[str, str] = {}
+        for pending in batch:
+            sections.update(pending.sections)
+        store, now = self.store, self.wall()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                self.executor, store.commit, events, sections, now, withdrawn
+            )
+        except StoreError as err:
+            self.failures += 1
+            self._failing(str(err))
+            _log.error("commit of %d events failed: %s", len(events), err)
+            return False
+        except Exception:
+            # A bug, not the store: the batch stays for the restarted loop, and its
+            # callers still wait for it, rather than being forgotten.
+            self._pending[:0] = batch
+            raise
+        self.commits += 1
+        if self.store_problem is not None:
+            _log.info("the store takes commits again")
+            self.store_problem = None
+        beat()
+        if events:
+            for tap in self.event_taps:
+                tap(events)
+        return True
+
+    async def _publish(self, batch: list[_Pending]) -> None:
+        """Tell the sinks what a settled batch changed and release its callers."""
+        # Sinks hear of card changes, and of a change of the vehicle state behind them
+        # (driving or parked) even without one.
+        changes = self._showable([c for p in batch for c in p.output.changes])
+        driving_changed = batch[-1].driving != self.driving
+        waiting_changed = batch[-1].waiting != self.waiting
+        self.driving, self.waiting = batch[-1].driving, batch[-1].waiting
+        self._remember(changes)
+        if changes or driving_changed or waiting_changed:
+            await self._show(changes)
+        for pending in batch:
+            if not pending.done.done():
+                pending.done.set_result(None)
+
+    def _failing(self, problem: str) -> None:
+        """Commits fail: callers waiting in :meth:`apply` hear it now."""
+        self.store_problem = problem
+        trouble, self._trouble = self._trouble, None
+        if trouble is not None and not trouble.done():
+            trouble.set_result(None)
 
     def _showable(self, changes: list[CardChange]) -> list[CardChange]:
         """The changes to show now.

@@ -42,6 +42,7 @@ from agent.consent import CONSENTABLE, PURPOSES, Category
 from agent.errors import ActionError
 from agent.ports import CardBoard
 from touchpoint.errors import TouchpointError
+from touchpoint.tasks import Supervisor, beat, idle
 from touchpoint.version import package_version
 from ui_bridge.card_object import CardObject
 from ui_bridge.errors import BridgeError
@@ -100,6 +101,8 @@ class DbusBridge:
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.reconnects = 0
+        #: Runs the connection watch (restarted if it crashes).
+        self.supervisor = Supervisor()
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -113,7 +116,7 @@ class DbusBridge:
             await self._connect()
         except BridgeError as err:
             _log.error("D-Bus: %s; retrying in the background", err)
-        self._watch = asyncio.create_task(self._watch_connection(), name="dbus watch")
+        self._watch = self.supervisor.start("dbus watch", self._watch_connection)
 
     @property
     def stopping(self) -> bool:
@@ -151,9 +154,11 @@ class DbusBridge:
     async def _watch_connection(self) -> None:
         delay = RECONNECT_MIN_S
         while not self._stopping:
+            beat()
             bus = self._bus
             if bus is not None:
-                cause = await _disconnected(bus)
+                with idle():
+                    cause = await _disconnected(bus)
                 if self.stopping:
                     return
                 _log.warning("the D-Bus connection was lost (%s); reconnecting", cause)
@@ -163,7 +168,8 @@ class DbusBridge:
                 await self._connect()
             except BridgeError as err:
                 _log.warning("D-Bus reconnect failed (%s); retrying in %.1f s", err, delay)
-                await asyncio.sleep(delay)
+                with idle():
+                    await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 continue
             self.reconnects += 1

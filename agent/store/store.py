@@ -17,13 +17,16 @@ event loop).
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import math
 import sqlite3
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Concatenate, Final, ParamSpec, TypeVar
 
 from agent.errors import StoreError
 from agent.events import Event, OutboxRow
@@ -31,6 +34,25 @@ from agent.store.schema import migrate
 from touchpoint.ratelimit import RateLimitedLog
 
 _log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _store_errors(
+    method: Callable[Concatenate[Store, _P], _R],
+) -> Callable[Concatenate[Store, _P], _R]:
+    """Raise :class:`StoreError`, never a raw ``sqlite3`` error (a full disk, I/O errors)."""
+
+    @functools.wraps(method)
+    def translated(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as err:
+            raise StoreError(f"{method.__name__}: {err}") from err
+
+    return translated
+
 
 #: Bytes an event takes on the wire besides its payload (ids, type, times, category).
 EVENT_OVERHEAD: Final = 200
@@ -103,6 +125,8 @@ class Store:
         # Once at its budget the outbox evicts on every commit: say so once a minute.
         self._evictions_log = RateLimitedLog(_log)
         self._count, self._bytes = self._totals()
+        #: Rows found corrupt while assembling batches (moved to the dead letters).
+        self.corrupt_rows = 0
 
     @classmethod
     def open(cls, path: str | Path, limits: StoreLimits | None = None) -> tuple[Store, OpenReport]:
@@ -160,6 +184,7 @@ class Store:
 
     # -- the hot path -------------------------------------------------------------------
 
+    @_store_errors
     def commit(
         self,
         events: Sequence[Event],
@@ -285,12 +310,14 @@ class Store:
         sizes = [int(r[0]) for r in self._db.execute(_EVICT_BYTES, (need,)).fetchall()]
         return len(sizes), sum(sizes)
 
+    @_store_errors
     def load_sections(self) -> dict[str, str]:
         """Every persisted state section."""
         return dict(self._db.execute("SELECT section, value FROM state").fetchall())
 
     # -- the outbox, for cloud sync -----------------------------------------------------
 
+    @_store_errors
     def pending(
         self, limit: int = 500, max_bytes: int = 256 * 1024, now: float | None = None
     ) -> list[OutboxRow]:
@@ -305,7 +332,12 @@ class Store:
         ).fetchall()
         batch: list[OutboxRow] = []
         total = 0
+        corrupt: list[tuple[str, str]] = []
         for row in rows:
+            problem = _row_problem(row)
+            if problem is not None:
+                corrupt.append((str(row[0]), problem))
+                continue
             if batch and total + int(row[10]) > max_bytes:
                 break
             total += int(row[10])
@@ -326,8 +358,15 @@ class Store:
                     row[12],
                 )
             )
+        for event_id, problem in corrupt:
+            # One rotten row must not take its batch with it: the cloud would refuse
+            # the whole message, and the car delete what it acknowledged.
+            _log.error("outbox row %r is corrupt (%s): now a dead letter", event_id, problem)
+            self.dead_letter(event_id, f"corrupt row: {problem}", stamp)
+        self.corrupt_rows += len(corrupt)
         return batch
 
+    @_store_errors
     def take(
         self,
         limit: int,
@@ -377,6 +416,7 @@ class Store:
             raise
         self._forget([int(r[0]) for r in gone])
 
+    @_store_errors
     def acknowledge(self, ids: Iterable[str]) -> None:
         """Events the cloud acknowledged: they leave the outbox."""
         db = self._db
@@ -402,6 +442,7 @@ class Store:
         self._count -= len(sizes)
         self._bytes -= sum(sizes)
 
+    @_store_errors
     def release(self, ids: Iterable[str], error: str | None = None, *, count: bool = True) -> None:
         """Events that were not delivered go back to pending (for a retry).
 
@@ -427,6 +468,7 @@ class Store:
         # After a restart nothing is in flight any more: those events are sent again.
         self._db.execute("UPDATE outbox SET state = 0 WHERE state = 1")
 
+    @_store_errors
     def dead_letter(self, event_id: str, reason: str, now: float | None = None) -> None:
         """Move an event that keeps failing to the dead-letter table, with the reason."""
         stamp = time.time() if now is None else now
@@ -462,19 +504,23 @@ class Store:
         """Bytes of events in the outbox."""
         return self._bytes
 
+    @_store_errors
     def dead_letter_count(self) -> int:
         """Events moved to the dead-letter table (refused for good by the cloud)."""
         return dead_letter_count(self._db)
 
+    @_store_errors
     def evicted_total(self) -> int:
         """Events evicted since the database was created."""
         return evicted_total(self._db)
 
+    @_store_errors
     def integrity_check(self) -> str:
         """``ok``, or what ``PRAGMA integrity_check`` found."""
         rows = self._db.execute("PRAGMA integrity_check").fetchall()
         return "; ".join(str(r[0]) for r in rows)
 
+    @_store_errors
     def wipe(self, *, keep_sections: Iterable[str] = ()) -> None:
         """Delete the outbox, dead letters and every state section not in ``keep_sections``."""
         keep = list(keep_sections)
@@ -494,6 +540,39 @@ class Store:
         # checkpointed: personal data must really go.
         db.execute("VACUUM")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _row_problem(row: Sequence[object]) -> str | None:
+    """What is wrong with an outbox row as read back (``None``: nothing).
+
+    ``quick_check`` vouches for the file's structure, not for what a rotted page turned
+    a payload into: every row is checked as its batch is assembled.
+    """
+    event_id, kind, category, _, stamp, _, boot_id, seq, request_id, payload = row[:10]
+    checks = (
+        (isinstance(event_id, str) and bool(event_id), "no id"),
+        (isinstance(kind, str) and kind.isprintable() and bool(kind), "the type is not text"),
+        (isinstance(category, str) and category.isidentifier(), "the category is not a name"),
+        (
+            isinstance(stamp, int | float) and math.isfinite(stamp) and abs(stamp) < 1e11,
+            "the time is not a time",
+        ),
+        # (None in rows a version 1 database kept)
+        (
+            isinstance(boot_id, str | None) and isinstance(seq, int | None),
+            "the boot id or sequence is wrong",
+        ),
+        (request_id is None or isinstance(request_id, str), "the request id is not text"),
+        (isinstance(payload, str), "the payload is not text"),
+    )
+    for ok, problem in checks:
+        if not ok:
+            return problem
+    try:
+        decoded = json.loads(str(payload))
+    except ValueError as err:
+        return f"the payload is not JSON ({err})"
+    return None if isinstance(decoded, dict) else "the payload is not a JSON object"
 
 
 def _rollback(db: sqlite3.Connection) -> None:

@@ -243,9 +243,13 @@ def _run(args: argparse.Namespace) -> int:
     commit = Store.commit
 
     def commit_then_maybe_die(
-        store: Store, events: Sequence[Event], sections: Mapping[str, str], now: float | None = None
+        store: Store,
+        events: Sequence[Event],
+        sections: Mapping[str, str],
+        now: float | None = None,
+        withdrawn: Sequence[str] = (),
     ) -> CommitResult:
-        result = commit(store, events, sections, now)
+        result = commit(store, events, sections, now, withdrawn)
         if events and rng.random() < args.kill_after_commit:
             os.kill(os.getpid(), signal.SIGKILL)
         return result
