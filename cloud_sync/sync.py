@@ -394,6 +394,11 @@ class CloudSync:
                 message = await self._inbox.get()
             try:
                 await self._handle(message)
+            except StoreError as err:
+                # Taken by the agent; its record waits in order for the store (a full
+                # disk) and is saved when the store takes commits again.
+                self.stats.store_failures += 1
+                _rejections.warning("store", "%s taken, not saved yet: %s", message.topic, err)
             except Exception:  # noqa: BLE001 - one bad message must not stop the others
                 _log.exception("handling %s failed", message.topic)
 
@@ -490,6 +495,8 @@ class CloudSync:
             retries, self._retries = self._retries, []
             for what, call in retries:
                 await self._outbox_call(what, call)
+            if retries:
+                self._wake.set()  # what went back to pending is to be sent
             if self._acked and not self._acking:
                 await self._acknowledge([])
             late = self._inflight.overdue(now, self._settings.ack_timeout_s)

@@ -535,7 +535,8 @@ class Daemon:
         loops = {n: r for s in self._supervisors() for n, r in s.loops.items()}
         self._health.write(
             loops, stalled=stalled, status=self._status(), wall=self._wall(),
-            problems={"cloud": self.cloud_problem, "can": self.can_problem},
+            problems={"cloud": self.cloud_problem, "can": self.can_problem,
+                      "store": self._runner.store_problem if self._runner else None},
         )  # fmt: skip
 
     def _status(self) -> str:

@@ -13,6 +13,7 @@ The daemon runs one; fleet-sim runs one per simulated car, sharing store threads
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -100,6 +101,8 @@ class AgentRunner:
         self._pending: list[_Pending] = []
         self._last_done: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
+        #: Set by a caller while commits fail: try again now, space may be back.
+        self._retry_now = asyncio.Event()
         self._closing = False
         self._committer: asyncio.Task[None] | None = None
 
@@ -163,10 +166,13 @@ class AgentRunner:
         """
         output = step(self.agent, self.wall(), self.monotonic())
         done = self.submit(output)
-        if self.store_problem is None:
-            if self._trouble is None:
-                self._trouble = asyncio.get_running_loop().create_future()
-            await asyncio.wait({done, self._trouble}, return_when=asyncio.FIRST_COMPLETED)
+        if self._trouble is None:
+            self._trouble = asyncio.get_running_loop().create_future()
+        if self.store_problem is not None:
+            # The committer retries now rather than at its next round: the caller hears
+            # within one attempt whether the store takes commits again.
+            self._retry_now.set()
+        await asyncio.wait({done, self._trouble}, return_when=asyncio.FIRST_COMPLETED)
         if not done.done():
             raise StoreError(
                 f"not saved yet ({self.store_problem}); it will be once the store takes it"
@@ -199,7 +205,9 @@ class AgentRunner:
                 else:
                     self._pending[:0] = batch
                     with idle():  # waiting for space is not being stuck
-                        await asyncio.sleep(COMMIT_RETRY_S)
+                        self._retry_now.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._retry_now.wait(), COMMIT_RETRY_S)
                     continue
             await self._publish(batch)
 

@@ -25,6 +25,10 @@ class Notifier:
             # A leading "@" names a socket in the abstract namespace.
             self._address = "\0" + address[1:] if address.startswith("@") else address
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never wait on the service manager: a full queue drops a notification
+            # (the next one says the same), it does not stop the event loop.
+            self._socket.setblocking(False)
+        self._failing = False
 
     @property
     def enabled(self) -> bool:
@@ -38,7 +42,11 @@ class Notifier:
         try:
             self._socket.sendto("\n".join(fields).encode(), self._address)
         except OSError as err:
-            _log.warning("sd_notify failed: %s", err)
+            if not self._failing:
+                _log.warning("sd_notify failed: %s (said once until it works again)", err)
+            self._failing = True
+        else:
+            self._failing = False
 
     def ready(self, status: str) -> None:
         """The daemon serves."""

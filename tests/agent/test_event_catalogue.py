@@ -43,7 +43,10 @@ from touchpoint.daemon import Daemon
 from touchpoint.settings import DaemonSettings
 
 #: Types no scenario here records, and why (none, today: keep it that way).
-NOT_DRIVEN: Final[dict[str, str]] = {}
+NOT_DRIVEN: Final[dict[str, str]] = {
+    # Recorded by the daemon's supervisor, not by a decision of the agent.
+    "daemon.loop_crashed": "tests/daemon/test_supervision.py",
+}
 _MARKETING_CARD_KINDS: Final = {CardKind.BENEFIT.name, CardKind.CAMPAIGN.name}
 
 

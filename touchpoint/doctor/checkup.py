@@ -10,6 +10,7 @@ from agent.settings import VehicleSettings
 from touchpoint.doctor.can_checks import SYSFS_NET, check_can
 from touchpoint.doctor.cloud_checks import check_cloud
 from touchpoint.doctor.dbus_checks import POLICY_DIRS, check_dbus
+from touchpoint.doctor.health_checks import check_health
 from touchpoint.doctor.report import Check, fail, guarded, ok, warn
 from touchpoint.doctor.store_checks import check_store
 from touchpoint.settings import ConfigError, DaemonSettings, load_settings
@@ -72,6 +73,7 @@ def diagnose(
         return checks
     chosen: DaemonSettings = settings
     record(guarded("store", lambda: check_store(chosen.store, time_settings=chosen.time)))
+    record(guarded("daemon", lambda: check_health(chosen.store.path)))
     record(guarded("can", lambda: check_can(chosen.can, listen=listen, timeout=timeout,
                                             sysfs=sysfs)))  # fmt: skip
     record(guarded("dbus", lambda: check_dbus(chosen.dbus, timeout=timeout,
