@@ -23,6 +23,7 @@ from tests.ui_bridge.conftest import DUE_SOON, PARK, feed, serving
 from tests.ui_bridge.rawpeer import RawPeer
 from tests.ui_bridge.test_bridge import Client, client
 from touchpoint.daemon import Daemon
+from touchpoint.health import read_health
 from ui_bridge.bus import LIMITS_EXCEEDED
 from ui_bridge.limits import CONSENT_CHANGES_PER_MINUTE, MAX_CALLS_IN_FLIGHT
 from ui_bridge.names import (
@@ -222,6 +223,11 @@ def test_consent_changes_are_rate_limited_per_peer(tmp_path: Path, bus_address: 
                                 ["marketing_benefits", True, 0])  # fmt: skip
 
     asyncio.run(scenario())
+    # the counters are where the doctor and an operator look: the health file
+    health = read_health(tmp_path / "health.json")
+    assert health is not None
+    assert health.counters["dbus"]["consent_changes_refused"] == 10
+    assert health.counters["dbus"]["reconnects"] == 0
 
 
 def test_a_flood_of_consent_changes_leaves_a_minutes_worth_in_the_outbox(
