@@ -4,6 +4,10 @@ dbus-fast (like every client library) reads its socket as it goes; a misbehaving
 stuck HMI does not. This peer speaks the wire protocol itself: EXTERNAL
 authentication, ``Hello``, then as many calls as it is told, and it reads nothing after
 the authentication, so its replies pile up wherever the bus keeps them.
+
+Run as a program (``python rawpeer.py ADDRESS KIND COUNT LINGER_S``), it floods the
+agent with ``COUNT`` calls of ``KIND`` (see :data:`FLOODS`) and keeps the connection,
+unread, for ``LINGER_S`` seconds: the bus policy test runs it as a member of ``hmi``.
 """
 
 from __future__ import annotations
@@ -11,9 +15,36 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
+from typing import Final
 
-from dbus_fast import Message
+from dbus_fast import Message, Variant
+
+from ui_bridge.names import BUS_NAME, MANAGER_INTERFACE, OBJECT_MANAGER, ROOT_PATH
+
+
+def agent_call(path: str, interface: str, member: str, signature: str = "",
+               body: list[object] | None = None) -> Callable[[int], Message]:  # fmt: skip
+    """The ``i``-th call of a flood: the same call each time."""
+    return lambda _: Message(destination=BUS_NAME, path=path, interface=interface,
+                             member=member, signature=signature, body=body or [])  # fmt: skip
+
+
+def set_locale(i: int) -> Message:
+    """``Set Locale``, alternately ``zh-CN`` and ``en`` (an even count ends on ``en``)."""
+    locale = Variant("s", "zh-CN" if i % 2 == 0 else "en")
+    return Message(destination=BUS_NAME, path=ROOT_PATH,
+                   interface="org.freedesktop.DBus.Properties", member="Set",
+                   signature="ssv", body=[MANAGER_INTERFACE, "Locale", locale])  # fmt: skip
+
+
+#: Floods by name: large answers, or a signal per card and one for the locale each.
+FLOODS: Final[dict[str, Callable[[int], Message]]] = {
+    "Introspect": agent_call(ROOT_PATH, "org.freedesktop.DBus.Introspectable", "Introspect"),
+    "GetManagedObjects": agent_call(ROOT_PATH, OBJECT_MANAGER, "GetManagedObjects"),
+    "Set Locale": set_locale,
+}
 
 
 def socket_path(address: str) -> str:
@@ -69,3 +100,18 @@ class RawPeer:
     def close(self) -> None:
         """Hang up (the bus drops whatever it still held for this peer)."""
         self._sock.close()
+
+
+async def _flood(address: str, kind: str, count: int, linger_s: float) -> None:
+    peer = RawPeer(address)
+    await peer.connect()
+    make = FLOODS[kind]
+    sent = await peer.send(make(i) for i in range(count))
+    print(f"sent {sent}", flush=True)
+    await asyncio.sleep(linger_s)
+    peer.close()
+
+
+if __name__ == "__main__":
+    where, what, how_many, linger = sys.argv[1:5]
+    asyncio.run(_flood(where, what, int(how_many), float(linger)))

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-from dbus_fast import DBusError, Message, MessageType, Variant
+from dbus_fast import DBusError, Message, MessageType
 
 from tests.ui_bridge.conftest import DUE_SOON, PARK, feed, serving
-from tests.ui_bridge.rawpeer import RawPeer
+from tests.ui_bridge.rawpeer import FLOODS as RAW_FLOODS
+from tests.ui_bridge.rawpeer import RawPeer, agent_call
 from tests.ui_bridge.test_bridge import Client, client
 from touchpoint.daemon import Daemon
 from touchpoint.health import read_health
@@ -31,7 +32,6 @@ from ui_bridge.names import (
     CARD_INTERFACE,
     CONSENT_INTERFACE,
     MANAGER_INTERFACE,
-    OBJECT_MANAGER,
     ROOT_PATH,
     card_path,
 )
@@ -43,24 +43,8 @@ PROMPT_P50_S: Final = 0.25
 PROMPT_MAX_S: Final = 3.0
 
 
-def _call(path: str, interface: str, member: str, signature: str = "",
-          body: list[object] | None = None) -> Callable[[int], Message]:  # fmt: skip
-    return lambda _: Message(destination=BUS_NAME, path=path, interface=interface, member=member,
-                             signature=signature, body=body or [])  # fmt: skip
-
-
-def _set_locale(i: int) -> Message:
-    locale = Variant("s", "en" if i % 2 else "zh-CN")
-    return Message(destination=BUS_NAME, path=ROOT_PATH, interface=PROPERTIES, member="Set",
-                   signature="ssv", body=[MANAGER_INTERFACE, "Locale", locale])  # fmt: skip
-
-
 FLOODS: Final[dict[str, Callable[[int], Message]]] = {
-    # large answers: 10,000 of them are megabytes for the agent to write
-    "Introspect": _call(ROOT_PATH, "org.freedesktop.DBus.Introspectable", "Introspect"),
-    "GetManagedObjects": _call(ROOT_PATH, OBJECT_MANAGER, "GetManagedObjects"),
-    # a signal per card and one for the locale, each time
-    "Set Locale": _set_locale,
+    **RAW_FLOODS,
     # calls that wait for a commit: the daemon would hold every one
     "ReportShown": lambda _: Message(),  # replaced with the card's path in the test
 }
@@ -114,7 +98,7 @@ def test_a_peer_that_never_reads_does_not_cost_the_agent_its_connection(
             [card] = daemon.agent.cards.visible
             make = FLOODS[kind]
             if kind == "ReportShown":
-                make = _call(card_path(card.id), CARD_INTERFACE, "ReportShown")
+                make = agent_call(card_path(card.id), CARD_INTERFACE, "ReportShown")
             changes = await _watch_name(observer)
             owner = await _owner(observer)
             bridge = daemon.bridge
@@ -238,7 +222,7 @@ def test_a_flood_of_consent_changes_leaves_a_minutes_worth_in_the_outbox(
             before = _consent_events(daemon)
             peer = RawPeer(bus_address)
             await peer.connect()
-            make = _call(ROOT_PATH, CONSENT_INTERFACE, "SetConsent", "sbx",
+            make = agent_call(ROOT_PATH, CONSENT_INTERFACE, "SetConsent", "sbx",
                          ["usage_analytics", False, 0])  # fmt: skip
             try:
                 await peer.send(make(i) for i in range(FLOOD))
