@@ -190,6 +190,7 @@ class DbusBridge:
             "consent_changes_refused": counters.consent_changes_refused,
             "socket_full_waits": bus.socket_full if bus is not None else 0,
             "messages_queued": bus.queued if bus is not None else 0,
+            "peak_messages_queued": bus.peak_queued if bus is not None else 0,
         }
 
     async def stop(self) -> None:

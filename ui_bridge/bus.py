@@ -58,12 +58,17 @@ def caller() -> str:
 class _PatientSocket:
     """The writer's view of the socket: a full buffer is 0 bytes written, not an error."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, backlog: Callable[[], int]) -> None:
         self._sock = sock
+        self._backlog = backlog
         #: How often the socket was full when the writer tried it (for the figures).
         self.full = 0
+        #: The most messages seen waiting to be written.
+        self.peak_backlog = 0
 
     def send(self, data: bytes | memoryview) -> int:
+        # Sampled at every write: after a wait, the first write sees the whole backlog.
+        self.peak_backlog = max(self.peak_backlog, self._backlog())
         try:
             return self._sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -100,13 +105,18 @@ class AgentBus(MessageBus):
             # Another dbus-fast: without the workaround a full socket drops the connection.
             _log.warning("dbus-fast %s: cannot guard its writer against EAGAIN", type(writer))
             return
-        self._patient = _PatientSocket(sock)
+        self._patient = _PatientSocket(sock, lambda: self.queued)
         writer.sock = self._patient  # type: ignore[union-attr]
 
     @property
     def socket_full(self) -> int:
         """How often the writer found the socket full (and waited)."""
         return 0 if self._patient is None else self._patient.full
+
+    @property
+    def peak_queued(self) -> int:
+        """The most messages seen waiting in the writer (behind a full socket)."""
+        return 0 if self._patient is None else self._patient.peak_backlog
 
     @property
     def queued(self) -> int:
