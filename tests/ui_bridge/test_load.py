@@ -38,9 +38,11 @@ from ui_bridge.names import (
 
 FLOOD: Final = 10_000
 PROPERTIES: Final = "org.freedesktop.DBus.Properties"
-#: What "promptly" means for the other peer's calls while the flood is served.
+#: What "promptly" means for the other peer's calls while the flood is served: the
+#: median is about 1 ms; the worst depends on the machine (0.1-0.7 s idle, 2.2 s at a
+#: load of 12 on 2 cores), and must stay well under a client's default timeout (25 s).
 PROMPT_P50_S: Final = 0.25
-PROMPT_MAX_S: Final = 3.0
+PROMPT_MAX_S: Final = 10.0
 
 
 FLOODS: Final[dict[str, Callable[[int], Message]]] = {
