@@ -13,6 +13,7 @@ Pure: time is an argument.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -47,6 +48,9 @@ CONSENTABLE: Final = (
     Category.MARKETING,
     Category.LOCATION,
 )
+
+#: The longest validity a driver can give (10 years); longer is "without end".
+MAX_VALIDITY_S: Final = 10 * 365 * 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +119,15 @@ class ConsentState:
 
         Raises:
             ValueError: For ``service_requests``, which is not the driver's to switch off
-                (not tapping is how one refuses), or a non-positive validity.
+                (not tapping is how one refuses), or a validity that is not positive
+                or longer than :data:`MAX_VALIDITY_S`.
         """
         if category not in CONSENTABLE:
             raise ValueError(f"{category} is not a consent category")
-        if valid_for is not None and valid_for <= 0:
-            raise ValueError("a consent's validity must be positive")
+        if valid_for is not None and not 0 < valid_for <= MAX_VALIDITY_S:
+            raise ValueError(
+                f"a consent's validity must be positive and at most {MAX_VALIDITY_S} s"
+            )
         grant = (
             Grant(True, now, None if valid_for is None else now + valid_for, trusted)
             if granted
@@ -151,11 +158,25 @@ class ConsentState:
                 category = Category(name)
             except ValueError:
                 continue
-            granted_at, expires_at = raw.get("granted_at"), raw.get("expires_at")
             grants[category] = Grant(
                 bool(raw.get("granted")),
-                float(granted_at) if isinstance(granted_at, int | float) else None,
-                float(expires_at) if isinstance(expires_at, int | float) else None,
+                _instant(raw.get("granted_at")),
+                _instant(raw.get("expires_at")),
                 raw.get("time_trusted", True) is not False,
             )
         return cls(MappingProxyType(grants))
+
+
+def _instant(value: object) -> float | None:
+    """A stored time, or ``None`` for one that is no finite number of seconds.
+
+    An integer too large for a float (JSON allows any) would raise; NaN would make
+    every comparison false. Either one, stored, would break every start.
+    """
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None

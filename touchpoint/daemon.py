@@ -220,7 +220,9 @@ class Daemon:
             from ui_bridge.bridge import DbusBridge  # noqa: PLC0415 - only with [dbus]
 
             board = HmiService(self.runner, self.wipe, settings.time.zone)
-            self.bridge = DbusBridge(board, settings.dbus.address, settings.dbus.locale)
+            self.bridge = DbusBridge(
+                board, settings.dbus.address, settings.dbus.locale, monotonic=self._monotonic
+            )
             self.bridge.supervisor.on_crash = self._loop_crashed
             await self.bridge.start()
             self.sinks.append(self.bridge)
@@ -537,6 +539,7 @@ class Daemon:
             loops, stalled=stalled, status=self._status(), wall=self._wall(),
             problems={"cloud": self.cloud_problem, "can": self.can_problem,
                       "store": self._runner.store_problem if self._runner else None},
+            counters={"dbus": self.bridge.stats()} if self.bridge is not None else {},
         )  # fmt: skip
 
     def _status(self) -> str:

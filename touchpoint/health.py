@@ -47,8 +47,13 @@ class HealthFile:
         status: str,
         wall: float,
         problems: Mapping[str, str | None],
+        counters: Mapping[str, Mapping[str, int]] | None = None,
     ) -> None:
-        """Replace the file; a failure (a full or read-only disk) is logged once."""
+        """Replace the file; a failure (a full or read-only disk) is logged once.
+
+        ``counters`` are a part's figures by part (``dbus``: the bridge's reconnections
+        and what its per-peer limits refused).
+        """
         document = {
             "written_at": wall,
             "pid": os.getpid(),
@@ -56,6 +61,7 @@ class HealthFile:
             "loops": {name: record.as_json() for name, record in sorted(loops.items())},
             "stalled": list(stalled),
             "problems": {k: v for k, v in problems.items() if v},
+            "counters": {part: dict(figures) for part, figures in (counters or {}).items()},
         }
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         try:
@@ -80,6 +86,7 @@ class Health:
     loops: Mapping[str, Mapping[str, Any]]
     stalled: Sequence[str]
     problems: Mapping[str, str]
+    counters: Mapping[str, Mapping[str, int]]
 
 
 def read_health(path: Path) -> Health | None:
@@ -92,6 +99,10 @@ def read_health(path: Path) -> Health | None:
             loops=dict(data.get("loops", {})),
             stalled=list(data.get("stalled", [])),
             problems={str(k): str(v) for k, v in dict(data.get("problems", {})).items()},
+            counters={
+                str(part): {str(k): int(v) for k, v in dict(figures).items()}
+                for part, figures in dict(data.get("counters", {})).items()
+            },
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -7,9 +7,10 @@ and removes it (``CardClosed`` with the reason, then ``InterfacesRemoved``). Met
 calls from the HMI go through the daemon (``Daemon.apply``), so they are committed
 before they return; the agent's refusals come back as D-Bus errors.
 
-dbus-fast emits ``InterfacesAdded``/``InterfacesRemoved`` by itself on export, from the
-exported object's own path and with every property; the bus class here silences that,
-and the bridge emits them as the specification says, from the object manager.
+The connection is an :class:`~ui_bridge.bus.AgentBus`: the bridge emits
+``InterfacesAdded``/``InterfacesRemoved`` itself, a full socket makes the writer wait
+rather than drop the connection, and what one peer can make the daemon hold is bounded
+(:mod:`ui_bridge.limits`: calls in flight, consent changes a minute), refusals counted.
 
 If the bus goes away (a restart of the dbus-daemon), the bridge reconnects with a
 back-off and exports everything again.
@@ -20,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 from dbus_fast import DBusError, Message, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
-from dbus_fast.service import ServiceInterface
 
 from agent.cards import (
     ACTION_KEYS,
@@ -38,14 +39,16 @@ from agent.cards import (
     ChangeType,
     CloseReason,
 )
-from agent.consent import CONSENTABLE, PURPOSES, Category
+from agent.consent import CONSENTABLE, MAX_VALIDITY_S, PURPOSES, Category
 from agent.errors import ActionError
 from agent.ports import CardBoard
 from touchpoint.errors import TouchpointError
 from touchpoint.tasks import Supervisor, beat, idle
 from touchpoint.version import package_version
+from ui_bridge.bus import LIMITS_EXCEEDED, AgentBus, caller
 from ui_bridge.card_object import CardObject
 from ui_bridge.errors import BridgeError
+from ui_bridge.limits import PeerLimits
 from ui_bridge.manager import ConsentInterface, ManagerInterface
 from ui_bridge.names import (
     API_VERSION,
@@ -60,22 +63,13 @@ from ui_bridge.names import (
     bus_arguments,
     card_id_from_path,
     card_path,
+    micros,
 )
 
 _log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S: Final = 0.5
 RECONNECT_MAX_S: Final = 10.0
-
-
-class _Bus(MessageBus):
-    """A bus that leaves the ObjectManager signals to the bridge (see the module doc)."""
-
-    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:  # noqa: ARG002
-        return
-
-    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:  # noqa: ARG002
-        return
 
 
 class DbusBridge:
@@ -85,14 +79,23 @@ class DbusBridge:
         host: The agent's cards and inputs.
         address: ``"system"``, ``"session"``, or a D-Bus address (``unix:path=...``).
         locale: The initial display language.
+        monotonic: The clock of the per-peer consent rate.
     """
 
-    def __init__(self, host: CardBoard, address: str = "system", locale: str = "zh-CN") -> None:
+    def __init__(
+        self,
+        host: CardBoard,
+        address: str = "system",
+        locale: str = "zh-CN",
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._host = host
         self._address = address
         self.locale = locale if locale in LOCALES else LOCALES[0]
         self.version = f"{API_VERSION} (touchpoint {package_version()})"
-        self._bus: MessageBus | None = None
+        self._bus: AgentBus | None = None
+        #: What one peer may make the daemon hold (kept across reconnections).
+        self.limits = PeerLimits(clock=monotonic)
         self._objects: dict[str, CardObject] = {}
         self._manager = ManagerInterface(self)
         self._consent = ConsentInterface(self)
@@ -130,7 +133,7 @@ class DbusBridge:
 
     async def _connect(self) -> None:
         try:
-            bus = await _Bus(**bus_arguments(self._address)).connect()
+            bus = await AgentBus(self.limits, **bus_arguments(self._address)).connect()
         except (OSError, DBusError, ValueError) as err:
             raise BridgeError(f"cannot connect to the {self._address} bus: {err}") from err
         bus.export(ROOT_PATH, self._manager)
@@ -174,6 +177,21 @@ class DbusBridge:
                 continue
             self.reconnects += 1
             delay = RECONNECT_MIN_S
+
+    def stats(self) -> dict[str, int]:
+        """The bridge's counters (the health file's ``dbus``)."""
+        counters = self.limits.counters
+        bus = self._bus
+        return {
+            "reconnects": self.reconnects,
+            "calls_in_flight": self.limits.calls_in_flight,
+            "peak_calls_in_flight": counters.peak_calls_in_flight,
+            "calls_refused": counters.calls_refused,
+            "consent_changes_refused": counters.consent_changes_refused,
+            "socket_full_waits": bus.socket_full if bus is not None else 0,
+            "messages_queued": bus.queued if bus is not None else 0,
+            "peak_messages_queued": bus.peak_queued if bus is not None else 0,
+        }
 
     async def stop(self) -> None:
         """Release the name and disconnect."""
@@ -342,8 +360,8 @@ class DbusBridge:
             granted = grant is not None and grant.granted
             rows.append((
                 category.value, PURPOSES[category], granted,
-                round((grant.granted_at or 0) * 1_000_000) if grant else 0,
-                round((grant.expires_at or 0) * 1_000_000) if grant else 0,
+                micros(grant.granted_at) if grant else 0,
+                micros(grant.expires_at) if grant else 0,
             ))  # fmt: skip
         return rows
 
@@ -354,8 +372,19 @@ class DbusBridge:
         except ValueError as err:
             known = ", ".join(c.value for c in CONSENTABLE)
             raise DBusError(ERROR_INVALID_ARGS, f"unknown category {category!r} ({known})") from err
+        if not 0 <= valid_for_s <= MAX_VALIDITY_S:
+            raise DBusError(
+                ERROR_INVALID_ARGS,
+                f"valid_for_s must be 0 (without end) to {MAX_VALIDITY_S} (10 years)",
+            )
+        wait = self.limits.admit_consent_change(caller())
+        if wait is not None:
+            raise DBusError(
+                LIMITS_EXCEEDED,
+                f"too many consent changes (at most {self.limits.consent_per_minute} a minute "
+                f"per connection): try again in {wait:.0f} s",
+            )
         valid_for = float(valid_for_s) if valid_for_s else None
-
         try:
             await self._run(self._host.set_consent(chosen, granted=granted, valid_for=valid_for))
         except ValueError as err:

@@ -33,6 +33,7 @@ from ui_bridge.names import (
     MAX_OPTIONS,
     MAX_STRING,
     PRIVATE,
+    micros,
 )
 
 DBusActions = Annotated[list[tuple[str, str]], DBusSignature("a(ss)")]
@@ -54,10 +55,6 @@ class CardActions(Protocol):
 
     async def report_shown(self, card_id: str) -> None:
         """The driver saw the card."""
-
-
-def _micros(seconds: float | None) -> int:
-    return 0 if seconds is None else round(seconds * 1_000_000)
 
 
 def _arg_variant(value: ArgValue) -> Variant:  # noqa: PLR0911 - one arm per type
@@ -113,8 +110,8 @@ def card_properties(card: Card, locale: str) -> CardProperties:
         "TemplateId": card.template,
         "TemplateArgs": {k: _arg_variant(v) for k, v in card.args.items()},
         "Actions": [(a.key, a.label.get(locale)) for a in card.actions],
-        "Created": _micros(card.created),
-        "Expires": _micros(card.expires),
+        "Created": micros(card.created),
+        "Expires": micros(card.expires),
         "State": int(card.state),
         "Pending": card.pending,
         "Note": "" if card.note is None else card.note.get(locale),

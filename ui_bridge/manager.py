@@ -186,7 +186,10 @@ class ConsentInterface(ServiceInterface):
     async def SetConsent(  # noqa: N802
         self, category: DBusStr, granted: DBusBool, valid_for_s: DBusInt64
     ) -> None:
-        """Grant (for ``valid_for_s`` seconds; 0 without end) or withdraw a category."""
+        """Grant (for ``valid_for_s`` seconds, at most ten years; 0 without end) or withdraw.
+
+        At most 20 a minute per connection (``LimitsExceeded`` beyond, see the bridge).
+        """
         if valid_for_s < 0:
             raise DBusError(ERROR_INVALID_ARGS, "valid_for_s must be 0 or more")
         await self._backend.set_consent(category, granted=granted, valid_for_s=valid_for_s)

@@ -6,6 +6,7 @@ incompatible API is ``org.touchpoint.Agent2``, served next to this one.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final
 
 from dbus_fast import BusType
@@ -39,6 +40,24 @@ PRIVATE: Final = frozenset({"Title", "Body", "TemplateArgs", "Note"})
 
 MAX_STRING: Final = 256
 MAX_OPTIONS: Final = 16
+
+
+#: The range of a D-Bus ``x`` (int64), in which times go out as microseconds.
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+
+def micros(seconds: float | None) -> int:
+    """``seconds`` as whole microseconds for the bus (0 for none), clamped to an int64.
+
+    A time too far out for an int64 (about 292,000 years) would fail to marshal and
+    fail every call that returns it, stored or not: it goes out as the largest value.
+    """
+    if seconds is None or math.isnan(seconds):
+        return 0
+    if math.isinf(seconds):
+        return INT64_MAX if seconds > 0 else INT64_MIN
+    return max(INT64_MIN, min(INT64_MAX, round(seconds * 1_000_000)))
 
 
 def card_path(card_id: str) -> str:

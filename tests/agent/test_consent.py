@@ -6,7 +6,7 @@ import pytest
 
 from agent.benefits import Wallet
 from agent.cards import ChangeType
-from agent.consent import CONSENTABLE, Category, ConsentState
+from agent.consent import CONSENTABLE, MAX_VALIDITY_S, Category, ConsentState
 from agent.core import Agent
 from tests.agent.conftest import DAY, HOUR, IS_CHARGING, T0, Car, make_agent, serviced_at
 
@@ -96,3 +96,28 @@ def test_consent_that_runs_out_stops_events(car: Car) -> None:
     assert [c.type for c in out.changes] == [ChangeType.ADDED]
     assert [e for e in out.events if e.category is Category.MARKETING] == []
     assert out.suppressed[Category.MARKETING.value] >= 3  # offered, created, displayed
+
+
+@pytest.mark.parametrize("valid_for", [MAX_VALIDITY_S + 1, 9.3e12, float("inf"), float("nan")])
+def test_a_validity_beyond_ten_years_is_refused(valid_for: float) -> None:
+    with pytest.raises(ValueError, match="at most"):
+        ConsentState().set(Category.MARKETING, granted=True, now=T0, valid_for=valid_for)
+
+
+def test_ten_years_is_the_longest_validity() -> None:
+    state = ConsentState().set(Category.MARKETING, granted=True, now=T0, valid_for=MAX_VALIDITY_S)
+    assert state.grants[Category.MARKETING].expires_at == T0 + MAX_VALIDITY_S
+
+
+def test_stored_times_that_are_no_finite_number_read_as_none() -> None:
+    huge = 10**400  # JSON allows it; float() of it raises OverflowError
+    state = ConsentState.from_json({
+        "marketing_benefits": {"granted": True, "granted_at": huge, "expires_at": float("inf")},
+        "location": {"granted": True, "granted_at": T0, "expires_at": float("nan")},
+        "usage_analytics": {"granted": True, "granted_at": True, "expires_at": T0 + 9.3e12},
+    })  # fmt: skip
+    marketing = state.grants[Category.MARKETING]
+    assert (marketing.granted_at, marketing.expires_at) == (None, None)
+    assert state.grants[Category.LOCATION].expires_at is None
+    analytics = state.grants[Category.USAGE_ANALYTICS]
+    assert (analytics.granted_at, analytics.expires_at) == (None, T0 + 9.3e12)

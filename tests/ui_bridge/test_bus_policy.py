@@ -668,3 +668,46 @@ def test_only_the_groups_hear_the_agents_signals(world: World) -> None:
             assert heard, f"{role}'s monitor missed the sentinel:\n{monitors[role].text}"
         heard_by = {r for r in roles if "member=PropertiesChanged" in monitors[r].text}
         assert heard_by == {"hmi", "settings"}, {r: monitors[r].text for r in roles}
+
+
+# -- a client that floods the agent --------------------------------------------------------
+
+RAW_PEER: Final = Path(__file__).resolve().parent / "rawpeer.py"
+FLOOD: Final = 10_000
+
+
+def _owner(address: str) -> str:
+    reply = bus_driver(address, ROOT, "GetNameOwner", f"string:{BUS_NAME}")
+    assert reply.error is None, reply
+    return reply.out
+
+
+@pytest.mark.parametrize("kind", ["GetManagedObjects", "Set Locale"])
+def test_an_hmi_that_never_reads_does_not_cost_the_agent_its_name(world: World, kind: str) -> None:
+    """10,000 calls from a member of ``hmi`` that reads none of the answers.
+
+    Before the agent's writer waited for a full socket, the agent lost its connection
+    and its name within seconds (dbus-fast took EAGAIN for the end of the connection).
+    The flood ends on ``en``, the locale the other tests expect.
+    """
+    owner = _owner(world.address)
+    reader = ("--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search")
+    command = [sys.executable, str(RAW_PEER), world.address, kind, str(FLOOD), "3"]
+    environment = {**CLIENT_ENV, "PYTHONDONTWRITEBYTECODE": "1"}
+    latencies: list[float] = []
+    as_hmi = world.cast.hmi.argv(command, *reader)
+    with running(as_hmi, stdout=True, env=environment) as (flood, out):
+        while flood.poll() is None:  # the other HMI's calls meanwhile
+            started = time.monotonic()
+            args = (f"'{MANAGER_INTERFACE}'", "'DrivingRestricted'")
+            reply = gdbus(world.address, world.cast.hmi, ROOT_PATH, f"{PROPERTIES}.Get", *args)
+            assert reply.error is None, reply
+            latencies.append(time.monotonic() - started)
+        assert flood.returncode == 0, out.text
+        assert f"sent {FLOOD}" in out.text
+    assert _owner(world.address) == owner, "the agent's name changed hands"
+    assert latencies, "no call made while the flood ran"
+    assert max(latencies) < CALL_TIMEOUT_S / 3, latencies
+    card = gdbus(world.address, world.cast.hmi, world.card, f"{PROPERTIES}.GetAll",
+                 f"'{CARD_INTERFACE}'")  # fmt: skip
+    assert card.error is None, card

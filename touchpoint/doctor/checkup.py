@@ -9,7 +9,7 @@ from pathlib import Path
 from agent.settings import VehicleSettings
 from touchpoint.doctor.can_checks import SYSFS_NET, check_can
 from touchpoint.doctor.cloud_checks import check_cloud
-from touchpoint.doctor.dbus_checks import POLICY_DIRS, check_dbus
+from touchpoint.doctor.dbus_checks import POLICY_DIRS, check_dbus, check_dbus_limits
 from touchpoint.doctor.health_checks import check_health
 from touchpoint.doctor.report import Check, fail, guarded, ok, warn
 from touchpoint.doctor.store_checks import check_store
@@ -78,6 +78,8 @@ def diagnose(
                                             sysfs=sysfs)))  # fmt: skip
     record(guarded("dbus", lambda: check_dbus(chosen.dbus, timeout=timeout,
                                               policy_dirs=policy_dirs)))  # fmt: skip
+    if chosen.dbus is not None:
+        record(guarded("dbus.limits", lambda: check_dbus_limits(chosen.store.path)))
     record(guarded("cloud", lambda: check_cloud(chosen.cloud, chosen.vehicle.id,
                                                 timeout=timeout)))  # fmt: skip
     return checks

@@ -1,4 +1,4 @@
-"""D-Bus: the bus is reachable, who owns ``org.touchpoint.Agent1``, the bus policy file.
+"""D-Bus: the bus, the owner of ``org.touchpoint.Agent1``, the policy, the limits' refusals.
 
 When nobody owns the name, the doctor asks the bus for it (and gives it back at once)
 to learn whether the policy lets this user own it: D-Bus has no other way to ask. An
@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 
 from touchpoint.doctor.report import Check, fail, ok, warn
+from touchpoint.health import FILE_NAME, STALE_AFTER_S, read_health
 from ui_bridge.names import BUS_NAME, bus_arguments
 from ui_bridge.settings import DbusSettings
 
@@ -81,6 +83,35 @@ def check_dbus(
         yield _name_check(probe)
     if address == "system":
         yield _policy_check(policy_dirs)
+
+
+def check_dbus_limits(database: Path, *, now: float | None = None) -> Iterator[Check]:
+    """``dbus.limits``, from the running daemon's health file (nothing without one).
+
+    The bridge counts what it refused to a client over its per-connection limits (calls
+    waiting for the agent, consent changes a minute) and how often it reconnected.
+    """
+    health = read_health(database.parent / FILE_NAME)
+    if health is None or (now or time.time()) - health.written_at > STALE_AFTER_S:
+        return
+    figures = health.counters.get("dbus")
+    if not figures:
+        return
+    calls, consent = figures.get("calls_refused", 0), figures.get("consent_changes_refused", 0)
+    reconnects = figures.get("reconnects", 0)
+    said = (
+        f"since the agent started: {calls} call(s) and {consent} consent change(s) refused "
+        f"over the per-connection limits, {reconnects} reconnection(s) to the bus"
+    )
+    if calls or consent:
+        yield warn(
+            "dbus.limits",
+            said,
+            "a client sends calls without waiting for the answers, or changes consent in a "
+            "loop: find it (busctl --system monitor org.touchpoint.Agent1) and fix it",
+        )
+    else:
+        yield ok("dbus.limits", said)
 
 
 def _describe(address: str) -> str:
