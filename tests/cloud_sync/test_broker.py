@@ -21,9 +21,25 @@ import pytest
 from cryptography import x509
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_sync.contract import DocumentKind, EventBatch, RequestName, Topics, WireEvent
+from cloud_sync.contract import (
+    CHANNELS,
+    RESERVED_IDS,
+    DocumentKind,
+    EventBatch,
+    RequestName,
+    Topics,
+    WireEvent,
+    channel_filter,
+)
+from cloud_sync.reference import dynsec
 from cloud_sync.reference.cloud_sim import GROUP, CloudSim, Endpoint
-from cloud_sync.reference.pki import CLOUD_USER, DevPki, ServerFiles, render_broker_config
+from cloud_sync.reference.pki import (
+    CLOUD_USER,
+    DevPki,
+    ServerFiles,
+    render_acl,
+    render_broker_config,
+)
 from cloud_sync.signing import SigningKey
 from tests.cloud_sync.conftest import Broker, MqttPeer, Will, new_vehicle_id, running_broker
 
@@ -509,10 +525,59 @@ def test_the_rendered_configuration_is_the_shipped_one_filled_in(tmp_path: Path)
     text = rendered.config.read_text()
     assert "{" not in text
     assert "listener 8883 127.0.0.1\n" in text
+    # The cars' listener: the plugin, no acl_file (which grants every subscription).
+    cars = text[text.index("listener 8883") : text.index("listener 8884")]
+    assert f"plugin {dynsec.plugin_path()}\n" in cars
+    assert f"plugin_opt_config_file {rendered.dynsec}\n" in cars
+    assert "\nacl_file" not in cars
     assert f"acl_file {rendered.acl}\n" in text
     assert "require_certificate true" in text
     assert "allow_anonymous true" not in text
     assert rendered.acl.read_text().startswith("# Access control")
+    assert stat.S_IMODE(rendered.dynsec.stat().st_mode) == 0o600
+
+
+def test_the_rules_are_the_contracts_channels(tmp_path: Path) -> None:
+    acl = render_acl()
+    role = {(a["acltype"], a["topic"]) for a in dynsec.vehicle_role("car-1")["acls"]}
+    for channel in CHANNELS:
+        car_topic = channel_filter(channel, "car-1")
+        if channel.direction == "up":
+            assert f"pattern write {channel_filter(channel, '%u')}\n" in acl
+            assert f"topic read {channel_filter(channel, '+')}\n" in acl
+            assert ("publishClientSend", car_topic) in role
+        else:
+            assert f"pattern read {channel_filter(channel, '%u')}\n" in acl
+            assert f"topic write {channel_filter(channel, '+')}\n" in acl
+            assert {("subscribePattern", car_topic), ("publishClientReceive", car_topic)} <= role
+    assert len(role) == len(CHANNELS) + sum(c.direction == "down" for c in CHANNELS)
+    for reserved in RESERVED_IDS:
+        with pytest.raises(ValueError, match="vehicle id"):
+            dynsec.vehicle_role(reserved)
+
+
+def test_rendering_again_keeps_the_cars_registered_since(tmp_path: Path) -> None:
+    files = ServerFiles(*(tmp_path / n for n in ("ca.crt", "s.crt", "s.key", "ca.crl")))
+    options: dict[str, Any] = {"port": 8883, "cloud_port": 8884, "data_dir": tmp_path / "d"}
+    first = render_broker_config(tmp_path / "conf", files, vehicles=["car-1"], **options)
+    dynsec.add_to_file(first.dynsec, ["car-2"])
+
+    again = render_broker_config(tmp_path / "conf", files, **options)
+
+    assert dynsec.registered(again.dynsec) == {"car-1", "car-2"}
+
+
+def test_registrations_outlive_a_restart_and_may_be_made_while_stopped(broker: Broker) -> None:
+    online, offline = new_vehicle_id(), new_vehicle_id()
+    broker.credentials(online)  # registered through $CONTROL
+    broker.stop()
+    broker.credentials(offline)  # registered in the plugin's file
+    broker.start()
+
+    for car in (online, offline):
+        with broker.client(car) as client:
+            assert code(client.subscribe(Topics(car).cards)[0]) == GRANTED_QOS_1
+            assert code(client.publish(Topics(car).events, b"x")) == NO_MATCHING_SUBSCRIBERS
 
 
 @pytest.mark.parametrize(
