@@ -241,18 +241,31 @@ class Registrar:
                 self._responses.setdefault(key, []).append(answer)
             self._lock.notify_all()
 
+    def known(self) -> set[str]:
+        """The cars the broker knows (its clients but the reserved identities)."""
+        [answer] = self._send([{"command": "listClients"}])
+        return {str(name) for name in answer["data"]["clients"]} - RESERVED_IDS
+
     def register(self, vehicles: Sequence[str]) -> None:
         """Register cars (those registered before are left as they are).
+
+        Each change makes Mosquitto 2.0's plugin rewrite its whole file, so registering
+        many cars on a running broker costs time in the square of their number; a large
+        fleet is better written into the file before the broker starts
+        (:func:`add_to_file`).
 
         Raises:
             DynsecError: The broker refused a command or did not answer in time.
             ValueError: A name is no vehicle id, or a reserved one.
         """
-        commands = [c for v in vehicles for c in registration_commands(v)]
+        for vehicle_id in vehicles:
+            _check_vehicle(vehicle_id)
+        known = self.known() if len(vehicles) > 1 else set()
+        commands = [c for v in vehicles if v not in known for c in registration_commands(v)]
         for start in range(0, len(commands), _BATCH):
             self._send(commands[start : start + _BATCH])
 
-    def _send(self, commands: list[dict[str, Any]]) -> None:
+    def _send(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         tag = uuid.uuid4().hex
         tagged = [c | {"correlationData": f"{tag}-{n}"} for n, c in enumerate(commands)]
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -266,6 +279,7 @@ class Registrar:
         errors = [a["error"] for a in answers if a.get("error") and a["error"] not in _ALREADY]
         if errors:
             raise DynsecError(f"the broker refused a registration: {'; '.join(errors)}")
+        return answers
 
     def close(self) -> None:
         """Disconnect (idempotent)."""

@@ -32,6 +32,7 @@ from typing import Any, Final, Protocol
 from cloud_sync.link import client_tls_context
 from cloud_sync.reference import dynsec
 from cloud_sync.reference.fleet_sim import (
+    DEFAULT_PREFIX,
     DEFAULT_RATE,
     Fleet,
     FleetError,
@@ -81,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a temporary directory, removed)")  # fmt: skip
     parser.add_argument("--store-threads", type=int, default=1, metavar="N",
                         help="store threads per process (default: 1)")  # fmt: skip
-    parser.add_argument("--prefix", default="fleet",
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX,
                         help="ids: PREFIX-00000, PREFIX-00001... (default: fleet)")  # fmt: skip
     parser.add_argument("--first", type=int, default=0, metavar="N",
                         help="the number of the first car (default: 0)")  # fmt: skip
