@@ -73,7 +73,8 @@ class PrivateBroker:
     :attr:`cloud_port` for the cloud (trusting the cloud's CA only); with ``plain`` also
     a plain-TCP :attr:`plain_port` for benchmarks. Certificates for any common name are
     issued from :attr:`pki` on first use, and a car is registered with the broker then
-    (:meth:`register`), as provisioning would.
+    (:meth:`register`), as provisioning would; ``vehicles`` are registered before the
+    first start (quicker for many).
     """
 
     host: Final = LOOPBACK

@@ -608,3 +608,22 @@ def test_a_loaded_pki_keeps_earlier_revocations(tmp_path: Path) -> None:
         x509.load_pem_x509_certificate(p.read_bytes()).serial_number for p in (first, second)
     }
     assert {r.serial_number for r in crl} == serials
+
+
+def test_the_clouds_certificate_comes_from_the_clouds_own_ca(tmp_path: Path) -> None:
+    pki = DevPki.create(tmp_path)
+    cloud_cert, _ = pki.issue_client(CLOUD_USER)
+    car_cert, _ = pki.issue_client("car-1")
+    issuer = x509.load_pem_x509_certificate(cloud_cert.read_bytes()).issuer
+
+    pki.revoke(cloud_cert)
+    again = DevPki.load(tmp_path)
+
+    assert issuer == again.cloud.subject != again.subject
+    assert again.client_files(CLOUD_USER)[0] == cloud_cert
+    assert again.cloud_server_files.ca_cert == again.cloud.ca_cert
+    assert again.cloud_server_files.server_cert == again.server_cert  # one broker identity
+    # The revocation went to the CA that issued it.
+    assert len(list(x509.load_pem_x509_crl(again.cloud.crl.read_bytes()))) == 1
+    assert list(x509.load_pem_x509_crl(again.crl.read_bytes())) == []
+    assert x509.load_pem_x509_certificate(car_cert.read_bytes()).issuer == again.subject
