@@ -156,7 +156,11 @@ def registered(path: Path) -> set[str]:
 
 
 def add_to_file(path: Path, vehicles: Iterable[str]) -> None:
-    """Add cars to the file of a broker that is not running (it reads it at start)."""
+    """Add cars to the file of a broker that is not running (it reads it at start).
+
+    The file is written afresh from the contract for every car it knew and the new ones:
+    anything else an operator put there (other roles, groups) is not kept.
+    """
     write_document(path, registered(path) | set(vehicles))
 
 
@@ -189,12 +193,17 @@ class Registrar:
         self._responses: dict[bytes, list[dict[str, Any]]] = {}
         self._connected: ReasonCode | None = None
         self._subscribed = False
+        #: False once the connection is gone: a registrar does not reconnect, since the
+        #: administrator's client id is forced to its name and another administrator
+        #: (fleet-sim, say) would otherwise be thrown out in turn, back and forth.
+        self.alive = True
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=ADMIN_USER,
                                   protocol=mqtt.MQTTv5)  # fmt: skip
         self.client.tls_set_context(tls)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
         try:
             self.client.connect(host, port, keepalive=30)
         except OSError as exc:
@@ -220,6 +229,13 @@ class Registrar:
             self._lock.notify_all()
         if not reason.is_failure:
             client.subscribe(RESPONSE_TOPIC, qos=1)
+
+    def _on_disconnect(self, client: mqtt.Client, _u: object, _f: mqtt.DisconnectFlags,
+                       _reason: ReasonCode, _p: Properties | None) -> None:  # fmt: skip
+        with self._lock:
+            self.alive = False
+            self._lock.notify_all()
+        client.loop_stop()  # from paho's own thread: ends its loop instead of reconnecting
 
     def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int,
                       reasons: list[ReasonCode], _p: Properties | None) -> None:  # fmt: skip
@@ -273,7 +289,12 @@ class Registrar:
                             properties=properties)  # fmt: skip
         keys = [c["correlationData"].encode() for c in tagged]
         with self._lock:
-            if not self._lock.wait_for(lambda: all(k in self._responses for k in keys), TIMEOUT):
+            done = self._lock.wait_for(
+                lambda: all(k in self._responses for k in keys) or not self.alive, TIMEOUT
+            )
+            if not self.alive:
+                raise DynsecError("the administrator's connection was lost")
+            if not done:
                 raise DynsecError("the broker did not answer the registration in time")
             answers = [self._responses.pop(k)[0] for k in keys]
         errors = [a["error"] for a in answers if a.get("error") and a["error"] not in _ALREADY]

@@ -234,6 +234,9 @@ class PrivateBroker:
         if not new:
             return
         if self.running:
+            if self._registrar is not None and not self._registrar.alive:
+                self._registrar.close()
+                self._registrar = None
             if self._registrar is None:
                 admin = self.tls_context(dynsec.ADMIN_USER)
                 self._registrar = dynsec.Registrar(self.host, self.port, admin)

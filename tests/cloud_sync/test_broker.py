@@ -627,3 +627,25 @@ def test_the_clouds_certificate_comes_from_the_clouds_own_ca(tmp_path: Path) -> 
     assert len(list(x509.load_pem_x509_crl(again.cloud.crl.read_bytes()))) == 1
     assert list(x509.load_pem_x509_crl(again.crl.read_bytes())) == []
     assert x509.load_pem_x509_certificate(car_cert.read_bytes()).issuer == again.subject
+
+
+def test_a_second_administrator_takes_over_and_the_first_does_not_fight_back(
+    broker: Broker,
+) -> None:
+    """Client ids are forced to the name on the cars' listener: two administrators (the
+    test broker's and fleet-sim's) share one. The one thrown out stays out."""
+    first_car, second_car, third_car = new_vehicle_id(), new_vehicle_id(), new_vehicle_id()
+    broker.credentials(first_car)  # the broker's own administrator connects
+    admin = broker.tls_context(dynsec.ADMIN_USER)
+    other = dynsec.Registrar(broker.host, broker.port, admin)
+    try:
+        other.register([second_car])
+        time.sleep(2.5)  # paho would have reconnected the first one by now
+        assert other.alive
+        other.register([new_vehicle_id()])
+    finally:
+        other.close()
+    broker.credentials(third_car)  # the broker's administrator comes back when needed
+    for car in (second_car, third_car):
+        with broker.client(car) as client:
+            assert code(client.subscribe(Topics(car).cards)[0]) == GRANTED_QOS_1
