@@ -45,7 +45,7 @@ from typing import Any, Final
 from bench.processes import MIB, read, status_bytes, stop, tail, wait_for_text
 from bench.report import Row, Section
 from bench.scratch import disk_dir
-from cloud_sync.reference.fleet_sim import DEFAULT_RATE
+from cloud_sync.reference.fleet_sim import DEFAULT_PREFIX, DEFAULT_RATE, vehicle_ids
 from cloud_sync.reference.pki import CLOUD_USER, DevPki
 from cloud_sync.reference.private_broker import PrivateBroker, running_broker
 
@@ -406,9 +406,13 @@ def _seconds(text: str) -> float | None:
 
 
 @contextlib.contextmanager
-def _broker(directory: Path) -> Iterator[tuple[PrivateBroker, int]]:
+def _broker(directory: Path, maximum: int) -> Iterator[tuple[PrivateBroker, int]]:
     pki = DevPki.create(directory / "pki")
-    with running_broker(directory / "broker", pki) as broker:
+    # The cars fleet-sim will run (its default prefix), registered in the broker's access
+    # control before it starts: one by one through $CONTROL the plugin would rewrite its
+    # file for each, which takes minutes for thousands.
+    cars = vehicle_ids(DEFAULT_PREFIX, 0, maximum)
+    with running_broker(directory / "broker", pki, vehicles=cars) as broker:
         assert broker.pid is not None  # running_broker waits until it listens
         yield broker, broker.pid
 
@@ -416,7 +420,7 @@ def _broker(directory: Path) -> Iterator[tuple[PrivateBroker, int]]:
 def measure(maximum: int, record_s: float) -> list[Step]:
     """Step the fleet up to ``maximum`` cars; stop after the first step not sustained."""
     measured: list[Step] = []
-    with disk_dir("fleet") as directory, _broker(directory) as (broker, mosquitto):
+    with disk_dir("fleet") as directory, _broker(directory, maximum) as (broker, mosquitto):
         for vehicles in steps(maximum):
             print(f"# fleet capacity: {vehicles} cars ...", file=sys.stderr, flush=True)
             step = _run_step(broker, mosquitto, directory, vehicles, record_s)

@@ -60,8 +60,9 @@ VEHICLE_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_DOWNLINK_BYTES: Final = 256 * 1024
 MAX_BATCH_EVENTS: Final = 1000
 
-#: Identities that are not vehicles: a car certificate named so would get their rights.
-RESERVED_IDS: Final = frozenset({"cloud"})
+#: Identities that are not vehicles: a car certificate named so would get their rights
+#: (the cloud's consumers, and the administrator of the broker's access control).
+RESERVED_IDS: Final = frozenset({"cloud", "broker-admin"})
 VehicleId = Annotated[str, Field(pattern=VEHICLE_ID.pattern)]
 EventId = Annotated[str, Field(min_length=1, max_length=64)]
 BatchId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -370,3 +371,46 @@ DOCUMENT_BODIES: Final[dict[DocumentKind, type[BaseModel]]] = {
     DocumentKind.CONSENT_TEXT: ConsentText,
     DocumentKind.CARD: CloudCard,
 }
+
+
+# -- who may do what: the broker's access control is generated from the channels ------------
+
+
+def channel_filter(channel: Channel, vehicle_id: str) -> str:
+    """The topic filter of ``channel`` for one vehicle (``+`` for ``{vehicle_id}``, too).
+
+    The other parameters (``{name}``, ``{kind}``) become ``+``: a right to the channel is a
+    right to every topic of it.
+    """
+    return re.sub(r"\{(?!vehicle_id\})[a-z_]+\}", "+", channel.address).replace(
+        "{vehicle_id}", vehicle_id
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rights:
+    """What one identity may publish, and subscribe to (and so receive), as topic filters."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+def vehicle_rights(vehicle_id: str) -> Rights:
+    """A car's rights: its uplink channels to publish, its downlink ones to read.
+
+    Under its own prefix only; it may write nothing it reads, so it cannot forge the
+    cloud's messages, not even to itself.
+    """
+    Topics(vehicle_id)  # refuses what is no vehicle id
+    return Rights(
+        publish=tuple(channel_filter(c, vehicle_id) for c in CHANNELS if c.direction == "up"),
+        subscribe=tuple(channel_filter(c, vehicle_id) for c in CHANNELS if c.direction == "down"),
+    )
+
+
+def cloud_rights() -> Rights:
+    """The cloud's rights: every car's downlink to publish, every car's uplink to read."""
+    return Rights(
+        publish=tuple(channel_filter(c, "+") for c in CHANNELS if c.direction == "down"),
+        subscribe=tuple(channel_filter(c, "+") for c in CHANNELS if c.direction == "up"),
+    )

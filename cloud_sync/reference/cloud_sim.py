@@ -61,9 +61,10 @@ _log = logging.getLogger(__name__)
 BookingAnswer = Literal["confirm", "decline", "delay"]
 #: How long the broker keeps an instance's session (and queues its messages) while away.
 SESSION_EXPIRY_S: Final = 7 * 86_400
-#: The shared-subscription group instances join by default. Mosquitto 2.0 does not check
-#: subscriptions against the ACL: a car that guessed the group could join it and have
-#: events dropped. In a deployment the group name is a secret (``--group``).
+#: The shared-subscription group instances join by default. It need not be secret: the
+#: reference broker refuses a car's subscription to it (SUBACK 0x87), and the cloud's
+#: listener lets no car certificate in. (Under Mosquitto's acl_file a car that joined
+#: the group had the broker drop a share of every car's events.)
 GROUP: Final = "touchpoint-cloud"
 #: End-to-end latencies kept for the percentiles (a uniform sample of all of them).
 LATENCY_SAMPLES: Final = 10_000
@@ -192,7 +193,7 @@ class CloudSim:
         dedup: The de-duplication table (shared by instances, or private).
         documents: Which documents to publish to each car that comes online.
         on_event: Called with each new (not duplicate) event, on the MQTT thread.
-        group: The shared-subscription group (secret in a deployment; see GROUP).
+        group: The shared-subscription group (see GROUP).
         clock_skew_s: Added to the time the clock replies give (tests of a wrong cloud).
     """
 

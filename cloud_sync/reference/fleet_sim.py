@@ -97,6 +97,8 @@ CAR_DESCRIPTORS: Final = 4
 _SPARE: Final = 64
 #: How a vehicle id is made from the prefix and the car's number.
 ID_FORMAT: Final = "{prefix}-{number:05d}"
+#: The prefix of the cars' ids unless told otherwise (``fleet-00000``, ...).
+DEFAULT_PREFIX: Final = "fleet"
 
 
 class FleetError(SyncError):

@@ -18,7 +18,7 @@ import datetime as dt
 import ipaddress
 import os
 import pwd
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cloud_sync.contract import VEHICLE_ID
+from cloud_sync.contract import CHANNELS, VEHICLE_ID, channel_filter, cloud_rights
+from cloud_sync.reference import dynsec
 
 #: The common name (and so the MQTT username) of the cloud's consumers; the ACL's
 #: ``user`` section names it, so vehicle-id allocation must never hand it out.
@@ -60,6 +61,8 @@ class BrokerConfig:
     config: Path
     acl: Path
     data_dir: Path
+    #: The dynamic-security plugin's file (the cars' access control; the broker keeps it).
+    dynsec: Path
 
 
 def _now() -> dt.datetime:
@@ -131,6 +134,9 @@ class DevPki:
         self._ca = ca_cert
         self._ca_key = ca_key
         self._revoked: dict[int, dt.datetime] = {}
+        self._cloud: DevPki | None = None
+        #: Whether this is the cloud's CA (:attr:`cloud`) rather than the fleet's.
+        self.is_cloud_ca = False
 
     # -- file layout -----------------------------------------------------------------
 
@@ -164,9 +170,51 @@ class DevPki:
         """The files a broker listener needs, for :func:`render_broker_config`."""
         return ServerFiles(self.ca_cert, self.server_cert, self.server_key, self.crl)
 
+    @property
+    def cloud_server_files(self) -> ServerFiles:
+        """The cloud listener's files: the broker's own certificate, the cloud CA's trust.
+
+        Clients of either listener verify the broker against the fleet CA; the broker
+        verifies clients of the cloud listener against the cloud CA (:attr:`cloud`).
+        """
+        return ServerFiles(self.cloud.ca_cert, self.server_cert, self.server_key, self.cloud.crl)
+
+    @property
+    def subject(self) -> x509.Name:
+        """The CA's name: the issuer of every certificate it issues."""
+        return self._ca.subject
+
+    @property
+    def cloud(self) -> DevPki:
+        """The CA of the cloud's consumers, in ``cloud-ca/`` (made on first use).
+
+        The broker's cloud listener trusts this CA only, so no car certificate (issued by
+        the fleet CA) can connect there. Its server certificate is not used: the broker
+        presents the fleet CA's one on every listener.
+        """
+        if self.is_cloud_ca:
+            return self
+        if self._cloud is None:
+            directory = self.directory / "cloud-ca"
+            if (directory / "ca.key").exists():
+                self._cloud = DevPki.load(directory)
+            else:
+                self._cloud = DevPki.create(directory, name="touchpoint development cloud CA")
+            self._cloud.is_cloud_ca = True
+        return self._cloud
+
+    def _issuer_for(self, common_name: str) -> DevPki:
+        return self.cloud if common_name == CLOUD_USER else self
+
     def client_files(self, common_name: str) -> tuple[Path, Path]:
-        """Where the certificate and key of ``common_name`` are (issued or not)."""
+        """Where the certificate and key of ``common_name`` are (issued or not).
+
+        The cloud's (:data:`CLOUD_USER`) are the cloud CA's (:attr:`cloud`).
+        """
         _check_cn(common_name)
+        issuer = self._issuer_for(common_name)
+        if issuer is not self:
+            return issuer.client_files(common_name)
         return (
             self.directory / f"client-{common_name}.crt",
             self.directory / f"client-{common_name}.key",
@@ -260,6 +308,9 @@ class DevPki:
             not_before: When it starts (a little before now by default); a time in the
                 past with a short ``validity`` makes an expired certificate.
         """
+        issuer = self._issuer_for(common_name)
+        if issuer is not self:
+            return issuer.issue_client(common_name, validity=validity, not_before=not_before)
         cert_path, key_path = self.client_files(common_name)
         self._issue(
             common_name,
@@ -277,6 +328,11 @@ class DevPki:
         A running broker reads the CRL again when it reloads its configuration.
         """
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        if cert.issuer != self._ca.subject and not self.is_cloud_ca:
+            cloud = self.cloud
+            if cert.issuer == cloud.subject:
+                cloud.revoke(cert_path)
+                return
         if cert.issuer != self._ca.subject:
             raise ValueError(f"{cert_path} was not issued by this CA")
         self._revoked[cert.serial_number] = _now()
@@ -366,6 +422,20 @@ def _check_port(port: int) -> int:
     return port
 
 
+def render_acl() -> str:
+    """The ``acl`` file: the shipped template with the rule lines from the MQTT contract."""
+    # Patterns with %u for the cars (on the plain benchmark listener only), plain topics
+    # with + for the cloud, the same channel list either way.
+    vehicle = [
+        f"pattern {'write' if c.direction == 'up' else 'read'} {channel_filter(c, '%u')}"
+        for c in CHANNELS
+    ]
+    rights = cloud_rights()
+    cloud = [f"topic read {t}" for t in rights.subscribe]
+    cloud += [f"topic write {t}" for t in rights.publish]
+    return _template("acl").format(vehicle_rules="\n".join(vehicle), cloud_rules="\n".join(cloud))
+
+
 def render_broker_config(
     directory: Path,
     server: ServerFiles,
@@ -377,12 +447,18 @@ def render_broker_config(
     cloud_host: str = "127.0.0.1",
     plain_port: int | None = None,
     run_as: str | None = None,
+    cloud_server: ServerFiles | None = None,
+    vehicles: Iterable[str] = (),
 ) -> BrokerConfig:
-    """Write ``mosquitto.conf`` and ``acl`` into ``directory`` from the shipped templates.
+    """Write ``mosquitto.conf``, ``acl`` and ``dynsec.json`` into ``directory``.
+
+    ``mosquitto.conf`` and ``acl`` come from the shipped templates; ``dynsec.json`` (the
+    cars' access control, see :mod:`cloud_sync.reference.dynsec`) is written only if it
+    is not there yet, since the broker keeps the cars registered since in it.
 
     Args:
-        directory: Where the two files go (made if missing).
-        server: The CA, server certificate, key and CRL the TLS listeners use.
+        directory: Where the files go (made if missing).
+        server: The CA, server certificate, key and CRL the vehicles' listener uses.
         port: The vehicles' TLS listener.
         cloud_port: The cloud's TLS listener (client ids not tied to the certificate,
             so several consumers can share one identity).
@@ -393,8 +469,15 @@ def render_broker_config(
             client claims, for benchmarks measuring without TLS; none by default.
         run_as: The user mosquitto switches to when started as root; the current user
             by default (so a broker started as root can still read the files it made).
+        cloud_server: The cloud listener's files (:attr:`DevPki.cloud_server_files`:
+            the cloud's own CA and CRL); ``server`` by default, which lets car
+            certificates reach the cloud's listener: only where the network keeps them
+            off it.
+        vehicles: Cars to register in a new ``dynsec.json``.
     """
     acl = directory / "acl"
+    dynsec_file = directory / "dynsec.json"
+    cloud = cloud_server or server
     values = {
         "user": run_as if run_as is not None else pwd.getpwuid(os.geteuid()).pw_name,
         "data_dir": data_dir,
@@ -406,7 +489,11 @@ def render_broker_config(
         "server_cert": server.server_cert,
         "server_key": server.server_key,
         "crl": server.crl,
+        "cloud_ca_cert": cloud.ca_cert,
+        "cloud_crl": cloud.crl,
         "acl_file": acl,
+        "dynsec_plugin": dynsec.plugin_path(),
+        "dynsec_file": dynsec_file,
     }
     # Everything is checked before anything is written.
     text = _template("mosquitto.conf").format(**{k: _config_value(v) for k, v in values.items()})
@@ -414,9 +501,12 @@ def render_broker_config(
         text += _template("plain-listener.conf").format(
             plain_port=_check_port(plain_port), acl_file=_config_value(acl)
         )
+    acl_text = render_acl()
     directory.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
-    acl.write_text(_template("acl"), encoding="utf-8")
+    acl.write_text(acl_text, encoding="utf-8")
+    if not dynsec_file.exists():
+        dynsec.write_document(dynsec_file, vehicles)
     config = directory / "mosquitto.conf"
     config.write_text(text, encoding="utf-8")
-    return BrokerConfig(config=config, acl=acl, data_dir=data_dir)
+    return BrokerConfig(config=config, acl=acl, data_dir=data_dir, dynsec=dynsec_file)

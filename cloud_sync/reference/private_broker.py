@@ -16,12 +16,14 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
+from cloud_sync.contract import RESERVED_IDS
 from cloud_sync.errors import SyncError
 from cloud_sync.link import client_tls_context
+from cloud_sync.reference import dynsec
 from cloud_sync.reference.pki import CLOUD_USER, BrokerConfig, DevPki, render_broker_config
 
 LOOPBACK: Final = "127.0.0.1"
@@ -67,14 +69,19 @@ class PrivateBroker:
     """A private ``mosquitto`` on loopback, with the reference configuration.
 
     Two TLS listeners, as in a deployment: :attr:`port` for vehicles (client id forced
-    to the certificate's CN) and :attr:`cloud_port` for the cloud; with ``plain`` also a
-    plain-TCP :attr:`plain_port` for benchmarks. Certificates for any common name are
-    issued from :attr:`pki` on first use.
+    to the certificate's CN, access control by the dynamic-security plugin) and
+    :attr:`cloud_port` for the cloud (trusting the cloud's CA only); with ``plain`` also
+    a plain-TCP :attr:`plain_port` for benchmarks. Certificates for any common name are
+    issued from :attr:`pki` on first use, and a car is registered with the broker then
+    (:meth:`register`), as provisioning would; ``vehicles`` are registered before the
+    first start (quicker for many).
     """
 
     host: Final = LOOPBACK
 
-    def __init__(self, directory: Path, pki: DevPki, *, plain: bool = False) -> None:
+    def __init__(
+        self, directory: Path, pki: DevPki, *, plain: bool = False, vehicles: Iterable[str] = ()
+    ) -> None:
         self.directory = directory
         self.pki = pki
         self.binary = mosquitto_binary()
@@ -88,9 +95,13 @@ class PrivateBroker:
             cloud_port=self.cloud_port,
             data_dir=directory / "data",
             plain_port=self.plain_port,
+            cloud_server=pki.cloud_server_files,
+            vehicles=vehicles,
         )
         self.log = directory / "mosquitto.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._registrar: dynsec.Registrar | None = None
+        self._registered = dynsec.registered(self.config.dynsec)
 
     # -- the process ---------------------------------------------------------------------
 
@@ -151,6 +162,9 @@ class PrivateBroker:
                 what it last saved (autosave), as after a power cut.
             timeout: How long to wait before killing it anyway.
         """
+        if self._registrar is not None:
+            self._registrar.close()
+            self._registrar = None
         process, self._process = self._process, None
         if process is None:
             return
@@ -199,11 +213,37 @@ class PrivateBroker:
     # -- clients ---------------------------------------------------------------------------
 
     def credentials(self, common_name: str) -> tuple[Path, Path]:
-        """The certificate and key of ``common_name``, issued on first use."""
+        """The certificate and key of ``common_name``, issued on first use.
+
+        A car (any name but the reserved ones) is registered with the broker too.
+        """
         cert, key = self.pki.client_files(common_name)
         if not cert.exists():
             self.pki.issue_client(common_name)
+        if common_name not in RESERVED_IDS:
+            self.register(common_name)
         return cert, key
+
+    def register(self, *vehicles: str) -> None:
+        """Give cars their rights on the vehicles' listener (idempotent).
+
+        While the broker runs, through its ``$CONTROL`` topic as the administrator;
+        while it is stopped, in the plugin's file, which it reads when it starts.
+        """
+        new = [v for v in vehicles if v not in self._registered]
+        if not new:
+            return
+        if self.running:
+            if self._registrar is not None and not self._registrar.alive:
+                self._registrar.close()
+                self._registrar = None
+            if self._registrar is None:
+                admin = self.tls_context(dynsec.ADMIN_USER)
+                self._registrar = dynsec.Registrar(self.host, self.port, admin)
+            self._registrar.register(new)
+        else:
+            dynsec.add_to_file(self.config.dynsec, new)
+        self._registered.update(new)
 
     def port_for(self, common_name: str | None) -> int:
         """The listener an identity uses: the cloud's for :data:`CLOUD_USER`."""
@@ -227,9 +267,14 @@ class PrivateBroker:
 
 
 @contextlib.contextmanager
-def running_broker(directory: Path, pki: DevPki, *, plain: bool = False) -> Iterator[PrivateBroker]:
-    """A started :class:`PrivateBroker` for the block, stopped after it."""
-    broker = PrivateBroker(directory, pki, plain=plain)
+def running_broker(
+    directory: Path, pki: DevPki, *, plain: bool = False, vehicles: Iterable[str] = ()
+) -> Iterator[PrivateBroker]:
+    """A started :class:`PrivateBroker` for the block, stopped after it.
+
+    ``vehicles`` are registered before it starts (quicker than one by one for many).
+    """
+    broker = PrivateBroker(directory, pki, plain=plain, vehicles=vehicles)
     broker.start()
     try:
         yield broker

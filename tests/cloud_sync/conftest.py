@@ -284,6 +284,7 @@ class Broker(PrivateBroker):
         will: Will | None = None,
         port: int | None = None,
         timeout: float = TIMEOUT,
+        certificate: tuple[Path, Path] | None = None,
     ) -> MqttPeer:
         """A connected MQTT 5 client presenting the certificate of ``common_name``.
 
@@ -300,6 +301,8 @@ class Broker(PrivateBroker):
             will: A last will.
             port: The listener; :meth:`port_for` the identity by default.
             timeout: How long to wait for the CONNACK.
+            certificate: A (cert, key) pair to present instead of ``common_name``'s
+                (which is issued and registered on first use).
 
         Raises:
             BrokerError: If the broker does not accept the connection.
@@ -309,7 +312,7 @@ class Broker(PrivateBroker):
             client_id = common_name if named else f"client-{next(_ids)}"
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if tls:
-            client.tls_set_context(self.tls_context(common_name))
+            client.tls_set_context(self.tls_context(common_name, certificate=certificate))
         else:
             if self.plain_port is None:
                 raise BrokerError("this broker has no plain listener (make it with plain=True)")

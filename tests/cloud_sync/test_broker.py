@@ -1,8 +1,10 @@
 """The reference broker configuration, against a real Mosquitto: TLS, identities, ACL.
 
-These pin what Mosquitto 2.0 really does, since the cloud-sync code relies on it: a
-subscription is never refused (reading is checked per message), a refused QoS 1
-publish gets PUBACK 0x87, a refused QoS 0 publish vanishes without a word.
+These pin what Mosquitto 2.0 really does, since the cloud-sync code relies on it: on
+the cars' listener (the dynamic-security plugin) a subscription outside the car's own
+downlink is refused with SUBACK 0x87, the cloud's listener lets no car certificate in,
+a refused QoS 1 publish gets PUBACK 0x87, a refused QoS 0 publish vanishes without a
+word.
 """
 
 from __future__ import annotations
@@ -19,8 +21,26 @@ import pytest
 from cryptography import x509
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_sync.contract import DocumentKind, RequestName, Topics
-from cloud_sync.reference.pki import CLOUD_USER, DevPki, ServerFiles, render_broker_config
+from cloud_sync.contract import (
+    CHANNELS,
+    RESERVED_IDS,
+    DocumentKind,
+    EventBatch,
+    RequestName,
+    Topics,
+    WireEvent,
+    channel_filter,
+)
+from cloud_sync.reference import dynsec
+from cloud_sync.reference.cloud_sim import GROUP, CloudSim, Endpoint
+from cloud_sync.reference.pki import (
+    CLOUD_USER,
+    DevPki,
+    ServerFiles,
+    render_acl,
+    render_broker_config,
+)
+from cloud_sync.signing import SigningKey
 from tests.cloud_sync.conftest import Broker, MqttPeer, Will, new_vehicle_id, running_broker
 
 Peers = Callable[..., MqttPeer]
@@ -75,16 +95,16 @@ def test_the_client_id_is_the_certificates_name_on_the_vehicles_listener(peers: 
     assert [m.payload for m in real.wait_for_messages(1)] == [b"card"]
 
 
-def test_on_the_cloud_listener_a_client_id_can_be_taken_over(peers: Peers, broker: Broker) -> None:
-    """Why cars must not reach the cloud's listener (pinned: it is Mosquitto's rule)."""
-    victim, intruder = new_vehicle_id(), new_vehicle_id()
-    real = peers(victim, port=broker.cloud_port)
+def test_a_vehicle_certificate_cannot_reach_the_clouds_listener(broker: Broker) -> None:
+    """There a car could pick any client id (a session takeover) or join the cloud's
+    shared group, which acl_file cannot refuse: the listener trusts the cloud's CA only."""
+    car = new_vehicle_id()
+    context = broker.tls_context(car)
 
-    peers(intruder, client_id=victim, port=broker.cloud_port)
-
-    # Mosquitto 2.0.11 just closes the victim's connection: no DISCONNECT 0x8E
-    # (session taken over) to tell it why.
-    assert real.wait_for_disconnect() is not None
+    assert broker.tls_refusal(context, port=broker.cloud_port) == "TLSV1_ALERT_UNKNOWN_CA"
+    assert not broker.attempt(context, port=broker.cloud_port, client_id=car).accepted
+    # ...while the same certificate gets in on the cars' listener.
+    assert broker.attempt(context).accepted
 
 
 def test_tls_1_2_is_accepted(broker: Broker) -> None:
@@ -225,40 +245,49 @@ def test_a_publish_under_another_vehicles_prefix_is_not_delivered(peers: Peers, 
 # -- ACL: subscribing and reading ---------------------------------------------------------
 
 
-def test_a_vehicle_may_subscribe_to_another_vehicles_topics_but_receives_nothing(
-    peers: Peers,
-) -> None:
+def test_a_vehicle_may_subscribe_to_its_own_downlink_only(peers: Peers) -> None:
     snoop, victim = new_vehicle_id(), new_vehicle_id()
     spy = peers(snoop)
-    filters = [
+    mine = Topics(snoop)
+    own = [mine.config_filter, mine.response_filter, mine.cards, mine.ack, mine.clock_reply]
+    foreign = [
         f"tp/v2/{victim}/config/#", f"tp/v2/{victim}/res/#", f"tp/v2/{victim}/cards",
-        f"tp/v2/{victim}/events", "tp/v2/#", "#", "$SYS/#",
+        f"tp/v2/{victim}/events", f"tp/v2/{snoop}/events", f"tp/v2/{snoop}/#", "tp/v2/#", "#",
+        "$SYS/#", "$CONTROL/dynamic-security/v1/response",
     ]  # fmt: skip
-    # Mosquitto 2.0's acl_file never refuses a SUBSCRIBE, even for MQTT 5 clients:
-    # every SUBACK grants the QoS asked for; reading is checked per message instead.
-    assert [code(spy.subscribe(f)[0]) for f in filters] == [GRANTED_QOS_1] * len(filters)
+    # The plugin judges the SUBSCRIBE itself (acl_file granted every one of these).
+    assert [code(spy.subscribe(f)[0]) for f in own] == [GRANTED_QOS_1] * len(own)
+    assert [code(spy.subscribe(f)[0]) for f in foreign] == [NOT_AUTHORIZED] * len(foreign)
     target = peers(victim)
-    target.subscribe(f"tp/v2/{victim}/#")
+    target.subscribe(f"tp/v2/{victim}/#")  # refused too: the victim gets nothing this way
+    for topic_filter in Topics(victim).config_filter, Topics(victim).cards:
+        assert code(target.subscribe(topic_filter)[0]) == GRANTED_QOS_1
     cloud = peers(CLOUD_USER)
     victims = Topics(victim)
 
-    sent = [
-        victims.config(DocumentKind.RULES),
-        victims.response(RequestName.BOOKING),
-        victims.cards,
-    ]
+    sent = [victims.config(DocumentKind.RULES), victims.cards]
     for topic in sent:
         assert code(cloud.publish(topic, b"private")) == SUCCESS
-    target.publish(victims.events, b"the victim's own event")
     # A message the snoop may read, sent after the others by the same publisher: the
     # broker delivers one publisher's messages in order, so nothing else came before.
-    cloud.publish(Topics(snoop).cards, b"sentinel")
+    cloud.publish(mine.cards, b"sentinel")
 
-    assert sorted(m.topic for m in target.wait_for_messages(3)) == sorted(sent)
+    assert sorted(m.topic for m in target.wait_for_messages(2)) == sorted(sent)
     spy.wait_for_messages(1)
     time.sleep(0.1)
-    # One copy per matching subscription (tp/v2/# and #), all of the sentinel.
-    assert {m.payload for m in spy.messages} == {b"sentinel"}
+    assert [m.payload for m in spy.messages] == [b"sentinel"]
+
+
+def test_a_certificate_the_broker_does_not_know_connects_but_may_do_nothing(
+    broker: Broker,
+) -> None:
+    """A car is registered when it is provisioned; a certificate alone grants no topic."""
+    stranger = new_vehicle_id("unregistered")
+    files = broker.pki.issue_client(stranger)  # issued, but never registered
+    own = Topics(stranger)
+    with broker.client(stranger, certificate=files) as client:
+        assert code(client.subscribe(own.cards)[0]) == NOT_AUTHORIZED
+        assert code(client.publish(own.events, b"x")) == NOT_AUTHORIZED
 
 
 def test_a_will_on_another_vehicles_status_is_accepted_but_never_published(
@@ -314,38 +343,81 @@ def test_cloud_consumers_share_the_load_of_a_shared_subscription(peers: Peers) -
     assert sorted(received[0] + received[1]) == sorted(sent), "each event exactly once"
 
 
-def test_a_vehicle_joining_the_clouds_share_group_makes_the_cloud_lose_events(
+def test_a_vehicle_subscribing_to_the_clouds_shared_group_is_refused_and_gets_nothing(
     peers: Peers,
 ) -> None:
-    """Why the cloud's group name must be secret: pinned so an upgrade that fixes it shows."""
-    group = f"cloud-{new_vehicle_id('group')}"
-    consumers = [peers(CLOUD_USER) for _ in range(2)]
-    intruder = peers(new_vehicle_id())
-    for member in [*consumers, intruder]:
-        assert code(member.subscribe(f"$share/{group}/tp/v2/+/events")[0]) == GRANTED_QOS_1
-
-    sent = _publish_events(peers, cars=1, each=30)
-
-    # Round robin over three members; the intruder's turns fail the read check and
-    # are dropped, not handed to the next member.
-    _wait_for_total(consumers, 20)
-    time.sleep(0.2)
-    assert sum(len(c.messages) for c in consumers) == 20 < len(sent)
-    assert intruder.messages == []
-
-
-def test_a_vehicle_in_another_group_takes_nothing_from_the_cloud(peers: Peers) -> None:
+    """Under acl_file the broker granted this and then dropped the intruder's turns of the
+    round robin: the cloud lost a third of the events here (pinned until this fix)."""
     group = f"cloud-{new_vehicle_id('group')}"
     consumers = [peers(CLOUD_USER) for _ in range(2)]
     for consumer in consumers:
-        consumer.subscribe(f"$share/{group}/tp/v2/+/events")
-    intruder = peers(new_vehicle_id())
-    intruder.subscribe(f"$share/{group}-guess/tp/v2/+/events")
+        assert code(consumer.subscribe(f"$share/{group}/tp/v2/+/events")[0]) == GRANTED_QOS_1
+    rogue = new_vehicle_id("rogue")
+    intruder = peers(rogue)
+    attempts = [
+        f"$share/{group}/tp/v2/+/events",
+        f"$share/{group}/tp/v2/{rogue}/events",  # even its own events, shared
+        f"$share/{group}/tp/v2/#",
+        f"$share/{group}-guess/tp/v2/+/events",
+        f"$share/{group}/{Topics(rogue).cards}",
+    ]
+    refusals = [code(intruder.subscribe(f)[0]) for f in attempts]
 
-    sent = _publish_events(peers, cars=1, each=10)
+    sent = _publish_events(peers, cars=1, each=30)
 
     _wait_for_total(consumers, len(sent))
+    time.sleep(0.2)
+    assert sum(len(c.messages) for c in consumers) == len(sent), "no event lost"
     assert intruder.messages == []
+    assert refusals == [NOT_AUTHORIZED] * len(attempts)
+
+
+def _batch(vehicle_id: str, n: int) -> bytes:
+    event = WireEvent(
+        id=f"{vehicle_id}-{n:04d}", type="drive.summary", category="usage_analytics",
+        time=1_780_000_000.0 + n, time_trusted=True, boot_id="boot", seq=n, payload={"n": n},
+    )  # fmt: skip
+    batch = EventBatch(vehicle_id=vehicle_id, batch_id=f"b-{n}", sent_at=time.time(),
+                       events=[event])  # fmt: skip
+    return batch.model_dump_json().encode()
+
+
+def test_the_shared_group_hijack_replayed_loses_no_event(broker: Broker, peers: Peers) -> None:
+    """The tester's attack: a car sends 200 events to the reference cloud while another
+    car's certificate tries to join the cloud's shared group (whose name is in the docs),
+    on the cars' listener and on the cloud's. Every PUBACK says success, as before; now
+    the cloud stores all 200 (it stored 100 of 200 then) and acknowledges each."""
+    car, rogue = new_vehicle_id(), new_vehicle_id("rogue")
+    cert, key = broker.credentials(CLOUD_USER)
+    endpoint = Endpoint(broker.host, broker.cloud_port, broker.pki.ca_cert, cert, key)
+    sim = CloudSim(endpoint, SigningKey.generate("hijack"), instance=f"hijack-{car}",
+                   documents=False)  # fmt: skip
+    sim.start()
+    try:
+        intruder = peers(rogue)
+        shared = [f"$share/{GROUP}/tp/v2/+/{rest}" for rest in ("events", "req/+", "clock")]
+        refusals = [code(intruder.subscribe(f)[0]) for f in shared]
+        on_cloud_listener = broker.tls_refusal(broker.tls_context(rogue), port=broker.cloud_port)
+        sender = peers(car)
+        assert code(sender.subscribe(Topics(car).ack)[0]) == GRANTED_QOS_1
+
+        pubacks = [code(sender.publish(Topics(car).events, _batch(car, n))) for n in range(200)]
+
+        deadline = time.monotonic() + 10
+        while sim.snapshot().acks < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # anything more (a duplicate, a late drop) would show by now
+        stats = sim.snapshot()
+        acks = sender.messages
+    finally:
+        sim.stop()
+    assert pubacks == [SUCCESS] * 200
+    # (Other tests' retained statuses may reach this cloud too: only this car counts.)
+    assert (stats.by_vehicle[car], stats.duplicates) == (200, 0), "0 of 200 lost"
+    assert len(acks) == stats.acks == 200  # the car hears the cloud store each one
+    assert intruder.messages == []
+    assert refusals == [NOT_AUTHORIZED] * len(shared)
+    assert on_cloud_listener == "TLSV1_ALERT_UNKNOWN_CA"
 
 
 def _wait_for_total(consumers: list[MqttPeer], total: int, timeout: float = 5.0) -> None:
@@ -453,10 +525,59 @@ def test_the_rendered_configuration_is_the_shipped_one_filled_in(tmp_path: Path)
     text = rendered.config.read_text()
     assert "{" not in text
     assert "listener 8883 127.0.0.1\n" in text
+    # The cars' listener: the plugin, no acl_file (which grants every subscription).
+    cars = text[text.index("listener 8883") : text.index("listener 8884")]
+    assert f"plugin {dynsec.plugin_path()}\n" in cars
+    assert f"plugin_opt_config_file {rendered.dynsec}\n" in cars
+    assert "\nacl_file" not in cars
     assert f"acl_file {rendered.acl}\n" in text
     assert "require_certificate true" in text
     assert "allow_anonymous true" not in text
     assert rendered.acl.read_text().startswith("# Access control")
+    assert stat.S_IMODE(rendered.dynsec.stat().st_mode) == 0o600
+
+
+def test_the_rules_are_the_contracts_channels(tmp_path: Path) -> None:
+    acl = render_acl()
+    role = {(a["acltype"], a["topic"]) for a in dynsec.vehicle_role("car-1")["acls"]}
+    for channel in CHANNELS:
+        car_topic = channel_filter(channel, "car-1")
+        if channel.direction == "up":
+            assert f"pattern write {channel_filter(channel, '%u')}\n" in acl
+            assert f"topic read {channel_filter(channel, '+')}\n" in acl
+            assert ("publishClientSend", car_topic) in role
+        else:
+            assert f"pattern read {channel_filter(channel, '%u')}\n" in acl
+            assert f"topic write {channel_filter(channel, '+')}\n" in acl
+            assert {("subscribePattern", car_topic), ("publishClientReceive", car_topic)} <= role
+    assert len(role) == len(CHANNELS) + sum(c.direction == "down" for c in CHANNELS)
+    for reserved in RESERVED_IDS:
+        with pytest.raises(ValueError, match="vehicle id"):
+            dynsec.vehicle_role(reserved)
+
+
+def test_rendering_again_keeps_the_cars_registered_since(tmp_path: Path) -> None:
+    files = ServerFiles(*(tmp_path / n for n in ("ca.crt", "s.crt", "s.key", "ca.crl")))
+    options: dict[str, Any] = {"port": 8883, "cloud_port": 8884, "data_dir": tmp_path / "d"}
+    first = render_broker_config(tmp_path / "conf", files, vehicles=["car-1"], **options)
+    dynsec.add_to_file(first.dynsec, ["car-2"])
+
+    again = render_broker_config(tmp_path / "conf", files, **options)
+
+    assert dynsec.registered(again.dynsec) == {"car-1", "car-2"}
+
+
+def test_registrations_outlive_a_restart_and_may_be_made_while_stopped(broker: Broker) -> None:
+    online, offline = new_vehicle_id(), new_vehicle_id()
+    broker.credentials(online)  # registered through $CONTROL
+    broker.stop()
+    broker.credentials(offline)  # registered in the plugin's file
+    broker.start()
+
+    for car in (online, offline):
+        with broker.client(car) as client:
+            assert code(client.subscribe(Topics(car).cards)[0]) == GRANTED_QOS_1
+            assert code(client.publish(Topics(car).events, b"x")) == NO_MATCHING_SUBSCRIBERS
 
 
 @pytest.mark.parametrize(
@@ -487,3 +608,44 @@ def test_a_loaded_pki_keeps_earlier_revocations(tmp_path: Path) -> None:
         x509.load_pem_x509_certificate(p.read_bytes()).serial_number for p in (first, second)
     }
     assert {r.serial_number for r in crl} == serials
+
+
+def test_the_clouds_certificate_comes_from_the_clouds_own_ca(tmp_path: Path) -> None:
+    pki = DevPki.create(tmp_path)
+    cloud_cert, _ = pki.issue_client(CLOUD_USER)
+    car_cert, _ = pki.issue_client("car-1")
+    issuer = x509.load_pem_x509_certificate(cloud_cert.read_bytes()).issuer
+
+    pki.revoke(cloud_cert)
+    again = DevPki.load(tmp_path)
+
+    assert issuer == again.cloud.subject != again.subject
+    assert again.client_files(CLOUD_USER)[0] == cloud_cert
+    assert again.cloud_server_files.ca_cert == again.cloud.ca_cert
+    assert again.cloud_server_files.server_cert == again.server_cert  # one broker identity
+    # The revocation went to the CA that issued it.
+    assert len(list(x509.load_pem_x509_crl(again.cloud.crl.read_bytes()))) == 1
+    assert list(x509.load_pem_x509_crl(again.crl.read_bytes())) == []
+    assert x509.load_pem_x509_certificate(car_cert.read_bytes()).issuer == again.subject
+
+
+def test_a_second_administrator_takes_over_and_the_first_does_not_fight_back(
+    broker: Broker,
+) -> None:
+    """Client ids are forced to the name on the cars' listener: two administrators (the
+    test broker's and fleet-sim's) share one. The one thrown out stays out."""
+    first_car, second_car, third_car = new_vehicle_id(), new_vehicle_id(), new_vehicle_id()
+    broker.credentials(first_car)  # the broker's own administrator connects
+    admin = broker.tls_context(dynsec.ADMIN_USER)
+    other = dynsec.Registrar(broker.host, broker.port, admin)
+    try:
+        other.register([second_car])
+        time.sleep(2.5)  # paho would have reconnected the first one by now
+        assert other.alive
+        other.register([new_vehicle_id()])
+    finally:
+        other.close()
+    broker.credentials(third_car)  # the broker's administrator comes back when needed
+    for car in (second_car, third_car):
+        with broker.client(car) as client:
+            assert code(client.subscribe(Topics(car).cards)[0]) == GRANTED_QOS_1

@@ -35,7 +35,7 @@ from cloud_sync.contract import (
     Topics,
     WireEvent,
 )
-from cloud_sync.reference.cloud_sim import CloudSim, Endpoint
+from cloud_sync.reference.cloud_sim import GROUP, CloudSim, Endpoint
 from cloud_sync.reference.pki import CLOUD_USER
 from cloud_sync.settings import CloudSettings
 from cloud_sync.signing import SigningKey
@@ -537,3 +537,39 @@ def test_a_car_whose_clock_is_far_off_still_reaches_the_cloud_and_learns_the_tim
     trusted = [e for e in received if e.time_trusted]
     assert all(abs(e.time - time.time()) < 120 for e in trusted)
     assert any(e.type == "clock.trusted" for e in received)
+
+
+def test_a_car_loses_nothing_and_resends_nothing_while_a_rogue_car_tries_the_clouds_group(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The hijack replayed with a real car: 200 events in 20 batches while another car's
+    certificate tries to join the reference cloud's shared group. Each batch is
+    acknowledged at its first send, well inside the ack timeout: the broker handed none
+    of them to the rogue (which acl_file did: half of the batches then waited 30 s to be
+    sent again)."""
+    vehicle, rogue = new_vehicle_id(), new_vehicle_id("rogue")
+    store = tmp_path / "t.db"
+    prefill(store, make_events(200))
+    received: list[str] = []
+
+    async def scenario() -> None:
+        with cloud(broker, on_event=lambda _v, e: received.append(e.id)) as sim:
+            with broker.client(rogue) as intruder:
+                refusals = [
+                    intruder.subscribe(f"$share/{GROUP}/tp/v2/+/{rest}")[0].value
+                    for rest in ("events", "req/+", "clock")
+                ]
+                config = cloud_settings(broker, vehicle, batch_events=10)
+                async with car(store, config, vehicle):
+                    await until(lambda: outbox_count(store, "0190%") == 0, "200 acknowledged",
+                                within=15)  # fmt: skip
+                assert intruder.messages == []
+            snapshot = sim.snapshot()
+        assert refusals == [0x87] * 3
+        assert snapshot.duplicates == 0  # nothing had to be sent again
+        assert snapshot.by_vehicle[vehicle] >= 200
+
+    asyncio.run(scenario())
+    mine = [i for i in received if i.startswith("0190")]
+    assert len(mine) == len(set(mine)) == 200
+    assert outbox_count(store, "0190%") == 0

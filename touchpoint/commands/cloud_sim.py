@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an SQLite file of event ids shared by several instances")  # fmt: skip
     parser.add_argument("--instance", default="1", help="this instance's name")
     parser.add_argument("--group", default=GROUP,
-                        help="the shared-subscription group (secret in a deployment)")  # fmt: skip
+                        help="the shared-subscription group the instances share")  # fmt: skip
     parser.add_argument("--no-documents", action="store_true",
                         help="do not publish documents to cars that come online")  # fmt: skip
     parser.add_argument("--print", dest="show", action="store_true",

@@ -29,7 +29,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from cloud_sync.link import client_tls_context
+from cloud_sync.reference import dynsec
 from cloud_sync.reference.fleet_sim import (
+    DEFAULT_PREFIX,
     DEFAULT_RATE,
     Fleet,
     FleetError,
@@ -79,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a temporary directory, removed)")  # fmt: skip
     parser.add_argument("--store-threads", type=int, default=1, metavar="N",
                         help="store threads per process (default: 1)")  # fmt: skip
-    parser.add_argument("--prefix", default="fleet",
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX,
                         help="ids: PREFIX-00000, PREFIX-00001... (default: fleet)")  # fmt: skip
     parser.add_argument("--first", type=int, default=0, metavar="N",
                         help="the number of the first car (default: 0)")  # fmt: skip
@@ -326,11 +329,38 @@ async def _drive(args: argparse.Namespace) -> int:
         print(f"fleet-sim: {args.vehicles} cars ({ids[0]} .. {ids[-1]}) in {processes} "
               f"process(es), {args.rate:g} events/s each, broker {args.broker} ({mode}), "
               f"stores in {store_dir}", flush=True)  # fmt: skip
+        if not args.plain and (args.cert_dir / "ca.key").exists():
+            await asyncio.to_thread(_register, args, ids)
         members = await _start(args, store_dir, processes)
         try:
             return await _measure(args, members, processes)
         finally:
             await asyncio.gather(*(m.stop() for m in members), return_exceptions=True)
+
+
+def _register(args: argparse.Namespace, ids: Sequence[str]) -> None:
+    """Register the cars with the broker's access control, as provisioning would.
+
+    Only with a development CA in ``--cert-dir``: it issues the administrator's
+    certificate too. A broker without the dynamic-security plugin does not answer; the
+    cars then run on whatever it grants them.
+    """
+    address = host_port(args.broker)
+    assert address is not None  # checked by _check
+    cert_dir: Path = args.cert_dir
+    pki = DevPki.load(cert_dir)
+    cert, key = pki.client_files(dynsec.ADMIN_USER)
+    if not (cert.exists() and key.exists()):
+        pki.issue_client(dynsec.ADMIN_USER)
+    tls = client_tls_context(args.ca or cert_dir / "ca.crt", cert, key)
+    try:
+        registrar = dynsec.Registrar(*address, tls)
+        try:
+            registrar.register(ids)
+        finally:
+            registrar.close()
+    except dynsec.DynsecError as err:
+        print(f"fleet-sim: cars not registered with the broker: {err}", file=sys.stderr)
 
 
 @contextlib.contextmanager
