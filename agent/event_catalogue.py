@@ -413,10 +413,11 @@ _TYPES: Final = (
     ),
     EventSpec(
         "store.recovered",
-        (Category.VEHICLE_HEALTH,),
+        (Category.SERVICE_REQUESTS,),
         Priority.HIGH,
-        "The car's database was unreadable at start-up: it was moved aside and the agent "
-        "started afresh (state since the last sync is lost).",
+        "The car's database was unreadable or empty at start-up: a broken one was moved "
+        "aside and the agent started afresh (state since the last sync is lost); every "
+        "consent starts withdrawn until the driver confirms it.",
         (
             _f(
                 "problem",
@@ -426,9 +427,16 @@ _TYPES: Final = (
             ),
             _f(
                 "moved_to",
-                "string",
-                "Where the broken file was moved.",
+                "string|null",
+                "Where the broken file was moved (null: the file was empty).",
                 "/var/lib/touchpoint/touchpoint.db.corrupt-1779940800",
+            ),
+            _f(
+                "consent",
+                "string",
+                "The consents after the recovery.",
+                "withdrawn",
+                enum=("withdrawn",),
             ),
         ),
     ),

@@ -34,6 +34,7 @@ from agent.clock import TimeSource
 from agent.consent import Category
 from agent.context import AgentConfig
 from agent.core import Agent, Output
+from agent.errors import StoreError
 from agent.events import Event, EventDraft, EventType, JsonValue, Priority
 from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory
@@ -69,6 +70,8 @@ HEAP_TRIM_S: Final = 10.0
 NTP_CHECK_S: Final = 60.0
 #: A loop that has not made progress for this long stops the watchdog.
 STALL_S: Final = 30.0
+#: How often a store that cannot be opened (read-only, full, missing) is tried again.
+STORE_OPEN_RETRY_S: Final = 10.0
 #: How often the health file is written when systemd's watchdog is not asking.
 HEALTH_S: Final = 10.0
 
@@ -183,16 +186,13 @@ class Daemon:
     async def start(self) -> None:
         """Open the store, restore the agent, start the sources and loops, notify READY.
 
-        Raises:
-            StoreError: If no store can be opened at all.
+        A store that cannot be opened is retried (every :data:`STORE_OPEN_RETRY_S`) until
+        it can be, or the task is cancelled.
         """
         self.started_at = self._monotonic()
         loop = asyncio.get_running_loop()
         settings = self.settings
-        limits = StoreLimits(settings.store.max_events, settings.store.max_bytes)
-        store, report = await loop.run_in_executor(
-            self._executor, Store.open, settings.store.path, limits
-        )
+        store, report = await self._open_store()
         self.open_report = report
         sections = await loop.run_in_executor(self._executor, store.load_sections)
         agent = self._build_agent(state_codec.decode(sections))
@@ -318,10 +318,41 @@ class Daemon:
             state=state,  # type: ignore[arg-type]
         )
 
+    async def _open_store(self) -> tuple[Store, OpenReport]:
+        """Open the store, retrying while it cannot be.
+
+        A read-only or full disk may heal (a remount, space freed); exiting would only
+        have systemd give up on the agent after its start limit.
+        """
+        settings, loop = self.settings, asyncio.get_running_loop()
+        limits = StoreLimits(settings.store.max_events, settings.store.max_bytes)
+        said: str | None = None
+        while True:
+            try:
+                return await loop.run_in_executor(
+                    self._executor, Store.open, settings.store.path, limits
+                )
+            except StoreError as err:
+                if str(err) != said:
+                    said = str(err)
+                    _log.error(
+                        "%s; fix: make %s writable by the daemon's user (a read-only or full "
+                        "file system?); retrying every %.0f s", err, settings.store.path.parent,
+                        STORE_OPEN_RETRY_S,
+                    )  # fmt: skip
+                self._notifier.status(f"store cannot be opened (retrying): {err}")
+            await asyncio.sleep(STORE_OPEN_RETRY_S)
+
     def _first_start(self, sections: dict[str, str], report: OpenReport) -> None:
         agent, wall, mono = self.agent, self._wall(), self._monotonic()
         out = Output()
-        if "consent" not in sections:
+        if report.recovered:
+            # The driver may have withdrawn a consent the defaults grant: what the store
+            # lost is not guessed back. Every category starts withdrawn until the driver
+            # confirms it (the reference HMI's consent screen, SetConsent).
+            _log.warning("the store was recovered: every consent starts withdrawn until the "
+                         "driver confirms it")  # fmt: skip
+        elif "consent" not in sections:
             for category, granted in self.settings.consent.defaults.items():
                 if category is not Category.SERVICE_REQUESTS:
                     out.extend(
@@ -329,12 +360,15 @@ class Daemon:
                             category, granted=granted, valid_for=None, wall=wall, monotonic=mono
                         )
                     )
-        if report.recovered_from is not None:
+        if report.recovered:
+            moved = None if report.recovered_from is None else str(report.recovered_from)
+            # Sent whatever the consent: it says no personal data, and the operations
+            # team must hear that a car lost its state.
             agent.record(
                 EventDraft(
                     EventType.STORE_RECOVERED,
-                    Category.VEHICLE_HEALTH,
-                    {"problem": report.problem, "moved_to": str(report.recovered_from)},
+                    Category.SERVICE_REQUESTS,
+                    {"problem": report.problem, "moved_to": moved, "consent": "withdrawn"},
                     Priority.HIGH,
                 ),
                 agent.clock.read(wall, mono),
@@ -409,7 +443,16 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await self.start()
+        starting = asyncio.create_task(self.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()  # SIGTERM while the store could not be opened
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        else:
+            starting.result()  # a start that failed raises here
         try:
             await stop.wait()
         finally:

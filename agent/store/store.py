@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -97,7 +98,7 @@ class OpenReport:
     Attributes:
         path: The database file.
         recovered_from: Where a corrupt database was moved, if one was.
-        problem: What was wrong with it.
+        problem: What was wrong with it (also for an empty file, which is not moved).
         schema_from: The schema version found (0 for a new file).
     """
 
@@ -105,6 +106,11 @@ class OpenReport:
     recovered_from: Path | None
     problem: str | None
     schema_from: int
+
+    @property
+    def recovered(self) -> bool:
+        """The store lost what it held: nothing in it can vouch for the driver's choices."""
+        return self.problem is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,19 +144,35 @@ class Store:
         limits = limits or StoreLimits()
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # The driver's data: only the daemon's user reads it, whatever the umask
+            # (the unit sets UMask=0077; a developer's shell does not).
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not path.exists():
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                created = True
+            else:
+                created = False
+                _keep_private(path)
+        except FileExistsError:
+            created = False
         except OSError as err:
-            raise StoreError(f"cannot create the store's directory {path.parent}: {err}") from err
+            raise StoreError(f"cannot create the store at {path}: {err}") from err
         recovered: Path | None = None
         problem: str | None = None
         connection: sqlite3.Connection | None = None
+        # SQLite takes an empty file for a new database; to us it is a store that lost
+        # everything (a crash while it was truncated, a tool that emptied it).
+        empty = not created and _is_empty_file(path)
         try:
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             _configure(connection, path, limits)
             problem = _check(connection)
         except sqlite3.DatabaseError as err:
             problem = f"cannot open: {err}"
-        if problem is not None:
+        if problem is None and empty:
+            problem = "the database file was empty"
+            _log.error("store %s was an empty file: starting fresh, as after a recovery", path)
+        elif problem is not None:
             # Moved while still open, then closed: closing first lets SQLite checkpoint
             # into the damaged file and delete its -wal, the evidence to keep; and a
             # handle left open would later delete the fresh store's -wal by name.
@@ -653,3 +675,26 @@ def evicted_total(connection: sqlite3.Connection) -> int:
     """Events evicted since the database was created."""
     row = connection.execute("SELECT value FROM meta WHERE key = 'evicted'").fetchone()
     return int(row[0]) if row and str(row[0]).isdigit() else 0
+
+
+def _is_empty_file(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def _keep_private(path: Path) -> None:
+    """An existing database others may read is made the owner's alone.
+
+    SQLite gives its -wal and -shm files the database's mode.
+    """
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        try:
+            path.chmod(mode & 0o700)
+        except OSError as err:
+            _log.warning("store %s is readable by others (%o) and cannot be changed: %s",
+                         path, mode, err)  # fmt: skip
+        else:
+            _log.info("store %s was mode %o: now %o", path, mode, mode & 0o700)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import socket
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import can
 import pytest
 
 from agent.clock import TimeSource
+from agent.consent import CONSENTABLE, Category
 from agent.settings import ConsentSettings
 from can_signals import sources
 from can_signals.errors import SourceError
@@ -23,16 +28,23 @@ from touchpoint.sdnotify import Notifier
 from touchpoint.settings import DaemonSettings
 
 
+def _payloads(db: Path) -> list[tuple[dict[str, object], str]]:
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute("SELECT payload, type FROM outbox ORDER BY time").fetchall()
+    return [(json.loads(p), t) for p, t in rows]
+
+
 def _events(db: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(db) as connection:
         return connection.execute("SELECT id, type FROM outbox ORDER BY rowid").fetchall()
 
 
-async def _run_once(settings: DaemonSettings) -> Daemon:
+async def _run_once(settings: DaemonSettings, *, replay: bool = True) -> Daemon:
     daemon = Daemon(settings)
     daemon.sinks.append(RecordingSink())
     await daemon.start()
-    await asyncio.wait_for(daemon.signals_finished.wait(), timeout=30)
+    if replay:
+        await asyncio.wait_for(daemon.signals_finished.wait(), timeout=30)
     await daemon.settle()
     await daemon.stop()
     return daemon
@@ -85,7 +97,44 @@ def test_a_corrupt_database_is_moved_aside_and_the_daemon_runs(
     assert daemon.open_report.recovered_from.read_bytes().startswith(b"this is not")
     types = [t for _, t in _events(db)]
     assert "store.recovered" in types
-    assert "maintenance.reminder" in types
+    # The cards serve on; what the store lost is not guessed back: the defaults would
+    # grant vehicle health, but the driver may have withdrawn it, so nothing of it is sent.
+    assert daemon.agent.cards.by_key("maintenance") is not None
+    assert "maintenance.reminder" not in types
+    assert not any(daemon.agent.consent.allows(c, time.time()) for c in CONSENTABLE)
+
+
+def test_an_empty_database_file_is_a_recovery_too(rav4_settings: DaemonSettings) -> None:
+    db = rav4_settings.store.path
+    db.parent.mkdir(parents=True, exist_ok=True)
+    db.touch()
+    daemon = asyncio.run(_run_once(rav4_settings))
+    assert daemon.open_report is not None
+    assert daemon.open_report.problem == "the database file was empty"
+    recovered = [p for p, t in _payloads(db) if t == "store.recovered"]
+    assert recovered == [
+        {"problem": "the database file was empty", "moved_to": None, "consent": "withdrawn"}
+    ]
+    assert not any(daemon.agent.consent.allows(c, time.time()) for c in CONSENTABLE)
+
+
+def test_a_withdrawal_survives_a_restart_and_defaults_apply_only_to_a_new_car(
+    rav4_settings: DaemonSettings,
+) -> None:
+    first = asyncio.run(_run_once(rav4_settings))
+    assert first.agent.consent.allows(Category.VEHICLE_HEALTH, time.time())
+
+    async def withdraw() -> None:
+        daemon = Daemon(rav4_settings.model_copy(update={"can": None}))
+        await daemon.start()
+        health = Category.VEHICLE_HEALTH
+        await daemon.apply(lambda a, w, m: a.set_consent(
+            health, granted=False, valid_for=None, wall=w, monotonic=m))  # fmt: skip
+        await daemon.stop()
+
+    asyncio.run(withdraw())
+    again = asyncio.run(_run_once(rav4_settings))
+    assert not again.agent.consent.allows(Category.VEHICLE_HEALTH, time.time())
 
 
 def test_without_can_settings_the_daemon_still_serves(tmp_path: Path) -> None:
@@ -228,3 +277,25 @@ def test_a_can_interface_that_appears_later_is_picked_up(
 
     asyncio.run(scenario())
     assert len(attempts) == 3
+
+
+def test_the_store_and_its_directory_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "touchpoint"
+    settings = DaemonSettings(store={"path": state / "t.db"})  # type: ignore[arg-type]
+    old = os.umask(0o022)
+    try:
+        asyncio.run(_run_once(settings.model_copy(update={"can": None}), replay=False))
+    finally:
+        os.umask(old)
+    assert state.stat().st_mode & 0o777 == 0o700
+    files = {p.name: p.stat().st_mode & 0o777 for p in state.iterdir()}
+    assert files.get("t.db") == 0o600
+    assert set(files.values()) == {0o600}, files  # the WAL and the health file too
+
+
+def test_an_existing_store_readable_by_others_is_made_private(tmp_path: Path) -> None:
+    settings = DaemonSettings(store={"path": tmp_path / "t.db"})  # type: ignore[arg-type]
+    asyncio.run(_run_once(settings, replay=False))
+    (tmp_path / "t.db").chmod(0o644)
+    asyncio.run(_run_once(settings, replay=False))
+    assert (tmp_path / "t.db").stat().st_mode & 0o777 == 0o600
