@@ -68,6 +68,10 @@ EventId = Annotated[str, Field(min_length=1, max_length=64)]
 BatchId = Annotated[str, Field(min_length=1, max_length=64)]
 #: The most batches one :class:`Ack` names.
 MAX_ACK_BATCHES: Final = 256
+#: Times on the wire: seconds since the epoch, finite, from 1970 to 2200. A larger one
+#: (1e300, 4294967295 * 1000) is not a time, and would overflow every date conversion.
+MAX_EPOCH_S: Final = 7_258_118_400.0
+EpochSeconds = Annotated[float, Field(ge=0, le=MAX_EPOCH_S, allow_inf_nan=False)]
 
 
 class RequestName(StrEnum):
@@ -158,7 +162,7 @@ class WireEvent(BaseModel):
     id: EventId
     type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$", max_length=64)]
     category: Annotated[str, Field(max_length=32)]
-    time: float
+    time: EpochSeconds
     time_trusted: bool
     boot_id: Annotated[str, Field(max_length=64)]
     seq: Annotated[int, Field(ge=0)]
@@ -176,7 +180,7 @@ class EventBatch(_Message):
 
     vehicle_id: VehicleId
     batch_id: BatchId
-    sent_at: float
+    sent_at: EpochSeconds
     events: Annotated[list[WireEvent], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
 
 
@@ -195,7 +199,7 @@ class Status(_Message):
 
     vehicle_id: VehicleId
     state: Literal["online", "offline"]
-    at: float
+    at: EpochSeconds
     software: Annotated[str, Field(max_length=64)] = ""
     #: Events waiting in the outbox when it came online.
     backlog: Annotated[int, Field(ge=0)] | None = None
@@ -210,13 +214,13 @@ class WireSlot(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: Annotated[str, Field(min_length=1, max_length=64)]
-    start: float
+    start: EpochSeconds
     dealer: LocalisedText | None = None
 
 
 class _Reply(_Message):
     #: The cloud's time when it sent this (seconds since the epoch).
-    sent_at: float
+    sent_at: EpochSeconds
 
 
 class SlotsReply(_Reply):
@@ -298,7 +302,7 @@ class DocumentHeader(BaseModel):
     vehicle_id: Annotated[str, Field(pattern=rf"^(\*|{VEHICLE_ID.pattern[1:-1]})$")]
     #: Must increase for each kind: an older or equal version is a replay.
     version: Annotated[int, Field(ge=1)]
-    issued_at: float
+    issued_at: EpochSeconds
     body: dict[str, Any]
 
 

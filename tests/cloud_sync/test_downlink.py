@@ -6,11 +6,20 @@ import base64
 import json
 from typing import Any, Final
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from agent.plan import default_plan
-from cloud_sync.contract import MAX_DOWNLINK_BYTES, DocumentKind, SignedDocument, Topics
+from cloud_sync.contract import (
+    MAX_DOWNLINK_BYTES,
+    Ack,
+    DocumentKind,
+    SignedDocument,
+    SlotsReply,
+    Topics,
+)
 from cloud_sync.downlink import Accepted, DownlinkGate, Ignored, Rejected
 from cloud_sync.signing import SigningKey, Verifier
 
@@ -143,3 +152,21 @@ def test_keys_round_trip_through_their_base64_form() -> None:
     again = SigningKey.from_base64(KEY.key_id, KEY.private_base64())
     assert again.public_base64() == KEY.public_base64()
     assert isinstance(GATE.check(PLAN_TOPIC, signed(4, key=again), ACTIVE), Accepted)
+
+
+@pytest.mark.parametrize("start", ["1e300", "NaN", "Infinity", "-1", "7258118401"])
+def test_a_slot_time_that_is_no_time_is_refused_before_any_conversion(start: str) -> None:
+    text = (
+        '{"request_id": "r1", "sent_at": 1780000000, '
+        f'"slots": [{{"id": "s1", "start": {start}}}]}}'
+    )
+    with pytest.raises(ValidationError):
+        SlotsReply.model_validate_json(text)
+    ok = SlotsReply.model_validate_json(text.replace(start, "1780003600"))
+    assert ok.slots[0].start == 1_780_003_600
+
+
+@pytest.mark.parametrize("sent_at", ["1e300", "NaN", "-5"])
+def test_an_ack_or_a_clock_reply_from_no_time_is_refused(sent_at: str) -> None:
+    with pytest.raises(ValidationError):
+        Ack.model_validate_json(f'{{"sent_at": {sent_at}, "batches": ["b1"]}}')
