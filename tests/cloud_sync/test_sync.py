@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -40,6 +38,7 @@ from cloud_sync.reference.pki import CLOUD_USER
 from cloud_sync.settings import CloudSettings
 from cloud_sync.signing import SigningKey
 from tests.cloud_sync.conftest import Broker, new_vehicle_id
+from tests.faketime import faked_environment
 from touchpoint.daemon import Daemon
 from touchpoint.settings import DaemonSettings
 
@@ -511,19 +510,16 @@ def test_a_car_whose_clock_is_far_off_still_reaches_the_cloud_and_learns_the_tim
     """The daemon's system clock (and only the daemon's) says 2099, or 2014: OpenSSL
     would call the broker's certificate expired, or not yet valid. The car checks it
     against its clock floor instead, connects, and takes the cloud's time."""
-    if shutil.which("faketime") is None:
-        pytest.fail("faketime is missing (Debian's package faketime; make test installs it)")
     vehicle = new_vehicle_id()
     store = tmp_path / "t.db"
     config = tmp_path / "touchpoint.toml"
     config.write_text(_toml(store, cloud_settings(broker, vehicle), vehicle), encoding="utf-8")
     received: list[WireEvent] = []
-    environment = os.environ | {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    environment = faked_environment(fake)
     log = tmp_path / "daemon.log"
     with cloud(broker, on_event=lambda _v, e: received.append(e)) as sim, log.open("wb") as err:
         daemon = subprocess.Popen(
-            ["faketime", "-f", f"@{fake}", *_touchpoint(), "--log-level", "INFO", "run",
-             "--config", str(config)],
+            [*_touchpoint(), "--log-level", "INFO", "run", "--config", str(config)],
             stdout=subprocess.DEVNULL, stderr=err, env=environment,
         )  # fmt: skip
         try:
