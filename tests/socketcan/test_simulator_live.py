@@ -14,7 +14,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from can_signals.simulator.reference import load_reference_database
 from can_signals.simulator.runner import BusSink, ScenarioRunner
 from can_signals.simulator.scenarios import ScenarioOptions, build_scenario
 from tests.socketcan.kernel import Candump, kernel_filters, wait_for, wait_idle
+from tests.socketcan.updates import ByPath, assert_same_updates, by_path
 
 PROJECT = Path(__file__).resolve().parents[2]
 REFERENCE = PROJECT / "can_signals" / "reference"
@@ -153,7 +153,7 @@ def test_unmapped_ids_never_reach_python(live: LiveRun) -> None:
 
 def test_the_live_decoding_equals_the_replay_of_what_candump_recorded(live: LiveRun) -> None:
     replayed = asyncio.run(_replay(live.candump_log))
-    assert _by_path(live.updates) == _by_path(replayed)
+    assert_same_updates(_by_path(live.updates), _by_path(replayed))
     paths = {u["path"] for u in live.updates}
     assert {"Vehicle.Speed", "Vehicle.TraveledDistance"} <= paths
 
@@ -167,11 +167,5 @@ async def _replay(log: Path) -> list[dict[str, Any]]:
     return updates
 
 
-def _by_path(updates: list[dict[str, Any]]) -> dict[str, list[tuple[object, float]]]:
-    # Stale markers (value null) are left out: the live side's silence watcher runs on
-    # the wall clock after the last frame, which a replay has no notion of.
-    paths: dict[str, list[tuple[object, float]]] = defaultdict(list)
-    for update in updates:
-        if update["value"] is not None:
-            paths[update["path"]].append((update["value"], round(update["timestamp"], 5)))
-    return dict(paths)
+def _by_path(updates: list[dict[str, Any]]) -> ByPath:
+    return by_path((u["path"], u["value"], u["timestamp"]) for u in updates)
