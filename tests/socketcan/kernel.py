@@ -40,22 +40,25 @@ def wait_for(condition: str, check: object, timeout: float) -> None:
 
 
 def wait_idle(pid: int, timeout: float) -> None:
-    """Wait until process ``pid`` has used under 20 ms of CPU in half a second.
+    """Wait until process ``pid`` sleeps, having used under 20 ms of CPU in half a second.
 
     The kernel counts a frame as matched when it queues it to the socket; the process
-    may still be reading its backlog (slowly, under emulation) until it goes idle.
+    may still be reading its backlog (slowly, under emulation) until it goes idle. A
+    process starved of CPU on a loaded host uses none either, but it is runnable ("R"),
+    not sleeping ("S"): its main thread (the event loop reading the socket) is checked.
     """
 
-    def cpu_ticks() -> int:
-        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime, stime
+    def sample() -> tuple[str, int]:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+        fields = text.rsplit(")", 1)[1].split()
+        return fields[0], int(fields[11]) + int(fields[12])  # state, utime + stime
 
     deadline = time.monotonic() + timeout
-    before = cpu_ticks()
+    _, before = sample()
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = cpu_ticks()
-        if now - before < 2:  # 2 ticks of 10 ms
+        state, now = sample()
+        if state == "S" and now - before < 2:  # 2 ticks of 10 ms
             return
         before = now
     raise AssertionError(f"process {pid} still busy after {timeout:.0f} s")
@@ -69,7 +72,7 @@ class Candump:
         self._out = log.open("wb")
         self._proc = subprocess.Popen(["candump", "-L", device], stdout=self._out)
         # candump binds a filterless socket (the kernel's rx_all list): wait until it has.
-        wait_for("candump to listen", lambda: _listening_all(device), 10)
+        wait_for("candump to listen", lambda: _listening_all(device), 30)
 
     def stop(self) -> list[tuple[str, str]]:
         """Stop it; the frames it saw, as (id, data) in candump's spelling."""

@@ -54,7 +54,7 @@ def _settings(tmp_path: Path, rav4_dir: Path, channel: str) -> DaemonSettings:
     )
 
 
-async def _until(condition: str, check: object, within: float = 30.0) -> None:
+async def _until(condition: str, check: object, within: float = 60.0) -> None:
     for _ in range(int(within / 0.05)):
         if check():  # type: ignore[operator]
             return

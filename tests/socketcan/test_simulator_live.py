@@ -109,7 +109,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> LiveRun:
         wait_for("the kernel filters to pass every mapped frame",
                  lambda: sum(f.matches for f in kernel_filters("vcan0")) >= mapped, 30)  # fmt: skip
         matches = sum(f.matches for f in kernel_filters("vcan0"))
-        wait_idle(signals.pid, 60)
+        wait_idle(signals.pid, 120)
     finally:
         signals.send_signal(signal.SIGINT)
         signals.wait(60)
