@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -52,13 +53,19 @@ def main(argv: list[str] | None = None) -> int:
             machine = _machine(args.vcans, [PROJECT])
             env = dict(os.environ)
             env["PATH"] = f"{PROJECT / '.venv' / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
-            env["PS1"] = r"vm:\w# "
             env.setdefault("TERM", "linux")
             if sys.stdin.isatty():
                 print("vcan vm: booting; `exit` (or Ctrl-D) powers it off", file=sys.stderr)
+                # The serial console does not know this terminal's size: tell it.
+                size = shutil.get_terminal_size()
+                shell = (
+                    f"stty rows {size.lines} cols {size.columns} 2>/dev/null; "
+                    # A non-interactive bash (this one) drops PS1: set it again.
+                    "export PS1='vm:\\w# '; exec bash --norc --noprofile -i"
+                )
                 result = machine.run(
-                    ["bash", "--norc", "--noprofile", "-i"], cwd=PROJECT, env=env, tty=True,
-                    timeout=24 * 3600,
+                    ["bash", "--norc", "--noprofile", "-c", shell], cwd=PROJECT, env=env,
+                    tty=True, timeout=24 * 3600,
                 )  # fmt: skip
             else:
                 # A script on stdin (make vcan-shell < script): run it as bash would, with
