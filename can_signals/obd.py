@@ -7,10 +7,13 @@ builds the requests and parses the answers strictly. A "response pending" answer
 extends the wait; one ECU failing never loses another ECU's answer: each gets its own
 :class:`EcuDtcResult`.
 
-The reader shares the bus with the rest of the CAN pipeline: it hangs its ISO-TP stacks
-on the pipeline's :class:`can.Notifier` (or on a Notifier of its own when given only a
-bus) for the duration of a read, and removes them afterwards so that between reads no
-diagnostic code runs per CAN frame.
+On SocketCAN, where the kernel has ISO-TP, each ECU gets a kernel ``CAN_ISOTP`` socket
+for the duration of a read (:mod:`can_signals.kernel_isotp`): the kernel does the
+segmenting and the flow control. Elsewhere the reader shares the bus with the rest of the
+CAN pipeline: it hangs can-isotp's user-space stacks on the pipeline's
+:class:`can.Notifier` (or on a Notifier of its own when given only a bus) for the
+duration of a read, and removes them afterwards so that between reads no diagnostic
+code runs per CAN frame.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from typing import Final, Literal, Protocol
 
 import can
 import isotp
@@ -42,6 +45,7 @@ from can_signals.diag_protocol import (
     is_response_pending,
     parse_dtc_response,
 )
+from can_signals.kernel_isotp import KernelIsoTpLink, kernel_isotp_channel
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +56,20 @@ logger = logging.getLogger(__name__)
 _POLL_INTERVAL: Final = 0.02
 
 
+class _Link(Protocol):
+    """One ECU's ISO-TP channel for the duration of a read, and what went wrong under it."""
+
+    ecu: EcuAddress
+    problem: str | None
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def send(self, payload: bytes) -> None: ...
+    def receive(self, deadline: float, cancel: threading.Event) -> bytes | None: ...
+
+
 class _EcuLink:
-    """One ECU's ISO-TP stack for the duration of a read, and what went wrong under it."""
+    """One ECU's user-space ISO-TP stack for the duration of a read."""
 
     def __init__(self, bus: can.BusABC, notifier: can.Notifier, ecu: EcuAddress) -> None:
         self.ecu = ecu
@@ -92,6 +108,12 @@ class _EcuLink:
 
     def stop(self) -> None:
         self.stack.stop()
+
+    def send(self, payload: bytes) -> None:
+        self.stack.send(payload)
+
+    def receive(self, deadline: float, cancel: threading.Event) -> bytes | None:
+        return _receive(self.stack, deadline, cancel)
 
 
 class DtcReader:
@@ -143,6 +165,11 @@ class DtcReader:
         """The ECUs this reader asks."""
         return self._ecus
 
+    @property
+    def transport(self) -> Literal["kernel", "user-space"]:
+        """Whose ISO-TP a read uses: the kernel's (SocketCAN with CAN_ISOTP) or can-isotp's."""
+        return "kernel" if kernel_isotp_channel(self._bus) is not None else "user-space"
+
     def read(self) -> DtcReadResult:
         """Ask every ECU for its stored DTCs, blocking until all answered or timed out.
 
@@ -170,27 +197,47 @@ class DtcReader:
             cancel.set()
 
     def _read(self, cancel: threading.Event) -> DtcReadResult:
+        channel = kernel_isotp_channel(self._bus)
         with self._lock:
+            if channel is not None:
+                return self._read_kernel(channel, cancel)
             if self._notifier is not None and self._notifier.stopped:
                 raise DiagnosticError("the can.Notifier given to the reader has been stopped")
             notifier = self._own_notifier() if self._notifier is None else self._notifier
             try:
-                links = [_EcuLink(self._bus, notifier, ecu) for ecu in self._ecus]
-                try:
-                    for link in links:
-                        link.start()
-                    query = functools.partial(self._query, cancel=cancel)
-                    with ThreadPoolExecutor(len(links), thread_name_prefix="dtc-read") as pool:
-                        results = tuple(pool.map(query, links))
-                finally:
-                    for link in links:
-                        link.stop()
+                links: list[_Link] = [_EcuLink(self._bus, notifier, e) for e in self._ecus]
+                return self._ask_all(links, cancel, "user-space")
             finally:
                 if notifier is not self._notifier:
                     notifier.stop()
+
+    def _read_kernel(self, channel: str, cancel: threading.Event) -> DtcReadResult:
+        links: list[_Link] = []
+        try:
+            for ecu in self._ecus:
+                links.append(KernelIsoTpLink(channel, ecu))  # noqa: PERF401 - closed on failure
+        except OSError as err:
+            for link in links:
+                link.stop()
+            raise DiagnosticError(
+                f"cannot open a kernel ISO-TP socket on {channel}: {err}"
+            ) from err
+        return self._ask_all(links, cancel, "kernel")
+
+    def _ask_all(self, links: list[_Link], cancel: threading.Event, how: str) -> DtcReadResult:
+        try:
+            for link in links:
+                link.start()
+            query = functools.partial(self._query, cancel=cancel)
+            with ThreadPoolExecutor(len(links), thread_name_prefix="dtc-read") as pool:
+                results = tuple(pool.map(query, links))
+        finally:
+            for link in links:
+                link.stop()
         logger.info(
-            "read stored DTCs from %d ECU(s): %d code(s), %d failed",
+            "read stored DTCs from %d ECU(s) over %s ISO-TP: %d code(s), %d failed",
             len(results),
+            how,
             sum(len(r.codes) for r in results),
             sum(not r.ok for r in results),
         )
@@ -204,7 +251,7 @@ class DtcReader:
                 "another can.Notifier already reads this bus: pass it as notifier="
             ) from err
 
-    def _query(self, link: _EcuLink, cancel: threading.Event) -> EcuDtcResult:
+    def _query(self, link: _Link, cancel: threading.Event) -> EcuDtcResult:
         ecu = link.ecu
         try:
             codes = self._exchange(link, cancel)
@@ -216,16 +263,16 @@ class DtcReader:
         logger.debug("the %s ECU reports %d stored DTC(s)", ecu.name, len(codes))
         return EcuDtcResult(ecu=ecu, codes=codes)
 
-    def _exchange(self, link: _EcuLink, cancel: threading.Event) -> tuple[str, ...]:
+    def _exchange(self, link: _Link, cancel: threading.Event) -> tuple[str, ...]:
         ecu = link.ecu
         try:
-            link.stack.send(ecu.request())
-        except (RuntimeError, ValueError, isotp.IsoTpError) as err:
+            link.send(ecu.request())
+        except (RuntimeError, ValueError, OSError, isotp.IsoTpError) as err:
             raise DiagnosticError(f"cannot send the request to the {ecu.name} ECU: {err}") from err
         deadline = time.monotonic() + self._ecu_timeout
         pending = 0
         while True:
-            payload = _receive(link.stack, deadline, cancel)
+            payload = link.receive(deadline, cancel)
             if payload is None:
                 if cancel.is_set():
                     raise DiagnosticError("the read was cancelled")

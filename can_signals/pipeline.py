@@ -200,6 +200,11 @@ class SignalPipeline:
         """An open live bus, e.g. for an on-demand diagnostic read."""
         return self._live.buses.get(name) if self._live else None
 
+    @property
+    def lost_buses(self) -> dict[str, str]:
+        """Live buses whose interface vanished (being reopened), each with the error."""
+        return dict(self._live.lost) if self._live else {}
+
     def notifier(self, name: str) -> can.Notifier | None:
         """The Notifier of an open live bus, for ISO-TP stacks that share it."""
         return self._live.notifiers.get(name) if self._live else None

@@ -13,6 +13,10 @@ so, or longer than 8 bytes) is opened with ``fd=True``, without which the kernel
 no CAN FD frame to the socket. Other interfaces filter in python-can, which is slower
 than our own table look-up, so they get no filter.
 
+A socketcan interface may go down and up again (its sockets carry on) or vanish and come
+back under the same name (a reloaded driver: its sockets are dead for good): a bus whose
+interface vanished is closed and reopened, every :data:`REOPEN_S` seconds until it is back.
+
 Replays read candump ``.log`` files with :mod:`can_signals.candump`, which skips the
 python-can message of every line (unmapped frames never become one), and ``.asc``,
 ``.trc`` and ``.blf`` files with python-can's readers. A malformed line is counted and
@@ -23,7 +27,9 @@ so they keep its settings.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import struct
 import threading
 import time
@@ -50,6 +56,8 @@ _READ_ERRORS: Final = (ValueError, IndexError, KeyError, TypeError, OverflowErro
 #: What python-can's BLF reader raises on corrupt data, besides the errors above.
 _BINARY_ERRORS: Final = (EOFError, can.CanError, BLFParseError, zlib.error, struct.error)
 DEFAULT_BUS_NAME: Final = "can0"
+#: Seconds between attempts to reopen a bus whose interface vanished.
+REOPEN_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +93,12 @@ class LiveBuses:
         self._fd = fd
         self.buses: dict[str, can.BusABC] = {}
         self.notifiers: dict[str, can.Notifier] = {}
+        #: Buses whose interface vanished, and why; they are being reopened.
+        self.lost: dict[str, str] = {}
+        #: How many times a vanished interface's bus was reopened.
+        self.reopened = 0
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Open every bus and attach it to the processor.
@@ -92,28 +106,73 @@ class LiveBuses:
         Raises:
             SourceError: If a bus cannot be opened (every bus opened so far is closed).
         """
+        self._loop = loop
         try:
             for config in self._configs:
-                opened = _with_fd(config, self._fd(config.name))
-                bus = _open_bus(opened, self._kernel_filters(config.name))
-                self.buses[config.name] = bus
-                listener = self._processor.bus(config.name)
-                self.notifiers[config.name] = _notifier(bus, listener, loop)
+                self._open(config)
         except SourceError:
             self.stop()
             raise
 
+    def _open(self, config: BusConfig) -> None:
+        assert self._loop is not None
+        opened = _with_fd(config, self._fd(config.name))
+        bus = _open_bus(opened, self._kernel_filters(config.name))
+        self.buses[config.name] = bus
+        listener = self._processor.bus(config.name)
+        self.notifiers[config.name] = _notifier(
+            bus, listener, self._loop, lambda err: self._lose(config, err)
+        )
+
+    def _lose(self, config: BusConfig, err: Exception) -> None:
+        """The interface of a bus vanished (on the loop): close the bus, reopen it later."""
+        name = config.name
+        if name in self.lost:
+            return
+        self.lost[name] = str(err)
+        _log.error("CAN bus %s: the interface %s is gone (%s); reopening every %.0f s",
+                   name, config.channel, err, REOPEN_S)  # fmt: skip
+        notifier, bus = self.notifiers.pop(name, None), self.buses.pop(name, None)
+        if notifier is not None:
+            notifier.stop(timeout=0)
+        if bus is not None:
+            _shutdown(name, bus)
+        self._retry_later(config)
+
+    def _retry_later(self, config: BusConfig) -> None:
+        assert self._loop is not None
+        self._retries[config.name] = self._loop.call_later(REOPEN_S, self._reopen, config)
+
+    def _reopen(self, config: BusConfig) -> None:
+        self._retries.pop(config.name, None)
+        try:
+            self._open(config)
+        except SourceError as err:
+            _log.debug("CAN bus %s still cannot be reopened: %s", config.name, err)
+            self._retry_later(config)
+            return
+        del self.lost[config.name]
+        self.reopened += 1
+        _log.info("CAN bus %s: the interface %s is back", config.name, config.channel)
+
     def stop(self) -> None:
         """Detach and close every bus."""
+        for handle in self._retries.values():
+            handle.cancel()
+        self._retries.clear()
         for notifier in self.notifiers.values():
             notifier.stop(timeout=2.0)
         for name, bus in self.buses.items():
-            try:
-                bus.shutdown()
-            except (can.CanError, OSError) as err:
-                _log.warning("closing CAN bus %s: %s", name, err)
+            _shutdown(name, bus)
         self.notifiers.clear()
         self.buses.clear()
+
+
+def _shutdown(name: str, bus: can.BusABC) -> None:
+    try:
+        bus.shutdown()
+    except (can.CanError, OSError) as err:
+        _log.warning("closing CAN bus %s: %s", name, err)
 
 
 def _with_fd(config: BusConfig, fd: bool) -> BusConfig:  # noqa: FBT001 - one flag, named
@@ -127,6 +186,17 @@ def _open_bus(config: BusConfig, mapped_ids: list[tuple[int, bool]]) -> can.BusA
     options = dict(config.options)
     if config.interface == "socketcan" and mapped_ids:
         options["can_filters"] = kernel_filters(mapped_ids)
+    backend = can.interfaces.BACKENDS.get(config.interface, ("", ""))[0]
+    if backend == "can.interfaces.socketcan":
+        # python-can leaves its socket open when the interface is missing; a daemon
+        # retrying every few seconds would leave one per attempt to the garbage collector.
+        try:
+            socket.if_nametoindex(config.channel)
+        except OSError as err:
+            raise SourceError(
+                f"cannot open CAN bus {config.name!r} (socketcan {config.channel}): "
+                f"no such interface ({err.strerror or err})"
+            ) from err
     try:
         return can.Bus(interface=config.interface, channel=config.channel, **options)
     except (can.CanError, OSError, ValueError, ImportError, NotImplementedError) as err:
@@ -143,15 +213,64 @@ def kernel_filters(mapped_ids: list[tuple[int, bool]]) -> list[CanFilter]:
     ]
 
 
-def _notifier(bus: can.BusABC, listener: BusInput, loop: asyncio.AbstractEventLoop) -> can.Notifier:
+def _notifier(
+    bus: can.BusABC,
+    listener: BusInput,
+    loop: asyncio.AbstractEventLoop,
+    on_gone: Callable[[Exception], None],
+) -> can.Notifier:
     try:
         has_descriptor = bus.fileno() >= 0
     except NotImplementedError:
         has_descriptor = False
     # With a descriptor the Notifier reads on the loop; without one, in its own thread.
     if has_descriptor:
-        return can.Notifier(bus, [listener], timeout=0.5, loop=loop)
+        return LoopNotifier(bus, [listener], on_gone, timeout=0.5, loop=loop)
     return BatchingNotifier(bus, [listener], timeout=0.5)
+
+
+#: Receive errors meaning the interface is gone for good (its socket is unbound).
+_GONE: Final = frozenset({errno.ENODEV, errno.ENXIO})
+
+
+def _errno(err: BaseException) -> int | None:
+    code = getattr(err, "error_code", None) or getattr(err, "errno", None)
+    if code is None and err.__cause__ is not None:
+        return _errno(err.__cause__)
+    return code if isinstance(code, int) else None
+
+
+class LoopNotifier(can.Notifier):
+    """A Notifier reading a bus on the event loop that survives receive errors.
+
+    python-can's loop reader lets an error of ``recv`` escape into the event loop (a
+    traceback per error in the log, the listener's ``on_error`` never called). Here the
+    listeners hear of it; an interface that went down (``ENETDOWN``) keeps its socket,
+    which delivers again once it is up; one that vanished (``ENODEV``) is reported to
+    ``on_gone``, whose caller replaces the bus. It overrides python-can's private
+    ``_on_message_available`` (python-can is pinned below 5).
+    """
+
+    def __init__(
+        self,
+        bus: can.BusABC,
+        listeners: list[can.notifier.MessageRecipient],
+        on_gone: Callable[[Exception], None],
+        **kwargs: Any,
+    ) -> None:
+        self._on_gone = on_gone
+        super().__init__(bus, listeners, **kwargs)
+
+    def _on_message_available(self, bus: can.BusABC) -> None:
+        try:
+            msg = bus.recv(0)
+        except (can.CanError, OSError) as err:
+            self._on_error(err)
+            if _errno(err) in _GONE:
+                self._on_gone(err)
+            return
+        if msg:
+            self._on_message_received(msg)
 
 
 class BatchingNotifier(can.Notifier):
