@@ -6,6 +6,7 @@ Examples::
     touchpoint sim --scenario commute --record commute.log          # as fast as possible
     touchpoint sim --scenario fault --interface virtual --channel demo --speed 10
     touchpoint sim --scenario park_charge --interface remote --channel ws://127.0.0.1:54701/
+    touchpoint sim --scenario highway_service --start 2024-05-06T08:00:00Z --record old.log
 
 Progress (one line per phase) goes to stderr.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import signal
 import sys
 from collections.abc import Iterator
@@ -69,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the short variant of the scenario (a minute or two)")  # fmt: skip
     parser.add_argument("--start-odometer", type=float, metavar="KM",
                         help="odometer at the start, in km (default: the scenario's)")  # fmt: skip
+    parser.add_argument(
+        "--start", type=iso_time, metavar="ISO8601",
+        help="when the drive starts, e.g. 2024-05-06T08:00:00Z (without a zone: UTC): the "
+        "recording's timestamps and the car's GNSS time (default: 2024-05-06T07:30:00Z, "
+        "so recordings are reproducible)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=ScenarioOptions().seed,
                         help="seed of the scenario's random parts")  # fmt: skip
     parser.add_argument(
@@ -93,6 +101,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def iso_time(text: str) -> int:
+    """An ISO 8601 date and time (UTC unless it says otherwise) as whole UNIX seconds."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 date and time: {text!r} (e.g. 2024-05-06T08:00:00Z)"
+        ) from err
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    seconds = when.timestamp()
+    # The GNSS time is a 32-bit count of seconds, and 0xFFFFFFFF means "no time".
+    if not 0 <= seconds < 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 1970..2106 (GNSS time)")
+    return int(seconds)
+
+
 def _check(args: argparse.Namespace) -> str | None:
     if not args.scenario:
         return "--scenario is required (see --list)"
@@ -109,7 +134,10 @@ def _check(args: argparse.Namespace) -> str | None:
 
 def _run(args: argparse.Namespace) -> int:
     options = ScenarioOptions(
-        short=args.short, start_odometer_km=args.start_odometer, seed=args.seed
+        short=args.short,
+        start_odometer_km=args.start_odometer,
+        seed=args.seed,
+        utc_start_s=args.start,
     )
     scenario = build_scenario(args.scenario, options)
     speed = args.speed if args.speed is not None else (1.0 if args.interface else 0.0)
