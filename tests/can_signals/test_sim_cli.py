@@ -69,6 +69,7 @@ def test_record_matches_the_api_and_reports_each_phase(
         ["sim", "--scenario", "commute", "--interface", "virtual"],  # no channel
         ["sim", "--scenario", "commute", "--record", "x.log", "--speed", "-1"],
         ["sim", "--scenario", "commute", "--record", "x.log", "--ecu"],  # --ecu needs a bus
+        ["sim", "--scenario", "commute", "--record", "x.log", "--stay-awake"],  # so does this
     ],
 )
 def test_unusable_arguments_exit_2(

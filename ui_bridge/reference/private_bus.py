@@ -25,7 +25,7 @@ SESSION_CONFIG: Final = """<!DOCTYPE busconfig PUBLIC
   <type>session</type>
   <listen>{listen}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
+  <policy context="default">{any_user}
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
     <allow own="*"/>
@@ -74,9 +74,21 @@ def stop_dbus_daemon(process: subprocess.Popen[str]) -> None:
         process.stdout.close()
 
 
-def session_config(listen: str) -> str:
-    """A session bus's configuration listening on ``listen`` (``unix:path=...``)."""
-    return SESSION_CONFIG.format(listen=listen)
+#: Lets every local user connect, not only the bus's owner: for a development bus that
+#: processes of other users (a daemon run as its own user, a root shell) share.
+ANY_USER: Final = """
+    <allow user="*"/>"""
+
+
+def session_config(listen: str, *, any_user: bool = False) -> str:
+    """A session bus's configuration listening on ``listen`` (``unix:path=...``).
+
+    Args:
+        listen: The address to listen on.
+        any_user: Let every local user connect (development only); by default only
+            the bus's owner may, as on a session bus.
+    """
+    return SESSION_CONFIG.format(listen=listen, any_user=ANY_USER if any_user else "")
 
 
 @contextlib.contextmanager
