@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 import threading
 import time
@@ -70,7 +71,12 @@ class BusConfig:
 
 
 class LiveBuses:
-    """Opens live buses and feeds their frames to a processor until stopped."""
+    """Opens live buses and feeds their frames to a processor until stopped.
+
+    A bus whose reads fail (an interface taken down, an adapter unplugged, the
+    python-can-remote server gone) is closed and reported to ``on_lost`` once, on the
+    event loop; :meth:`reopen` brings it back.
+    """
 
     def __init__(
         self,
@@ -78,11 +84,13 @@ class LiveBuses:
         processor: FrameProcessor,
         kernel_filters: Callable[[str], list[tuple[int, bool]]],
         fd: Callable[[str], bool] = lambda _bus: False,
+        on_lost: Callable[[str, Exception], None] = lambda _bus, _err: None,
     ) -> None:
-        self._configs = configs
+        self._configs = {config.name: config for config in configs}
         self._processor = processor
         self._kernel_filters = kernel_filters
         self._fd = fd
+        self._on_lost = on_lost
         self.buses: dict[str, can.BusABC] = {}
         self.notifiers: dict[str, can.Notifier] = {}
 
@@ -93,27 +101,58 @@ class LiveBuses:
             SourceError: If a bus cannot be opened (every bus opened so far is closed).
         """
         try:
-            for config in self._configs:
-                opened = _with_fd(config, self._fd(config.name))
-                bus = _open_bus(opened, self._kernel_filters(config.name))
-                self.buses[config.name] = bus
-                listener = self._processor.bus(config.name)
-                self.notifiers[config.name] = _notifier(bus, listener, loop)
+            for name in self._configs:
+                self.attach(name, self.open(name), loop)
         except SourceError:
             self.stop()
             raise
+
+    def open(self, name: str) -> can.BusABC:
+        """Open the bus ``name`` (again); it may block a while, from any thread.
+
+        Raises:
+            SourceError: If it cannot be opened.
+        """
+        config = self._configs[name]
+        return _open_bus(_with_fd(config, self._fd(name)), self._kernel_filters(name))
+
+    def attach(self, name: str, bus: can.BusABC, loop: asyncio.AbstractEventLoop) -> None:
+        """Feed the frames of ``bus``, opened by :meth:`open`, to the processor (on the loop)."""
+        self.buses[name] = bus
+        listener = self._processor.bus(name)
+        self.notifiers[name] = _notifier(bus, listener, loop, lambda err: self._lost(name, err))
+
+    def _lost(self, name: str, err: Exception) -> None:
+        notifier, bus = self.notifiers.pop(name, None), self.buses.pop(name, None)
+        if notifier is not None:
+            notifier.stop(timeout=0)
+        if bus is not None:
+            _shut_down(name, bus)
+        self._on_lost(name, err)
 
     def stop(self) -> None:
         """Detach and close every bus."""
         for notifier in self.notifiers.values():
             notifier.stop(timeout=2.0)
         for name, bus in self.buses.items():
-            try:
-                bus.shutdown()
-            except (can.CanError, OSError) as err:
-                _log.warning("closing CAN bus %s: %s", name, err)
+            _shut_down(name, bus)
         self.notifiers.clear()
         self.buses.clear()
+
+
+def _shut_down(name: str, bus: can.BusABC) -> None:
+    try:
+        bus.shutdown()
+    except (can.CanError, OSError) as err:
+        _log.warning("closing CAN bus %s: %s", name, err)
+        # The interface failed half way (python-can-remote on a dead connection): mark
+        # the bus closed, or python-can tries again, and fails again, when it is collected.
+        can.BusABC.shutdown(bus)
+    # python-can-remote ends its websocket but leaves the socket to the garbage
+    # collector; closing a socket twice (socketcan's) is harmless.
+    sock = getattr(bus, "socket", None)
+    if isinstance(sock, socket.socket):
+        sock.close()
 
 
 def _with_fd(config: BusConfig, fd: bool) -> BusConfig:  # noqa: FBT001 - one flag, named
@@ -143,15 +182,52 @@ def kernel_filters(mapped_ids: list[tuple[int, bool]]) -> list[CanFilter]:
     ]
 
 
-def _notifier(bus: can.BusABC, listener: BusInput, loop: asyncio.AbstractEventLoop) -> can.Notifier:
+def _notifier(
+    bus: can.BusABC,
+    listener: BusInput,
+    loop: asyncio.AbstractEventLoop,
+    on_lost: Callable[[Exception], None],
+) -> can.Notifier:
     try:
         has_descriptor = bus.fileno() >= 0
     except NotImplementedError:
         has_descriptor = False
     # With a descriptor the Notifier reads on the loop; without one, in its own thread.
     if has_descriptor:
-        return can.Notifier(bus, [listener], timeout=0.5, loop=loop)
+        return LoopNotifier(bus, [listener], timeout=0.5, loop=loop, on_lost=on_lost)
     return BatchingNotifier(bus, [listener], timeout=0.5)
+
+
+class LoopNotifier(can.Notifier):
+    """A Notifier reading a bus on the event loop that survives the bus failing.
+
+    python-can's own lets the exception of a failed read out to the loop and keeps the
+    descriptor watched: a closed socket is readable for ever, so the loop would spin,
+    logging a traceback per turn. This one stops watching the bus at its first failed
+    read and tells ``on_lost`` (once), which decides what next.
+    """
+
+    def __init__(
+        self,
+        bus: can.BusABC,
+        listeners: list[BusInput],
+        *,
+        timeout: float,
+        loop: asyncio.AbstractEventLoop,
+        on_lost: Callable[[Exception], None],
+    ) -> None:
+        super().__init__(bus, listeners, timeout=timeout, loop=loop)
+        self._on_lost = on_lost
+
+    def _on_message_available(self, bus: can.BusABC) -> None:
+        try:
+            super()._on_message_available(bus)
+        except Exception as err:  # noqa: BLE001 - whatever the interface raises, the bus is gone
+            if self._stopped:
+                return
+            self.exception = err
+            self.stop(timeout=0)
+            self._on_lost(err)
 
 
 class BatchingNotifier(can.Notifier):
