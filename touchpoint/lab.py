@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -40,6 +42,8 @@ from ui_bridge.reference.private_bus import session_config, start_dbus_daemon, s
 VEHICLE_ID: Final = "lab-car-0001"
 #: How long each service may take to answer at start.
 START_TIMEOUT: Final = 15.0
+#: prctl(2)'s option: the signal a child gets when its parent thread dies.
+_PR_SET_PDEATHSIG: Final = 1
 #: The longest unix socket path (``sun_path`` holds 108 bytes with the final NUL).
 _MAX_SOCKET_PATH: Final = 107
 
@@ -212,7 +216,7 @@ class Lab:
         # Any local user may connect: the daemon may run as a user of its own. Never
         # for a car, whose bus policy is systemd/org.touchpoint.Agent1.conf.
         config.write_text(session_config(f"unix:path={socket_path}", any_user=True))
-        process, _ = start_dbus_daemon(config)
+        process, _ = start_dbus_daemon(config, preexec_fn=die_with_parent)
         self._processes["dbus-daemon"] = (process, config.with_suffix(".log"))
         self._stack.callback(stop_dbus_daemon, process)
         # The address it printed carries the bus's guid; the path alone outlives a restart.
@@ -229,7 +233,7 @@ class Lab:
 
     def _start_broker(self) -> PrivateBroker:
         pki = DevPki.create(self.directory / "pki")
-        broker = PrivateBroker(self.directory / "broker", pki)
+        broker = PrivateBroker(self.directory / "broker", pki, preexec_fn=die_with_parent)
         broker.start()
         self._stack.callback(broker.stop)
         process = broker._process  # noqa: SLF001 - watched like every other child
@@ -257,6 +261,8 @@ class Lab:
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.directory,
                 # Python children print as they go, so their logs can be followed.
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                # The lab starts every child before it starts any thread of its own.
+                preexec_fn=die_with_parent,  # noqa: PLW1509
             )  # fmt: skip
         self._processes[name] = (process, log_path)
         self._stack.callback(_terminate, process)
@@ -307,6 +313,20 @@ class Lab:
         self._processes.clear()
         self.info = None
         self._stack.close()
+
+
+def die_with_parent() -> None:
+    """In a child before it runs: get SIGTERM when the lab dies, even by SIGKILL.
+
+    Without it a lab killed outright (``kill -9``, the OOM killer) would leave its
+    broker, bus and servers running with nobody to stop them. Linux only; elsewhere
+    nothing happens.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:

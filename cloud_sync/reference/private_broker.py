@@ -16,7 +16,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -74,8 +74,16 @@ class PrivateBroker:
 
     host: Final = LOOPBACK
 
-    def __init__(self, directory: Path, pki: DevPki, *, plain: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        pki: DevPki,
+        *,
+        plain: bool = False,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.directory = directory
+        self.preexec_fn = preexec_fn
         self.pki = pki
         self.binary = mosquitto_binary()
         ports = free_ports(3 if plain else 2)
@@ -120,6 +128,7 @@ class PrivateBroker:
             self._process = subprocess.Popen(  # noqa: S603 - our binary, our config
                 [self.binary, "-c", str(self.config.config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.directory,
+                preexec_fn=self.preexec_fn,  # noqa: PLW1509 - given only by a single-threaded caller
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         # Mosquitto says "running" once every listener is open; a port taken meanwhile by

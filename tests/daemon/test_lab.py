@@ -318,3 +318,21 @@ def test_a_setting_toml_cannot_write_is_refused() -> None:
     settings = DaemonSettings(policy=PolicySettings(quiet_hours=None))
     with pytest.raises(ValueError, match=r"policy\.quiet_hours"):
         settings_toml(settings)
+
+
+@pytest.mark.slow
+def test_a_lab_killed_outright_takes_its_services_with_it(
+    tmp_path: Path, labs: Callable[[Path], Lab]
+) -> None:
+    lab = labs(tmp_path / "lab")
+    lab.wait_ready()
+    children = _descendants(lab.process.pid)
+    assert len(children) == 4, children
+    lab.process.kill()
+    lab.process.wait()
+    try:
+        _wait(lambda: not any(_alive(pid) for pid in children), "the lab's services to stop", 15)
+    finally:
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)  # so a failure leaves nothing behind

@@ -43,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a closed terminal would otherwise end the lab without its cleanup,
+    # and mosquitto and dbus-daemon take SIGHUP as "reload", not "stop".
+    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in stopping}
     lab = Lab(args.dir, booking=args.booking, should_stop=stop.is_set)
     try:
         try:

@@ -11,7 +11,7 @@ import contextlib
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -38,8 +38,14 @@ class PrivateBusError(BridgeError):
     """The dbus-daemon is not installed or did not start."""
 
 
-def start_dbus_daemon(config: Path) -> tuple[subprocess.Popen[str], str]:
+def start_dbus_daemon(
+    config: Path, *, preexec_fn: Callable[[], None] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     """Start ``dbus-daemon`` with ``config``; return it and the address it listens on.
+
+    Args:
+        config: The configuration file.
+        preexec_fn: Run in the child before ``dbus-daemon`` starts (see :mod:`subprocess`).
 
     Raises:
         PrivateBusError: If ``dbus-daemon`` is missing or exits without an address.
@@ -52,6 +58,7 @@ def start_dbus_daemon(config: Path) -> tuple[subprocess.Popen[str], str]:
         process = subprocess.Popen(  # noqa: S603 - our argv, no shell
             [binary, f"--config-file={config}", "--nofork", "--print-address"],
             stdout=subprocess.PIPE, stderr=stderr, text=True,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - given only by a single-threaded caller
         )  # fmt: skip
     assert process.stdout is not None
     address = process.stdout.readline().strip()
