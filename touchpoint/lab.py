@@ -84,7 +84,7 @@ class LabInfo:
             "the agent": f"touchpoint run --config {q(str(self.config))}",
             "the HMI": f"touchpoint hmi --address {q(self.dbus_address)}",
             "a drive": (
-                "touchpoint sim --scenario highway_service --short "
+                "touchpoint sim --scenario highway_service --short --stay-awake "
                 f"--interface {q(self.can_interface)} --channel {q(self.can_channel)}"
             ),
             "the cards": (

@@ -24,6 +24,7 @@ from typing import Final
 import pytest
 
 from agent.settings import PolicySettings
+from touchpoint.cli import main
 from touchpoint.devstack import settings_toml
 from touchpoint.settings import DaemonSettings, load_settings
 
@@ -336,3 +337,12 @@ def test_a_lab_killed_outright_takes_its_services_with_it(
         for pid in children:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)  # so a failure leaves nothing behind
+
+
+def test_a_missing_service_is_named_and_the_lab_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dbus-daemon on it
+    assert main(["lab", "--dir", str(tmp_path / "lab")]) == 1
+    assert "dbus-daemon is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "lab" / "env").exists()

@@ -3,7 +3,7 @@
 It starts a private D-Bus bus, a shared CAN bus, a development PKI, Mosquitto and the
 reference cloud on loopback, writes ``DIR/touchpoint.toml`` and then ``DIR/env``, prints
 ``ready`` and the commands that start the agent, the HMI and the simulator against
-them, and runs until Ctrl-C or SIGTERM, when it stops everything it started.
+them, and runs until Ctrl-C, SIGTERM or SIGHUP, when it stops everything it started.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Final, TextIO
 
-from touchpoint.lab import Lab, LabError, LabInfo
+from touchpoint.errors import TouchpointError
+from touchpoint.lab import Lab, LabInfo
 
 DEFAULT_DIR: Final = Path("touchpoint-lab")
 #: How often the lab looks whether a service stopped on its own.
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             info = lab.start()
-        except (LabError, OSError) as err:
+        except (TouchpointError, OSError) as err:  # a service missing or failing at start
             print(f"touchpoint lab: {err}", file=sys.stderr)
             return 0 if stop.is_set() else 1
         print_ready(info, sys.stdout)
