@@ -11,6 +11,7 @@ daemon, still running, takes the loss of its CAN bus in its stride.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ import pytest
 from agent.settings import PolicySettings
 from touchpoint.cli import main
 from touchpoint.devstack import settings_toml
+from touchpoint.lab import LabInfo
 from touchpoint.settings import DaemonSettings, load_settings
 
 CLI: Final = [sys.executable, "-m", "touchpoint.cli"]
@@ -346,3 +348,14 @@ def test_a_missing_service_is_named_and_the_lab_exits_1(
     assert main(["lab", "--dir", str(tmp_path / "lab")]) == 1
     assert "dbus-daemon is not installed" in capsys.readouterr().err
     assert not (tmp_path / "lab" / "env").exists()
+
+
+def test_the_readme_uses_only_variables_the_lab_exports(tmp_path: Path) -> None:
+    info = LabInfo(tmp_path, tmp_path / "t.toml", tmp_path / "env", "unix:path=/x", "remote",
+                   "ws://127.0.0.1:1/", 1, 2)  # fmt: skip
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Run the pieces yourself") :]
+    section = section[: section.index("\n## ")]
+    used = set(re.findall(r"\$TOUCHPOINT_LAB_[A-Z_]+", section))
+    assert used
+    assert {name[1:] for name in used} <= set(info.environment())
