@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from touchpoint.cli import main
 from touchpoint.devstack import settings_toml
 from touchpoint.lab import LabInfo
 from touchpoint.settings import DaemonSettings, load_settings
+from ui_bridge.reference.private_bus import session_config, start_dbus_daemon, stop_dbus_daemon
 
 CLI: Final = [sys.executable, "-m", "touchpoint.cli"]
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
@@ -359,3 +361,30 @@ def test_the_readme_uses_only_variables_the_lab_exports(tmp_path: Path) -> None:
     used = set(re.findall(r"\$TOUCHPOINT_LAB_[A-Z_]+", section))
     assert used
     assert {name[1:] for name in used} <= set(info.environment())
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("runuser") is None or shutil.which("busctl") is None,
+    reason="needs root (to act as another user), runuser and busctl",
+)
+@pytest.mark.parametrize("any_user", [False, True])
+def test_the_lab_bus_lets_other_local_users_in(*, any_user: bool) -> None:
+    # The lab's bus, like a session bus but for any user: a daemon run as a user of its
+    # own, or an HMI in another account, can connect to it. A session bus refuses them.
+    # (pytest's tmp_path is the owner's alone, so the bus lives elsewhere.)
+    with tempfile.TemporaryDirectory(prefix="tp-labbus-") as name:
+        directory = Path(name)
+        directory.chmod(0o755)
+        config = directory / "bus.conf"
+        config.write_text(session_config(f"unix:path={directory}/bus", any_user=any_user))
+        process, _ = start_dbus_daemon(config)
+        try:
+            done = subprocess.run(
+                ["runuser", "-u", "nobody", "--", "busctl", f"--address=unix:path={directory}/bus",
+                 "call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                 "GetId"],
+                capture_output=True, text=True, timeout=STEP_TIMEOUT, check=False,
+            )  # fmt: skip
+        finally:
+            stop_dbus_daemon(process)
+    assert (done.returncode == 0) is any_user, done.stderr
