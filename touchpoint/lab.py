@@ -167,6 +167,8 @@ class Lab:
         header = (
             "The development car, written by `touchpoint lab` at every start: edits are lost.",
             "Start the agent with: touchpoint run --config THIS_FILE",
+            "Development only: every consent is granted, and quiet_hours = [0, 0] is an empty",
+            "span (cards show at any hour).",
         )
         _write_atomically(self.config_file, settings_toml(settings, header))
         try:
