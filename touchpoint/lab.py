@@ -16,17 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import datetime as dt
 import fcntl
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
+import tomllib
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from cryptography import x509
 
 from can_signals.settings import BusSettings
 from cloud_sync.reference.cloud_sim import BookingAnswer
@@ -40,6 +46,8 @@ from ui_bridge.reference.private_bus import session_config, start_dbus_daemon, s
 
 #: The lab car's identity (its certificate's common name, its MQTT username).
 VEHICLE_ID: Final = "lab-car-0001"
+#: The PKI of an earlier lab is kept while it is valid for longer than this.
+PKI_REUSE_MIN: Final = dt.timedelta(days=7)
 #: How long each service may take to answer at start.
 START_TIMEOUT: Final = 15.0
 #: prctl(2)'s option: the signal a child gets when its parent thread dies.
@@ -117,6 +125,7 @@ class Lab:
         self.info: LabInfo | None = None
         self._stack = contextlib.ExitStack()
         self._processes: dict[str, tuple[_Child, Path]] = {}
+        self._previous = _Ports(None, None)
 
     @property
     def env_file(self) -> Path:
@@ -148,6 +157,7 @@ class Lab:
         self._lock()
         # An env left by a lab that was killed says "up" when nothing is.
         self.env_file.unlink(missing_ok=True)
+        self._previous = _previous_ports(self.config_file)
         dbus_address = self._start_dbus()
         self._check_stop()
         can_channel = self._start_can()
@@ -225,7 +235,7 @@ class Lab:
         return f"unix:path={socket_path}"
 
     def _start_can(self) -> str:
-        (port,) = free_ports(1)
+        port = self._previous.can_port or free_ports(1)[0]
         log = self.directory / "can-remote.log"
         argv = [sys.executable, "-m", "can_remote", "-i", "virtual", "-c", "lab",
                 "-H", LOOPBACK, "-p", str(port)]  # fmt: skip
@@ -234,8 +244,11 @@ class Lab:
         return f"ws://{LOOPBACK}:{port}/"
 
     def _start_broker(self) -> PrivateBroker:
-        pki = DevPki.create(self.directory / "pki")
-        broker = PrivateBroker(self.directory / "broker", pki, preexec_fn=die_with_parent)
+        pki = _pki(self.directory / "pki")
+        broker = PrivateBroker(
+            self.directory / "broker", pki,
+            preexec_fn=die_with_parent, port=self._previous.broker_port,
+        )  # fmt: skip
         broker.start()
         self._stack.callback(broker.stop)
         process = broker._process  # noqa: SLF001 - watched like every other child
@@ -315,6 +328,61 @@ class Lab:
         self._processes.clear()
         self.info = None
         self._stack.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Ports:
+    can_port: int | None
+    broker_port: int | None
+
+
+def _previous_ports(config: Path) -> _Ports:
+    """The CAN and broker ports of the lab before, where still free.
+
+    Taking them again lets an agent that outlived that lab find this one: it reopens its
+    CAN bus and reconnects to the D-Bus and the broker on its own.
+    """
+    try:
+        data = tomllib.loads(config.read_text(encoding="utf-8"))
+        channel = str(data["can"]["buses"][0]["channel"])
+        broker = int(data["cloud"]["port"])
+    except (OSError, ValueError, LookupError, TypeError):
+        return _Ports(None, None)
+    url = urllib.parse.urlsplit(channel)
+    can_port = url.port if url.hostname == LOOPBACK else None
+    return _Ports(
+        can_port if can_port is not None and _free(can_port) else None,
+        broker if _free(broker) else None,
+    )
+
+
+def _free(port: int) -> bool:
+    if not 0 < port < 65536:
+        return False
+    with socket.socket() as probe:
+        # As the servers bind: connections of the lab before, closed moments ago and
+        # waiting out TIME_WAIT on that port, do not keep it from listening there.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def _pki(directory: Path) -> DevPki:
+    """The PKI of the lab before, while it has a week to go; a new one otherwise.
+
+    Kept, the certificates an agent that outlived that lab still holds stay good.
+    """
+    try:
+        pki = DevPki.load(directory)
+        ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+        usable = pki.server_cert.exists() and pki.server_key.exists() and pki.crl.exists()
+    except (OSError, ValueError, TypeError):
+        return DevPki.create(directory)
+    left = ca.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    return pki if usable and left > PKI_REUSE_MIN else DevPki.create(directory)
 
 
 def die_with_parent() -> None:

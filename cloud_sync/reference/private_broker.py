@@ -69,7 +69,8 @@ class PrivateBroker:
     Two TLS listeners, as in a deployment: :attr:`port` for vehicles (client id forced
     to the certificate's CN) and :attr:`cloud_port` for the cloud; with ``plain`` also a
     plain-TCP :attr:`plain_port` for benchmarks. Certificates for any common name are
-    issued from :attr:`pki` on first use.
+    issued from :attr:`pki` on first use. Ports are free loopback ports, but ``port`` (the
+    vehicles', which a caller found free) when given.
     """
 
     host: Final = LOOPBACK
@@ -81,13 +82,15 @@ class PrivateBroker:
         *,
         plain: bool = False,
         preexec_fn: Callable[[], None] | None = None,
+        port: int | None = None,
     ) -> None:
         self.directory = directory
         self.preexec_fn = preexec_fn
         self.pki = pki
         self.binary = mosquitto_binary()
-        ports = free_ports(3 if plain else 2)
-        self.port, self.cloud_port = ports[0], ports[1]
+        # The kernel may offer a wanted port that is free just now as a free one too.
+        ports = [p for p in free_ports(4 if plain else 3) if p != port]
+        self.port, self.cloud_port = port or ports[0], ports[1]
         self.plain_port = ports[2] if plain else None
         self.config: BrokerConfig = render_broker_config(
             directory / "conf",

@@ -4,8 +4,9 @@ The lab starts; its ``env`` appears last and is sourced by bash; the daemon star
 ``touchpoint run --config DIR/touchpoint.toml`` reaches ``READY=1`` and serves the
 Manager on the lab's D-Bus, where ``busctl`` calls it; the simulator's frames on the
 lab's CAN bus reach the daemon (parked, its signals fresh, the car is no longer
-restricted); SIGTERM stops every process the lab started and removes ``env``, and the
-daemon, still running, takes the loss of its CAN bus in its stride.
+restricted); SIGTERM stops every process the lab started and removes ``env``; the
+daemon, still running, takes the loss of its CAN bus in its stride, and finds the CAN
+bus, the D-Bus and the broker again when a lab starts again in the same directory.
 """
 
 from __future__ import annotations
@@ -268,13 +269,29 @@ def test_the_daemon_and_the_simulator_run_against_the_lab_which_stops_every_chil
     assert not left, f"left running: {left}"
 
     # The daemon outlives the lab stopped under it: it says once that the bus is lost
-    # (and keeps trying), and stops cleanly.
+    # (and keeps trying). A lab started again in the same directory takes the same
+    # places, so the daemon finds its CAN bus, its D-Bus and its broker again by itself.
     time.sleep(2)
     assert daemon.poll() is None
+    again = labs(directory)
+    assert again.wait_ready() == exported
+    _wait(lambda: _restricted(address) == "b true", "the daemon back on the D-Bus")
+    sim = others(
+        [*CLI, "sim", "--scenario", "commute", "--short", "--speed", "20", "--stay-awake",
+         "--interface", interface, "--channel", channel],
+        tmp_path / "sim2.log", _clean_env(),
+    )  # fmt: skip
+    _wait(lambda: "ECUs still awake" in (tmp_path / "sim2.log").read_text(), "the drive's end")
+    _wait(lambda: _restricted(address) == "b false", "the daemon to see the car again")
+    cloud_log = directory / "cloud-sim.log"
+    _wait(lambda: "lab-car-0001 drive.summary" in cloud_log.read_text(), "the car's events")
+    sim.terminate()
+    assert sim.wait(timeout=STEP_TIMEOUT) == 0
     daemon.terminate()
     assert daemon.wait(timeout=STEP_TIMEOUT) == 0
     log = (tmp_path / "daemon.log").read_text()
     assert log.count("CAN bus can0 lost") == 1, log[-3000:]
+    assert log.count("CAN bus can0 is open again") == 1, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
 
 
