@@ -12,7 +12,6 @@ Typical use::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -25,13 +24,14 @@ import can
 
 from can_signals.binding import Binding, bind
 from can_signals.dbc import load_dbcs
+from can_signals.errors import SourceError
 from can_signals.mapping import read_mapping
 from can_signals.processor import FrameProcessor, ProcessorStats
 from can_signals.sources import BusConfig, LiveBuses, Replay
 from can_signals.stream import DEFAULT_CAPACITY, UpdateStream
 from can_signals.update import SignalUpdate
 from can_signals.vss import load_vss
-from touchpoint.tasks import Supervisor, beat
+from touchpoint.tasks import Supervisor, beat, idle
 
 _log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ _log = logging.getLogger(__name__)
 COALESCE_S: Final = 0.005
 #: How often a live pipeline looks for signals that stopped while the bus is silent.
 SILENCE_TICK: Final = 0.5
+#: How often a live bus that was lost is tried again, in seconds.
+REOPEN_S: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +75,12 @@ class SignalPipeline:
         self._stream: UpdateStream[SignalUpdate] | None = None
         self._live: LiveBuses | None = None
         self._replay: Replay | None = None
-        self._ticker: asyncio.Task[None] | None = None
         #: Runs the staleness watch of a live bus (restarted if it crashes).
         self.supervisor = Supervisor()
         self._held: deque[SignalUpdate] = deque()
         self.processor = FrameProcessor(binding, self._emit)
+        #: The live buses lost and not yet back, with why.
+        self.lost: dict[str, str] = {}
 
     @classmethod
     def from_files(
@@ -148,18 +151,47 @@ class SignalPipeline:
             self.processor,
             self.binding.frame_ids_for_bus,
             fd=self.binding.fd_for_bus,
+            on_lost=self._bus_lost,
         )
         live.start(loop)
         self._live = live
-        self._ticker = self.supervisor.start("signal staleness", self._watch_silence)
+        self.supervisor.start("signal staleness", self._watch_silence)
+
+    def _bus_lost(self, name: str, err: Exception) -> None:
+        # Its signals go stale on their own (the silence watch); the stream stays open,
+        # so the consumer waits for the bus to come back rather than ending.
+        self.lost[name] = str(err) or type(err).__name__
+        _log.error(
+            "CAN bus %s lost: %s; trying to open it again every %.0f s",
+            name, self.lost[name], REOPEN_S,
+        )  # fmt: skip
+        self.supervisor.start(f"reopen CAN bus {name}", lambda: self._reopen(name))
+
+    async def _reopen(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        while (live := self._live) is not None:
+            with idle():
+                await asyncio.sleep(REOPEN_S)
+            try:
+                # Off the loop: a server that takes the connection and never answers
+                # holds the opening for seconds.
+                bus = await asyncio.to_thread(live.open, name)
+            except SourceError as err:
+                self.lost[name] = str(err)
+                _log.debug("CAN bus %s still cannot be opened: %s", name, err)
+                continue
+            if self._live is not live:  # stopped meanwhile
+                await asyncio.to_thread(bus.shutdown)
+                return
+            live.attach(name, bus, loop)
+            del self.lost[name]
+            _log.warning("CAN bus %s is open again", name)
+            return
 
     async def stop(self) -> None:
         """Stop the sources; the stream ends once drained."""
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        # The staleness watch, and the reopening of a lost bus if one runs.
+        await self.supervisor.stop()
         if self._replay is not None:
             if self._stream is not None:
                 self._stream.close()  # unblocks a replay waiting for room
@@ -202,8 +234,8 @@ class SignalPipeline:
 
     @property
     def lost_buses(self) -> dict[str, str]:
-        """Live buses whose interface vanished (being reopened), each with the error."""
-        return dict(self._live.lost) if self._live else {}
+        """Live buses lost (a vanished interface, a dead connection), being reopened."""
+        return dict(self.lost)
 
     def notifier(self, name: str) -> can.Notifier | None:
         """The Notifier of an open live bus, for ISO-TP stacks that share it."""

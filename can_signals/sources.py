@@ -13,10 +13,6 @@ so, or longer than 8 bytes) is opened with ``fd=True``, without which the kernel
 no CAN FD frame to the socket. Other interfaces filter in python-can, which is slower
 than our own table look-up, so they get no filter.
 
-A socketcan interface may go down and up again (its sockets carry on) or vanish and come
-back under the same name (a reloaded driver: its sockets are dead for good): a bus whose
-interface vanished is closed and reopened, every :data:`REOPEN_S` seconds until it is back.
-
 Replays read candump ``.log`` files with :mod:`can_signals.candump`, which skips the
 python-can message of every line (unmapped frames never become one), and ``.asc``,
 ``.trc`` and ``.blf`` files with python-can's readers. A malformed line is counted and
@@ -56,8 +52,6 @@ _READ_ERRORS: Final = (ValueError, IndexError, KeyError, TypeError, OverflowErro
 #: What python-can's BLF reader raises on corrupt data, besides the errors above.
 _BINARY_ERRORS: Final = (EOFError, can.CanError, BLFParseError, zlib.error, struct.error)
 DEFAULT_BUS_NAME: Final = "can0"
-#: Seconds between attempts to reopen a bus whose interface vanished.
-REOPEN_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +72,12 @@ class BusConfig:
 
 
 class LiveBuses:
-    """Opens live buses and feeds their frames to a processor until stopped."""
+    """Opens live buses and feeds their frames to a processor until stopped.
+
+    A bus whose reads fail (an interface taken down, an adapter unplugged, the
+    python-can-remote server gone) is closed and reported to ``on_lost`` once, on the
+    event loop; :meth:`reopen` brings it back.
+    """
 
     def __init__(
         self,
@@ -86,19 +85,15 @@ class LiveBuses:
         processor: FrameProcessor,
         kernel_filters: Callable[[str], list[tuple[int, bool]]],
         fd: Callable[[str], bool] = lambda _bus: False,
+        on_lost: Callable[[str, Exception], None] = lambda _bus, _err: None,
     ) -> None:
-        self._configs = configs
+        self._configs = {config.name: config for config in configs}
         self._processor = processor
         self._kernel_filters = kernel_filters
         self._fd = fd
+        self._on_lost = on_lost
         self.buses: dict[str, can.BusABC] = {}
         self.notifiers: dict[str, can.Notifier] = {}
-        #: Buses whose interface vanished, and why; they are being reopened.
-        self.lost: dict[str, str] = {}
-        #: How many times a vanished interface's bus was reopened.
-        self.reopened = 0
-        self._retries: dict[str, asyncio.TimerHandle] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Open every bus and attach it to the processor.
@@ -106,73 +101,59 @@ class LiveBuses:
         Raises:
             SourceError: If a bus cannot be opened (every bus opened so far is closed).
         """
-        self._loop = loop
         try:
-            for config in self._configs:
-                self._open(config)
+            for name in self._configs:
+                self.attach(name, self.open(name), loop)
         except SourceError:
             self.stop()
             raise
 
-    def _open(self, config: BusConfig) -> None:
-        assert self._loop is not None
-        opened = _with_fd(config, self._fd(config.name))
-        bus = _open_bus(opened, self._kernel_filters(config.name))
-        self.buses[config.name] = bus
-        listener = self._processor.bus(config.name)
-        self.notifiers[config.name] = _notifier(
-            bus, listener, self._loop, lambda err: self._lose(config, err)
-        )
+    def open(self, name: str) -> can.BusABC:
+        """Open the bus ``name`` (again); it may block a while, from any thread.
 
-    def _lose(self, config: BusConfig, err: Exception) -> None:
-        """The interface of a bus vanished (on the loop): close the bus, reopen it later."""
-        name = config.name
-        if name in self.lost:
-            return
-        self.lost[name] = str(err)
-        _log.error("CAN bus %s: the interface %s is gone (%s); reopening every %.0f s",
-                   name, config.channel, err, REOPEN_S)  # fmt: skip
+        Raises:
+            SourceError: If it cannot be opened.
+        """
+        config = self._configs[name]
+        return _open_bus(_with_fd(config, self._fd(name)), self._kernel_filters(name))
+
+    def attach(self, name: str, bus: can.BusABC, loop: asyncio.AbstractEventLoop) -> None:
+        """Feed the frames of ``bus``, opened by :meth:`open`, to the processor (on the loop)."""
+        self.buses[name] = bus
+        listener = self._processor.bus(name)
+        self.notifiers[name] = _notifier(bus, listener, loop, lambda err: self._lost(name, err))
+
+    def _lost(self, name: str, err: Exception) -> None:
         notifier, bus = self.notifiers.pop(name, None), self.buses.pop(name, None)
         if notifier is not None:
             notifier.stop(timeout=0)
         if bus is not None:
-            _shutdown(name, bus)
-        self._retry_later(config)
-
-    def _retry_later(self, config: BusConfig) -> None:
-        assert self._loop is not None
-        self._retries[config.name] = self._loop.call_later(REOPEN_S, self._reopen, config)
-
-    def _reopen(self, config: BusConfig) -> None:
-        self._retries.pop(config.name, None)
-        try:
-            self._open(config)
-        except SourceError as err:
-            _log.debug("CAN bus %s still cannot be reopened: %s", config.name, err)
-            self._retry_later(config)
-            return
-        del self.lost[config.name]
-        self.reopened += 1
-        _log.info("CAN bus %s: the interface %s is back", config.name, config.channel)
+            _shut_down(name, bus)
+        self._on_lost(name, err)
 
     def stop(self) -> None:
         """Detach and close every bus."""
-        for handle in self._retries.values():
-            handle.cancel()
-        self._retries.clear()
         for notifier in self.notifiers.values():
             notifier.stop(timeout=2.0)
         for name, bus in self.buses.items():
-            _shutdown(name, bus)
+            _shut_down(name, bus)
         self.notifiers.clear()
         self.buses.clear()
 
 
-def _shutdown(name: str, bus: can.BusABC) -> None:
+def _shut_down(name: str, bus: can.BusABC) -> None:
     try:
         bus.shutdown()
     except (can.CanError, OSError) as err:
         _log.warning("closing CAN bus %s: %s", name, err)
+        # The interface failed half way (python-can-remote on a dead connection): mark
+        # the bus closed, or python-can tries again, and fails again, when it is collected.
+        can.BusABC.shutdown(bus)
+    # python-can-remote ends its websocket but leaves the socket to the garbage
+    # collector; closing a socket twice (socketcan's) is harmless.
+    sock = getattr(bus, "socket", None)
+    if isinstance(sock, socket.socket):
+        sock.close()
 
 
 def _with_fd(config: BusConfig, fd: bool) -> BusConfig:  # noqa: FBT001 - one flag, named
@@ -217,7 +198,7 @@ def _notifier(
     bus: can.BusABC,
     listener: BusInput,
     loop: asyncio.AbstractEventLoop,
-    on_gone: Callable[[Exception], None],
+    on_lost: Callable[[Exception], None],
 ) -> can.Notifier:
     try:
         has_descriptor = bus.fileno() >= 0
@@ -225,12 +206,13 @@ def _notifier(
         has_descriptor = False
     # With a descriptor the Notifier reads on the loop; without one, in its own thread.
     if has_descriptor:
-        return LoopNotifier(bus, [listener], on_gone, timeout=0.5, loop=loop)
+        return LoopNotifier(bus, [listener], timeout=0.5, loop=loop, on_lost=on_lost)
     return BatchingNotifier(bus, [listener], timeout=0.5)
 
 
-#: Receive errors meaning the interface is gone for good (its socket is unbound).
-_GONE: Final = frozenset({errno.ENODEV, errno.ENXIO})
+#: Receive errors of an interface that went down: its socket stays bound and delivers
+#: again once the interface is up (the kernel reports the error once).
+_DOWN: Final = frozenset({errno.ENETDOWN})
 
 
 def _errno(err: BaseException) -> int | None:
@@ -241,36 +223,41 @@ def _errno(err: BaseException) -> int | None:
 
 
 class LoopNotifier(can.Notifier):
-    """A Notifier reading a bus on the event loop that survives receive errors.
+    """A Notifier reading a bus on the event loop that survives the bus failing.
 
-    python-can's loop reader lets an error of ``recv`` escape into the event loop (a
-    traceback per error in the log, the listener's ``on_error`` never called). Here the
-    listeners hear of it; an interface that went down (``ENETDOWN``) keeps its socket,
-    which delivers again once it is up; one that vanished (``ENODEV``) is reported to
-    ``on_gone``, whose caller replaces the bus. It overrides python-can's private
-    ``_on_message_available`` (python-can is pinned below 5).
+    python-can's own lets the exception of a failed read out to the loop and keeps the
+    descriptor watched: a closed socket is readable for ever, so the loop would spin,
+    logging a traceback per turn. Here an interface that went down (``ENETDOWN``) is
+    told to the listeners and read on (its socket delivers again once it is up); any
+    other failure (a vanished interface, a dead python-can-remote connection) stops
+    watching the bus and tells ``on_lost`` (once), which decides what next. It overrides
+    python-can's private ``_on_message_available`` (python-can is pinned below 5).
     """
 
     def __init__(
         self,
         bus: can.BusABC,
-        listeners: list[can.notifier.MessageRecipient],
-        on_gone: Callable[[Exception], None],
-        **kwargs: Any,
+        listeners: list[BusInput],
+        *,
+        timeout: float,
+        loop: asyncio.AbstractEventLoop,
+        on_lost: Callable[[Exception], None],
     ) -> None:
-        self._on_gone = on_gone
-        super().__init__(bus, listeners, **kwargs)
+        super().__init__(bus, listeners, timeout=timeout, loop=loop)
+        self._on_lost = on_lost
 
     def _on_message_available(self, bus: can.BusABC) -> None:
         try:
-            msg = bus.recv(0)
-        except (can.CanError, OSError) as err:
-            self._on_error(err)
-            if _errno(err) in _GONE:
-                self._on_gone(err)
-            return
-        if msg:
-            self._on_message_received(msg)
+            super()._on_message_available(bus)
+        except Exception as err:  # noqa: BLE001 - whatever the interface raises, the bus is gone
+            if self._stopped:
+                return
+            if _errno(err) in _DOWN:
+                _log.warning("CAN bus %s: the interface is down (%s)", bus.channel_info, err)
+                return
+            self.exception = err
+            self.stop(timeout=0)
+            self._on_lost(err)
 
 
 class BatchingNotifier(can.Notifier):

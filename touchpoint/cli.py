@@ -40,6 +40,10 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
         "check a head unit's set-up: settings, D-Bus, CAN, cloud, store",
     ),
     "outbox": ("touchpoint.commands.outbox", "what waits to be sent to the cloud, read-only"),
+    "lab": (
+        "touchpoint.commands.lab",
+        "the pieces around the agent on loopback (D-Bus, CAN, broker, cloud), to run it yourself",
+    ),
 }
 
 

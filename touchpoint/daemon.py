@@ -580,10 +580,17 @@ class Daemon:
         loops = {n: r for s in self._supervisors() for n, r in s.loops.items()}
         self._health.write(
             loops, stalled=stalled, status=self._status(), wall=self._wall(),
-            problems={"cloud": self.cloud_problem, "can": self.can_problem,
+            problems={"cloud": self.cloud_problem, "can": self._can_trouble(),
                       "store": self._runner.store_problem if self._runner else None},
             counters={"dbus": self.bridge.stats()} if self.bridge is not None else {},
         )  # fmt: skip
+
+    def _can_trouble(self) -> str | None:
+        """What keeps CAN signals out: buses that never opened, or were lost since."""
+        pipeline = self._pipeline
+        if self.can_problem or pipeline is None or not pipeline.lost:
+            return self.can_problem
+        return "; ".join(f"CAN bus {name} lost: {why}" for name, why in pipeline.lost.items())
 
     def _status(self) -> str:
         runner = self._runner
@@ -592,8 +599,12 @@ class Daemon:
         outbox = runner.store.outbox_count if runner else 0
         if self._pipeline is None:
             source = "no CAN"
+        elif self.can_problem:
+            source = "CAN not open (retrying)"
+        elif self._pipeline.lost:
+            source = f"CAN bus lost (reopening): {', '.join(self._pipeline.lost)}"
         else:
-            source = "CAN not open (retrying)" if self.can_problem else "CAN ok"
+            source = "CAN ok"
         driving = "driving" if agent and agent.vehicle.driving else "parked"
         status = f"{source}, {driving}, {visible} card(s) shown, {outbox} event(s) to send"
         if self.cloud_problem:

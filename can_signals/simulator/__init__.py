@@ -39,6 +39,7 @@ from can_signals.simulator.scenarios import (
     SCENARIOS,
     SERVICE_THRESHOLD_KM,
     ScenarioOptions,
+    at_rest,
     build_scenario,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "Tick",
     "VehicleParams",
     "VehicleState",
+    "at_rest",
     "build_scenario",
     "load_reference_database",
     "record",

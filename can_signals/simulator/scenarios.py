@@ -197,6 +197,18 @@ def service_visit(options: ScenarioOptions) -> Scenario:
                     initial, tuple(phases))  # fmt: skip
 
 
+def at_rest(after: VehicleState, duration_ms: int) -> Scenario:
+    """The car parked after a drive, its ECUs still awake, for ``duration_ms``.
+
+    A parked car's ECUs keep sending a while after it is locked; a bus that goes silent
+    instead is, rightly, "state unknown" to the agent. The rest's clock starts at 0 (a
+    runner paces from it); its frames' time goes on from the drive's, rounded up to the
+    next second.
+    """
+    resting = replace(after, utc_start_s=after.utc_s + 1, clock_ms=0)
+    return Scenario("rest", "parked, the ECUs still awake", resting, (Phase("rest", duration_ms),))
+
+
 def _start(options: ScenarioOptions, default_km: float) -> float:
     km = options.start_odometer_km
     if km is None:

@@ -16,7 +16,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -74,19 +74,29 @@ class PrivateBroker:
     a plain-TCP :attr:`plain_port` for benchmarks. Certificates for any common name are
     issued from :attr:`pki` on first use, and a car is registered with the broker then
     (:meth:`register`), as provisioning would; ``vehicles`` are registered before the
-    first start (quicker for many).
+    first start (quicker for many). Ports are free loopback ports, but ``port`` (the
+    vehicles', which a caller found free) when given.
     """
 
     host: Final = LOOPBACK
 
     def __init__(
-        self, directory: Path, pki: DevPki, *, plain: bool = False, vehicles: Iterable[str] = ()
+        self,
+        directory: Path,
+        pki: DevPki,
+        *,
+        plain: bool = False,
+        vehicles: Iterable[str] = (),
+        preexec_fn: Callable[[], None] | None = None,
+        port: int | None = None,
     ) -> None:
         self.directory = directory
+        self.preexec_fn = preexec_fn
         self.pki = pki
         self.binary = mosquitto_binary()
-        ports = free_ports(3 if plain else 2)
-        self.port, self.cloud_port = ports[0], ports[1]
+        # The kernel may offer a wanted port that is free just now as a free one too.
+        ports = [p for p in free_ports(4 if plain else 3) if p != port]
+        self.port, self.cloud_port = port or ports[0], ports[1]
         self.plain_port = ports[2] if plain else None
         self.config: BrokerConfig = render_broker_config(
             directory / "conf",
@@ -131,6 +141,7 @@ class PrivateBroker:
             self._process = subprocess.Popen(  # noqa: S603 - our binary, our config
                 [self.binary, "-c", str(self.config.config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.directory,
+                preexec_fn=self.preexec_fn,  # noqa: PLW1509 - given only by a single-threaded caller
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         # Mosquitto says "running" once every listener is open; a port taken meanwhile by

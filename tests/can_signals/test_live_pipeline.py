@@ -9,6 +9,11 @@ so the computed ``can_filters`` and their effect are both visible.
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import can
 import can.interfaces
 import pytest
 
+from can_signals import pipeline as pipeline_module
 from can_signals.binding import bind
 from can_signals.dbc import load_dbc
 from can_signals.errors import SourceError
@@ -338,3 +344,88 @@ def test_cli_reports_a_corrupt_blf_with_status_1(
 
     assert status == 1
     assert "# replay error:" in capsys.readouterr().err
+
+
+def _remote_server(port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "can_remote", "-i", "virtual", "-c", f"lost-{port}",
+         "-H", "127.0.0.1", "-p", str(port)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("the python-can-remote server did not start")
+            time.sleep(0.05)
+        else:
+            return server
+
+
+def test_a_lost_bus_is_reported_once_and_opened_again(
+    write_file: WriteFile,
+    test_dbc: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A python-can-remote bus, whose server goes away and comes back (a lab stopped and
+    # started again). Before, python-can's Notifier left the dead socket watched by the
+    # loop: a traceback per turn of the loop, thousands a second, and no way back.
+    monkeypatch.setattr(pipeline_module, "REOPEN_S", 0.2)
+    mapping = write_file("m.yaml", "Vehicle.Speed:\n  dbc2vss: {signal: SPEED}\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    url = f"ws://127.0.0.1:{port}/"
+    servers = [_remote_server(port)]
+    loop_errors: list[dict[str, object]] = []
+
+    async def until(condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not condition():  # noqa: ASYNC110 - the pipeline has no event for it
+                await asyncio.sleep(0.05)
+
+    def send(kmh: float) -> None:
+        car = can.Bus(interface="remote", channel=url)
+        car.send(_vehicle_frame(test_dbc, kmh))
+        car.shutdown()
+        car.socket.close()  # type: ignore[attr-defined]  # left to the garbage collector
+
+    async def speeds(pipeline: SignalPipeline, kmh: float) -> None:
+        send(kmh)
+        async with asyncio.timeout(10):
+            async for update in pipeline:
+                if update.value == kmh:
+                    return
+
+    async def run() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, c: loop_errors.append(c))
+        pipeline = SignalPipeline.from_files(
+            mapping, [(None, test_dbc)], buses=[BusConfig("can0", "remote", url)]
+        )
+        async with pipeline:
+            await speeds(pipeline, 31.0)
+            servers[0].kill()
+            servers[0].wait()
+            await asyncio.sleep(1.0)  # the reopening fails a few times meanwhile
+            assert len(loop_errors) == 0, f"{len(loop_errors)} errors on the loop"
+            assert "can0" in pipeline.lost
+            assert pipeline.bus("can0") is None
+            servers.append(_remote_server(port))
+            await until(lambda: not pipeline.lost)
+            await speeds(pipeline, 42.0)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="can_signals.pipeline"):
+            asyncio.run(run())
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+    assert loop_errors == []
+    messages = [r.getMessage() for r in caplog.records if r.name == "can_signals.pipeline"]
+    assert len([m for m in messages if "lost" in m]) == 1, messages
+    assert "CAN bus can0 is open again" in messages

@@ -69,6 +69,7 @@ def test_record_matches_the_api_and_reports_each_phase(
         ["sim", "--scenario", "commute", "--interface", "virtual"],  # no channel
         ["sim", "--scenario", "commute", "--record", "x.log", "--speed", "-1"],
         ["sim", "--scenario", "commute", "--record", "x.log", "--ecu"],  # --ecu needs a bus
+        ["sim", "--scenario", "commute", "--record", "x.log", "--stay-awake"],  # so does this
     ],
 )
 def test_unusable_arguments_exit_2(
@@ -77,6 +78,37 @@ def test_unusable_arguments_exit_2(
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert not (tmp_path / "x.log").exists()
+
+
+def test_start_sets_the_recordings_clock_and_the_gnss_time(tmp_path: Path) -> None:
+    log = tmp_path / "old.log"
+    argv = ["sim", "--scenario", "commute", "--short", "--record", str(log)]
+    assert main([*argv, "--start", "2024-12-07T19:00:00+01:00"]) == 0
+    start = 1_733_594_400  # 2024-12-07T18:00:00Z
+    gnss = load_reference_database().get_message_by_name("GNSS_TIME").frame_id
+    with can.LogReader(str(log)) as reader:
+        frames = list(reader)
+    assert frames[0].timestamp == start
+    # GNSS_UTC_TIME: bits 0..31, little-endian, unsigned, in seconds.
+    times = [int.from_bytes(m.data[:4], "little") for m in frames if m.arbitration_id == gnss]
+    assert times[0] == start
+    assert times[-1] == start + int(frames[-1].timestamp - start)
+    # Without a zone it is UTC.
+    naive = tmp_path / "naive.log"
+    assert main([*argv[:-1], str(naive), "--start", "2024-12-07T18:00:00"]) == 0
+    assert naive.read_bytes() == log.read_bytes()
+
+
+@pytest.mark.parametrize("start", ["yesterday", "2107-01-01T00:00:00Z", "1969-12-31T23:59:59Z"])
+def test_an_unusable_start_is_refused(
+    start: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "x.log"
+    with pytest.raises(SystemExit) as stopped:
+        main(["sim", "--scenario", "commute", "--record", str(log), "--start", start])
+    assert stopped.value.code == 2
+    assert "--start" in capsys.readouterr().err
+    assert not log.exists()
 
 
 def test_live_virtual_bus_with_ecu_emulator() -> None:

@@ -37,6 +37,7 @@ from can_signals.simulator import (
     ScenarioOptions,
     ScenarioRunner,
     VehicleState,
+    at_rest,
     build_scenario,
     load_reference_database,
 )
@@ -248,13 +249,7 @@ class Demo:
         scenario = replace(scenario, initial=initial, phases=phases)
         self.timeline.line(f"SIM      drive '{scenario.name}': {scenario.description}")
         result = await self._play(scenario, channel, self.speed, report=True)
-        # Parked and locked, a car's ECUs stay awake a while: the bus does not go
-        # silent (which the agent would rightly take as "state unknown").
-        final = result.final
-        # The rest's clock starts at 0 (the runner paces from it); its frames' time goes
-        # on from the drive's, rounded up to the next second.
-        resting = replace(final, utc_start_s=final.utc_s + 1, clock_ms=0)
-        rest = Scenario("rest", "parked, the ECUs still awake", resting, (Phase("rest", REST_MS),))
+        rest = at_rest(result.final, REST_MS)
         self._resting = asyncio.create_task(self._play(rest, channel, 1.0), name="car at rest")
         return result.final
 

@@ -6,6 +6,7 @@ Examples::
     touchpoint sim --scenario commute --record commute.log          # as fast as possible
     touchpoint sim --scenario fault --interface virtual --channel demo --speed 10
     touchpoint sim --scenario park_charge --interface remote --channel ws://127.0.0.1:54701/
+    touchpoint sim --scenario highway_service --start 2024-05-06T08:00:00Z --record old.log
 
 Progress (one line per phase) goes to stderr.
 
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any, Final, TextIO
@@ -40,6 +43,7 @@ from can_signals.simulator import (
     ScenarioRunner,
     SimulatorError,
     VehicleState,
+    at_rest,
     build_scenario,
     load_reference_database,
 )
@@ -47,6 +51,8 @@ from can_signals.simulator.runner import Observer
 
 INTERFACES: Final = ("virtual", "socketcan", "remote")
 DEFAULT_LOG_CHANNEL: Final = "can0"
+#: How long ``--stay-awake`` keeps the parked car awake unless stopped first: a day.
+AWAKE_MS: Final = 86_400_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +75,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the short variant of the scenario (a minute or two)")  # fmt: skip
     parser.add_argument("--start-odometer", type=float, metavar="KM",
                         help="odometer at the start, in km (default: the scenario's)")  # fmt: skip
+    parser.add_argument(
+        "--start", type=iso_time, metavar="ISO8601",
+        help="when the drive starts, e.g. 2024-05-06T08:00:00Z (without a zone: UTC): the "
+        "recording's timestamps and the car's GNSS time (default: 2024-05-06T07:30:00Z, "
+        "so recordings are reproducible)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=ScenarioOptions().seed,
                         help="seed of the scenario's random parts")  # fmt: skip
+    parser.add_argument(
+        "--stay-awake", action="store_true",
+        help="on a live bus, after the drive keep the parked car's ECUs sending (real time) "
+        "until stopped; without it the bus goes silent, which the agent takes as 'state "
+        "unknown'",
+    )  # fmt: skip
     parser.add_argument(
         "--ecu", action="store_true",
         help="on a live bus, also answer OBD-II stored-DTC requests with the model's codes",
@@ -93,6 +111,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def iso_time(text: str) -> int:
+    """An ISO 8601 date and time (UTC unless it says otherwise) as whole UNIX seconds."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 date and time: {text!r} (e.g. 2024-05-06T08:00:00Z)"
+        ) from err
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    seconds = when.timestamp()
+    # The GNSS time is a 32-bit count of seconds, and 0xFFFFFFFF means "no time".
+    if not 0 <= seconds < 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 1970..2106 (GNSS time)")
+    return int(seconds)
+
+
 def _check(args: argparse.Namespace) -> str | None:
     if not args.scenario:
         return "--scenario is required (see --list)"
@@ -102,14 +137,18 @@ def _check(args: argparse.Namespace) -> str | None:
         return "nothing to do: give --interface and --channel, or --record FILE"
     if args.speed is not None and args.speed < 0:
         return "--speed must be 0 or more"
-    if args.ecu and not args.interface:
-        return "--ecu needs a live bus (--interface)"
+    for option, given in (("--ecu", args.ecu), ("--stay-awake", args.stay_awake)):
+        if given and not args.interface:
+            return f"{option} needs a live bus (--interface)"
     return None
 
 
 def _run(args: argparse.Namespace) -> int:
     options = ScenarioOptions(
-        short=args.short, start_odometer_km=args.start_odometer, seed=args.seed
+        short=args.short,
+        start_odometer_km=args.start_odometer,
+        seed=args.seed,
+        utc_start_s=args.start,
     )
     scenario = build_scenario(args.scenario, options)
     speed = args.speed if args.speed is not None else (1.0 if args.interface else 0.0)
@@ -133,7 +172,8 @@ def _run(args: argparse.Namespace) -> int:
         runner = ScenarioRunner(
             scenario, encoder, sinks, speed=speed, on_phase=progress, observers=observers
         )
-        stack.enter_context(_stop_on_signals(runner))
+        runners = [runner]
+        stopped = stack.enter_context(_stop_on_signals(runners))
         where = " and ".join(
             part
             for part in (
@@ -146,8 +186,22 @@ def _run(args: argparse.Namespace) -> int:
         print(f"scenario {scenario.name} ({scenario.description}) to {where}, {pace}",
               file=sys.stderr)  # fmt: skip
         result = runner.run()
-    _print_summary(result, sys.stderr)
-    return 0 if result.completed else 130
+        _print_summary(result, sys.stderr)
+        if not (args.stay_awake and result.completed):
+            return 0 if result.completed else 130
+        print("parked, the ECUs still awake: Ctrl-C stops", file=sys.stderr, flush=True)
+        # The log (if any) is closed: the rest goes to the bus alone.
+        buses = [sink for sink in sinks if isinstance(sink, BusSink)]
+        fresh = FrameEncoder(load_reference_database(), log_channel)
+        rest = ScenarioRunner(
+            at_rest(result.final, AWAKE_MS), fresh, buses, speed=1.0, observers=observers
+        )
+        runners.append(rest)
+        if stopped.is_set():  # a stop between the two runs is not lost
+            rest.stop()
+        rested = rest.run()
+    print(f"stopped after {rested.clock_ms / 1000:.0f} s awake", file=sys.stderr)
+    return 0
 
 
 def _progress_line(index: int, count: int, phase: Phase, state: VehicleState) -> str:
@@ -207,13 +261,18 @@ def _ecu_sync(interface: str, channel: str) -> Iterator[Observer]:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(runner: ScenarioRunner) -> Iterator[None]:
+def _stop_on_signals(runners: list[ScenarioRunner]) -> Iterator[threading.Event]:
+    """SIGINT and SIGTERM stop the runners (those added later too); the event tells."""
+    stopped = threading.Event()
+
     def stop(_signum: int, _frame: FrameType | None) -> None:
-        runner.stop()
+        stopped.set()
+        for runner in runners:
+            runner.stop()
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stopped
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

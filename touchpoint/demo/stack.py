@@ -18,20 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from agent.consent import CONSENTABLE
-from agent.settings import ConsentSettings, PolicySettings, StoreSettings, VehicleSettings
-from can_signals.settings import BusSettings, CanSettings, DbcSettings
-from can_signals.simulator import reference_files
+from can_signals.settings import BusSettings
 from cloud_sync.contract import WireEvent
 from cloud_sync.reference.cloud_sim import BookingAnswer, CloudSim, Endpoint
 from cloud_sync.reference.pki import CLOUD_USER, DevPki
 from cloud_sync.reference.private_broker import PrivateBroker, running_broker
-from cloud_sync.settings import CloudSettings
 from cloud_sync.signing import SigningKey
 from touchpoint.daemon import Daemon
+from touchpoint.devstack import car_settings
 from touchpoint.settings import DaemonSettings
 from ui_bridge.reference.private_bus import private_bus
-from ui_bridge.settings import DbusSettings
 
 #: The demo car's provisioned identity (its certificate's common name).
 VEHICLE_ID: Final = "demo-car-0001"
@@ -56,30 +52,14 @@ class Stack:
 def daemon_settings(
     directory: Path, bus_address: str, broker: PrivateBroker, key: SigningKey, can_channel: str
 ) -> DaemonSettings:
-    """The demo car's settings: the reference car on a virtual bus, everything private."""
-    files = reference_files()
-    cert, private_key = broker.credentials(VEHICLE_ID)
-    return DaemonSettings(
-        vehicle=VehicleSettings(id=VEHICLE_ID),
-        store=StoreSettings(path=directory / "touchpoint.db"),
-        can=CanSettings(
-            mapping=files.mapping,
-            dbc=[DbcSettings(file=files.dbc)],
-            buses=[BusSettings(name="can0", interface="virtual", channel=can_channel)],
-        ),
-        policy=PolicySettings(quiet_hours=None),  # the demo runs at any hour
-        consent=ConsentSettings(defaults=dict.fromkeys(CONSENTABLE, True)),
-        dbus=DbusSettings(address=bus_address, locale="en"),
-        cloud=CloudSettings(
-            host=broker.host,
-            port=broker.port,
-            ca_file=broker.pki.ca_cert,
-            cert_file=cert,
-            key_file=private_key,
-            signing_keys={key.key_id: key.public_base64()},
-            reconnect_min_s=0.2,
-            reconnect_max_s=2.0,
-        ),
+    """The demo car's settings: the development car on a virtual bus, everything private."""
+    return car_settings(
+        directory,
+        vehicle_id=VEHICLE_ID,
+        bus=BusSettings(name="can0", interface="virtual", channel=can_channel),
+        bus_address=bus_address,
+        broker=broker,
+        key=key,
     )
 
 

@@ -11,7 +11,7 @@ import contextlib
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -25,7 +25,7 @@ SESSION_CONFIG: Final = """<!DOCTYPE busconfig PUBLIC
   <type>session</type>
   <listen>{listen}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
+  <policy context="default">{any_user}
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
     <allow own="*"/>
@@ -38,8 +38,14 @@ class PrivateBusError(BridgeError):
     """The dbus-daemon is not installed or did not start."""
 
 
-def start_dbus_daemon(config: Path) -> tuple[subprocess.Popen[str], str]:
+def start_dbus_daemon(
+    config: Path, *, preexec_fn: Callable[[], None] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     """Start ``dbus-daemon`` with ``config``; return it and the address it listens on.
+
+    Args:
+        config: The configuration file.
+        preexec_fn: Run in the child before ``dbus-daemon`` starts (see :mod:`subprocess`).
 
     Raises:
         PrivateBusError: If ``dbus-daemon`` is missing or exits without an address.
@@ -52,6 +58,7 @@ def start_dbus_daemon(config: Path) -> tuple[subprocess.Popen[str], str]:
         process = subprocess.Popen(  # noqa: S603 - our argv, no shell
             [binary, f"--config-file={config}", "--nofork", "--print-address"],
             stdout=subprocess.PIPE, stderr=stderr, text=True,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - given only by a single-threaded caller
         )  # fmt: skip
     assert process.stdout is not None
     address = process.stdout.readline().strip()
@@ -74,9 +81,21 @@ def stop_dbus_daemon(process: subprocess.Popen[str]) -> None:
         process.stdout.close()
 
 
-def session_config(listen: str) -> str:
-    """A session bus's configuration listening on ``listen`` (``unix:path=...``)."""
-    return SESSION_CONFIG.format(listen=listen)
+#: Lets every local user connect, not only the bus's owner: for a development bus that
+#: processes of other users (a daemon run as its own user, a root shell) share.
+ANY_USER: Final = """
+    <allow user="*"/>"""
+
+
+def session_config(listen: str, *, any_user: bool = False) -> str:
+    """A session bus's configuration listening on ``listen`` (``unix:path=...``).
+
+    Args:
+        listen: The address to listen on.
+        any_user: Let every local user connect (development only); by default only
+            the bus's owner may, as on a session bus.
+    """
+    return SESSION_CONFIG.format(listen=listen, any_user=ANY_USER if any_user else "")
 
 
 @contextlib.contextmanager
