@@ -71,6 +71,9 @@ class ScriptedDriver:
         self._say = say
         self._moving = moving
         self._handled: set[str] = set()
+        #: Cards reported seen: one that left the screen (driving) and came back is seen
+        #: again, but it is one impression, as the agent counts it (card.shown once).
+        self._reported: set[str] = set()
         self._on_bus: set[str] = set()
         self._moving_since: float | None = None
         self._booked = False
@@ -136,7 +139,9 @@ class ScriptedDriver:
             return  # gone before the driver looked (driving started)
         try:
             await self.client.report_shown(card.path)
-            self.log.impressions += 1
+            if card.path not in self._reported:
+                self._reported.add(card.path)
+                self.log.impressions += 1
             self._say(f"HMI      driver saw: {card.title!r}")
             if self.client.state.restricted:
                 return  # no tapping while driving
