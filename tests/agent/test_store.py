@@ -317,7 +317,7 @@ def test_a_schema_newer_than_the_code_is_refused(db: Path) -> None:
 def test_an_unwritable_directory_is_a_store_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(StoreError, match="cannot create the store at .*Not a directory"):
+    with pytest.raises(StoreError, match=r"cannot create the store at .*Not a directory"):
         Store.open(blocker / "sub" / "touchpoint.db")
 
 
