@@ -14,12 +14,14 @@ DEB_PACKAGES := dbus mosquitto mosquitto-clients systemd faketime
 # Where each package's binary lands, to tell whether it is installed (sbin may not be on PATH).
 DEB_PROBES := /usr/bin/dbus-daemon /usr/sbin/mosquitto /usr/bin/mosquitto_sub /usr/bin/systemd-analyze /usr/bin/faketime
 
-.PHONY: help venv deb-deps lint typecheck pytest test demo bench clean
+.PHONY: help venv deb-deps lint typecheck pytest test demo bench soak clean
 
 help:
 	@echo "make demo   - the whole loop: simulated car -> CAN -> agent -> D-Bus HMI + MQTT cloud, and back"
 	@echo "make test   - venv + packages + lint + type checks + test suite"
 	@echo "make bench  - print the performance figures"
+	@echo "make soak   - the random soak over the real daemon (SOAK_S seconds, default 600; the"
+	@echo "              seed from TOUCHPOINT_SEED), then the kill loop (SOAK_KILLS kills, default 100)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +61,18 @@ demo: $(STAMP) deb-deps
 
 bench: $(STAMP) deb-deps
 	$(BIN)/python -m bench
+
+# The soak (tests/soak): SOAK_S and TOUCHPOINT_SEED as make arguments or from the
+# environment; the same seed runs both parts. SOAK_SOURCE=simlog or rav4 plays a
+# recording as the car instead of the simulator.
+SOAK_S ?= 600
+SOAK_KILLS ?= 100
+SOAK_SOURCE ?= simulator
+TOUCHPOINT_SEED ?=
+soak: $(STAMP) deb-deps
+	@seed="$(TOUCHPOINT_SEED)"; [ -n "$$seed" ] || seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
+	TOUCHPOINT_SEED=$$seed $(BIN)/python -m tests.soak walk --seconds $(SOAK_S) --source $(SOAK_SOURCE) && \
+	TOUCHPOINT_SEED=$$seed $(BIN)/python -m tests.soak kill --kills $(SOAK_KILLS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -73,7 +73,7 @@ class Bounds:
     #: does: the pending timeout plus the same margin.
     request_timeout_s: float = 120.0
     #: How long a parked-only card may stay on the bus after the car moved off.
-    moving_grace_s: float = 5.0
+    moving_grace_s: float = 10.0
     #: How long the car must stand (and the daemon run) before a due card must show.
     parked_settle_s: float = 8.0
     #: How far a trusted event time may be from the real time range of the run.

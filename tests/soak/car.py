@@ -72,6 +72,23 @@ class Segment:
     speed: float = 1.0
 
 
+class _TruthSink:
+    """A sink that tells the car each frame really went out."""
+
+    def __init__(self, sink: BusSink, sent: Callable[[], None]) -> None:
+        self._sink = sink
+        self._sent = sent
+
+    def send(self, message: can.Message) -> None:
+        """Send, then say so."""
+        self._sink.send(message)
+        self._sent()
+
+    def close(self) -> None:
+        """Close the wrapped sink."""
+        self._sink.close()
+
+
 class SimCar:
     """The simulated car, driving segments on request (see the module docstring).
 
@@ -93,14 +110,17 @@ class SimCar:
         self._busy = threading.Event()
         self._stop = threading.Event()
         self._runner: ScenarioRunner | None = None
+        self._staged: VehicleState | None = None
         self._thread = threading.Thread(target=self._run, name="soak car", daemon=True)
+        self._listener = threading.Thread(target=self._listen, name="soak listener", daemon=True)
         self.error: BaseException | None = None
 
     # -- control ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start sending."""
+        """Start sending, and listening for what the bus delivers."""
         self._thread.start()
+        self._listener.start()
 
     def stop(self) -> None:
         """Stop sending and wait for the thread."""
@@ -109,6 +129,7 @@ class SimCar:
         if runner is not None:
             runner.stop()
         self._thread.join(timeout=10)
+        self._listener.join(timeout=10)
 
     def play(self, segment: Segment, *, wait: bool = True, timeout: float = 300.0) -> None:
         """Play ``segment`` next; with ``wait``, return once it was played."""
@@ -163,18 +184,49 @@ class SimCar:
 
     # -- the thread -------------------------------------------------------------------
 
+    def _stage(self, state: VehicleState) -> None:
+        """A new state, not on the bus yet (the runner calls this before sending)."""
+        self._staged = state
+
+    def _sent(self) -> None:
+        """A frame went out: the truth is now the state it came from."""
+        staged = self._staged
+        if staged is not None:
+            self._staged = None
+            self._observe(staged)
+
     def _observe(self, state: VehicleState) -> None:
-        now = time.monotonic()
-        moving = state.speed_kmh > MOVING_KMH
         with self._lock:
             self._state = state
+            low, high = self._odometer
+            shown = int(state.odometer_km * 10) / 10
+            self._odometer = (min(low, shown), max(high, shown))
+
+    def _listen(self) -> None:
+        """Motion as the bus delivers it: another client of the server, as the daemon is.
+
+        On a loaded machine the bus can trail the simulator by seconds: the daemon can
+        only react to what it was given, so the truth is what a listener received.
+        """
+        speed = self._database.get_message_by_name("VEHICLE_SPEED")
+        with can.Bus(interface="remote", channel=self._channel) as bus:
+            while not self._stop.is_set():
+                message = bus.recv(0.5)
+                if message is None or message.arbitration_id != speed.frame_id:
+                    continue
+                with contextlib.suppress(ValueError, KeyError):
+                    decoded = speed.decode(bytes(message.data))
+                    kmh = decoded.get("VEHICLE_SPEED") if isinstance(decoded, dict) else None
+                    if isinstance(kmh, int | float):
+                        self._moved(float(kmh) > MOVING_KMH)
+
+    def _moved(self, moving: bool) -> None:
+        now = time.monotonic()
+        with self._lock:
             if moving and self._moving_since is None:
                 self._moving_since = now
             elif not moving and self._moving_since is not None:
                 self._moving_since, self._parked_since = None, now
-            low, high = self._odometer
-            shown = int(state.odometer_km * 10) / 10
-            self._odometer = (min(low, shown), max(high, shown))
 
     def _run(self) -> None:
         try:
@@ -206,9 +258,11 @@ class SimCar:
         runner = ScenarioRunner(
             scenario,
             FrameEncoder(self._database),
-            [BusSink(bus)],
+            [_TruthSink(BusSink(bus), self._sent)],
             speed=segment.speed,
-            observers=[self._observe],
+            # The truth follows the frames actually sent: a bus that lags behind the
+            # simulator (a loaded machine) must not make the car "move" early.
+            observers=[self._stage],
         )
         self._runner = runner
         if self._stop.is_set():
@@ -227,6 +281,7 @@ class RecordedCar:
         channel: The python-can-remote URL.
         log: The candump log.
         decode: Frame -> (moving, odometer km), each None when the frame does not say.
+        channels: The log's channels to play (a live bus is one of the car's buses).
     """
 
     def __init__(
@@ -234,9 +289,12 @@ class RecordedCar:
         channel: str,
         log: Path,
         decode: Callable[[can.Message], tuple[bool | None, float | None]],
+        channels: frozenset[str] = frozenset({"can0"}),
     ) -> None:
         self._channel = channel
-        self._frames: Sequence[can.Message] = list(can.LogReader(str(log)))
+        self._frames: Sequence[can.Message] = [
+            m for m in can.LogReader(str(log)) if m.channel is None or str(m.channel) in channels
+        ]
         self._decode = decode
         self._position = 0
         self._lock = threading.Lock()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from agent.plan import ServiceHistory, ServiceRecord, default_plan
-from can_signals.simulator import Gear, Ignition, Phase, VehicleState
+from can_signals.simulator import Gear, Ignition, Phase, VehicleState, record
 from can_signals.simulator.scenario import (
     ClearDtc,
     PlugCable,
@@ -43,7 +43,7 @@ from can_signals.simulator.scenario import (
 )
 from cloud_sync.contract import DocumentKind
 from cloud_sync.reference.demo_content import demo_campaign, demo_wallet
-from tests.daemon.killharness import OilMonitorDrops
+from tests.daemon.killharness import OilMonitorDrops, kill_loop_drive
 from tests.invariants.checker import (
     INVARIANTS,
     Bounds,
@@ -54,6 +54,7 @@ from tests.invariants.checker import (
 )
 from tests.invariants.views import NO_SCREEN, ScreenView, read_store
 from tests.soak.car import RecordedCar, Segment, SimCar, drive_phases
+from tests.soak.recordings import RAV4_DIR, rav4_decoder, rav4_setup, reference_decoder
 from tests.soak.stack import REQUEST_TIMEOUT_S, VEHICLE_ID, World, running_world
 from ui_bridge.reference.hmi_client import HmiClient, HmiError
 
@@ -62,7 +63,7 @@ _log = logging.getLogger(__name__)
 #: The car's odometer at the start: the oil-life monitor, not distance, decides.
 START_ODOMETER_KM: Final = 8_000.0
 #: How fast drive segments play (the car's clock runs this much faster than real).
-DRIVE_SPEED: Final = 8.0
+DRIVE_SPEED: Final = 2.0
 #: Codes the soak raises and clears (the reference DTC catalogue knows them).
 CODES: Final = ("P0301", "P0420", "P0171", "C0035")
 #: How long one D-Bus call or wait for the agent may take.
@@ -205,7 +206,7 @@ async def drive(run: Run) -> str:
     clock going wrong) happen while it drives, and the checks run mid-drive.
     """
     rng = run.rng
-    duration = rng.randrange(10_000, 90_000)
+    duration = rng.randrange(10_000, 45_000)
     profile = city(rng, duration) if rng.random() < 0.6 else highway(rng, duration)
     actions: list[object] = []
     if rng.random() < 0.4:
@@ -472,21 +473,52 @@ STEPS: Final[dict[str, tuple[Step, float]]] = {
 }  # fmt: skip
 
 
+async def play_recording(run: Run) -> str:
+    """The recording goes on for a while (it loops at its end)."""
+    car = run.car
+    assert isinstance(car, RecordedCar)
+    seconds = run.rng.uniform(2, 12)
+    await asyncio.to_thread(car.play, seconds)
+    return f"recording {seconds:.0f} s (loop {car.loops})"
+
+
+#: The car's own steps, replaced by the recording's when a recording is the car.
+CAR_STEPS: Final = frozenset({"drive", "park", "charge", "fault", "bad_frame", "gnss_no_fix"})
+#: The car, by ``--source``.
+SOURCES: Final = ("simulator", "simlog", "rav4")
+
+
+def recording_steps() -> dict[str, tuple[Step, float]]:
+    """The soak's steps with a recording as the car."""
+    steps = {k: v for k, v in STEPS.items() if k not in CAR_STEPS}
+    steps["recording"] = (play_recording, 12)
+    return steps
+
+
 async def soak(
     seconds: float, seed: int, directory: Path, out: TextIO, *,
-    fake_clock: bool = True,
+    fake_clock: bool = True, source: str = "simulator",
 ) -> int:  # fmt: skip
     """Run the soak for ``seconds``; 0 if every invariant held, 1 at the first violation."""
     rng = random.Random(seed)
-    with running_world(directory, fake_clock=fake_clock) as world:
-        initial = VehicleState(
-            utc_start_s=int(time.time()), odometer_km=START_ODOMETER_KM, oil_life_pct=40.0,
-            soc_pct=60.0, gear=Gear.P,
-        )  # fmt: skip
-        car = SimCar(world.can.url, initial)
-        car.start()
-        run = Run(world, car, rng, out)
-        return await _walk(run, seconds, STEPS)
+    setup = rav4_setup() if source == "rav4" else None
+    with running_world(directory, fake_clock=fake_clock, car=setup) as world:
+        if source == "simulator":
+            initial = VehicleState(
+                utc_start_s=int(time.time()), odometer_km=START_ODOMETER_KM, oil_life_pct=40.0,
+                soc_pct=60.0, gear=Gear.P,
+            )  # fmt: skip
+            car = SimCar(world.can.url, initial)
+            car.start()
+            return await _walk(Run(world, car, rng, out), seconds, STEPS)
+        if source == "simlog":
+            log = directory / "simulator.log"
+            record(kill_loop_drive(2, utc_start_s=int(time.time()), seed=seed), log)
+            recorded = RecordedCar(world.can.url, log, reference_decoder())
+        else:
+            recorded = RecordedCar(world.can.url, RAV4_DIR / "drive_seg40.log", rav4_decoder())
+        recorded.start()
+        return await _walk(Run(world, recorded, rng, out), seconds, recording_steps())
 
 
 async def _walk(run: Run, seconds: float, steps: dict[str, tuple[Step, float]]) -> int:
@@ -533,12 +565,14 @@ async def _walk(run: Run, seconds: float, steps: dict[str, tuple[Step, float]]) 
     return status
 
 
-def main(seconds: float, seed: int | None, keep: Path | None = None) -> int:
+def main(
+    seconds: float, seed: int | None, keep: Path | None = None, *, source: str = "simulator"
+) -> int:
     """Print the seed first, run, return the exit status."""
     chosen = seed if seed is not None else random.SystemRandom().randrange(2**32)
     print(f"TOUCHPOINT_SEED={chosen}", flush=True)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if keep is not None:
-        return asyncio.run(soak(seconds, chosen, keep, sys.stdout))
+        return asyncio.run(soak(seconds, chosen, keep, sys.stdout, source=source))
     with tempfile.TemporaryDirectory(prefix="touchpoint-soak-") as directory:
-        return asyncio.run(soak(seconds, chosen, Path(directory), sys.stdout))
+        return asyncio.run(soak(seconds, chosen, Path(directory), sys.stdout, source=source))
