@@ -75,7 +75,7 @@ class Bounds:
     #: How long a parked-only card may stay on the bus after the car moved off.
     moving_grace_s: float = 10.0
     #: How long the car must stand (and the daemon run) before a due card must show.
-    parked_settle_s: float = 8.0
+    parked_settle_s: float = 20.0
     #: How far a trusted event time may be from the real time range of the run.
     time_slack_s: float = 300.0
     #: How far the odometer may read above what the car really sent (km).

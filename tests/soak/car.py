@@ -111,6 +111,7 @@ class SimCar:
         self._stop = threading.Event()
         self._runner: ScenarioRunner | None = None
         self._staged: VehicleState | None = None
+        self._standing = True
         self._thread = threading.Thread(target=self._run, name="soak car", daemon=True)
         self._listener = threading.Thread(target=self._listen, name="soak listener", daemon=True)
         self.error: BaseException | None = None
@@ -136,8 +137,8 @@ class SimCar:
         self._busy.set()
         self._segments.put(segment)
         runner = self._runner
-        if runner is not None:
-            runner.stop()  # end the stand-still stretch now
+        if runner is not None and self._standing:
+            runner.stop()  # end the stand-still stretch now (never a segment asked for)
         if wait:
             deadline = time.monotonic() + timeout
             while self._busy.is_set() and time.monotonic() < deadline:
@@ -235,9 +236,11 @@ class SimCar:
                     self._send_raw(bus)
                     try:
                         segment = self._segments.get_nowait()
+                        self._standing = False
                     except queue.Empty:
                         self._busy.clear()
                         segment = Segment("stand", (Phase("stand", HOLD_MS),), speed=1.0)
+                        self._standing = True
                     self._play(bus, segment)
         except BaseException as err:  # noqa: BLE001 - kept for the soak to report
             self.error = err

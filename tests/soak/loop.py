@@ -55,7 +55,7 @@ from tests.invariants.checker import (
 from tests.invariants.views import NO_SCREEN, ScreenView, read_store
 from tests.soak.car import RecordedCar, Segment, SimCar, drive_phases
 from tests.soak.recordings import RAV4_DIR, rav4_decoder, rav4_setup, reference_decoder
-from tests.soak.stack import REQUEST_TIMEOUT_S, VEHICLE_ID, World, running_world
+from tests.soak.stack import REQUEST_TIMEOUT_S, VEHICLE_ID, World, running_world, stop_on_sigterm
 from ui_bridge.reference.hmi_client import HmiClient, HmiError
 
 _log = logging.getLogger(__name__)
@@ -571,6 +571,7 @@ def main(
     """Print the seed first, run, return the exit status."""
     chosen = seed if seed is not None else random.SystemRandom().randrange(2**32)
     print(f"TOUCHPOINT_SEED={chosen}", flush=True)
+    stop_on_sigterm()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if keep is not None:
         return asyncio.run(soak(seconds, chosen, keep, sys.stdout, source=source))

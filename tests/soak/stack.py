@@ -24,6 +24,7 @@ the daemon is started through :mod:`tests.soak.faked_run`, which puts a
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import os
 import signal
@@ -52,6 +53,19 @@ LIBFAKETIME: Final = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1
 REQUEST_TIMEOUT_S: Final = 30.0
 #: How long a daemon start may take (imports, the store, the bus name).
 START_TIMEOUT_S: Final = 30.0
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops a run as Ctrl-C does: everything it started is stopped too.
+
+    SIGUSR1 prints every thread's stack (a run that seems stuck).
+    """
+    faulthandler.register(signal.SIGUSR1)
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def free_port() -> int:
