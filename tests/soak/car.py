@@ -157,6 +157,11 @@ class SimCar:
         )
 
     @property
+    def busy(self) -> bool:
+        """Whether a segment asked for is still playing or waiting to."""
+        return self._busy.is_set()
+
+    @property
     def database(self) -> cantools.database.Database:
         """The reference DBC."""
         db: cantools.database.Database = self._database

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from can_signals.simulator import Gear, Ignition, Phase, VehicleState
-from can_signals.simulator.scenario import PlugCable, RaiseDtc, SetIgnition, UnplugCable, city
+from can_signals.simulator.scenario import (
+    STANDSTILL,
+    PlugCable,
+    RaiseDtc,
+    SetIgnition,
+    UnplugCable,
+    constant,
+)
 from tests.daemon.killharness import OilMonitorDrops
 from tests.invariants.checker import GAVE_UP, INVARIANTS, LOST, Violation
 from tests.invariants.views import read_store
@@ -67,15 +74,16 @@ async def _keep_driving(run: Run) -> None:
     cycle = 0
     while True:
         cycle += 1
-        duration = rng.randrange(15_000, 40_000)
+        duration = rng.randrange(5_000, 15_000)
         actions: list[object] = []
         if cycle % 3 == 0:
             actions.append(OilMonitorDrops(max(0.0, 20.0 - 4 * cycle)))
         if cycle % 4 == 1:
             actions.append(RaiseDtc(rng.choice(("P0301", "P0420", "P0171"))))
-        phase = Phase("drive", duration, tuple(actions), city(rng, duration))  # type: ignore[arg-type]
-        await asyncio.to_thread(car.play, Segment("drive", tuple(drive_phases("drive", phase)),
-                                                  speed=10.0))  # fmt: skip
+        phase = Phase("drive", duration, tuple(actions), constant(50.0))  # type: ignore[arg-type]
+        phases = drive_phases("drive", phase)
+        phases.insert(-2, Phase("slow down", 8_000, (), STANDSTILL))
+        await asyncio.to_thread(car.play, Segment("drive", tuple(phases), speed=2.0))
         stops: tuple[Phase, ...] = (
             Phase("parked", rng.randrange(3_000, 8_000), (SetIgnition(Ignition.LOCK),)),
         )
