@@ -22,7 +22,7 @@ from tests.soak import killloop, loop
 
 WALK_S: Final = 40.0
 RECORDING_S: Final = 20.0
-KILLS: Final = 12
+KILLS: Final = 8
 
 
 def _seed() -> int:
