@@ -43,7 +43,7 @@ from tests.invariants.checker import GAVE_UP, INVARIANTS, LOST, Violation
 from tests.invariants.views import read_store
 from tests.soak.car import Segment, SimCar, drive_phases
 from tests.soak.killpoints import POINTS
-from tests.soak.loop import START_ODOMETER_KM, Run, tap
+from tests.soak.loop import START_ODOMETER_KM, Run, start_broker, tap
 from tests.soak.stack import World, running_world, stop_on_sigterm
 from ui_bridge.reference.hmi_client import HmiClient
 
@@ -144,8 +144,7 @@ async def kill_loop(kills: int, seed: int, directory: Path, out: TextIO) -> int:
                 landed = await _until_dead(run, rng.uniform(0.5, MAX_LIFE_S))
                 counts.landed[point if landed else EXTERNAL] += 1
                 if broker_back_at == iteration:
-                    await asyncio.to_thread(world.broker.start)
-                    run.broker_up, run.broker_since, broker_back_at = True, time.monotonic(), None
+                    broker_back_at = None if await start_broker(run) else iteration + 1
                 elif run.broker_up and rng.random() < 0.08:
                     await asyncio.to_thread(world.broker.stop, crash=True)
                     run.broker_up, broker_back_at = False, iteration + rng.randrange(1, 5)
@@ -202,9 +201,8 @@ async def _until_dead(run: Run, life_s: float) -> bool:
 
 async def _drain_and_check(run: Run, world: World) -> int:
     """Run the daemon unarmed until the outbox is empty; then everything is at the cloud."""
-    if not run.broker_up:
-        await asyncio.to_thread(world.broker.start)
-        run.broker_up, run.broker_since = True, time.monotonic()
+    while not run.broker_up and not await start_broker(run):
+        pass
     world.daemon.argv = None
     await run.start_daemon()
     deadline = time.monotonic() + DRAIN_S

@@ -42,6 +42,7 @@ from can_signals.simulator.scenario import (
     constant,
 )
 from cloud_sync.contract import DocumentKind
+from cloud_sync.reference.private_broker import BrokerError
 from cloud_sync.reference.demo_content import demo_campaign, demo_wallet
 from tests.daemon.killharness import OilMonitorDrops, kill_loop_drive
 from tests.invariants.checker import (
@@ -111,6 +112,9 @@ class Run:
 
     async def start_daemon(self) -> None:
         """Start ``touchpoint run`` and wait until it serves on the bus."""
+        # The client must have seen the last daemon go, or its state is the old one's.
+        with contextlib.suppress(TimeoutError):
+            await self.until(lambda: self.hmi is None or not self.hmi.state.running, "gone", 5)
         self.world.daemon.start()
         try:
             await self.until(lambda: self.screen().running, "the daemon on the bus")
@@ -390,9 +394,29 @@ async def broker(run: Run) -> str:
         await asyncio.to_thread(run.world.broker.stop, crash=True)
         run.broker_up = False
         return "broker down (crash)"
-    await asyncio.to_thread(run.world.broker.start)
-    run.broker_up, run.broker_since = True, time.monotonic()
+    if not await start_broker(run):
+        return "broker up: its port is taken meanwhile, still down"
     return "broker up"
+
+
+async def start_broker(run: Run) -> bool:
+    """Start the broker again on its ports; False if another process took one meanwhile.
+
+    A port the crashed broker listened on is free for anyone until it is back: on a
+    busy machine an outgoing connection may get it as its own. It is tried again at
+    the next broker step.
+    """
+    for _ in range(10):
+        try:
+            await asyncio.to_thread(run.world.broker.start)
+        except BrokerError as err:
+            if "already in use" not in str(err):
+                raise
+            await asyncio.sleep(1.0)
+            continue
+        run.broker_up, run.broker_since = True, time.monotonic()
+        return True
+    return False
 
 
 async def cloud(run: Run) -> str:
