@@ -42,8 +42,8 @@ from can_signals.simulator.scenario import (
     constant,
 )
 from cloud_sync.contract import DocumentKind
-from cloud_sync.reference.private_broker import BrokerError
 from cloud_sync.reference.demo_content import demo_campaign, demo_wallet
+from cloud_sync.reference.private_broker import BrokerError
 from tests.daemon.killharness import OilMonitorDrops, kill_loop_drive
 from tests.invariants.checker import (
     INVARIANTS,
