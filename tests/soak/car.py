@@ -141,7 +141,7 @@ class SimCar:
             runner.stop()  # end the stand-still stretch now (never a segment asked for)
         if wait:
             deadline = time.monotonic() + timeout
-            while self._busy.is_set() and time.monotonic() < deadline:
+            while self._busy.is_set() and not self._stop.is_set() and time.monotonic() < deadline:
                 if self.error is not None:
                     raise RuntimeError(f"the car stopped: {self.error}") from self.error
                 time.sleep(0.05)

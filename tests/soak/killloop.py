@@ -24,6 +24,7 @@ import random
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from tests.soak.car import Segment, SimCar, drive_phases
 from tests.soak.killpoints import POINTS
 from tests.soak.loop import START_ODOMETER_KM, Run, start_broker, tap
 from tests.soak.stack import World, running_world, stop_on_sigterm
+from ui_bridge.names import card_path
 from ui_bridge.reference.hmi_client import HmiClient
 
 #: How long an armed daemon may live before it is killed from outside.
@@ -99,14 +101,24 @@ async def _keep_driving(run: Run) -> None:
 async def _keep_tapping(run: Run) -> None:
     """The driver taps whatever is on screen, all the time."""
     actions = ("dismiss", "book", "redeem", "snooze", "ok", "shown", "locale")
+    last_path: str | None = None
     while True:
         await asyncio.sleep(run.rng.uniform(0.05, 0.4))
         if run.hmi is None or not run.screen().running:
             continue
         action = run.rng.choice(actions)
+        cards = list(run.hmi.state.cards.values())
+        if cards:
+            last_path = cards[0].path
         with contextlib.suppress(Exception):
-            if action == "shown":
-                for card in list(run.hmi.state.cards.values()):
+            if action == "shown" and not cards:
+                # A booking from a card gone meanwhile (or never there): the agent
+                # refuses it, a call carried out all the same.
+                async with asyncio.timeout(5):
+                    await run.hmi.request_booking(last_path or card_path(str(uuid.uuid4())),
+                                                  "slot-0")  # fmt: skip
+            elif action == "shown":
+                for card in cards:
                     async with asyncio.timeout(5):
                         await run.hmi.report_shown(card.path)
             elif action == "locale":

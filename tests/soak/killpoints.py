@@ -48,17 +48,21 @@ def _on_nth(function: Callable[..., Any], nth: int, *, after: bool = False) -> C
 
 
 def _on_nth_async(function: Callable[..., Any], nth: int) -> Callable[..., Any]:
-    """The coroutine function ``function``, dying after its ``nth`` call completed."""
+    """The coroutine function ``function``, dying once its ``nth`` call is done.
+
+    Done either way: carried out, or refused (an error reply is a reply not sent too).
+    """
     calls = 0
 
     @functools.wraps(function)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
-        result = await function(*args, **kwargs)
-        if calls == nth:
-            _die()
-        return result
+        try:
+            return await function(*args, **kwargs)
+        finally:
+            if calls == nth:
+                _die()
 
     return wrapper
 
