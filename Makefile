@@ -21,7 +21,7 @@ DEB_PROBES := /usr/bin/dbus-daemon /usr/sbin/mosquitto /usr/bin/mosquitto_sub /u
 # only the static one runs in the initramfs.)
 VM_DEB_PACKAGES := qemu-system-x86 busybox-static can-utils
 
-.PHONY: help venv deb-deps vm-deb-deps lint typecheck pytest test demo bench clean \
+.PHONY: help venv deb-deps vm-deb-deps lint typecheck pytest test demo bench soak clean \
 	vcan-prepare vcan-test vcan-shell
 
 help:
@@ -30,6 +30,8 @@ help:
 	@echo "make bench  - print the performance figures"
 	@echo "make vcan-test  - the SocketCAN suite on real kernel CAN, in a throwaway VM (part of make test)"
 	@echo "make vcan-shell - a shell in that VM: vcan0 up, the project's venv on PATH"
+	@echo "make soak   - the random soak over the real daemon (SOAK_S seconds, default 600; the"
+	@echo "              seed from TOUCHPOINT_SEED), then the kill loop (SOAK_KILLS kills, default 100)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +95,18 @@ demo: $(STAMP) deb-deps
 
 bench: $(STAMP) deb-deps
 	$(BIN)/python -m bench
+
+# The soak (tests/soak): SOAK_S and TOUCHPOINT_SEED as make arguments or from the
+# environment; the same seed runs both parts. SOAK_SOURCE=simlog or rav4 plays a
+# recording as the car instead of the simulator.
+SOAK_S ?= 600
+SOAK_KILLS ?= 100
+SOAK_SOURCE ?= simulator
+TOUCHPOINT_SEED ?=
+soak: $(STAMP) deb-deps
+	@seed="$(TOUCHPOINT_SEED)"; [ -n "$$seed" ] || seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
+	TOUCHPOINT_SEED=$$seed $(BIN)/python -m tests.soak walk --seconds $(SOAK_S) --source $(SOAK_SOURCE) && \
+	TOUCHPOINT_SEED=$$seed $(BIN)/python -m tests.soak kill --kills $(SOAK_KILLS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

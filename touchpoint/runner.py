@@ -90,7 +90,15 @@ class AgentRunner:
         self.driving = agent.vehicle.driving
         #: Cards held back by the limit on cards at once, as of that commit.
         self.waiting = agent.cards.waiting
-        self._shown: dict[str, Card] = {c.id: c for c in agent.cards.visible}
+        # A card restored as visible is not put back on the screen before the car is
+        # known to be parked: until its first signals the agent counts it as driving
+        # (an unknown car is not a parked one), and the screen must agree with the
+        # restriction it announces. Such cards come back with the first parked commit.
+        visible = agent.cards.visible
+        self._shown: dict[str, Card] = {
+            c.id: c for c in visible if not self.driving or moving_allowed(c)
+        }
+        self._withheld: dict[str, Card] = {c.id: c for c in visible if c.id not in self._shown}
         self.commits = 0
         #: Commits the store refused (each retried until it succeeds, or at shutdown
         #: given up on after :data:`CLOSING_RETRIES`).
@@ -249,6 +257,8 @@ class AgentRunner:
         # Sinks hear of card changes, and of a change of the vehicle state behind them
         # (driving or parked) even without one.
         changes = self._showable([c for p in batch for c in p.output.changes])
+        if self._withheld:
+            changes = self._release_withheld(changes, driving=batch[-1].driving)
         driving_changed = batch[-1].driving != self.driving
         waiting_changed = batch[-1].waiting != self.waiting
         self.driving, self.waiting = batch[-1].driving, batch[-1].waiting
@@ -281,6 +291,21 @@ class AgentRunner:
             for c in changes
             if c.type is ChangeType.REMOVED or c.card.id in self._shown or moving_allowed(c.card)
         ]
+
+    def _release_withheld(self, changes: list[CardChange], *, driving: bool) -> list[CardChange]:
+        """Restored cards held back while the car was not known to be parked.
+
+        A change of the agent's for one of them settles it (it was withdrawn, closed,
+        or is shown by that change); once a commit finds the car parked, those left go
+        on the screen as they were restored (durable: they came from the store).
+        """
+        for change in changes:
+            self._withheld.pop(change.card.id, None)
+        if driving or self.agent.vehicle.driving:
+            return changes
+        released = [CardChange(ChangeType.ADDED, card) for card in self._withheld.values()]
+        self._withheld.clear()
+        return changes + released
 
     def _remember(self, changes: Sequence[CardChange]) -> None:
         for change in changes:

@@ -215,6 +215,12 @@ class CloudSim:
         self.clock_skew_s = clock_skew_s
         #: Whether stored batches are acknowledged (tests of a cloud that never says so).
         self.acknowledge = True
+        #: Whether requests are answered at all (tests of a silent partner).
+        self.answering = True
+        #: Seconds every answer waits before it goes out (tests of a slow partner).
+        self.reply_delay_s = 0.0
+        #: Called with each answer as it is published, on the thread publishing it.
+        self.on_reply: Callable[[SlotsReply | BookingReply | RedemptionReply], None] | None = None
         self.key = key
         self.booking: BookingAnswer = booking
         self.booking_delay_s = booking_delay_s
@@ -442,9 +448,10 @@ class CloudSim:
         # Answer duplicates too: the car ignores a repeated answer, and the first may
         # have been lost with the connection.
         reply = self._answer(RequestName(name), request_id, event.payload)
-        if reply is None:
+        if reply is None or not self.answering:
             return
         delay = self.booking_delay_s if name == "booking" and self.booking == "delay" else 0.0
+        delay += self.reply_delay_s
         if delay > 0:
             timer = threading.Timer(delay, self._reply, (response_topic, correlation, reply))
             timer.daemon = True
@@ -484,6 +491,8 @@ class CloudSim:
                             properties=properties)  # fmt: skip
         with self._lock:
             self.stats.answered += 1
+        if self.on_reply is not None:
+            self.on_reply(reply)
 
     def snapshot(self) -> CloudStats:
         """A copy of the statistics."""
