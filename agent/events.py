@@ -78,6 +78,12 @@ class Priority(IntEnum):
 
 #: Event types whose rows are never evicted from a full outbox: the driver asked for them.
 NEVER_EVICT_PREFIX: Final = "request."
+#: What an event type looks like on the wire: dotted lower-case names.
+TYPE_PATTERN: Final = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
+TYPE_MAX_LENGTH: Final = 64
+#: Times are seconds since the epoch from 1970 to 2200: a larger one is no time, and
+#: would overflow every date conversion.
+MAX_EPOCH_S: Final = 7_258_118_400.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ from agent.documents import (
     ServicePlan,
     Wallet,
 )
+from agent.events import MAX_EPOCH_S, TYPE_MAX_LENGTH, TYPE_PATTERN
 
 PREFIX: Final = "tp/v2"
 SCHEMA_VERSION: Final = 2
@@ -68,9 +69,7 @@ EventId = Annotated[str, Field(min_length=1, max_length=64)]
 BatchId = Annotated[str, Field(min_length=1, max_length=64)]
 #: The most batches one :class:`Ack` names.
 MAX_ACK_BATCHES: Final = 256
-#: Times on the wire: seconds since the epoch, finite, from 1970 to 2200. A larger one
-#: (1e300, 4294967295 * 1000) is not a time, and would overflow every date conversion.
-MAX_EPOCH_S: Final = 7_258_118_400.0
+#: Times on the wire: seconds since the epoch, finite, from 1970 to 2200 (1e300 is no time).
 EpochSeconds = Annotated[float, Field(ge=0, le=MAX_EPOCH_S, allow_inf_nan=False)]
 
 
@@ -160,7 +159,7 @@ class WireEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: EventId
-    type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$", max_length=64)]
+    type: Annotated[str, Field(pattern=TYPE_PATTERN, max_length=TYPE_MAX_LENGTH)]
     category: Annotated[str, Field(max_length=32)]
     time: EpochSeconds
     time_trusted: bool

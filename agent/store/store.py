@@ -20,8 +20,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Concatenate, Final, ParamSpec, TypeVar
 
 from agent.errors import StoreError
-from agent.events import Event, OutboxRow
+from agent.events import MAX_EPOCH_S, TYPE_MAX_LENGTH, TYPE_PATTERN, Event, OutboxRow
 from agent.store.schema import migrate
 from touchpoint.ratelimit import RateLimitedLog
 
 _log = logging.getLogger(__name__)
+_TYPE: Final = re.compile(TYPE_PATTERN)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -573,10 +574,13 @@ def _row_problem(row: Sequence[object]) -> str | None:
     event_id, kind, category, _, stamp, _, boot_id, seq, request_id, payload = row[:10]
     checks = (
         (isinstance(event_id, str) and bool(event_id), "no id"),
-        (isinstance(kind, str) and kind.isprintable() and bool(kind), "the type is not text"),
+        (
+            isinstance(kind, str) and len(kind) <= TYPE_MAX_LENGTH and _TYPE.match(kind),
+            "the type is not an event type",
+        ),
         (isinstance(category, str) and category.isidentifier(), "the category is not a name"),
         (
-            isinstance(stamp, int | float) and math.isfinite(stamp) and abs(stamp) < 1e11,
+            isinstance(stamp, int | float) and 0 <= stamp <= MAX_EPOCH_S,
             "the time is not a time",
         ),
         # (None in rows a version 1 database kept)

@@ -569,3 +569,39 @@ def test_a_car_loses_nothing_and_resends_nothing_while_a_rogue_car_tries_the_clo
     mine = [i for i in received if i.startswith("0190")]
     assert len(mine) == len(set(mine)) == 200
     assert outbox_count(store, "0190%") == 0
+
+
+@pytest.mark.parametrize(
+    ("column", "rotten"),
+    [("payload", '{"n": 5'), ("time", -5.0), ("time", 1e300), ("type", "drive.sum\x00mary")],
+    ids=["payload", "negative-time", "huge-time", "type"],
+)
+def test_a_rotten_row_is_a_dead_letter_and_the_rest_of_its_batch_goes_out(
+    broker: Broker, tmp_path: Path, column: str, rotten: object
+) -> None:
+    """A payload a bad page turned to garbage passes quick_check: the batch it sits in
+    must not be refused whole by the cloud (and then deleted, or sent for ever)."""
+    vehicle = new_vehicle_id()
+    store = tmp_path / "t.db"
+    events = make_events(11)
+    prefill(store, events)
+    bad = events[5].id
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        db.execute(f"UPDATE outbox SET {column} = ? WHERE id = ?", (rotten, bad))
+        db.commit()
+    arrived: list[str] = []
+
+    async def scenario() -> None:
+        with cloud(broker, on_event=lambda _v, e: arrived.append(e.id)) as sim:
+            async with car(store, cloud_settings(broker, vehicle), vehicle):
+                await until(lambda: outbox_count(store, "0190%") == 0, "the outbox drained")
+            assert sim.snapshot().malformed == 0
+
+    asyncio.run(scenario())
+    assert sorted(i for i in arrived if i.startswith("0190")) == sorted(
+        e.id for e in events if e.id != bad
+    )
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        dead = db.execute("SELECT id, reason FROM dead_letter").fetchall()
+    assert [i for i, _ in dead] == [bad]
+    assert dead[0][1].startswith("corrupt row: ")
