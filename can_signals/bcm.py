@@ -51,6 +51,8 @@ _TIMESPEC: Final = struct.Struct("@ll")
 #: Messages read per wake-up at most, so one busy socket cannot starve the loop.
 _BATCH: Final = 256
 _PROC: Final = Path("/proc/net/can-bcm")
+#: A timeout is reported once its time has passed: the last frame was a hair longer ago.
+_PAST: Final = 1e-3
 _RECV: Final = re.compile(r"# recv (\d+) \((\d+)\)")
 
 
@@ -198,10 +200,13 @@ class KernelFilter:
 
     def _timed_out(self, key: int, plan: Plan) -> None:
         # The kernel saw no frame for the timeout: the last one came about that long ago.
+        # (Not "the latest of the two": while alive, the silence watch has moved it on.)
         processor = self._input.processor
+        now = time.time()
         with processor.lock:
             plan.kernel_alive = False
-            plan.last_seen = max(plan.last_seen, time.time() - self._timeouts.get(key, 0.0))
+            plan.last_seen = now - self._timeouts.get(key, 0.0) - _PAST
+        processor.check_stale(now)
 
     def held_back(self) -> int:
         """Frames of this socket's IDs the kernel did not pass on (0 if unknown)."""
