@@ -183,9 +183,20 @@ def guest_main() -> dict[str, object]:
             rate *= 2
         if best is None:
             return {"error": f"the raw path dropped frames at {START_FPS} frames/s already"}
+        # A rate held once may not hold again (another session's load on the host):
+        # it must hold a second time, else the next lower one is taken.
+        frames_file = Path(tmp) / "frames.bin"
+        while best["rate"] > START_FPS:
+            count = int(best["rate"] * SEND_S)
+            _write_frames(frames_file, count, best["rate"])
+            again = asyncio.run(_measure(frames_file, count, best["rate"], bcm=False))
+            print(f"# raw path again at {best['rate']:.0f}: {again}", file=sys.stderr, flush=True)
+            if again["seen"] >= count:
+                break
+            rate = best["rate"] / 2
+            best = {**best, "rate": rate, "frames": int(rate * SEND_S)}
         count, rate = int(best["frames"]), best["rate"]
         runs: dict[str, object] = {}
-        frames_file = Path(tmp) / "frames.bin"
         plan = (
             ("raw", False, REPEAT, False), ("bcm", False, REPEAT, True),
             ("raw_kernel_ids", True, REPEAT, False), ("bcm_kernel_ids", True, REPEAT, True),
