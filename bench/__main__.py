@@ -17,6 +17,7 @@ from bench import (
     cloud_fleet,
     daemon_figures,
     dbus_bridge,
+    kernel_bcm,
     outbox,
     signal_pipeline,
 )
@@ -31,6 +32,7 @@ BENCHMARKS: Final[tuple[tuple[str, Callable[[], list[Section]]], ...]] = (
     ("D-Bus bridge", dbus_bridge.run),
     ("cloud drain", cloud_drain.run),
     ("fleet capacity", cloud_fleet.run),
+    ("SocketCAN raw vs CAN_BCM, in the test VM", kernel_bcm.run),
 )
 
 

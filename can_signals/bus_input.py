@@ -60,6 +60,11 @@ class BusInput:
         else:
             self.feed(plan, msg.timestamp, msg.data)
 
+    @property
+    def processor(self) -> FrameProcessor:
+        """The processor it feeds (whose lock guards the plans)."""
+        return self._processor
+
     def skip(self, timestamp: float) -> bool:
         """Count a frame of an unmapped ID; it still moves the clock (mapped IDs go stale).
 

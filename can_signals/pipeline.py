@@ -51,6 +51,8 @@ class PipelineStats:
     dropped_updates: int
     bad_log_lines: int
     replay_error: str | None
+    #: Frames the kernel's broadcast manager kept from user space (0: not at work).
+    kernel_held_back: int = 0
 
 
 class SignalPipeline:
@@ -78,6 +80,7 @@ class SignalPipeline:
         #: Runs the staleness watch of a live bus (restarted if it crashes).
         self.supervisor = Supervisor()
         self._held: deque[SignalUpdate] = deque()
+        self._held_back = 0
         self.processor = FrameProcessor(binding, self._emit)
         #: The live buses lost and not yet back, with why.
         self.lost: dict[str, str] = {}
@@ -199,6 +202,7 @@ class SignalPipeline:
         if self._live is not None:
             live, self._live = self._live, None
             await asyncio.to_thread(live.stop)
+            self._held_back = live.held_back()
         if self._stream is not None:
             self._stream.close()
 
@@ -265,4 +269,5 @@ class SignalPipeline:
             dropped_updates=self._stream.dropped if self._stream else 0,
             bad_log_lines=replay.bad_lines if replay else 0,
             replay_error=replay.error if replay else None,
+            kernel_held_back=self._live.held_back() if self._live else self._held_back,
         )

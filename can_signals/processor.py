@@ -387,6 +387,8 @@ class FrameProcessor:
         route.last_bits = None
         plan.watch_bits = None
         plan.next_due = -math.inf
+        if plan.rearm is not None:
+            plan.rearm()
 
     def _implausible(
         self,
@@ -437,6 +439,8 @@ class FrameProcessor:
     def _check_stale(self, now: float) -> None:
         self.next_stale_check = now + STALE_CHECK_PERIOD
         for plan in self._plans:
+            if plan.kernel_alive and plan.last_seen < now:
+                plan.last_seen = now  # its unchanged frames still arrive, in the kernel
             for route in plan.routes:
                 if route.value is None or not route.stale_after or route.kind == "dtc":
                     continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from cantools.database.errors import DecodeError
@@ -119,8 +119,8 @@ class Plan:
     """Runtime state of one mapped CAN ID on one bus."""
 
     __slots__ = (
-        "bus", "decode", "last_len", "last_seen", "length", "name", "next_due", "routes",
-        "watch_bits", "watch_mask",
+        "bus", "decode", "kernel_alive", "last_len", "last_seen", "length", "name", "next_due",
+        "rearm", "routes", "watch_bits", "watch_mask",
     )  # fmt: skip
 
     def __init__(self, layout: FrameLayout, bus: str) -> None:
@@ -132,10 +132,14 @@ class Plan:
         # The bits of the routes that look at every change (interval 0, on change): a
         # frame where they are unchanged and no interval is due needs no work at all.
         self.watch_mask = 0
-        for route in self.routes:
-            if not route.interval and route.on_change:
-                self.watch_mask |= route.mask
+        self._watch_every_change()
         self.watch_bits: int | None = None
+        # Set while the kernel filters this frame by content (CAN_BCM, can_signals.bcm):
+        # unchanged frames never arrive, so "alive" is the kernel's word (no RX timeout
+        # since the last frame), and ``rearm`` makes it pass the next frame even if
+        # identical.
+        self.kernel_alive = False
+        self.rearm: Callable[[], None] | None = None
         self.last_len = -1
         self.last_seen = -math.inf
         self.next_due = -math.inf
@@ -154,3 +158,22 @@ class Plan:
             return unmultiplexed.decode_simple(data, False, True, True, True)  # type: ignore[arg-type,return-value]
 
         self.decode = decode
+
+    def _watch_every_change(self) -> None:
+        self.watch_mask = 0
+        for route in self.routes:
+            if not route.interval and route.on_change:
+                self.watch_mask |= route.mask
+
+    def throttle_in_kernel(self) -> None:
+        """The kernel throttles this frame to the routes' interval: none is kept here.
+
+        With content filtering an unchanged frame never arrives, so a change held back
+        by the interval here would wait for the next change; the kernel's throttle
+        delivers it when the interval ends instead.
+        """
+        for route in self.routes:
+            route.interval_ms = 0
+            route.interval = 0.0
+            route.due = -math.inf
+        self._watch_every_change()

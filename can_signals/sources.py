@@ -40,8 +40,10 @@ from can.io.blf import BLFParseError
 from can.io.player import MESSAGE_READERS
 from can.typechecking import CanFilter
 
+from can_signals.bcm import KernelFilter, bcm_available, bcm_keys
 from can_signals.candump import CandumpPlayer
 from can_signals.errors import SourceError
+from can_signals.layout import frame_key
 from can_signals.processor import BusInput, FrameProcessor
 from touchpoint.ratelimit import RateLimitedLog
 
@@ -63,12 +65,15 @@ class BusConfig:
         interface: The python-can interface (``socketcan``, ``virtual``, ``remote``, ...).
         channel: The interface's channel (``vcan0``, a virtual channel name, a URL).
         options: Further keyword arguments for :class:`can.Bus` (``bitrate``, ...).
+        bcm: On socketcan, let the kernel's broadcast manager filter frames by content
+            where it can (:mod:`can_signals.bcm`); ``False`` reads every mapped frame.
     """
 
     name: str
     interface: str
     channel: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    bcm: bool = True
 
 
 class LiveBuses:
@@ -94,6 +99,11 @@ class LiveBuses:
         self._on_lost = on_lost
         self.buses: dict[str, can.BusABC] = {}
         self.notifiers: dict[str, can.Notifier] = {}
+        #: The broadcast manager's socket of each socketcan bus using it.
+        self.kernel: dict[str, KernelFilter] = {}
+        #: Opened by :meth:`open`, started by :meth:`attach` (on the loop).
+        self._opened_kernel: dict[str, KernelFilter] = {}
+        self._held_back_before = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Open every bus and attach it to the processor.
@@ -114,16 +124,44 @@ class LiveBuses:
         Raises:
             SourceError: If it cannot be opened.
         """
-        config = self._configs[name]
-        return _open_bus(_with_fd(config, self._fd(name)), self._kernel_filters(name))
+        opened = _with_fd(self._configs[name], self._fd(name))
+        kernel = _kernel_filter(opened, self._processor.bus(name))
+        mapped = self._kernel_filters(name)
+        if kernel is not None:
+            kernel_keys = set(kernel.keys)
+            mapped = [(i, x) for i, x in mapped if frame_key(i, extended=x) not in kernel_keys]
+        try:
+            bus = _open_bus(opened, mapped, pass_none=kernel is not None and not mapped)
+        except SourceError:
+            if kernel is not None:
+                kernel.close()
+            raise
+        if kernel is not None:
+            self._opened_kernel[name] = kernel
+        return bus
 
     def attach(self, name: str, bus: can.BusABC, loop: asyncio.AbstractEventLoop) -> None:
         """Feed the frames of ``bus``, opened by :meth:`open`, to the processor (on the loop)."""
         self.buses[name] = bus
         listener = self._processor.bus(name)
+        kernel = self._opened_kernel.pop(name, None)
+        if kernel is not None:
+            kernel.start(loop)
+            self.kernel[name] = kernel
         self.notifiers[name] = _notifier(bus, listener, loop, lambda err: self._lost(name, err))
 
+    def held_back(self) -> int:
+        """Frames the kernel's broadcast manager kept from user space (0: not at work)."""
+        return self._held_back_before + sum(k.held_back() for k in self.kernel.values())
+
+    def _close_kernel(self, name: str) -> None:
+        kernel = self.kernel.pop(name, None)
+        if kernel is not None:
+            self._held_back_before += kernel.held_back()
+            kernel.close()
+
     def _lost(self, name: str, err: Exception) -> None:
+        self._close_kernel(name)
         notifier, bus = self.notifiers.pop(name, None), self.buses.pop(name, None)
         if notifier is not None:
             notifier.stop(timeout=0)
@@ -133,6 +171,11 @@ class LiveBuses:
 
     def stop(self) -> None:
         """Detach and close every bus."""
+        for name in list(self.kernel):
+            self._close_kernel(name)
+        for kernel in self._opened_kernel.values():
+            kernel.close()
+        self._opened_kernel.clear()
         for notifier in self.notifiers.values():
             notifier.stop(timeout=2.0)
         for name, bus in self.buses.items():
@@ -163,7 +206,23 @@ def _with_fd(config: BusConfig, fd: bool) -> BusConfig:  # noqa: FBT001 - one fl
     return replace(config, options={**config.options, "fd": True})
 
 
-def _open_bus(config: BusConfig, mapped_ids: list[tuple[int, bool]]) -> can.BusABC:
+def _kernel_filter(config: BusConfig, listener: BusInput) -> KernelFilter | None:
+    """The broadcast manager's socket for the bus's eligible frames, if it can have one."""
+    if config.interface != "socketcan" or not config.bcm or config.options.get("fd"):
+        return None
+    keys = bcm_keys(listener.table)
+    if not keys or not bcm_available():
+        return None
+    try:
+        return KernelFilter(config.channel, listener, keys)
+    except OSError as err:
+        _log.debug("CAN bus %s: no CAN_BCM on %s (%s)", config.name, config.channel, err)
+        return None
+
+
+def _open_bus(
+    config: BusConfig, mapped_ids: list[tuple[int, bool]], *, pass_none: bool = False
+) -> can.BusABC:
     options = dict(config.options)
     if config.interface == "socketcan" and mapped_ids:
         options["can_filters"] = kernel_filters(mapped_ids)
@@ -179,11 +238,27 @@ def _open_bus(config: BusConfig, mapped_ids: list[tuple[int, bool]]) -> can.BusA
                 f"no such interface ({err.strerror or err})"
             ) from err
     try:
-        return can.Bus(interface=config.interface, channel=config.channel, **options)
+        bus = can.Bus(interface=config.interface, channel=config.channel, **options)
     except (can.CanError, OSError, ValueError, ImportError, NotImplementedError) as err:
         raise SourceError(
             f"cannot open CAN bus {config.name!r} ({config.interface} {config.channel}): {err}"
         ) from err
+    if pass_none:
+        _pass_nothing(bus)
+    return bus
+
+
+def _pass_nothing(bus: can.BusABC) -> None:
+    """Every mapped frame goes to the broadcast manager: the raw socket takes none.
+
+    python-can takes an empty filter list for "everything"; the kernel takes no filter
+    at all for "nothing". Frames queued before are dropped (the other socket has them).
+    """
+    raw = getattr(bus, "socket", None)
+    if isinstance(raw, socket.socket):
+        raw.setsockopt(socket.SOL_CAN_RAW, socket.CAN_RAW_FILTER, b"")
+        while bus.recv(0) is not None:
+            pass
 
 
 def kernel_filters(mapped_ids: list[tuple[int, bool]]) -> list[CanFilter]:

@@ -370,7 +370,7 @@ def test_a_socketcan_bus_for_can_fd_messages_is_opened_with_fd(
 
     asked: list[BusConfig] = []
 
-    def open_bus(config: BusConfig, mapped_ids: list[tuple[int, bool]]) -> can.BusABC:
+    def open_bus(config: BusConfig, mapped_ids: list[tuple[int, bool]], **_: object) -> can.BusABC:
         asked.append(config)
         assert sorted(mapped_ids) == [(0x45, False), (0xA0, False)]
         return can.Bus(interface="virtual", channel=virtual_channel)

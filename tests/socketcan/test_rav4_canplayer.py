@@ -8,6 +8,8 @@ replays the recording file. Their value sequences agree path by path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,15 @@ from can_signals.pipeline import SignalPipeline
 from can_signals.sources import BusConfig
 from can_signals.update import SignalUpdate
 from tests.socketcan.kernel import Candump, candump_frames
-from tests.socketcan.updates import ByPath, assert_same_updates, by_path
+from tests.socketcan.updates import STAMP_TOLERANCE_S, ByPath, assert_same_updates, by_path
 
 PROJECT = Path(__file__).resolve().parents[2]
 MAPPING = PROJECT / "docs" / "cars" / "rav4_2016" / "mapping.yaml"
 #: Seconds of the recording played (at real time: the odometer's plausibility guard
 #: judges the frames' own timing, and interval routes count in it).
 PLAY_S = 15.0
+#: Seconds the pipelines keep listening after the play: every signal goes stale.
+SILENCE_S = 6.0
 
 
 def _excerpt(rav4_dir: Path, into: Path) -> Path:
@@ -37,8 +41,8 @@ def _excerpt(rav4_dir: Path, into: Path) -> Path:
     return path
 
 
-async def _replay(log: Path, dbc: Path) -> list[SignalUpdate]:
-    pipeline = SignalPipeline.from_files(MAPPING, [(None, dbc)], replay=log, speed=0)
+async def _replay(log: Path, dbc: Path, mapping: Path = MAPPING) -> list[SignalUpdate]:
+    pipeline = SignalPipeline.from_files(mapping, [(None, dbc)], replay=log, speed=0)
     updates: list[SignalUpdate] = []
     async with pipeline:
         async for batch in pipeline.batches():
@@ -46,29 +50,54 @@ async def _replay(log: Path, dbc: Path) -> list[SignalUpdate]:
     return updates
 
 
-async def _play(log: Path, dbc: Path, candump_log: Path) -> tuple[list[SignalUpdate], int]:
-    bus = BusConfig("can0", "socketcan", "vcan0")
-    pipeline = SignalPipeline.from_files(MAPPING, [(None, dbc)], buses=[bus])
-    updates: list[SignalUpdate] = []
+async def _play(log: Path, dbc: Path, candump_log: Path) -> dict[str, Any]:
+    """Play ``log`` once into two pipelines: the raw path, and the kernel's broadcast manager."""
+    raw = SignalPipeline.from_files(
+        MAPPING, [(None, dbc)], buses=[BusConfig("can0", "socketcan", "vcan0", bcm=False)]
+    )
+    bcm = SignalPipeline.from_files(
+        MAPPING, [(None, dbc)], buses=[BusConfig("can0", "socketcan", "vcan0")]
+    )
+    updates: dict[str, list[SignalUpdate]] = {"raw": [], "bcm": []}
 
-    async def consume() -> None:
+    async def consume(pipeline: SignalPipeline, into: list[SignalUpdate]) -> None:
         async for batch in pipeline.batches():
-            updates.extend(batch)
+            into.extend(batch)
 
     candump = Candump("vcan0", candump_log)
-    async with pipeline:
-        consumer = asyncio.create_task(consume())
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(raw)
+        await stack.enter_async_context(bcm)
+        consumers = [
+            asyncio.create_task(consume(raw, updates["raw"])),
+            asyncio.create_task(consume(bcm, updates["bcm"])),
+        ]
         player = await asyncio.create_subprocess_exec("canplayer", "-I", str(log), "vcan0=can0")
         assert await player.wait() == 0
-        mapped = sum(1 for ident, _ in candump_frames(log) if int(ident, 16) in _mapped(pipeline))
-        for _ in range(600):  # the pipeline works through the socket's backlog
-            if pipeline.processor.frames >= mapped:
+        mapped = sum(1 for ident, _ in candump_frames(log) if int(ident, 16) in _mapped(raw))
+        for _ in range(600):  # the pipelines work through their sockets' backlog
+            seen = bcm.processor.frames + bcm.stats().kernel_held_back
+            if raw.processor.frames >= mapped and seen >= mapped:
                 break
             await asyncio.sleep(0.1)
-        frames = pipeline.processor.frames
-    await consumer
+        # The kernel's throttle sends a held change at the end of its interval (500 ms at
+        # most), and its timeouts (1 s: ten cycles of these frames) report the silence.
+        await asyncio.sleep(SILENCE_S)
+        frames = {"raw": raw.processor.frames, "bcm": bcm.processor.frames}
+        # The paths whose frames the kernel filters (the rest share the raw socket).
+        in_kernel = {
+            route.path
+            for plan in bcm.processor.bus("can0").table.values()
+            if plan.rearm is not None
+            for route in plan.routes
+        }
+        held_back = {"raw": raw.stats().kernel_held_back, "bcm": bcm.stats().kernel_held_back}
+    await asyncio.gather(*consumers)
     candump.stop()
-    return updates, frames
+    return {
+        "updates": updates, "frames": frames, "held_back": held_back, "mapped": mapped,
+        "in_kernel": in_kernel,
+    }  # fmt: skip
 
 
 def _mapped(pipeline: SignalPipeline) -> set[int]:
@@ -89,9 +118,9 @@ def played(rav4_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     work = tmp_path_factory.mktemp("rav4")
     log = _excerpt(rav4_dir, work)
     dbc = rav4_dir / "toyota_new_mc_pt.dbc"
-    live, frames = asyncio.run(_play(log, dbc, work / "candump.log"))
+    run = asyncio.run(_play(log, dbc, work / "candump.log"))
     return {
-        "log": log, "live": live, "frames": frames,
+        "log": log, "live": run["updates"]["raw"], "bcm": run["updates"]["bcm"], "run": run,
         "replay": asyncio.run(_replay(log, dbc)), "candump": work / "candump.log",
     }  # fmt: skip
 
@@ -130,6 +159,91 @@ def _interval_paths() -> set[str]:
     document = yaml.safe_load(MAPPING.read_text(encoding="utf-8"))
     return {
         path
+        for path, node in document.items()
+        if isinstance(node, dict) and "interval_ms" in (node.get("dbc2vss") or {})
+    }
+
+
+# The kernel's broadcast manager (CAN_BCM, can_signals.bcm) against the raw path, both
+# fed by the same play.
+
+
+def test_the_kernel_holds_back_frames_whose_mapped_bits_did_not_change(
+    played: dict[str, Any],
+) -> None:
+    run = played["run"]
+    frames, held_back = run["frames"], run["held_back"]
+    assert frames["raw"] == run["mapped"]
+    assert held_back["raw"] == 0
+    # Every mapped frame reached the kernel's operations: passed on, or held back.
+    assert frames["bcm"] + held_back["bcm"] == run["mapped"]
+    # A real drive: the speed changes in most frames, the rest mostly holds still.
+    assert held_back["bcm"] > run["mapped"] // 4
+
+
+def test_on_change_routes_get_the_raw_paths_updates_through_the_kernel(
+    played: dict[str, Any],
+) -> None:
+    # The kernel passes exactly the frames whose mapped bits changed, with their stamps.
+    # (ENGINE_RPM carries two intervals, 500 ms and none: it stays on the raw socket.)
+    throttled = _interval_paths() & played["run"]["in_kernel"]
+    assert throttled == {"Vehicle.Speed"}
+    assert {"Vehicle.TraveledDistance", "Vehicle.Powertrain.Transmission.SelectedGear",
+            "Vehicle.Chassis.ParkingBrake.IsEngaged"} <= played["run"]["in_kernel"]  # fmt: skip
+    raw = {p: u for p, u in _timed(played["live"]).items() if p not in throttled}
+    bcm = {p: u for p, u in _timed(played["bcm"]).items() if p not in throttled}
+    assert_same_updates(bcm, raw)
+
+
+def test_interval_routes_through_the_kernels_throttle(
+    played: dict[str, Any], rav4_dir: Path, tmp_path: Path
+) -> None:
+    # What the raw path saw: every change of every route (the intervals taken out), from
+    # candump's recording of the bus (the kernel's stamps).
+    document = yaml.safe_load(MAPPING.read_text(encoding="utf-8"))
+    for node in document.values():
+        if isinstance(node, dict):
+            (node.get("dbc2vss") or {}).pop("interval_ms", None)
+    every_change = tmp_path / "every_change.yaml"
+    every_change.write_text(yaml.safe_dump(document), encoding="utf-8")
+    dbc = rav4_dir / "toyota_new_mc_pt.dbc"
+    changes = _timed(asyncio.run(_replay(played["candump"], dbc, every_change)))
+    bcm = _timed(played["bcm"])
+    throttled = {p: i for p, i in _intervals().items() if p in played["run"]["in_kernel"]}
+    assert throttled
+    for path, interval in throttled.items():
+        updates, seen = bcm[path], changes[path]
+        assert len(updates) > 3, path
+        # Each update is the latest change the bus had carried by its stamp...
+        for value, stamp in updates:
+            latest = [v for v, t in seen if t <= stamp + STAMP_TOLERANCE_S][-1]
+            assert value == latest, (path, stamp)
+        # ... and the last change gets out, at most an interval late.
+        assert updates[-1][0] == seen[-1][0], (path, updates[-3:], seen[-6:])
+        # At most one per interval: the kernel throttles on its clock when it sends, and
+        # stamps a held change with the last frame it received, up to one frame gap before.
+        stamps = [t for _, t in seen]
+        longest_gap = max(b - a for a, b in itertools.pairwise(stamps))
+        gaps = [b - a for (_, a), (_, b) in itertools.pairwise(updates)]
+        assert min(gaps) >= interval - longest_gap, path
+
+
+def test_the_kernel_reports_the_silence_as_the_raw_path_does(played: dict[str, Any]) -> None:
+    end = max(u.timestamp for u in played["live"] if u.value is not None)
+    stale = {
+        name: {u.path for u in played[name] if u.value is None and u.timestamp > end}
+        for name in ("live", "bcm")
+    }
+    # Unchanged frames never arrive, yet nothing went stale while the bus carried them.
+    assert not [u.path for u in played["bcm"] if u.value is None and u.timestamp <= end]
+    assert stale["bcm"] == stale["live"]
+    assert len(stale["bcm"]) >= 4
+
+
+def _intervals() -> dict[str, float]:
+    document = yaml.safe_load(MAPPING.read_text(encoding="utf-8"))
+    return {
+        path: node["dbc2vss"]["interval_ms"] / 1000
         for path, node in document.items()
         if isinstance(node, dict) and "interval_ms" in (node.get("dbc2vss") or {})
     }

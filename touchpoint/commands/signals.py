@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--speed", type=float, default=1.0,
         help="replay speed: 1 real time (default), 2 twice as fast, 0 as fast as possible",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-bcm", action="store_true",
+        help="on socketcan, read every mapped frame (no filtering by content in the kernel's "
+        "broadcast manager)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON lines")
     parser.add_argument(
         "--no-progress", action="store_true",
@@ -82,7 +87,9 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             args.mapping, dbcs, vss=args.vss, replay=args.replay, speed=args.speed
         )
     else:
-        bus = BusConfig(args.bus_name or args.channel, args.interface, args.channel)
+        bus = BusConfig(
+            args.bus_name or args.channel, args.interface, args.channel, bcm=not args.no_bcm
+        )
         pipeline = SignalPipeline.from_files(args.mapping, dbcs, vss=args.vss, buses=[bus])
     for warning in pipeline.binding.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -200,6 +207,8 @@ def _print_summary(stats: PipelineStats, out: TextIO) -> None:
         f"decoded: {p.decodes}, updates: {p.updates}, dropped: {stats.dropped_updates}",
         f"malformed log lines skipped: {stats.bad_log_lines}",
     ]
+    if stats.kernel_held_back:
+        lines.append(f"frames the kernel held back (CAN_BCM): {stats.kernel_held_back}")
     if stats.replay_error:
         lines.append(f"replay error: {stats.replay_error}")
     truncated = {k: v for k, v in p.rejections.items() if k[0] == "truncated"}
