@@ -239,11 +239,13 @@ def test_a_can_interface_that_appears_later_is_picked_up(
     real_open = sources._open_bus
     attempts: list[str] = []
 
-    def open_late(config: sources.BusConfig, mapped: list[tuple[int, bool]]) -> can.BusABC:
+    def open_late(
+        config: sources.BusConfig, mapped: list[tuple[int, bool]], *, pass_none: bool = False
+    ) -> can.BusABC:
         attempts.append(config.name)
         if len(attempts) <= 2:
             raise SourceError("cannot open can0: No such device")
-        return real_open(config, mapped)
+        return real_open(config, mapped, pass_none=pass_none)
 
     monkeypatch.setattr(sources, "_open_bus", open_late)
     monkeypatch.setattr(daemon_module, "CAN_RETRY_S", 0.05)
