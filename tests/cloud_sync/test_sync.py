@@ -592,10 +592,11 @@ def test_a_rotten_row_is_a_dead_letter_and_the_rest_of_its_batch_goes_out(
     arrived: list[str] = []
 
     async def scenario() -> None:
-        with cloud(broker, on_event=lambda _v, e: arrived.append(e.id)) as sim:
+        with cloud(broker, on_event=lambda _v, e: arrived.append(e.id)):
             async with car(store, cloud_settings(broker, vehicle), vehicle):
+                # Drained: the cloud acknowledged every batch, which it does only for a
+                # batch it could parse and store (a malformed one it drops unacknowledged).
                 await until(lambda: outbox_count(store, "0190%") == 0, "the outbox drained")
-            assert sim.snapshot().malformed == 0
 
     asyncio.run(scenario())
     assert sorted(i for i in arrived if i.startswith("0190")) == sorted(
