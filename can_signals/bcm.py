@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Final
 
 from can_signals.bus_input import BusInput
+from can_signals.kernel_protocols import kernel_has
 from can_signals.layout import CLASSIC_MAX_BYTES, is_fd_message
 from can_signals.routes import Plan
 
@@ -72,15 +73,7 @@ def bcm_eligible(plan: Plan) -> bool:
 
 def bcm_available() -> bool:
     """Whether this Python and kernel have the broadcast manager."""
-    if not hasattr(socket, "CAN_BCM"):
-        return False
-    try:
-        probe = socket.socket(socket.AF_CAN, socket.SOCK_DGRAM, socket.CAN_BCM)
-    except OSError as err:  # EPROTONOSUPPORT: no can-bcm module
-        _log.debug("no CAN_BCM (%s): every mapped frame goes to the raw socket", err)
-        return False
-    probe.close()
-    return True
+    return kernel_has("CAN_BCM", "every mapped frame goes to the raw socket")
 
 
 def _timeval(seconds: float) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from typing import Final
 import can
 
 from can_signals.diag_protocol import ISOTP_PARAMS, EcuAddress
+from can_signals.kernel_protocols import kernel_has
 
 _log = logging.getLogger(__name__)
 
@@ -41,18 +42,12 @@ def kernel_isotp_channel(bus: can.BusABC) -> str | None:
     """
     from can.interfaces.socketcan import SocketcanBus  # noqa: PLC0415 - Linux only
 
-    if not isinstance(bus, SocketcanBus) or not hasattr(socket, "CAN_ISOTP"):
+    if not isinstance(bus, SocketcanBus):
         return None
     channel = getattr(bus, "channel", None)
     if not isinstance(channel, str) or not channel:
         return None
-    try:
-        probe = socket.socket(socket.AF_CAN, socket.SOCK_DGRAM, socket.CAN_ISOTP)
-    except OSError as err:  # EPROTONOSUPPORT: no can-isotp module
-        _log.debug("no kernel ISO-TP (%s): using the user-space stack", err)
-        return None
-    probe.close()
-    return channel
+    return channel if kernel_has("CAN_ISOTP", "using the user-space stack") else None
 
 
 class KernelIsoTpLink:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,8 @@ from can_signals.simulator import (
     reference_files,
     timeline,
 )
+from cloud_sync.reference.private_broker import free_ports
+from tests.processes import stop_process
 from touchpoint.cli import main
 
 REF = reference_files()
@@ -125,13 +126,6 @@ def test_live_virtual_bus_with_ecu_emulator() -> None:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _lines(stream: IO[str]) -> queue.Queue[str]:
     """Read a child's output in a thread, so the test can wait with a timeout."""
     lines: queue.Queue[str] = queue.Queue()
@@ -159,13 +153,7 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
     yield started
     for process in reversed(started):
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(timeout=STEP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, STEP_TIMEOUT)
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
@@ -180,7 +168,7 @@ def _start(processes: list[subprocess.Popen[str]], argv: list[str]) -> subproces
 def test_sim_over_remote_feeds_signals_in_another_process(
     processes: list[subprocess.Popen[str]],
 ) -> None:
-    port = _free_port()
+    (port,) = free_ports(1)
     url = f"ws://127.0.0.1:{port}/"
     server = _start(
         processes,

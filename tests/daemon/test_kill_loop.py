@@ -65,6 +65,7 @@ from agent.core import Agent, Output
 from agent.settings import ConsentSettings, PolicySettings, StoreSettings
 from can_signals.settings import CanSettings, DbcSettings
 from can_signals.simulator import Phase, Scenario, record, reference_files
+from cloud_sync.reference.private_broker import free_ports
 from tests.daemon.conftest import RecordingSink
 from tests.daemon.killharness import (
     MAINTENANCE_KEY,
@@ -75,6 +76,7 @@ from tests.daemon.killharness import (
     read_store,
     visible_card_ids,
 )
+from tests.processes import stop_process
 from touchpoint.daemon import Daemon
 from touchpoint.settings import DaemonSettings
 
@@ -112,13 +114,7 @@ class Children:
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=STEP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, STEP_TIMEOUT)
             if process.stderr is not None:
                 process.stderr.close()
 
@@ -166,13 +162,6 @@ class _Lines:
                 return self.seen
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @dataclass(frozen=True, slots=True)
 class Car:
     """The simulated car driving on a python-can-remote bus."""
@@ -185,7 +174,7 @@ class Car:
 @pytest.fixture
 def car(children: Children) -> Car:
     """A can_remote server on 127.0.0.1 and the kill-loop drive playing onto it."""
-    port = _free_port()
+    (port,) = free_ports(1)
     server = children.start(
         [sys.executable, "-m", "can_remote", "-i", "virtual", "-c", f"kill-{port}",
          "-H", "127.0.0.1", "-p", str(port)],

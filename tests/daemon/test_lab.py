@@ -27,6 +27,7 @@ from typing import Final
 import pytest
 
 from agent.settings import PolicySettings
+from tests.processes import stop_process
 from touchpoint.cli import main
 from touchpoint.devstack import settings_toml
 from touchpoint.lab import LabInfo
@@ -120,13 +121,7 @@ class Lab:
         return {k.decode(): v.decode() for k, v in pairs if k.startswith(b"TOUCHPOINT_LAB_")}
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=STEP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, STEP_TIMEOUT)
 
 
 @pytest.fixture
@@ -162,13 +157,7 @@ def others(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         yield start
     finally:
         for process in reversed(started):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=STEP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, STEP_TIMEOUT)
 
 
 def _busctl(address: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -40,7 +40,7 @@ from typing import Final
 from can_signals.simulator import reference_files
 from cloud_sync.reference.cloud_sim import CloudSim, Endpoint
 from cloud_sync.reference.pki import CLOUD_USER, DevPki
-from cloud_sync.reference.private_broker import PrivateBroker, running_broker
+from cloud_sync.reference.private_broker import PrivateBroker, free_ports, running_broker
 from cloud_sync.signing import SigningKey
 from tests.invariants.views import CloudLedger
 from ui_bridge.reference.private_bus import private_bus
@@ -66,14 +66,6 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +252,7 @@ class CanServer:
     """A python-can-remote server on 127.0.0.1 over a virtual bus of its own."""
 
     logs: Path
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=lambda: free_ports(1)[0])
     process: subprocess.Popen[bytes] | None = None
 
     @property
