@@ -235,20 +235,27 @@ class CloudSim:
         self._lock = threading.Lock()
         self._timers: list[threading.Timer] = []
         self._connected = threading.Event()
-        self.client = mqtt.Client(
+        self._closed = threading.Event()
+        # A stable id with a persistent session: while an instance is away (a restart,
+        # the broker's), the broker keeps its share of the group's messages.
+        self._client_id = f"cloud-sim-{instance}"
+        self.client = self._new_client()
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def _new_client(self) -> mqtt.Client:
+        client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            # A stable id with a persistent session: while an instance is away (a
-            # restart, the broker's), the broker keeps its share of the group's messages.
-            client_id=f"cloud-sim-{instance}",
+            client_id=self._client_id,
             protocol=mqtt.MQTTv5,
         )
-        context = endpoint.tls_context()
+        context = self.endpoint.tls_context()
         if context is not None:
-            self.client.tls_set_context(context)
-        elif endpoint.username:
-            self.client.username_pw_set(endpoint.username)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+            client.tls_set_context(context)
+        elif self.endpoint.username:
+            client.username_pw_set(self.endpoint.username)
+        return client
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -269,12 +276,13 @@ class CloudSim:
             raise TimeoutError(f"cloud-sim: no connection to {self.endpoint.host}:"
                                f"{self.endpoint.port} within {timeout:.0f} s")  # fmt: skip
 
-    def stop(self, *, keep_session: bool = False) -> None:
+    def stop(self, *, keep_session: bool = False, timeout: float = 5.0) -> None:
         """Disconnect and stop the network thread.
 
         Without ``keep_session`` the session ends with the connection: an instance that
         is gone for good leaves the shared group, or the broker would keep queueing its
-        share of the events for it.
+        share of the events for it (and the cars would wait for acknowledgements that
+        never come). That holds even when the connection was down at the time.
         """
         for timer in self._timers:
             timer.cancel()
@@ -282,10 +290,52 @@ class CloudSim:
         if not keep_session:
             properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = 0
-        self.client.disconnect(properties=properties)
+        if self.client.is_connected():
+            self._closed.clear()
+            self.client.disconnect(properties=properties)
+            # loop_stop ends the network thread at once, with whatever it had not yet
+            # written: behind a queue of acknowledgements, the DISCONNECT was lost.
+            self._closed.wait(timeout)
+        else:
+            self.client.disconnect()  # no more reconnecting
         self.client.loop_stop()
+        if not keep_session:
+            # The goodbye may not have reached the broker (the connection was down, or
+            # dropped as it went, which paho reports as a clean disconnect), so make sure.
+            self._end_session(timeout)
         if self._owns_dedup:
             self._dedup.close()
+
+    def _end_session(self, timeout: float) -> None:
+        """End this instance's session from a new connection.
+
+        A clean start discards the session the broker kept, and an expiry of 0 lets the
+        new one end with its connection.
+        """
+        closer = self._new_client()
+        connected, closed = threading.Event(), threading.Event()
+        closer.on_connect = lambda *_args: connected.set()
+        closer.on_disconnect = lambda *_args: closed.set()
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 0
+        try:
+            closer.connect(self.endpoint.host, self.endpoint.port, keepalive=10,
+                           clean_start=True, properties=properties)  # fmt: skip
+        except OSError as err:
+            _log.warning(
+                "cloud-sim: could not end session %s (%s): the broker keeps its share "
+                "of the group's messages until it expires", self._client_id, err,
+            )  # fmt: skip
+            return
+        closer.loop_start()
+        try:
+            if connected.wait(timeout):
+                closer.disconnect()
+                closed.wait(timeout)
+            else:
+                _log.warning("cloud-sim: no connection to end session %s", self._client_id)
+        finally:
+            closer.loop_stop()
 
     # -- publishing documents --------------------------------------------------------------
 
@@ -344,6 +394,16 @@ class CloudSim:
         client.subscribe(f"$share/{self._group}/{PREFIX}/+/clock", qos=0)
         client.subscribe(f"{PREFIX}/+/status", qos=1)
         self._connected.set()
+
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        _flags: mqtt.DisconnectFlags,
+        _reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        self._closed.set()
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         parsed = parse_topic(msg.topic)

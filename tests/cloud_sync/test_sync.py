@@ -606,3 +606,34 @@ def test_a_rotten_row_is_a_dead_letter_and_the_rest_of_its_batch_goes_out(
         dead = db.execute("SELECT id, reason FROM dead_letter").fetchall()
     assert [i for i, _ in dead] == [bad]
     assert dead[0][1].startswith("corrupt row: ")
+
+
+def test_a_cloud_instance_that_stops_while_its_connection_is_down_leaves_the_group(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """An instance that could not say goodbye (its connection had dropped, or its
+    DISCONNECT was still queued when its network thread stopped) left its persistent
+    session in the shared group: the broker queued a share of every car's events for it,
+    and the cars waited 30 s to send them again. Stopping ends the session even then."""
+    cert, key = broker.credentials(CLOUD_USER)
+    endpoint = Endpoint(broker.host, broker.cloud_port, broker.pki.ca_cert, cert, key)
+    gone = CloudSim(endpoint, KEY, instance=f"test-{next(_instances)}")
+    gone.start()
+    # Its network thread ends and its socket closes with no DISCONNECT sent, as when
+    # loop_stop came before paho wrote the queued one.
+    gone.client.loop_stop()
+    gone.client.socket().close()
+    gone.stop()
+    vehicle = new_vehicle_id()
+    store = tmp_path / "t.db"
+    prefill(store, make_events(60))
+
+    async def scenario() -> None:
+        with cloud(broker) as sim:
+            async with car(store, cloud_settings(broker, vehicle, batch_events=5), vehicle):
+                await until(lambda: outbox_count(store, "0190%") == 0, "60 acknowledged",
+                            within=15)  # fmt: skip
+            snapshot = sim.snapshot()
+        assert snapshot.duplicates == 0  # each batch acknowledged at its first send
+
+    asyncio.run(scenario())
