@@ -622,7 +622,9 @@ def test_a_cloud_instance_that_stops_while_its_connection_is_down_leaves_the_gro
     # Its network thread ends and its socket closes with no DISCONNECT sent, as when
     # loop_stop came before paho wrote the queued one.
     gone.client.loop_stop()
-    gone.client.socket().close()
+    connection = gone.client.socket()
+    assert connection is not None
+    connection.close()
     gone.stop()
     vehicle = new_vehicle_id()
     store = tmp_path / "t.db"
