@@ -292,8 +292,14 @@ class InvariantChecker:
                 )
 
     def _requests_seen(self, seen: Observation, history: list[Recorded]) -> Iterator[str]:
-        """A card whose every request ended is not left 'pending' on screen."""
-        if not seen.screen.running or (seen.truth.daemon_up_s or 0.0) < 5.0:
+        """Once a card's requests all ended, it no longer says "pending", in the store
+        or on screen: the driver sees the outcome (a declined or unanswered request's
+        note on the card, or a confirmed one's card closed and its confirmation posted).
+
+        Every ended request is checked at every observation after the grace, so a run
+        shows how often the state was really looked at.
+        """
+        if (seen.truth.daemon_up_s or 0.0) < 5.0:
             return
         open_keys: set[str] = set()
         ended_keys: dict[str, float] = {}
@@ -303,14 +309,24 @@ class InvariantChecker:
                 open_keys.add(key)
             else:
                 ended_keys[key] = max(ended_keys.get(key, 0.0), request.ended_at)
-        cards = _open_cards(seen.store)
-        for shown in seen.screen.cards:
-            card_key = cards.get(shown.id)
-            if not shown.pending or card_key in open_keys or card_key not in ended_keys:
-                continue  # not pending, or a request still open, or none ever made
+        settled = {
+            key for key, ended in ended_keys.items()
+            if key not in open_keys and seen.truth.real_now - ended > 5.0
+        }  # fmt: skip
+        stored = _stored_cards(seen.store)
+        for key in sorted(settled):
             self.checked[REQUEST_SEEN] += 1
-            if seen.truth.real_now - ended_keys[card_key] > 5.0:
-                yield f"card {card_key} ({shown.id}) still pending after its requests ended"
+            if any(c.get("key") == key and c.get("pending") for c in stored.values()):
+                yield f"card {key} still pending in the store after its requests ended"
+        if not seen.screen.running:
+            return
+        for shown in seen.screen.cards:
+            key = str(stored.get(shown.id, {}).get("key", ""))
+            if key not in settled:
+                continue  # no request ever made, one still open, or it just ended
+            self.checked[REQUEST_SEEN] += 1
+            if shown.pending:
+                yield f"card {key} ({shown.id}) still pending on screen after its requests ended"
 
     def _parked_only(self, truth: Truth, screen: ScreenView) -> Iterator[str]:
         parked_only = [c for c in screen.cards if c.display is Display.PARKED_ONLY]
@@ -476,14 +492,17 @@ def _where(event: Recorded) -> str:
     return f"boot {event.boot_id[:8]} seq {event.seq}"
 
 
-def _open_cards(store: StoreView) -> dict[str, str]:
-    """Open cards in the store's cards section: id -> key."""
+def _stored_cards(store: StoreView) -> dict[str, dict[str, Any]]:
+    """Open cards in the store's cards section, by id."""
     section = store.section("cards") or {}
     return {
-        str(c["id"]): str(c["key"])
-        for c in section.get("cards", [])
-        if c.get("state") not in ("CLOSED", 5)
+        str(c["id"]): c for c in section.get("cards", []) if c.get("state") not in ("CLOSED", 5)
     }
+
+
+def _open_cards(store: StoreView) -> dict[str, str]:
+    """Open cards in the store's cards section: id -> key."""
+    return {card_id: str(c["key"]) for card_id, c in _stored_cards(store).items()}
 
 
 def _odometer(store: StoreView) -> float | None:

@@ -94,6 +94,31 @@ def test_a_request_without_an_end_breaks_the_bound_once_the_cloud_answers() -> N
     assert ended.check(Observation(later, store(request, answer), cloud(), NO_SCREEN)) == []
 
 
+def test_a_card_still_pending_after_its_request_ended_is_caught() -> None:
+    request = event(1, "request.booking", {"request_id": "r1", "card_key": "maintenance"})
+    declined = event(2, "booking.declined", {"request_id": "r1", "card_key": "maintenance"})
+
+    def seen(pending: bool, *, at: float) -> Observation:
+        card = {"id": "c1", "key": "maintenance", "state": "VISIBLE", "pending": pending}
+        shown = ScreenCard("c1", CardKind.MAINTENANCE, Display.PARKED_ONLY, pending)
+        screen = ScreenView(running=True, restricted=False, waiting=0, cards=(shown,))
+        return Observation(truth(real_now=at), store(request, declined,
+                           sections={"cards": {"cards": [card]}}), cloud(), screen)  # fmt: skip
+
+    shows_it = InvariantChecker()
+    shows_it.check(Observation(truth(), store(request), cloud(), NO_SCREEN))
+    assert shows_it.check(seen(False, at=T0 + 11)) == []  # the request ended at T0 + 11
+    assert shows_it.check(seen(False, at=T0 + 20)) == []
+    assert shows_it.checked[inv.REQUEST_SEEN] == 2  # the store's card and the screen's
+    stuck = InvariantChecker()
+    stuck.check(Observation(truth(), store(request), cloud(), NO_SCREEN))
+    assert stuck.check(seen(True, at=T0 + 11)) == []  # within the grace
+    found = stuck.check(seen(True, at=T0 + 20))
+    assert [v.invariant for v in found] == [inv.REQUEST_SEEN, inv.REQUEST_SEEN]
+    assert "in the store" in found[0].detail
+    assert "on screen" in found[1].detail
+
+
 def test_the_cloud_and_the_car_disagreeing_on_a_booking_is_caught() -> None:
     checker = InvariantChecker()
     request = event(1, "request.booking", {"request_id": "r1", "card_key": "maintenance"})

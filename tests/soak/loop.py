@@ -380,6 +380,86 @@ async def ok(run: Run) -> str:
     return await tap(run, "ok")
 
 
+def _offering(run: Run, action: str) -> list[str]:
+    """Ids of the cards on the bus that offer ``action``."""
+    if run.hmi is None:
+        return []
+    return [c.id for c in run.hmi.state.cards.values() if any(a.key == action for a in c.actions)]
+
+
+async def _watch(run: Run, seconds: float, done: Callable[[], bool] = lambda: False) -> bool:
+    """Observe every half second for up to ``seconds`` or until ``done``; whether it was."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not run.pending:
+        if done():
+            return True
+        await asyncio.sleep(0.5)
+        run.pending += run.observe()
+    return done()
+
+
+async def errand(run: Run) -> str:
+    """The driver follows one request to its end on screen.
+
+    Taps Book (and picks a slot) or Redeem on a card that offers it, then watches that
+    card until the request ends (answered, declined, or given up on at the timeout) and
+    a while after, checking all the time, so the invariants see outcomes on cards, not
+    only requests. Without such a card, the car makes one if it is free: a fault a
+    workshop should see, or a charge (with a new coupon in the wallet) for a benefit.
+    """
+    if run.hmi is None or not run.world.daemon.running:
+        return "errand: the daemon is down"
+    action = run.rng.choice(("book", "redeem"))
+    made = ""
+    if not _offering(run, action):
+        car = run.car
+        if not isinstance(car, SimCar):
+            return f"errand {action}: no card offers it"
+        await _watch(run, 60, lambda: not car.busy)  # the driver waits for the drive to end
+        made = (await _new_fault(run)) if action == "book" else (await _coupon_and_charge(run))
+        if "busy" in made:
+            return f"errand {action}: no card, and {made}"
+        if not await _watch(run, 40, lambda: bool(_offering(run, action))):
+            screen = run.screen()
+            return (f"errand {action}: {made}; no card offers it (broker "
+                    f"{'up' if run.broker_up else 'down'}, {len(screen.cards)} on screen, "
+                    f"{screen.waiting} waiting)")  # fmt: skip
+        made += "; "
+    tapped = await tap(run, action)
+    if tapped.endswith("no card offers it"):  # it went before the tap
+        return f"errand {made}{tapped}"
+    ids = set(_offering(run, action)) | {c.id for c in run.hmi.state.cards.values() if c.pending}
+
+    def settled() -> bool:
+        assert run.hmi is not None
+        return not any(c.pending for c in run.hmi.state.cards.values() if c.id in ids)
+
+    ended = await _watch(run, REQUEST_TIMEOUT_S + 15, settled)
+    await _watch(run, 7)  # past the invariant's grace, with the outcome on screen
+    return f"errand {made}{tapped}; {'settled' if ended else 'still pending'}"
+
+
+async def _new_fault(run: Run) -> str:
+    """Raise a code that is not active (one a workshop should see)."""
+    car = run.car
+    assert isinstance(car, SimCar)
+    codes = [c for c in CODES if c not in car.state.dtcs] or list(CODES)
+    code = run.rng.choice(codes)
+    segment = Segment("fault", (Phase(f"raise {code}", 1_000, (RaiseDtc(code),)),))
+    return await _play(run, segment) or f"raise {code}"
+
+
+async def _coupon_and_charge(run: Run) -> str:
+    """A new coupon in the wallet, then a charge (the scene that unlocks it)."""
+    run.documents["wallet"] += 1
+    version = run.documents["wallet"] + 1
+    wallet = demo_wallet(version)
+    coupon = wallet.coupons[0].model_copy(update={"id": f"coffee-charge-{version:02d}"})
+    body = wallet.model_copy(update={"coupons": (coupon,)}).model_dump(mode="json")
+    run.world.cloud.publish_document(VEHICLE_ID, DocumentKind.WALLET, body)
+    return f"wallet v{version}, " + await charge(run)
+
+
 async def locale(run: Run) -> str:
     """Switch the display language."""
     if run.hmi is None or not run.screen().running:
@@ -507,7 +587,7 @@ STEPS: Final[dict[str, tuple[Step, float]]] = {
     "redeem": (redeem, 2), "snooze": (snooze, 2), "dismiss": (dismiss, 3), "ok": (ok, 1),
     "locale": (locale, 1), "broker": (broker, 1.5), "cloud": (cloud, 2), "kill": (kill, 2),
     "restart": (restart, 2), "clock": (clock, 1.5), "document": (document, 1.5),
-    "wait": (wait, 6),
+    "wait": (wait, 6), "errand": (errand, 2),
 }  # fmt: skip
 
 
