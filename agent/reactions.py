@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from agent import maintenance as mnt
 from agent import vehicle as veh
@@ -33,6 +33,9 @@ _log = logging.getLogger(__name__)
 TIME_CHECK_S = 60.0
 #: A lamp a code can explain waits this long for that code before it is announced.
 LAMP_SETTLE_S = 2.0
+#: Scenes that are agent events only through :meth:`Reactions._scene` (the others, a
+#: charge starting, a service done, are raised where they happen).
+SCENE_EVENTS: Final = frozenset({"birthday", "first_drive", "odometer_milestone"})
 
 
 class Reactions:
@@ -318,7 +321,16 @@ class Reactions:
         self.check_maintenance(now)
 
     def _scene(self, scene: str, occurrence: str, now: Now, **attrs: ArgValue) -> None:
-        """A scene happened: offer the wallet's coupon for it, once per occurrence."""
+        """A scene happened: offer the wallet's coupon for it, once per occurrence.
+
+        A scene nothing else announces is also an agent event for rules (a birthday
+        campaign), raised once per occurrence too.
+        """
+        raised = f"raised:{occurrence}"
+        if scene in SCENE_EVENTS and not self._scenes.get(raised):
+            self._scenes[raised] = True
+            self._ctx.mark_dirty(Section.VEHICLE)
+            self._ctx.agent_event(scene, attrs, now)
         if occurrence in self._offered:
             return
         coupon = coupon_for_scene(

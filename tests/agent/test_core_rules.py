@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.benefits import Wallet
 from agent.cards import CardKind
 from agent.consent import Category
 from agent.rule_model import RuleSetDocument
-from tests.agent.conftest import DAY, HOUR, STATE_OF_CHARGE, T0, Car, added
+from tests.agent.conftest import (
+    DAY,
+    HOUR,
+    STATE_OF_CHARGE,
+    T0,
+    Car,
+    added,
+    all_consent,
+    make_agent,
+    serviced_at,
+)
 
 
 def low_battery_rule(**fields: Any) -> dict[str, Any]:
@@ -200,3 +211,36 @@ def test_a_time_of_day_rule_uses_up_its_day_even_across_a_restart(car: Car) -> N
     assert restarted.card("ops:low_battery") is None  # not a second time the same day
     restarted.tick(DAY)
     assert restarted.card("ops:low_battery") is not None
+
+
+def scene_rule(event: str, title: str) -> dict[str, Any]:
+    return low_battery_rule(
+        id=f"ops.{event}", trigger={"event": event}, conditions=None,
+        card={"key": f"ops:{event}", "kind": "campaign",
+              "title": {"zh-CN": title, "en": title}, "body": {"zh-CN": "-", "en": "-"}},
+    )  # fmt: skip
+
+
+def test_the_scene_events_a_rule_can_name_are_raised_once_per_occurrence() -> None:
+    """birthday, first_drive and odometer_milestone were accepted as triggers but only
+    ever looked for a coupon: a campaign on them never fired."""
+    car = Car(make_agent())  # the rules arrive before the car's first drive cycle
+    all_consent(car)
+    car.history(serviced_at(0, T0 - 100 * DAY))
+    push(car, scene_rule("birthday", "Happy birthday"), scene_rule("first_drive", "Welcome"),
+         scene_rule("odometer_milestone", "{milestone_km} km"))  # fmt: skip
+    wallet = {"version": 1, "coupons": [], "birthday": "05-28"}
+    car.keep(car.agent.set_wallet(Wallet.model_validate(wallet), car.wall, car.mono))
+    car.trust_clock()
+    car.tick(3600)
+    car.drive(5.0)
+    car.park()
+    car.odometer_km(9_990)
+    car.odometer_km(10_001)
+    car.tick(3600)
+    rules = [e.payload["rule"] for e in car.events_of("card.created")]
+    ours = sorted(r for r in rules if r.startswith("ops."))
+    assert ours == ["ops.birthday@3", "ops.first_drive@3", "ops.odometer_milestone@3"]
+    card = car.card("ops:odometer_milestone")
+    assert card is not None
+    assert card.title.en == "10,000 km"
