@@ -11,7 +11,9 @@ The JSON schema of :class:`RuleSetDocument` is published as ``docs/rules.schema.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from importlib import resources
+from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,32 +21,41 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agent.cards import ACTION_KEYS, MOVING_ACTIONS_MAX, MOVING_TITLE_MAX
 from agent.plan import LocalisedText
 
-#: Agent events a rule can be triggered by (see :mod:`agent.core`).
-AGENT_EVENTS: Final = frozenset(
-    {
-        "maintenance_reminder",
-        "maintenance_ok",
-        "service_completed",
-        "fault_detected",
-        "fault_cleared",
-        "charging_started",
-        "charging_stopped",
-        "drive_cycle_started",
-        "drive_cycle_ended",
-        "parked",
-        "driving_started",
-        "odometer_milestone",
-        "birthday",
-        "first_drive",
-        "benefit_available",
-        "booking_confirmed",
-        "booking_declined",
-        "booking_cancelled",
-        "booking_reminder",
-        "redemption_confirmed",
-        "redemption_declined",
-    }
-)
+_BOOKING: Final = frozenset({"card_key", "slot_time", "dealer", "booking_id", "reason"})
+_CYCLE: Final = frozenset({"cycle"})
+_CHARGE: Final = frozenset({"soc"})
+#: Agent events a rule can be triggered by (see :mod:`agent.core`), with the attributes
+#: each one carries: a card template's ``{placeholders}`` and ``event.<attr>`` facts
+#: can use these (and ``rule_id``). The agent's tests hold every raised event to this.
+EVENT_ATTRIBUTES: Final[Mapping[str, frozenset[str]]] = MappingProxyType({
+    "maintenance_reminder": frozenset({"state", "items", "item_ids", "odometer_km"}),
+    "maintenance_ok": frozenset(),
+    "service_completed": frozenset({"items"}),
+    "fault_detected": frozenset({"code", "group", "codes", "severity", "title", "advice"}),
+    "fault_cleared": frozenset({"code", "group"}),
+    "charging_started": _CHARGE,
+    "charging_stopped": _CHARGE,
+    "drive_cycle_started": _CYCLE,
+    "drive_cycle_ended": _CYCLE,
+    "parked": frozenset(),
+    "driving_started": frozenset(),
+    "odometer_milestone": frozenset({"milestone_km"}),
+    "birthday": frozenset(),
+    "first_drive": frozenset(),
+    "benefit_available": frozenset(
+        {"coupon_id", "coupon_title", "coupon_body", "scene", "milestone_km"}
+    ),
+    "booking_confirmed": _BOOKING,
+    "booking_declined": _BOOKING,
+    "booking_cancelled": _BOOKING,
+    "booking_reminder": _BOOKING,
+    "redemption_confirmed": frozenset({"coupon_id"}),
+    "redemption_declined": frozenset({"coupon_id"}),
+})  # fmt: skip
+#: Agent events a rule can be triggered by.
+AGENT_EVENTS: Final = frozenset(EVENT_ATTRIBUTES)
+#: Attributes a signal trigger passes (and every trigger: ``rule_id``).
+SIGNAL_ATTRIBUTES: Final = frozenset({"path", "value"})
 #: Action keys the agent knows how to carry out.
 _FACT: Final = re.compile(
     r"^(event\.[a-z_][a-z0-9_]*|signal\.Vehicle(\.[A-Za-z0-9_]+)+|"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -17,8 +17,8 @@ import pytest
 
 from agent import state_codec
 from agent.booking import Slot
-from agent.cards import Card, CardKind, ChangeType
-from agent.clock import TimeSource
+from agent.cards import ArgValue, Card, CardKind, ChangeType
+from agent.clock import Now, TimeSource
 from agent.consent import Category
 from agent.context import AgentConfig
 from agent.core import Agent, AgentState, Output
@@ -26,7 +26,7 @@ from agent.events import Event
 from agent.fault_engine import default_catalogue
 from agent.ids import IdFactory
 from agent.plan import DAY, ServiceHistory, ServicePlan, ServiceRecord, default_plan
-from agent.rule_model import RuleSetDocument, builtin_rules
+from agent.rule_model import EVENT_ATTRIBUTES, RuleSetDocument, builtin_rules
 from agent.signals import IGNITION, IS_CHARGING, SELECTED_GEAR, STATE_OF_CHARGE
 from can_signals.catalogue import DTC_LIST, GEAR_DRIVE, GEAR_PARK, ODOMETER, SPEED
 from can_signals.update import SignalUpdate, SignalValue
@@ -238,3 +238,18 @@ def no_touchpoint_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("TOUCHPOINT_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def events_carry_only_declared_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every agent event raised in these tests carries only the attributes rule authors
+    are told of (``EVENT_ATTRIBUTES``: what ``touchpoint rules check`` checks
+    placeholders and ``event.*`` facts against)."""
+    raise_event = Agent.agent_event
+
+    def checked(self: Agent, name: str, attrs: Mapping[str, ArgValue], now: Now) -> None:
+        undeclared = sorted(set(attrs) - EVENT_ATTRIBUTES[name])
+        assert not undeclared, f"agent event {name} carries undeclared attributes {undeclared}"
+        raise_event(self, name, attrs, now)
+
+    monkeypatch.setattr(Agent, "agent_event", checked)
