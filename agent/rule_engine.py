@@ -273,11 +273,11 @@ class RuleEngine:
         number = _is_number(value)
         specs = []
         for entry in entries:
-            compare = entry.compare
-            if number and compare is not None:
-                truth = compare(value, entry.threshold)
+            fast = entry.compare
+            if number and fast is not None:
+                truth = fast(value, entry.threshold)
             else:
-                truth = _compare(value, entry.op, entry.threshold)
+                truth = compare(value, entry.op, entry.threshold)
             state = entry.state
             if truth == state.edge:
                 continue
@@ -417,7 +417,7 @@ def _arg(value: Any) -> ArgValue:
 def evaluate(condition: Condition, facts: FactLookup) -> bool:
     """Evaluate a condition tree against facts."""
     if isinstance(condition, Comparison):
-        return _compare(facts(condition.fact), condition.op, condition.value)
+        return compare(facts(condition.fact), condition.op, condition.value)
     if isinstance(condition, AllOf):
         return all(evaluate(c, facts) for c in condition.all)
     if isinstance(condition, AnyOf):
@@ -426,7 +426,8 @@ def evaluate(condition: Condition, facts: FactLookup) -> bool:
     return not evaluate(condition.not_, facts)
 
 
-def _compare(actual: Any, op: str, expected: Any) -> bool:  # noqa: PLR0911 - an arm per operator  # noqa: PLR0911 - one arm per operator
+def compare(actual: Any, op: str, expected: Any) -> bool:  # noqa: PLR0911 - one arm per operator
+    """``actual op expected`` as a rule means it: a mismatch of types is false."""
     if op == "exists":
         return actual is not MISSING and actual is not None
     if actual is MISSING or actual is None:

@@ -39,6 +39,10 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
         "touchpoint.commands.doctor",
         "check a head unit's set-up: settings, D-Bus, CAN, cloud, store",
     ),
+    "rules": (
+        "touchpoint.commands.rules",
+        "check rule documents against a car and the card policy before they ship",
+    ),
     "outbox": ("touchpoint.commands.outbox", "what waits to be sent to the cloud, read-only"),
     "lab": (
         "touchpoint.commands.lab",
