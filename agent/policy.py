@@ -26,6 +26,13 @@ from agent.cards import Card, CardChange, CardKind, CardState, ChangeType, Close
 from agent.local_time import DEFAULT_ZONE, local
 
 DAY: Final = 86_400.0
+#: Why an open card is not on screen (:attr:`CardManager.held_back`).
+SNOOZED: Final = "snoozed"
+MOVING: Final = "moving"
+QUIET_HOURS: Final = "quiet hours"
+DAILY_CAP: Final = "daily cap"
+VISIBLE_LIMIT: Final = "visible limit"
+HOLD_REASONS: Final = (SNOOZED, MOVING, QUIET_HOURS, DAILY_CAP, VISIBLE_LIMIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,9 @@ class CardManager:
         self._settled: _Settled | None = None
         #: Cards that could be on screen now but for the limit on cards at once.
         self.waiting = 0
+        #: Why each open card not on screen is held back, as of the last choice (one of
+        #: :data:`HOLD_REASONS`): for replays and a card's provenance.
+        self.held_back: dict[str, str] = {}
         if snapshot is not None:
             for card in snapshot.cards:
                 self._cards[card.id] = card
@@ -290,17 +300,21 @@ class CardManager:
 
     def _choose(self, *, driving: bool, now: float) -> set[str]:
         quiet = self.config.in_quiet_hours(now)
-        candidates = [
-            card
-            for card in self._cards.values()
-            if card.state is not CardState.SNOOZED
-            and (not driving or moving_allowed(card))
-            and not (
+        held: dict[str, str] = {}
+        candidates = []
+        for card in self._cards.values():
+            if card.state is CardState.SNOOZED:
+                held[card.id] = SNOOZED
+            elif driving and not moving_allowed(card):
+                held[card.id] = MOVING
+            elif (
                 quiet
                 and card.urgency is not Urgency.CRITICAL
                 and card.state is not CardState.VISIBLE
-            )
-        ]
+            ):
+                held[card.id] = QUIET_HOURS
+            else:
+                candidates.append(card)
         # Urgency first, then priority; a card already on screen keeps its place over a
         # newcomer of the same rank (no flicker), then the oldest first.
         candidates.sort(
@@ -321,16 +335,19 @@ class CardManager:
             if len(chosen) >= self.config.max_visible:
                 capped = card.posted_at is None and self._capped(card, shown_today)
                 waiting += 0 if capped else 1
+                held[card.id] = DAILY_CAP if capped else VISIBLE_LIMIT
                 continue
             if card.posted_at is None:
                 # A card's first appearance counts against its kind's daily cap.
                 cap = self.config.daily_caps.get(card.kind)
                 count = shown_today.get(card.kind.name, 0)
                 if cap is not None and count >= cap:
+                    held[card.id] = DAILY_CAP
                     continue
                 shown_today[card.kind.name] = count + 1
             chosen.add(card.id)
         self.waiting = waiting
+        self.held_back = held
         return chosen
 
     def _capped(self, card: Card, shown_today: Mapping[str, int]) -> bool:

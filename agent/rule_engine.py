@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -161,6 +161,8 @@ class RuleEngine:
         self._previous: RuleSetDocument | None = None
         self._zone = zone
         self.dirty = False
+        #: Times a triggered rule did not fire, by (rule ref, why): for replays.
+        self.skipped: Counter[tuple[str, str]] = Counter()
         self._state: dict[str, _RuleState] = defaultdict(_RuleState)
         for rule_id, raw in (state or {}).items():
             self._state[rule_id] = _RuleState(
@@ -331,12 +333,18 @@ class RuleEngine:
     def _eligible(
         self, rule: Rule, facts: FactLookup, now: float, *, trusted: bool, tier: str | None
     ) -> bool:
-        return (
-            _in_window(rule, now, trusted=trusted)
-            and self._targeted(rule, tier)
-            and self._within_caps(rule, now)
-            and (rule.conditions is None or evaluate(rule.conditions, facts))
-        )
+        reason: str | None = None
+        if not _in_window(rule, now, trusted=trusted):
+            reason = "outside its window"
+        elif not self._targeted(rule, tier):
+            reason = "not targeted"
+        elif not self._within_caps(rule, now):
+            reason = "its caps"
+        elif rule.conditions is not None and not evaluate(rule.conditions, facts):
+            reason = "conditions false"
+        if reason is not None:
+            self.skipped[(rule.ref, reason)] += 1
+        return reason is None
 
     def _targeted(self, rule: Rule, tier: str | None) -> bool:
         targeting = rule.targeting

@@ -38,8 +38,11 @@ def test_a_battery_campaign_never_fires_on_the_rav4(
     status, lines = run(capsys, repo_root / EXAMPLE, "--dbc", dbc, "--mapping", mapping)
     assert status == 1
     assert lines == [
-        f"{repo_root / EXAMPLE}:13: rules[0].trigger.signal.path (campaign.low-battery-charger): "
-        f"{SOC} is not in the mapping {mapping}: the rule never fires"
+        (
+            f"{repo_root / EXAMPLE}:13: rules[0].trigger.signal.path "
+            f"(campaign.low-battery-charger): {SOC} is not in the mapping {mapping}: "
+            "the rule never fires"
+        )
     ]
 
 
@@ -55,15 +58,17 @@ def test_kuksas_own_model3_mapping_and_vss_release(
     }  # fmt: skip
     document = tmp_path / "fast.json"
     document.write_text(json.dumps({"version": 1, "rules": [speed]}, indent=1), encoding="utf-8")
-    car = ["--dbc", kuksa / "Model3CAN.dbc", "--mapping", kuksa / "vss_dbc.json"]
+    car: list[str | Path] = ["--dbc", kuksa / "Model3CAN.dbc", "--mapping", kuksa / "vss_dbc.json"]
     status, lines = run(capsys, repo_root / BUILTIN, document, *car, "--vss", realdata_dir /
                         ".." / "vss" / "vss-6.0.json")  # fmt: skip
     assert status == 1
     assert lines[0].endswith("10 rules, no problems (signals: the mapping "
                              f"{kuksa / 'vss_dbc.json'})")  # fmt: skip
     assert lines[1:] == [
-        f"{document}:8: rules[0].trigger.signal (ops.fast): Vehicle.Speed ranges over "
-        "[-100, 400]: the rule never fires"
+        (
+            f"{document}:8: rules[0].trigger.signal (ops.fast): Vehicle.Speed ranges over "
+            "[-100, 400]: the rule never fires"
+        )
     ]
 
 
@@ -88,7 +93,9 @@ def test_every_schema_problem_at_once_with_its_line(
     status, lines = run(capsys, document, broken)
     assert status == 1
     assert [line.split(": ", 1)[0] for line in lines] == [
-        f"{document}:8", f"{document}:40", f"{broken}:3"
+        f"{document}:8",
+        f"{document}:40",
+        f"{broken}:3",
     ]
     assert "unknown agent event 'lunch'" in lines[0]
     assert "rules[0].trigger.event (ops.a)" in lines[0]
@@ -116,7 +123,9 @@ def test_the_car_from_a_head_units_settings(
     status, lines = run(capsys, document, "--config", config)
     assert status == 1
     assert lines == [
-        f"{document}:8: rules[0].trigger.time_of_day (ops.night): fires at 21:00, inside the "
-        "quiet hours (20:00-06:00): its card waits until 06:00"
+        (
+            f"{document}:8: rules[0].trigger.time_of_day (ops.night): fires at 21:00, inside the "
+            "quiet hours (20:00-06:00): its card waits until 06:00"
+        )
     ]
     assert main(["rules", "check", str(document), "--config", str(tmp_path / "none")]) == 2

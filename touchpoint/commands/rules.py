@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -50,9 +51,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not look for conflicts with touchpoint's built-in rules",
     )  # fmt: skip
 
+    replay = actions.add_parser(
+        "replay", help="run the real agent over drives with a rule set: what cards, when, why",
+        description="Run the agent (its engines, rules and card policy; no D-Bus, no cloud, "
+        "nobody tapping, every consent granted) over recorded or simulated drives and report "
+        "which cards each rule would post and show, when, and what held each back.",
+    )  # fmt: skip
+    replay.add_argument("--rules", type=Path, required=True, help="the rule document to try")
+    replay.add_argument("--baseline", type=Path, help="a rule document to compare it with")
+    source = replay.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--replay",
+        type=Path,
+        nargs="+",
+        metavar="LOG",
+        help="recorded logs (with --dbc and --mapping), one after the other",
+    )
+    source.add_argument(
+        "--scenario",
+        nargs="+",
+        metavar="NAME",
+        help=f"simulator scenarios, one after the other: {', '.join(_scenarios())}",
+    )
+    replay.add_argument("--dbc", action="append", default=[], metavar="[BUS=]FILE")
+    replay.add_argument("--mapping", type=Path)
+    replay.add_argument("--vss", type=Path)
+    replay.add_argument(
+        "--start", type=_moment, default=None, metavar="ISO8601",
+        help="when the first update happens, e.g. 2027-01-04T08:00:00+08:00 (default: now); "
+        "times are printed in its offset",
+    )  # fmt: skip
+    replay.add_argument("--wallet", type=Path, help="a wallet document (coupons, tier)")
+    replay.add_argument("--history", type=Path, help="a service history document")
+    replay.add_argument("--json", action="store_true", help="print JSON instead of text")
+    replay.add_argument("--html", type=Path, metavar="FILE", help="also write a timeline page")
+
+
+def _scenarios() -> list[str]:
+    from can_signals.simulator.scenarios import SCENARIOS  # noqa: PLC0415
+
+    return sorted(SCENARIOS)
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from err
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
 
 def run(args: argparse.Namespace) -> int:
     """Run the action; see the module's description for the exit status."""
+    if args.action == "replay":
+        return _replay(args)
     if args.mapping is not None and not args.dbc:
         print("error: --mapping needs --dbc", file=sys.stderr)
         return 2
@@ -244,3 +296,63 @@ def _known(
     else:
         kind = "number"
     return KnownSignal(kind, minimum, maximum, allowed)
+
+
+# -- replay ----------------------------------------------------------------------------------
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from agent.benefits import Wallet  # noqa: PLC0415
+    from agent.plan import ServiceHistory  # noqa: PLC0415
+    from can_signals.dbc import parse_dbc_argument  # noqa: PLC0415
+    from touchpoint import replay_report  # noqa: PLC0415
+    from touchpoint.rule_replay import (  # noqa: PLC0415
+        replay,
+        updates_from_logs,
+        updates_from_scenarios,
+    )
+
+    if args.replay and (args.mapping is None or not args.dbc):
+        print("error: --replay needs --dbc and --mapping", file=sys.stderr)
+        return 2
+    moment: datetime = args.start or datetime.now(UTC).astimezone()
+    zone = moment.tzinfo or UTC
+    try:
+        documents = [_rule_set(args.rules)] + ([_rule_set(args.baseline)] if args.baseline else [])
+        wallet = Wallet.model_validate_json(args.wallet.read_bytes()) if args.wallet else None
+        history = (
+            ServiceHistory.model_validate_json(args.history.read_bytes()) if args.history else None
+        )
+        if args.replay:
+            dbcs = [parse_dbc_argument(d) for d in args.dbc]
+            updates = updates_from_logs(args.replay, args.mapping, dbcs, args.vss)
+        else:
+            updates = updates_from_scenarios(args.scenario, moment.timestamp())
+    except (TouchpointError, ValidationError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not updates:
+        print("error: the drives gave no signal updates (is it the car's DBC and mapping?)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    results = [replay(updates, start=moment.timestamp(), rules=d, wallet=wallet,
+                      history=history) for d in documents]  # fmt: skip
+    result, baseline = results[0], (results[1] if len(results) > 1 else None)
+    if args.json:
+        print(json.dumps(replay_report.as_json(result, baseline), indent=1))
+    else:
+        print(replay_report.text(result, zone, baseline))
+    if args.html:
+        title = f"touchpoint rules replay: {args.rules.name}"
+        args.html.write_text(replay_report.page(result, zone, title, baseline), encoding="utf-8")
+    return 0
+
+
+def _rule_set(path: Path) -> RuleSetDocument:
+    try:
+        return RuleSetDocument.model_validate_json(path.read_bytes())
+    except ValidationError as err:
+        raise ValueError(
+            f"{path} is not a valid rule document ({err.error_count()} problems: "
+            f"`touchpoint rules check {path}` lists them)"
+        ) from None
