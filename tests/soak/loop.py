@@ -439,6 +439,26 @@ async def errand(run: Run) -> str:
     return f"errand {made}{tapped}; {'settled' if ended else 'still pending'}"
 
 
+async def due(run: Run) -> str:
+    """The oil-life monitor drops to due or overdue while the car stands, and it stands on.
+
+    The driver waits for a drive to end first; the checks run all the while, so the
+    invariant on a due item's card looks at a car parked long enough to show it.
+    """
+    car = run.car
+    assert isinstance(car, SimCar)
+    await _watch(run, 60, lambda: not car.busy)
+    percent = run.rng.choice((4.0, 0.0))
+    seconds = run.rng.uniform(25, 40)
+    phase = Phase("parked, oil due", int(seconds * 1000),
+                  (SetIgnition(Ignition.LOCK), OilMonitorDrops(percent)))  # fmt: skip
+    busy = await _play(run, Segment("park", (phase,)))
+    if busy:
+        return f"due: {busy}"
+    await _watch(run, seconds + 10, lambda: not car.busy)
+    return f"oil life {percent:.0f} %, parked {seconds:.0f} s"
+
+
 async def _new_fault(run: Run) -> str:
     """Raise a code that is not active (one a workshop should see)."""
     car = run.car
@@ -587,7 +607,7 @@ STEPS: Final[dict[str, tuple[Step, float]]] = {
     "redeem": (redeem, 2), "snooze": (snooze, 2), "dismiss": (dismiss, 3), "ok": (ok, 1),
     "locale": (locale, 1), "broker": (broker, 1.5), "cloud": (cloud, 2), "kill": (kill, 2),
     "restart": (restart, 2), "clock": (clock, 1.5), "document": (document, 1.5),
-    "wait": (wait, 6), "errand": (errand, 2),
+    "wait": (wait, 6), "errand": (errand, 2), "due": (due, 1),
 }  # fmt: skip
 
 
@@ -601,7 +621,9 @@ async def play_recording(run: Run) -> str:
 
 
 #: The car's own steps, replaced by the recording's when a recording is the car.
-CAR_STEPS: Final = frozenset({"drive", "park", "charge", "fault", "bad_frame", "gnss_no_fix"})
+CAR_STEPS: Final = frozenset(
+    {"drive", "park", "charge", "fault", "bad_frame", "gnss_no_fix", "due"}
+)
 #: The car, by ``--source``.
 SOURCES: Final = ("simulator", "simlog", "rav4")
 
