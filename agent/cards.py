@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Final
 
 from agent.consent import Category
+from agent.events import JsonValue
 
 LOCALES: Final = ("zh-CN", "en")
 DEFAULT_LOCALE: Final = "zh-CN"
@@ -146,6 +147,7 @@ class Card:
             clock; if not, they move with the correction once the clock is trusted.
         note: A short status line under the body, in both locales: what a request of
             the card's is waiting for, or that it got no answer and how to retry.
+        why: What made its rule fire (see :class:`agent.rule_engine.CardSpec`).
     """
 
     id: str
@@ -172,6 +174,7 @@ class Card:
     close_reason: CloseReason = CloseReason.UNKNOWN
     time_trusted: bool = True
     note: Text | None = None
+    why: Mapping[str, JsonValue] = field(default_factory=lambda: MappingProxyType({}))
 
     def rebased(self, correction: float) -> Card:
         """The card with its estimated times moved by ``correction`` seconds, now trusted."""

@@ -587,6 +587,7 @@ class Agent:
             expires=None if spec.ttl is None else now.floor + spec.ttl,
             rule=spec.rule,
             time_trusted=now.trusted,
+            why=spec.why,
         )
         stored, new = self.cards.post(card, now.floor)
         self._out.dirty.add(Section.CARDS)
@@ -594,7 +595,7 @@ class Agent:
             self._card_event(EventType.CARD_SUPPRESSED, card, now, reason="cooldown")
             return None
         if new:
-            self._card_event(EventType.CARD_CREATED, stored, now)
+            self._card_event(EventType.CARD_CREATED, stored, now, why=dict(stored.why))
         else:
             self._card_event(EventType.CARD_UPDATED, stored, now)
             if self._on_screen(stored):

@@ -272,7 +272,23 @@ _REMINDER_ITEM: Final = (
 
 _TYPES: Final = (
     # -- cards: what the driver saw and did --------------------------------------------
-    _card("created", "A rule posted a new card (queued; shown when the policy allows)."),
+    _card(
+        "created",
+        "A rule posted a new card (queued; shown when the policy allows).",
+        _f(
+            "why",
+            "object",
+            "What made the rule fire: `trigger` (`event NAME`, `signal PATH OP VALUE` with "
+            "the signal's `value`, or `time HH:MM`) and, for a rule with conditions, "
+            "`facts`: each fact they read, with its value then (null: missing). Empty for "
+            "a card the cloud posted.",
+            {
+                "trigger": "signal Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed < 25",
+                "value": 24.5,
+                "facts": {"vehicle.parked": True},
+            },
+        ),
+    ),
     _card("updated", "An open card was updated in place (an escalation, new details)."),
     _card(
         "suppressed",

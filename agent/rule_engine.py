@@ -23,6 +23,7 @@ from datetime import tzinfo
 from typing import Any, Final
 
 from agent.cards import ArgValue, CardKind, Display, Text, Urgency, render
+from agent.events import JsonValue
 from agent.local_time import DEFAULT_ZONE, local, local_day
 from agent.rule_model import (
     AllOf,
@@ -75,6 +76,9 @@ class CardSpec:
     Attributes:
         template: The template id HMIs that localise themselves go by (the rule's id).
         rule: ``id@version`` of what made it, for the card and its events.
+        why: What made the rule fire: ``trigger`` (an agent event, a signal crossing
+            with its ``value``, a time of day) and ``facts`` (each fact the rule's
+            conditions read, with its value then).
     """
 
     template: str
@@ -89,10 +93,15 @@ class CardSpec:
     args: Mapping[str, ArgValue]
     actions: tuple[tuple[str, Text], ...]
     ttl: float | None
+    why: Mapping[str, JsonValue] = field(default_factory=dict)
 
 
 def card_spec(
-    template_id: str, ref: str, card: CardTemplate, args: Mapping[str, ArgValue]
+    template_id: str,
+    ref: str,
+    card: CardTemplate,
+    args: Mapping[str, ArgValue],
+    why: Mapping[str, JsonValue] | None = None,
 ) -> CardSpec:
     """The card ``card`` describes, its placeholders filled from ``args``."""
     return CardSpec(
@@ -108,6 +117,7 @@ def card_spec(
         args=args,
         actions=tuple((a.key, a.label.text()) for a in card.actions),
         ttl=card.ttl_s,
+        why=why or {},
     )
 
 
@@ -249,7 +259,7 @@ class RuleEngine:
     ) -> list[CardSpec]:
         """Cards asked for by rules triggered by the agent event ``name``."""
         return [
-            self._fire(rule, attrs, now)
+            self._fire(rule, attrs, now, f"event {name}", facts)
             for rule in self._by_event.get(name, ())
             if self._eligible(rule, facts, now, trusted=trusted, tier=tier)
         ]
@@ -290,7 +300,9 @@ class RuleEngine:
             if state.last_fired is not None and now - state.last_fired < entry.min_interval:
                 continue
             if self._eligible(entry.rule, facts, now, trusted=trusted, tier=tier):
-                specs.append(self._fire(entry.rule, {"path": path, "value": _arg(value)}, now))
+                trigger = f"signal {path} {entry.op} {entry.threshold!r}"
+                attrs = {"path": path, "value": _arg(value)}
+                specs.append(self._fire(entry.rule, attrs, now, trigger, facts))
         return specs
 
     def on_tick(
@@ -312,7 +324,7 @@ class RuleEngine:
             state.last_day = day
             self.dirty = True
             if self._eligible(rule, facts, now, trusted=trusted, tier=tier):
-                specs.append(self._fire(rule, {}, now))
+                specs.append(self._fire(rule, {}, now, f"time {trigger.time_of_day}", facts))
         return specs
 
     def render_again(self, rule_id: str, args: Mapping[str, ArgValue]) -> tuple[Text, Text] | None:
@@ -361,13 +373,25 @@ class RuleEngine:
             return False
         return rule.caps.total is None or state.total < rule.caps.total
 
-    def _fire(self, rule: Rule, attrs: Mapping[str, ArgValue], now: float) -> CardSpec:
+    def _fire(
+        self,
+        rule: Rule,
+        attrs: Mapping[str, ArgValue],
+        now: float,
+        trigger: str,
+        facts: FactLookup,
+    ) -> CardSpec:
         state = self._state_of(rule)
         state.fired.append(now)
         state.total += 1
         state.last_fired = now
         self.dirty = True
-        return card_spec(rule.id, rule.ref, rule.card, {"rule_id": rule.id, **attrs})
+        why: dict[str, JsonValue] = {"trigger": trigger}
+        if "value" in attrs:
+            why["value"] = _json(attrs["value"])
+        if rule.conditions is not None:
+            why["facts"] = {name: _json(facts(name)) for name in _facts_read(rule.conditions)}
+        return card_spec(rule.id, rule.ref, rule.card, {"rule_id": rule.id, **attrs}, why)
 
     def forget_counters(self) -> None:
         """Drop every rule's counters and edges (a wipe of the driver's data)."""
@@ -419,6 +443,31 @@ def _arg(value: Any) -> ArgValue:
         return value
     if isinstance(value, tuple):
         return tuple(str(v) for v in value)
+    return str(value)
+
+
+def _facts_read(condition: Condition) -> list[str]:
+    """The facts a condition tree compares, in order, each once."""
+    if isinstance(condition, Comparison):
+        return [condition.fact]
+    children = (
+        condition.all if isinstance(condition, AllOf)
+        else condition.any if isinstance(condition, AnyOf)
+        else [condition.not_]
+    )  # fmt: skip
+    return list(dict.fromkeys(f for child in children for f in _facts_read(child)))
+
+
+def _json(value: Any) -> JsonValue:
+    """A fact's value as JSON (a missing fact is null, a text its English)."""
+    if value is MISSING or value is None:
+        return None
+    if isinstance(value, Text):
+        return value.en
+    if isinstance(value, tuple | list):
+        return [_json(v) for v in value]
+    if isinstance(value, bool | int | float | str):
+        return value
     return str(value)
 
 

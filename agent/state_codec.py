@@ -256,6 +256,7 @@ def card_to_json(card: Card) -> dict[str, Any]:
         "close_reason": card.close_reason.name,
         "time_trusted": card.time_trusted,
         "note": None if card.note is None else card.note.to_json(),
+        "why": dict(card.why),
     }
 
 
@@ -286,6 +287,7 @@ def card_from_json(data: Mapping[str, Any]) -> Card:
         close_reason=CloseReason[data["close_reason"]],
         time_trusted=data.get("time_trusted", True) is not False,
         note=None if data.get("note") is None else Text.from_json(data["note"]),
+        why=data["why"] if isinstance(data.get("why"), dict) else {},
     )
 
 

@@ -43,6 +43,10 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
         "touchpoint.commands.rules",
         "check rule documents against a car and the card policy before they ship",
     ),
+    "explain": (
+        "touchpoint.commands.explain",
+        "why a card is there: its rule, trigger and facts, from the car's store",
+    ),
     "outbox": ("touchpoint.commands.outbox", "what waits to be sent to the cloud, read-only"),
     "lab": (
         "touchpoint.commands.lab",

@@ -244,3 +244,23 @@ def test_the_scene_events_a_rule_can_name_are_raised_once_per_occurrence() -> No
     card = car.card("ops:odometer_milestone")
     assert card is not None
     assert card.title.en == "10,000 km"
+
+
+def test_a_card_says_what_made_its_rule_fire_and_keeps_it_across_a_restart(car: Car) -> None:
+    soc(car, 40.0)
+    push(car, low_battery_rule())
+    soc(car, 19.0)
+    [created] = [e for e in car.events_of("card.created") if e.payload["key"] == "ops:low_battery"]
+    why = {
+        "trigger": f"signal {STATE_OF_CHARGE} < 20",
+        "value": 19.0,
+        "facts": {"vehicle.charging": False},
+    }
+    assert created.payload["why"] == why
+    card = car.card("ops:low_battery")
+    assert card is not None
+    assert dict(card.why) == why
+    restarted = car.restarted()
+    again = restarted.card("ops:low_battery")
+    assert again is not None
+    assert dict(again.why) == why

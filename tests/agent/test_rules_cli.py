@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from agent import state_codec
+from agent.store.store import Store
+from tests.agent.conftest import DAY, T0, Car, all_consent, make_agent, serviced_at
 from touchpoint.cli import main
 
 EXAMPLE = Path("docs/examples/campaign_low_battery.json")
@@ -129,3 +132,32 @@ def test_the_car_from_a_head_units_settings(
         )
     ]
     assert main(["rules", "check", str(document), "--config", str(tmp_path / "none")]) == 2
+
+
+def test_explain_reads_why_a_card_is_there_from_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    car = Car(make_agent())
+    all_consent(car)
+    car.history(serviced_at(0, T0 - 100 * DAY))
+    car.park()
+    car.odometer_km(16_000)  # past the 15,000 km oil change
+    database = tmp_path / "touchpoint.db"
+    store, _ = Store.open(database)
+    try:
+        store.commit([], state_codec.encode(car.agent))
+    finally:
+        store.close()
+    assert main(["explain", "maintenance", "--db", str(database)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:4] == [
+        "  rule:    builtin.maintenance.overdue@1",
+        "  trigger: event maintenance_reminder",
+        '  fact:    event.state = "OVERDUE"',
+    ]
+    assert main(["explain", "--db", str(database), "--json"]) == 0
+    [card] = json.loads(capsys.readouterr().out)
+    assert card["why"] == {"trigger": "event maintenance_reminder",
+                           "facts": {"event.state": "OVERDUE"}}  # fmt: skip
+    assert main(["explain", "fault:P0301", "--db", str(database)]) == 1
+    assert "no open card 'fault:P0301'" in capsys.readouterr().err
