@@ -11,6 +11,7 @@ with ``Get``/``GetAll``, method calls the bus policy restricts to the HMI group.
 # No "from __future__ import annotations": dbus-fast reads these annotations at class
 # creation, and a postponed "None" would not read as an empty D-Bus signature.
 
+import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Protocol, TypedDict
 
@@ -266,6 +267,29 @@ class CardObject(ServiceInterface):
         if close not in HMI_CLOSE_REASONS:
             raise DBusError(ERROR_INVALID_ARGS, f"reason must be 1 or 2, not {reason}")
         await self._actions.dismiss(self.card.id, close)
+
+    @dbus_method()
+    def Explain(self) -> DBusDict:  # noqa: N802
+        """Why the card is there.
+
+        ``Rule`` (id@version), ``Trigger`` (what made the rule fire), ``Value`` (the
+        signal's value at a crossing, as JSON) and ``Facts`` (each fact the rule's
+        conditions read: its value then, as JSON). A method, never a signal: only the
+        HMI's callers may ask.
+        """
+        why = self.card.why
+        explained: dict[str, Variant] = {
+            "Rule": Variant("s", self.card.rule or ""),
+            "Trigger": Variant("s", str(why.get("trigger", ""))),
+        }
+        if "value" in why:
+            explained["Value"] = Variant("s", json.dumps(why["value"], ensure_ascii=False))
+        facts = why.get("facts")
+        if isinstance(facts, Mapping):
+            explained["Facts"] = Variant("a{ss}", {
+                str(k): json.dumps(v, ensure_ascii=False) for k, v in facts.items()
+            })  # fmt: skip
+        return explained
 
     @dbus_method()
     async def ReportShown(self) -> None:  # noqa: N802

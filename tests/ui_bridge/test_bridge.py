@@ -166,6 +166,12 @@ def test_book_reaches_the_booking_flow_and_dismiss_removes_with_its_reason(
     async def scenario() -> None:
         async with serving(store, bus_address) as daemon, client(bus_address) as hmi:
             path, _ = await _card_on_screen(daemon, hmi)
+            [why] = await hmi.call(path, CARD_INTERFACE, "Explain")
+            assert {k: v.value for k, v in why.items()} == {
+                "Rule": "builtin.maintenance.due_soon@1",
+                "Trigger": "event maintenance_reminder",
+                "Facts": {"event.state": '"DUE_SOON"'},
+            }
             await hmi.call(path, CARD_INTERFACE, "InvokeAction", "sa{sv}", ["book", {}])
             pending = await hmi.wait(lambda m: m.member == "PropertiesChanged" and m.path == path)
             assert pending.body[1]["Pending"].value is True

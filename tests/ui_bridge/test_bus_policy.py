@@ -546,6 +546,7 @@ CALLS: Final[dict[str, tuple[str, str, tuple[str, ...]]]] = {
     "Consent.GetCategories": (ROOT_PATH, f"{CONSENT_INTERFACE}.GetCategories", ()),
     "Manager.GetCapabilities": (ROOT_PATH, f"{MANAGER_INTERFACE}.GetCapabilities", ()),
     "Card.ReportShown": (CARD, f"{CARD_INTERFACE}.ReportShown", ()),
+    "Card.Explain": (CARD, f"{CARD_INTERFACE}.Explain", ()),
     "Card.InvokeAction": (
         CARD, f"{CARD_INTERFACE}.InvokeAction", ("'no-such-action'", "@a{sv} {}")),
     "Card.Dismiss": (CARD, f"{CARD_INTERFACE}.Dismiss", ("@u 0",)),
@@ -572,6 +573,7 @@ EXPECTED: Final[dict[str, dict[str, str]]] = {
         "Set(Manager.DrivingRestricted)": "org.freedesktop.DBus.Error.PropertyReadOnly",
         "Manager.GetCapabilities": OK,
         "Card.ReportShown": OK,
+        "Card.Explain": OK,
         "Card.InvokeAction": "org.touchpoint.Agent1.Error.UnknownAction",
         "Card.Dismiss": "org.freedesktop.DBus.Error.InvalidArgs",
         "Consent.GetCategories": DENIED,
@@ -591,6 +593,7 @@ EXPECTED: Final[dict[str, dict[str, str]]] = {
         "Consent.SetConsent": OK,
         "Manager.GetCapabilities": DENIED,
         "Card.ReportShown": DENIED,
+        "Card.Explain": DENIED,
         "Card.InvokeAction": DENIED,
         "Card.Dismiss": DENIED,
     },
