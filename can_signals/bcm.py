@@ -7,16 +7,18 @@ further. Per mapped CAN ID and per distinct ``interval_ms`` of its routes, one
 once per that interval (the throttle, ``ival2``), and one of them says when the frame
 stops arriving (``RX_TIMEOUT`` after ``ival1``, the routes' staleness). A frame whose
 mapped bits did not change, or that comes inside the interval, never wakes user space.
+Routes that want a value every interval whether it changed or not (no ``on_change``,
+KUKSA's default) get an operation of their own that filters by ID only
+(``RX_FILTER_ID``), throttled to their interval: one frame per interval wakes user space.
 
 A socket holds one operation per CAN ID, so a frame whose routes have two intervals
 (ENGINE_RPM in the RAV4 mapping: the engine speed every 500 ms, whether it runs at every
 change) gets one operation on each of two sockets; what one passes reaches only the
 routes of its own interval, so a change the other holds back stays held.
 
-Only frames whose every route reports changes (``on_change``) go this way: a route that
-wants every frame, an input of a combined value (``combine``) or a CAN FD frame keep
-the frame on the raw socket, and so does every frame on an interface without
-``CAN_BCM`` or a kernel without the module.
+A route that wants every frame (no ``on_change`` and no interval), an input of a
+combined value (``combine``) or a CAN FD frame keep the frame on the raw socket, and so
+does every frame on an interface without ``CAN_BCM`` or a kernel without the module.
 
 The kernel's throttle differs from KUKSA's interval rule: KUKSA takes the first
 changed frame after the interval, the broadcast manager sends the first change at once
@@ -68,7 +70,7 @@ def bcm_eligible(plan: Plan) -> bool:
     if plan.length > CLASSIC_MAX_BYTES:
         return False
     return all(
-        route.on_change
+        (route.on_change or route.interval_ms > 0)
         and route.combo is None
         and route.kind != "part"
         and not is_fd_message(route.binding.message)
@@ -106,14 +108,19 @@ class _Operation:
     #: The kernel's RX timeout (``ival1``), in seconds; 0: none (another operation of
     #: the frame has it: they all see the same frames).
     timeout: float
+    #: Pass frames whatever their content (``RX_FILTER_ID``): routes without on_change.
+    every_frame: bool
 
 
 def throttle_groups(plan: Plan) -> list[tuple[Route, ...]]:
-    """``plan``'s routes by ``interval_ms``, shortest first: one kernel operation each."""
-    by_interval: dict[int, list[Route]] = {}
+    """``plan``'s routes by ``interval_ms`` and ``on_change``: one kernel operation each.
+
+    Shortest interval first; of one interval, the routes reporting changes first.
+    """
+    groups: dict[tuple[int, bool], list[Route]] = {}
     for route in plan.routes:
-        by_interval.setdefault(route.interval_ms, []).append(route)
-    return [tuple(by_interval[interval]) for interval in sorted(by_interval)]
+        groups.setdefault((route.interval_ms, not route.on_change), []).append(route)
+    return [tuple(groups[key]) for key in sorted(groups)]
 
 
 class KernelFilter:
@@ -147,8 +154,9 @@ class KernelFilter:
                         self._operations.append({})
                     throttle = routes[0].interval_ms / 1000
                     operation = _Operation(
-                        key, plan, routes, throttle, timeout if not index else 0.0
-                    )
+                        key, plan, routes, throttle, timeout if not index else 0.0,
+                        every_frame=not routes[0].on_change,
+                    )  # fmt: skip
                     self._operations[index][key] = operation
                     self._setup(index, operation)
         except OSError:
@@ -179,10 +187,15 @@ class KernelFilter:
             flags |= socket.CAN_BCM_SETTIMER
         if operation.timeout:
             flags |= socket.CAN_BCM_STARTTIMER
+        if operation.every_frame:
+            flags |= socket.CAN_BCM_RX_FILTER_ID
         head = _HEAD.pack(
             socket.CAN_BCM_RX_SETUP, flags, 0, *_timeval(operation.timeout),
-            *_timeval(operation.throttle), operation.key, 1,
+            *_timeval(operation.throttle), operation.key, 0 if operation.every_frame else 1,
         )  # fmt: skip
+        if operation.every_frame:
+            self._sockets[index].send(head)
+            return
         frame = _FRAME.pack(operation.key, operation.plan.length, content_mask(operation.routes))
         self._sockets[index].send(head + frame)
 

@@ -53,9 +53,28 @@ def test_a_route_wanting_every_frame_keeps_its_frame_on_the_raw_socket(
 ) -> None:
     processor, _ = rav4
     plan = _plan(processor, RPM_ID)
-    plan.routes[0].on_change = False
+    route = plan.routes[0]
+    route.on_change = False  # a value every interval, changed or not: the kernel throttles
+    assert bcm_eligible(plan)
+    route.interval_ms = 0  # every frame: nothing for the kernel to hold back
     assert not bcm_eligible(plan)
     assert RPM_ID not in bcm_keys(processor.bus("can0").table)
+
+
+def test_routes_wanting_a_value_every_interval_get_an_operation_of_their_own(
+    rav4: tuple[FrameProcessor, list[SignalUpdate]],
+) -> None:
+    processor, _ = rav4
+    plan = _plan(processor, RPM_ID)
+    running, rpm = plan.routes[1], plan.routes[0]
+    assert (running.path, rpm.path) == (
+        "Vehicle.Powertrain.CombustionEngine.IsRunning",
+        "Vehicle.Powertrain.CombustionEngine.Speed",
+    )
+    running.interval_ms = 500
+    rpm.on_change = False
+    groups = throttle_groups(plan)
+    assert [[r.path for r in group] for group in groups] == [[running.path], [rpm.path]]
 
 
 def test_a_frame_read_at_two_intervals_gets_one_kernel_operation_per_interval(
