@@ -55,11 +55,11 @@ class BusSettings(_Section):
     bcm: Annotated[
         bool,
         Field(
-            description="On `socketcan`: let the kernel's broadcast manager (`CAN_BCM`) pass "
-            "a mapped frame only when the bits the mapping reads changed, throttled to the "
-            "routes' `interval_ms` (touchpoint falls back to reading every mapped frame "
-            "where the kernel has no `CAN_BCM`); `false`: read every mapped frame. Ignored "
-            "by other interfaces."
+            description="On `socketcan`: let the kernel's broadcast manager (`CAN_BCM`) hold "
+            "back the mapped frames touchpoint would not use: those whose mapped bits did "
+            "not change (`on_change` routes) and those inside a route's `interval_ms` "
+            "(touchpoint falls back to reading every mapped frame where the kernel has no "
+            "`CAN_BCM`); `false`: read every mapped frame. Ignored by other interfaces."
         ),
     ] = True
 
