@@ -98,7 +98,7 @@ def content_mask(routes: Iterable[Route]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class _Operation:
-    """One ``RX_SETUP``: a frame's routes of one interval, on one socket."""
+    """One ``RX_SETUP``: a frame's routes of one interval (and on_change), on one socket."""
 
     key: int
     plan: Plan
@@ -126,8 +126,8 @@ def throttle_groups(plan: Plan) -> list[tuple[Route, ...]]:
 class KernelFilter:
     """``CAN_BCM`` sockets on an interface, feeding a bus's processor input.
 
-    One socket per interval a frame's routes have at most (one for most mappings, two
-    for a frame read at two intervals).
+    As many sockets as the most operations one frame needs (one for most mappings, two
+    for a frame read at two intervals, or at one with and without ``on_change``).
 
     Args:
         channel: The SocketCAN interface.
