@@ -1,17 +1,24 @@
 """Filtering in the kernel by content: SocketCAN's broadcast manager (``CAN_BCM``).
 
 Kernel ID filters keep unmapped frames out of Python; the broadcast manager goes
-further. Per mapped CAN ID one ``RX_SETUP`` asks the kernel to pass a frame only when
-the bits of the mapped signals (their start bit, length and byte order, from the DBC)
-or its length changed, at most once per the routes' ``interval_ms`` (the throttle,
-``ival2``), and to say when the frame stops arriving (``RX_TIMEOUT`` after ``ival1``,
-the routes' staleness). A frame whose mapped bits did not change, or that comes inside
-the interval, never wakes user space.
+further. Per mapped CAN ID and per distinct ``interval_ms`` of its routes, one
+``RX_SETUP`` asks the kernel to pass a frame only when the bits of those routes' signals
+(their start bit, length and byte order, from the DBC) or its length changed, at most
+once per that interval (the throttle, ``ival2``), and one of them says when the frame
+stops arriving (``RX_TIMEOUT`` after ``ival1``, the routes' staleness). A frame whose
+mapped bits did not change, or that comes inside the interval, never wakes user space.
+Routes that want a value every interval whether it changed or not (no ``on_change``,
+KUKSA's default) get an operation of their own that filters by ID only
+(``RX_FILTER_ID``), throttled to their interval: one frame per interval wakes user space.
 
-Only frames whose every route reports changes (``on_change``) and shares one interval
-go this way: a route that wants every frame, or two intervals on one frame, keep the
-raw socket (as do CAN FD frames), and so does every frame on an interface without
-``CAN_BCM`` or a kernel without the module.
+A socket holds one operation per CAN ID, so a frame whose routes have two intervals
+(ENGINE_RPM in the RAV4 mapping: the engine speed every 500 ms, whether it runs at every
+change) gets one operation on each of two sockets; what one passes reaches only the
+routes of its own interval, so a change the other holds back stays held.
+
+A route that wants every frame (no ``on_change`` and no interval), an input of a
+combined value (``combine``) or a CAN FD frame keep the frame on the raw socket, and so
+does every frame on an interface without ``CAN_BCM`` or a kernel without the module.
 
 The kernel's throttle differs from KUKSA's interval rule: KUKSA takes the first
 changed frame after the interval, the broadcast manager sends the first change at once
@@ -32,14 +39,15 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from can_signals.bus_input import BusInput
 from can_signals.kernel_protocols import kernel_has
 from can_signals.layout import CLASSIC_MAX_BYTES, is_fd_message
-from can_signals.routes import Plan
+from can_signals.routes import Plan, Route
 
 _log = logging.getLogger(__name__)
 
@@ -54,21 +62,20 @@ _BATCH: Final = 256
 _PROC: Final = Path("/proc/net/can-bcm")
 #: A timeout is reported once its time has passed: the last frame was a hair longer ago.
 _PAST: Final = 1e-3
-_RECV: Final = re.compile(r"# recv (\d+) \((\d+)\)")
+_RECV: Final = re.compile(r"rx_op: ([0-9A-Fa-f]+) .*?# recv (\d+) \((\d+)\)")
 
 
 def bcm_eligible(plan: Plan) -> bool:
     """Whether the kernel may filter ``plan``'s frames by content without changing updates."""
     if plan.length > CLASSIC_MAX_BYTES:
         return False
-    intervals = set()
-    for route in plan.routes:
-        if not route.on_change or route.combo is not None or route.kind == "part":
-            return False
-        if is_fd_message(route.binding.message):
-            return False
-        intervals.add(route.interval_ms)
-    return len(intervals) == 1
+    return all(
+        (route.on_change or route.interval_ms > 0)
+        and route.combo is None
+        and route.kind != "part"
+        and not is_fd_message(route.binding.message)
+        for route in plan.routes
+    )
 
 
 def bcm_available() -> bool:
@@ -81,16 +88,46 @@ def _timeval(seconds: float) -> tuple[int, int]:
     return whole, round((seconds - whole) * 1_000_000)
 
 
-def content_mask(plan: Plan) -> bytes:
-    """The 8 mask bytes over the bits every route of ``plan`` reads."""
+def content_mask(routes: Iterable[Route]) -> bytes:
+    """The 8 mask bytes over the bits ``routes`` read."""
     mask = 0
-    for route in plan.routes:
+    for route in routes:
         mask |= route.mask
     return mask.to_bytes(CLASSIC_MAX_BYTES, "little")
 
 
+@dataclass(frozen=True, slots=True)
+class _Operation:
+    """One ``RX_SETUP``: a frame's routes of one interval (and on_change), on one socket."""
+
+    key: int
+    plan: Plan
+    routes: tuple[Route, ...]
+    #: The kernel's throttle (``ival2``), in seconds: the routes' interval.
+    throttle: float
+    #: The kernel's RX timeout (``ival1``), in seconds; 0: none (another operation of
+    #: the frame has it: they all see the same frames).
+    timeout: float
+    #: Pass frames whatever their content (``RX_FILTER_ID``): routes without on_change.
+    every_frame: bool
+
+
+def throttle_groups(plan: Plan) -> list[tuple[Route, ...]]:
+    """``plan``'s routes by ``interval_ms`` and ``on_change``: one kernel operation each.
+
+    Shortest interval first; of one interval, the routes reporting changes first.
+    """
+    groups: dict[tuple[int, bool], list[Route]] = {}
+    for route in plan.routes:
+        groups.setdefault((route.interval_ms, not route.on_change), []).append(route)
+    return [tuple(groups[key]) for key in sorted(groups)]
+
+
 class KernelFilter:
-    """One ``CAN_BCM`` socket on an interface, feeding a bus's processor input.
+    """``CAN_BCM`` sockets on an interface, feeding a bus's processor input.
+
+    As many sockets as the most operations one frame needs (one for most mappings, two
+    for a frame read at two intervals, or at one with and without ``on_change``).
 
     Args:
         channel: The SocketCAN interface.
@@ -98,29 +135,39 @@ class KernelFilter:
         keys: The frame keys (see :func:`can_signals.layout.frame_key`) it filters.
 
     Raises:
-        OSError: If the socket cannot be opened, connected or set up.
+        OSError: If a socket cannot be opened, connected or set up.
     """
 
     def __init__(self, channel: str, bus_input: BusInput, keys: list[int]) -> None:
         self._input = bus_input
         self._plans: dict[int, Plan] = {key: bus_input.table[key] for key in keys}
-        self._timeouts: dict[int, float] = {}
-        sock = socket.socket(socket.AF_CAN, socket.SOCK_DGRAM, socket.CAN_BCM)
+        self._sockets: list[socket.socket] = []
+        #: Per socket, its operations by frame key.
+        self._operations: list[dict[int, _Operation]] = []
         try:
-            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-            sock.connect((channel,))
-            sock.setblocking(False)
-            self._sock = sock
             for key, plan in self._plans.items():
-                self._setup(key, plan)
+                stale = [route.stale_after for route in plan.routes if route.stale_after]
+                timeout = min(stale) if stale else 0.0
+                for index, routes in enumerate(throttle_groups(plan)):
+                    if index == len(self._sockets):
+                        self._sockets.append(_open(channel))
+                        self._operations.append({})
+                    throttle = routes[0].interval_ms / 1000
+                    operation = _Operation(
+                        key, plan, routes, throttle, timeout if not index else 0.0,
+                        every_frame=not routes[0].on_change,
+                    )  # fmt: skip
+                    self._operations[index][key] = operation
+                    self._setup(index, operation)
         except OSError:
-            sock.close()
+            for sock in self._sockets:
+                sock.close()
             raise
         for key, plan in self._plans.items():
-            if plan.routes[0].interval_ms:
+            if any(route.interval_ms for route in plan.routes):
                 plan.throttle_in_kernel()
-            plan.rearm = self._rearm_for(key, plan)
-        self._inode = os.fstat(sock.fileno()).st_ino
+            plan.rearm = self._rearm_for(key)
+        self._inodes = [os.fstat(sock.fileno()).st_ino for sock in self._sockets]
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -128,49 +175,64 @@ class KernelFilter:
         """The frame keys filtered here."""
         return list(self._plans)
 
-    def _setup(self, key: int, plan: Plan) -> None:
-        """(Re)set the kernel's operation for one frame; it forgets the last frame seen."""
-        stale = [route.stale_after for route in plan.routes if route.stale_after]
-        timeout = min(stale) if stale else 0.0
-        throttle = plan.routes[0].interval_ms / 1000 if plan.routes else 0.0
-        flags = socket.CAN_BCM_RX_CHECK_DLC | socket.CAN_BCM_RX_ANNOUNCE_RESUME
-        if timeout or throttle:
-            flags |= socket.CAN_BCM_SETTIMER
-        if timeout:
-            flags |= socket.CAN_BCM_STARTTIMER
-            self._timeouts[key] = timeout
-        head = _HEAD.pack(
-            socket.CAN_BCM_RX_SETUP, flags, 0, *_timeval(timeout), *_timeval(throttle), key, 1
-        )
-        frame = _FRAME.pack(key, plan.length, content_mask(plan))
-        self._sock.send(head + frame)
+    @property
+    def operations(self) -> int:
+        """The kernel operations set up (one per frame and interval)."""
+        return sum(len(operations) for operations in self._operations)
 
-    def _rearm_for(self, key: int, plan: Plan) -> Callable[[], None]:
-        def rearm() -> None:
-            try:
-                self._setup(key, plan)
-            except OSError as err:  # an interface going away: the raw socket reports it
-                _log.debug("CAN_BCM: cannot reset %X: %s", key, err)
+    def _setup(self, index: int, operation: _Operation) -> None:
+        """(Re)set one kernel operation; it forgets the last frame seen and its throttle."""
+        flags = socket.CAN_BCM_RX_CHECK_DLC | socket.CAN_BCM_RX_ANNOUNCE_RESUME
+        if operation.timeout or operation.throttle:
+            flags |= socket.CAN_BCM_SETTIMER
+        if operation.timeout:
+            flags |= socket.CAN_BCM_STARTTIMER
+        if operation.every_frame:
+            flags |= socket.CAN_BCM_RX_FILTER_ID
+        head = _HEAD.pack(
+            socket.CAN_BCM_RX_SETUP, flags, 0, *_timeval(operation.timeout),
+            *_timeval(operation.throttle), operation.key, 0 if operation.every_frame else 1,
+        )  # fmt: skip
+        if operation.every_frame:
+            self._sockets[index].send(head)
+            return
+        frame = _FRAME.pack(operation.key, operation.plan.length, content_mask(operation.routes))
+        self._sockets[index].send(head + frame)
+
+    def _rearm_for(self, key: int) -> Callable[[Route], None]:
+        def rearm(route: Route) -> None:
+            # Only the operation of the route's interval: the others keep their throttle.
+            for index, operations in enumerate(self._operations):
+                operation = operations.get(key)
+                if operation is None or route not in operation.routes:
+                    continue
+                try:
+                    self._setup(index, operation)
+                except OSError as err:  # an interface going away: the raw socket reports it
+                    _log.debug("CAN_BCM: cannot reset %X: %s", key, err)
 
         return rearm
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read the socket on ``loop``."""
+        """Read the sockets on ``loop``."""
         self._loop = loop
-        loop.add_reader(self._sock.fileno(), self._readable)
+        for index, sock in enumerate(self._sockets):
+            loop.add_reader(sock.fileno(), self._readable, index)
 
     def close(self) -> None:
-        """Stop reading and close the socket (the kernel drops its operations)."""
+        """Stop reading and close the sockets (the kernel drops their operations)."""
         if self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
+            for sock in self._sockets:
+                self._loop.remove_reader(sock.fileno())
             self._loop = None
         for plan in self._plans.values():
             plan.rearm = None
             plan.kernel_alive = False
-        self._sock.close()
+        for sock in self._sockets:
+            sock.close()
 
-    def _readable(self) -> None:
-        sock, plans, bus_input = self._sock, self._plans, self._input
+    def _readable(self, index: int) -> None:
+        sock, operations, bus_input = self._sockets[index], self._operations[index], self._input
         for _ in range(_BATCH):
             try:
                 message, ancillary, _flags, _address = sock.recvmsg(128, 64)
@@ -181,33 +243,58 @@ class KernelFilter:
                 _log.debug("CAN_BCM receive failed: %s", err)
                 return
             opcode, _f, _c, _s1, _u1, _s2, _u2, can_id, nframes = _HEAD.unpack_from(message)
-            plan = plans.get(can_id)
-            if plan is None:
+            operation = operations.get(can_id)
+            if operation is None:
                 continue
             if opcode == socket.CAN_BCM_RX_TIMEOUT:
-                self._timed_out(can_id, plan)
+                self._timed_out(operation)
             elif opcode == socket.CAN_BCM_RX_CHANGED and nframes:
                 _id, length, data = _FRAME.unpack_from(message, _HEAD.size)
-                plan.kernel_alive = True
-                bus_input.feed(plan, _stamp(ancillary), data[:length])
+                operation.plan.kernel_alive = True
+                bus_input.feed_routes(
+                    operation.plan, operation.routes, _stamp(ancillary), data[:length]
+                )
 
-    def _timed_out(self, key: int, plan: Plan) -> None:
+    def _timed_out(self, operation: _Operation) -> None:
         # The kernel saw no frame for the timeout: the last one came about that long ago.
         # (Not "the latest of the two": while alive, the silence watch has moved it on.)
         processor = self._input.processor
         now = time.time()
         with processor.lock:
-            plan.kernel_alive = False
-            plan.last_seen = now - self._timeouts.get(key, 0.0) - _PAST
+            operation.plan.kernel_alive = False
+            operation.plan.last_seen = now - operation.timeout - _PAST
         processor.check_stale(now)
 
     def held_back(self) -> int:
-        """Frames of this socket's IDs the kernel did not pass on (0 if unknown)."""
-        try:
-            text = (_PROC / str(self._inode)).read_text(encoding="ascii")
-        except OSError:
-            return 0
-        return sum(int(total) - int(passed) for passed, total in _RECV.findall(text))
+        """Frames of these IDs the kernel did not pass on (0 if unknown).
+
+        Per frame: the frames its operations received (each sees every one) less the
+        messages they passed on together.
+        """
+        received: dict[int, int] = {}
+        passed: dict[int, int] = {}
+        for inode in self._inodes:
+            try:
+                text = (_PROC / str(inode)).read_text(encoding="ascii")
+            except OSError:
+                continue
+            for ident, sent, total in _RECV.findall(text):
+                key = int(ident, 16)
+                received[key] = max(received.get(key, 0), int(total))
+                passed[key] = passed.get(key, 0) + int(sent)
+        return sum(max(total - passed[key], 0) for key, total in received.items())
+
+
+def _open(channel: str) -> socket.socket:
+    sock = socket.socket(socket.AF_CAN, socket.SOCK_DGRAM, socket.CAN_BCM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        sock.connect((channel,))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _stamp(ancillary: list[tuple[int, int, bytes]]) -> float:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import can
 
-from can_signals.routes import Plan
+from can_signals.routes import Plan, Route
 
 if TYPE_CHECKING:
     from can_signals.processor import FrameProcessor
@@ -126,6 +126,15 @@ class BusInput:
             return
         with processor.lock:
             processor.frame(plan, timestamp, data)
+
+    def feed_routes(
+        self, plan: Plan, routes: tuple[Route, ...], timestamp: float, data: bytes | bytearray
+    ) -> None:
+        """Process a frame the kernel passed for ``routes``, some of ``plan``'s (CAN_BCM)."""
+        self.frames += 1
+        processor = self._processor
+        with processor.lock:
+            processor.frame_for(plan, routes, timestamp, data)
 
     def on_error(self, exc: Exception) -> None:
         """python-can calls this when the bus fails under a Notifier thread."""

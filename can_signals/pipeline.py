@@ -53,6 +53,8 @@ class PipelineStats:
     replay_error: str | None
     #: Frames the kernel's broadcast manager kept from user space (0: not at work).
     kernel_held_back: int = 0
+    #: The broadcast manager's operations at work (one per frame and interval; 0: none).
+    kernel_operations: int = 0
 
 
 class SignalPipeline:
@@ -270,4 +272,5 @@ class SignalPipeline:
             bad_log_lines=replay.bad_lines if replay else 0,
             replay_error=replay.error if replay else None,
             kernel_held_back=self._live.held_back() if self._live else self._held_back,
+            kernel_operations=self._live.kernel_operations() if self._live else 0,
         )

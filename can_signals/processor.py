@@ -187,7 +187,32 @@ class FrameProcessor:
             return
         plan.last_len = length
         plan.watch_bits = bits & plan.watch_mask
-        self._run_routes(plan, timestamp, previous_seen, data, bits)
+        self._run_routes(plan, timestamp, previous_seen, data, bits, routes=plan.routes)
+
+    def frame_for(
+        self, plan: Plan, routes: tuple[Route, ...], timestamp: float, data: bytes | bytearray
+    ) -> None:
+        """Process a frame the kernel passed for some of ``plan``'s routes (lock held).
+
+        The broadcast manager (:mod:`can_signals.bcm`) passes a frame per interval of its
+        routes, when their bits changed: only the routes of that interval look at it, so
+        a change another interval's throttle holds back stays held. No frame-level
+        shortcut: the kernel passed it because it has news.
+        """
+        length = len(data)
+        if length != plan.length:
+            if length < plan.length:
+                self.short_frames += 1
+            else:
+                self.long_frames += 1
+        previous_seen = plan.last_seen
+        # Two sockets' messages may interleave a little out of order.
+        plan.last_seen = max(previous_seen, timestamp)
+        self.latest_timestamp = timestamp
+        if timestamp >= self.next_stale_check:
+            self._check_stale(timestamp)
+        bits = int.from_bytes(data, "little")
+        self._run_routes(plan, timestamp, previous_seen, data, bits, routes=routes)
 
     def advance_clock(self, timestamp: float) -> None:
         """Note a frame's timestamp and look for stale signals when due (lock held)."""
@@ -202,11 +227,13 @@ class FrameProcessor:
         previous_seen: float,
         data: bytes | bytearray,
         bits: int,
+        *,
+        routes: tuple[Route, ...],
     ) -> None:
         values: Mapping[str, float | int] | None = None
-        length = plan.last_len
+        length = len(data)
         next_due = math.inf
-        for route in plan.routes:
+        for route in routes:
             interval = route.interval_ms
             if interval:
                 if (timestamp - route.last_time) * 1000.0 < interval:
@@ -388,7 +415,7 @@ class FrameProcessor:
         plan.watch_bits = None
         plan.next_due = -math.inf
         if plan.rearm is not None:
-            plan.rearm()
+            plan.rearm(route)
 
     def _implausible(
         self,

@@ -136,10 +136,10 @@ class Plan:
         self.watch_bits: int | None = None
         # Set while the kernel filters this frame by content (CAN_BCM, can_signals.bcm):
         # unchanged frames never arrive, so "alive" is the kernel's word (no RX timeout
-        # since the last frame), and ``rearm`` makes it pass the next frame even if
-        # identical.
+        # since the last frame), and ``rearm`` makes it pass the next frame to a route even
+        # if identical.
         self.kernel_alive = False
-        self.rearm: Callable[[], None] | None = None
+        self.rearm: Callable[[Route], None] | None = None
         self.last_len = -1
         self.last_seen = -math.inf
         self.next_due = -math.inf

@@ -52,6 +52,16 @@ class BusSettings(_Section):
         dict[str, Any],
         Field(description="Further keyword arguments for python-can's `can.Bus`."),
     ] = {}
+    bcm: Annotated[
+        bool,
+        Field(
+            description="On `socketcan`: let the kernel's broadcast manager (`CAN_BCM`) hold "
+            "back the mapped frames touchpoint would not use: those whose mapped bits did "
+            "not change (`on_change` routes) and those inside a route's `interval_ms` "
+            "(touchpoint falls back to reading every mapped frame where the kernel has no "
+            "`CAN_BCM`); `false`: read every mapped frame. Ignored by other interfaces."
+        ),
+    ] = True
 
 
 class EcuSettings(_Section):

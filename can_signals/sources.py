@@ -154,6 +154,10 @@ class LiveBuses:
         """Frames the kernel's broadcast manager kept from user space (0: not at work)."""
         return self._held_back_before + sum(k.held_back() for k in self.kernel.values())
 
+    def kernel_operations(self) -> int:
+        """The broadcast manager's operations at work now (one per frame and interval)."""
+        return sum(k.operations for k in self.kernel.values())
+
     def _close_kernel(self, name: str) -> None:
         kernel = self.kernel.pop(name, None)
         if kernel is not None:

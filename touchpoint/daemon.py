@@ -24,7 +24,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final, TypeVar
 from zoneinfo import ZoneInfo
@@ -398,7 +398,10 @@ class Daemon:
                     capacity=can.queue_capacity,
                 )
             else:
-                buses = [BusConfig(b.name, b.interface, b.channel, b.options) for b in can.buses]
+                buses = [
+                    BusConfig(b.name, b.interface, b.channel, b.options, bcm=b.bcm)
+                    for b in can.buses
+                ]
                 pipeline = SignalPipeline.from_files(
                     can.mapping, dbcs, vss=can.vss, buses=buses, capacity=can.queue_capacity
                 )
@@ -582,8 +585,23 @@ class Daemon:
             loops, stalled=stalled, status=self._status(), wall=self._wall(),
             problems={"cloud": self.cloud_problem, "can": self._can_trouble(),
                       "store": self._runner.store_problem if self._runner else None},
-            counters={"dbus": self.bridge.stats()} if self.bridge is not None else {},
+            counters=self._counters(),
         )  # fmt: skip
+
+    def _counters(self) -> dict[str, Mapping[str, int]]:
+        """The parts' figures for the health file (``touchpoint doctor`` reads them)."""
+        counters: dict[str, Mapping[str, int]] = {}
+        if self.bridge is not None:
+            counters["dbus"] = self.bridge.stats()
+        can = self.settings.can
+        if self._pipeline is not None and can is not None and can.replay is None:
+            stats = self._pipeline.stats()
+            counters["can"] = {
+                "frames": stats.processor.frames,
+                "kernel_held_back": stats.kernel_held_back,
+                "kernel_operations": stats.kernel_operations,
+            }
+        return counters
 
     def _can_trouble(self) -> str | None:
         """What keeps CAN signals out: buses that never opened, or were lost since."""
@@ -591,6 +609,14 @@ class Daemon:
         if self.can_problem or pipeline is None or not pipeline.lost:
             return self.can_problem
         return "; ".join(f"CAN bus {name} lost: {why}" for name, why in pipeline.lost.items())
+
+    def _kernel_held_back(self) -> int | None:
+        """Frames the kernel's broadcast manager kept from us; ``None`` when it is not asked."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return None
+        stats = pipeline.stats()
+        return stats.kernel_held_back if stats.kernel_operations else None
 
     def _status(self) -> str:
         runner = self._runner
@@ -604,7 +630,12 @@ class Daemon:
         elif self._pipeline.lost:
             source = f"CAN bus lost (reopening): {', '.join(self._pipeline.lost)}"
         else:
-            source = "CAN ok"
+            held_back = self._kernel_held_back()
+            source = (
+                "CAN ok"
+                if held_back is None
+                else f"CAN ok ({held_back} frames held back in the kernel)"
+            )
         driving = "driving" if agent and agent.vehicle.driving else "parked"
         status = f"{source}, {driving}, {visible} card(s) shown, {outbox} event(s) to send"
         if self.cloud_problem:

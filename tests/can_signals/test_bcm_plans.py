@@ -13,7 +13,7 @@ from pathlib import Path
 import can
 import pytest
 
-from can_signals.bcm import bcm_eligible, bcm_keys, content_mask
+from can_signals.bcm import bcm_eligible, bcm_keys, content_mask, throttle_groups
 from can_signals.layout import signal_bits
 from can_signals.pipeline import SignalPipeline
 from can_signals.processor import FrameProcessor
@@ -37,15 +37,62 @@ def _plan(processor: FrameProcessor, key: int) -> Plan:
     return processor.bus("can0").table[key]
 
 
-def test_frames_whose_routes_all_report_changes_at_one_interval_go_to_the_kernel(
+def test_frames_whose_routes_all_report_changes_go_to_the_kernel(
     rav4: tuple[FrameProcessor, list[SignalUpdate]],
 ) -> None:
     processor, _ = rav4
     table = processor.bus("can0").table
     assert bcm_eligible(table[SPEED_ID])  # one route, 100 ms
     assert bcm_eligible(table[GEAR_ID])  # on change, no interval
-    assert not bcm_eligible(table[RPM_ID])  # RPM every 500 ms, IsRunning every change
-    assert sorted(bcm_keys(table)) == sorted(k for k in table if k != RPM_ID)
+    assert bcm_eligible(table[RPM_ID])  # RPM every 500 ms, IsRunning every change
+    assert sorted(bcm_keys(table)) == sorted(table)
+
+
+def test_a_route_wanting_every_frame_keeps_its_frame_on_the_raw_socket(
+    rav4: tuple[FrameProcessor, list[SignalUpdate]],
+) -> None:
+    processor, _ = rav4
+    plan = _plan(processor, RPM_ID)
+    route = plan.routes[0]
+    route.on_change = False  # a value every interval, changed or not: the kernel throttles
+    assert bcm_eligible(plan)
+    route.interval_ms = 0  # every frame: nothing for the kernel to hold back
+    assert not bcm_eligible(plan)
+    assert RPM_ID not in bcm_keys(processor.bus("can0").table)
+
+
+def test_routes_wanting_a_value_every_interval_get_an_operation_of_their_own(
+    rav4: tuple[FrameProcessor, list[SignalUpdate]],
+) -> None:
+    processor, _ = rav4
+    plan = _plan(processor, RPM_ID)
+    running, rpm = plan.routes[1], plan.routes[0]
+    assert (running.path, rpm.path) == (
+        "Vehicle.Powertrain.CombustionEngine.IsRunning",
+        "Vehicle.Powertrain.CombustionEngine.Speed",
+    )
+    running.interval_ms = 500
+    rpm.on_change = False
+    groups = throttle_groups(plan)
+    assert [[r.path for r in group] for group in groups] == [[running.path], [rpm.path]]
+
+
+def test_a_frame_read_at_two_intervals_gets_one_kernel_operation_per_interval(
+    rav4: tuple[FrameProcessor, list[SignalUpdate]],
+) -> None:
+    processor, _ = rav4
+    plan = _plan(processor, RPM_ID)
+    groups = throttle_groups(plan)
+    assert [[(r.path, r.interval_ms) for r in group] for group in groups] == [
+        [("Vehicle.Powertrain.CombustionEngine.IsRunning", 0)],
+        [("Vehicle.Powertrain.CombustionEngine.Speed", 500)],
+    ]
+    # Each operation watches its own routes' bits only.
+    masks = [int.from_bytes(content_mask(group), "little") for group in groups]
+    assert all(masks)
+    assert masks[0] & masks[1] == 0
+    assert masks[0] | masks[1] == int.from_bytes(content_mask(plan.routes), "little")
+    assert len(throttle_groups(_plan(processor, SPEED_ID))) == 1
 
 
 def test_the_content_mask_covers_the_mapped_signals_bits(
@@ -55,8 +102,8 @@ def test_the_content_mask_covers_the_mapped_signals_bits(
     plan = _plan(processor, SPEED_ID)
     signal = plan.routes[0].binding.signal
     expected = sum(1 << bit for bit in signal_bits(signal))
-    assert content_mask(plan) == expected.to_bytes(8, "little")
-    assert content_mask(plan) != bytes(8)
+    assert content_mask(plan.routes) == expected.to_bytes(8, "little")
+    assert content_mask(plan.routes) != bytes(8)
 
 
 def _gear(processor: FrameProcessor, timestamp: float, data: bytes) -> None:
@@ -85,12 +132,12 @@ def test_a_route_that_must_see_the_next_frame_rearms_the_kernel(
 ) -> None:
     processor, updates = rav4
     plan = _plan(processor, GEAR_ID)
-    rearmed: list[int] = []
-    plan.rearm = lambda: rearmed.append(1)
+    rearmed: list[str] = []
+    plan.rearm = lambda route: rearmed.append(route.path)
     _gear(processor, 100.0, bytes([0, 0x20, 0, 0, 0, 0, 0, 0]))
     processor.check_stale(200.0)  # stale: the next frame is news even if identical
     assert updates[-1].value is None
-    assert rearmed == [1]
+    assert rearmed == ["Vehicle.Powertrain.Transmission.SelectedGear"]
 
 
 def test_a_throttled_plan_keeps_no_interval_of_its_own(
@@ -105,3 +152,24 @@ def test_a_throttled_plan_keeps_no_interval_of_its_own(
         data = bytes([0, 0, 0, 0, 0, (n + 1) * 4, 0, 0])
         bus(can.Message(timestamp=stamp, arbitration_id=SPEED_ID, is_extended_id=False, data=data))
     assert len([u for u in updates if u.path == "Vehicle.Speed"]) == 3
+
+
+def test_a_frame_passed_for_one_interval_reaches_only_that_intervals_routes(
+    rav4: tuple[FrameProcessor, list[SignalUpdate]],
+) -> None:
+    processor, updates = rav4
+    plan = _plan(processor, RPM_ID)
+    running, rpm = throttle_groups(plan)
+    plan.throttle_in_kernel()
+    bus = processor.bus("can0")
+    idle = bytes(8)
+    bus.feed_routes(plan, running, 100.0, idle)
+    bus.feed_routes(plan, rpm, 100.0, idle)
+    before = len(updates)
+    # The engine speed changed, but only the every-change operation passed the frame (the
+    # 500 ms one holds it): the engine speed must wait for its own operation.
+    revving = bytes([0x0B, 0xB8, 0, 0, 0, 0, 0, 0])
+    bus.feed_routes(plan, running, 100.1, revving)
+    assert [u.path for u in updates[before:]] == []
+    bus.feed_routes(plan, rpm, 100.5, revving)
+    assert [u.path for u in updates[before:]] == ["Vehicle.Powertrain.CombustionEngine.Speed"]

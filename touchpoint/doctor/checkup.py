@@ -11,6 +11,7 @@ from touchpoint.doctor.can_checks import SYSFS_NET, check_can
 from touchpoint.doctor.cloud_checks import check_cloud
 from touchpoint.doctor.dbus_checks import POLICY_DIRS, check_dbus, check_dbus_limits
 from touchpoint.doctor.health_checks import check_health
+from touchpoint.doctor.kernel_filter_checks import check_kernel_filter
 from touchpoint.doctor.report import Check, fail, guarded, ok, warn
 from touchpoint.doctor.store_checks import check_store
 from touchpoint.settings import ConfigError, DaemonSettings, load_settings
@@ -76,6 +77,7 @@ def diagnose(
     record(guarded("daemon", lambda: check_health(chosen.store.path)))
     record(guarded("can", lambda: check_can(chosen.can, listen=listen, timeout=timeout,
                                             sysfs=sysfs)))  # fmt: skip
+    record(guarded("can.bcm", lambda: check_kernel_filter(chosen.can, chosen.store.path)))
     record(guarded("dbus", lambda: check_dbus(chosen.dbus, timeout=timeout,
                                               policy_dirs=policy_dirs)))  # fmt: skip
     if chosen.dbus is not None:
