@@ -48,7 +48,9 @@ def text(result: Replay, zone: tzinfo, baseline: Replay | None = None) -> str:
         detail = "; ".join(p for p in (held, why) if p)
         if not (detail or now.posted or now.updated):
             detail = "never triggered"
-        lines.append(f"{name:<40} {now.posted:>6} {now.shown:>6} {now.updated:>7}  {detail}")
+        lines.append(
+            f"{name:<40} {now.posted:>6} {now.shown:>6} {now.updated:>7}  {detail}".rstrip()
+        )
     lines += ["", f"{'posted':<19} {'km':>9} {'while':<7} {'shown':<8} {'ended':<8} card (rule)"]
     for card in sorted(result.cards, key=lambda c: c.posted):
         km = "" if card.posted_km is None else f"{card.posted_km:,.1f}"
