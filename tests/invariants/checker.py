@@ -301,17 +301,24 @@ class InvariantChecker:
         """
         if (seen.truth.daemon_up_s or 0.0) < 5.0:
             return
-        open_keys: set[str] = set()
-        ended_keys: dict[str, float] = {}
-        for request in self._requests.values():
-            key = str(request.event.payload.get("card_key", ""))
-            if request.ended_at is None:
-                open_keys.add(key)
-            else:
-                ended_keys[key] = max(ended_keys.get(key, 0.0), request.ended_at)
+        # A key is settled when its last event about a request is an end: any request
+        # (the slots one too, which shows "pending" and ends with no event when the
+        # slots arrive) made after it opens the key again.
+        last_request: dict[str, int] = {}
+        last_end: dict[str, tuple[int, float]] = {}
+        for index, event in enumerate(history):
+            key = event.payload.get("card_key")
+            if not isinstance(key, str):
+                continue
+            if event.type.startswith("request."):
+                last_request[key] = index
+            elif event.type in TERMINAL:
+                request = self._requests.get(_request_id(event) or "")
+                if request is not None and request.ended_at is not None:
+                    last_end[key] = (index, request.ended_at)
         settled = {
-            key for key, ended in ended_keys.items()
-            if key not in open_keys and seen.truth.real_now - ended > 5.0
+            key for key, (index, ended) in last_end.items()
+            if index > last_request.get(key, -1) and seen.truth.real_now - ended > 5.0
         }  # fmt: skip
         stored = _stored_cards(seen.store)
         for key in sorted(settled):

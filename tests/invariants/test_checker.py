@@ -213,3 +213,24 @@ def test_a_store_that_fails_its_integrity_check_is_caught() -> None:
     assert names(InvariantChecker().check(Observation(truth(), broken, cloud(), NO_SCREEN))) == {
         inv.INTEGRITY
     }
+
+
+def test_a_new_request_after_an_ended_one_opens_its_card_again() -> None:
+    """Book again after a request went unanswered: the slots request shows "pending"
+    (and ends with no event when the slots come): not a card left pending."""
+    key = {"card_key": "maintenance"}
+    request = event(1, "request.booking", {"request_id": "r1"} | key)
+    unanswered = event(2, "booking.unanswered", {"request_id": "r1"} | key)
+    again = event(3, "request.booking_slots", {"request_id": "r2"} | key)
+    card = {"id": "c1", "key": "maintenance", "state": "VISIBLE", "pending": True}
+    shown = ScreenCard("c1", CardKind.MAINTENANCE, Display.PARKED_ONLY, pending=True)
+    screen = ScreenView(running=True, restricted=False, waiting=0, cards=(shown,))
+    checker = InvariantChecker()
+    checker.check(Observation(truth(), store(request), cloud(), NO_SCREEN))
+    checker.check(Observation(truth(real_now=T0 + 11), store(request, unanswered), cloud(),
+                              NO_SCREEN))  # fmt: skip
+    later = truth(real_now=T0 + 30)
+    sections = {"cards": {"cards": [card]}}
+    seen = Observation(later, store(request, unanswered, again, sections=sections), cloud(),
+                       screen)  # fmt: skip
+    assert checker.check(seen) == []
