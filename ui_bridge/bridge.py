@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
@@ -40,7 +41,7 @@ from agent.cards import (
     CloseReason,
 )
 from agent.consent import CONSENTABLE, MAX_VALIDITY_S, PURPOSES, Category
-from agent.errors import ActionError
+from agent.errors import ActionError, StoreError
 from agent.ports import CardBoard
 from touchpoint.errors import TouchpointError
 from touchpoint.tasks import Supervisor, beat, idle
@@ -56,6 +57,7 @@ from ui_bridge.names import (
     ERROR_FAILED,
     ERROR_INVALID_ARGS,
     ERROR_NOT_READY,
+    ERROR_NOT_SAVED,
     ERROR_PREFIX,
     ERROR_UNKNOWN_CARD,
     OBJECT_MANAGER,
@@ -70,6 +72,8 @@ _log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S: Final = 0.5
 RECONNECT_MAX_S: Final = 10.0
+#: How often the log says that calls are taken but not saved yet (seconds).
+NOT_SAVED_LOG_S: Final = 60.0
 
 
 class DbusBridge:
@@ -104,6 +108,11 @@ class DbusBridge:
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.reconnects = 0
+        #: Calls answered "not saved yet" (the store refused commits), and when that was
+        #: last logged: once a minute, not once per tap.
+        self.not_saved = 0
+        self._not_saved_logged = -math.inf
+        self._clock = monotonic
         #: Runs the connection watch (restarted if it crashes).
         self.supervisor = Supervisor()
 
@@ -417,6 +426,16 @@ class DbusBridge:
             raise DBusError(f"{ERROR_PREFIX}.{err.code}", str(err)) from err
         except DBusError:
             raise
+        except StoreError as err:
+            # The agent took the call; its store refuses commits (a full disk) and will
+            # have it once it takes them again. An expected state, not a bug: no trace.
+            self.not_saved += 1
+            now = self._clock()
+            if now - self._not_saved_logged >= NOT_SAVED_LOG_S:
+                self._not_saved_logged = now
+                _log.warning("D-Bus calls taken but not saved yet (%d so far): %s",
+                             self.not_saved, err)  # fmt: skip
+            raise DBusError(ERROR_NOT_SAVED, str(err)) from err
         except TouchpointError as err:
             _log.exception("a D-Bus call failed")
             raise DBusError(ERROR_FAILED, str(err)) from err

@@ -32,6 +32,9 @@ ERROR_NO_SUCH_SLOT: Final = f"{ERROR_PREFIX}.NoSuchSlot"
 ERROR_NOT_READY: Final = f"{ERROR_PREFIX}.NotReady"
 ERROR_ALREADY_REQUESTED: Final = f"{ERROR_PREFIX}.AlreadyRequested"
 ERROR_FAILED: Final = f"{ERROR_PREFIX}.Failed"
+#: The call was taken, but the store refuses commits for now (a full disk): it is saved
+#: once the store takes commits again.
+ERROR_NOT_SAVED: Final = f"{ERROR_PREFIX}.NotSaved"
 ERROR_INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
 
 #: Longest string and largest dictionary a caller may pass (a guard, not a feature).
