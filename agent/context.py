@@ -32,6 +32,8 @@ class AgentConfig:
 
     model: str = "touchpoint-ref"
     market: str = "CN"
+    #: The vehicle's id (staged rollouts pick cars by it).
+    vehicle_id: str = ""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     #: Remind the driver this long before a booked appointment.
     booking_reminder_s: float = DAY

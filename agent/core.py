@@ -138,7 +138,7 @@ class Agent:
         self.consent = st.consent
         self.rules = RuleEngine(
             builtin_rules,
-            Targets(config.model, config.market),
+            Targets(config.model, config.market, config.vehicle_id),
             st.cloud_rules,
             st.rule_state,
             config.policy.zone,

@@ -116,6 +116,7 @@ def _rule(rule: Rule, caps: Capabilities) -> Iterator[tuple[Location, str]]:
             yield from _comparison(loc, comparison, rule, caps)
     yield from _texts(rule)
     yield from _window(rule, caps)
+    yield from _rollout(rule)
     yield from _caps(rule, caps)
     if any(a.key == "redeem" for a in rule.card.actions) and not _is_event(
         rule, "benefit_available"
@@ -258,6 +259,11 @@ def _texts(rule: Rule) -> Iterator[tuple[Location, str]]:
                         f"it as is (it fills: {', '.join(sorted(available))})"
                     ),
                 )
+
+
+def _rollout(rule: Rule) -> Iterator[tuple[Location, str]]:
+    if rule.targeting.rollout_percent == 0:
+        yield ("targeting", "rollout_percent"), "rolled out to 0 % of the fleet: no car fires it"
 
 
 def _window(rule: Rule, caps: Capabilities) -> Iterator[tuple[Location, str]]:

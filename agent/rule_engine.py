@@ -37,6 +37,7 @@ from agent.rule_model import (
     RuleSetDocument,
     SignalTrigger,
     TimeTrigger,
+    in_rollout,
 )
 
 DAY: Final = 86_400.0
@@ -67,6 +68,8 @@ class Targets:
 
     model: str
     market: str
+    #: The vehicle's id, for staged rollouts ("": in no rollout short of 100 %).
+    vehicle_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,11 +363,18 @@ class RuleEngine:
 
     def _targeted(self, rule: Rule, tier: str | None) -> bool:
         targeting = rule.targeting
+        rollout = targeting.rollout_percent
         return (
             (targeting.models is None or self._targets.model in targeting.models)
             and (targeting.markets is None or self._targets.market in targeting.markets)
             and (targeting.tiers is None or tier in targeting.tiers)
-        )
+            and (
+                rollout is None
+                or rollout >= 100
+                or (bool(self._targets.vehicle_id)
+                    and in_rollout(rule.id, self._targets.vehicle_id, rollout))
+            )
+        )  # fmt: skip
 
     def _within_caps(self, rule: Rule, now: float) -> bool:
         state = self._state_of(rule)

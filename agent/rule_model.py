@@ -10,6 +10,7 @@ The JSON schema of :class:`RuleSetDocument` is published as ``docs/rules.schema.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from importlib import resources
@@ -209,11 +210,24 @@ def _static(template: str) -> str:
 
 
 class Targeting(_Model):
-    """Which cars a rule applies to; an absent list means all."""
+    """Which cars a rule applies to; an absent list means all.
+
+    ``rollout_percent`` stages a rule over the fleet: a car takes part when the first 8
+    bytes of ``sha256("{rule id}:{vehicle id}")``, as an unsigned big-endian integer,
+    modulo 10,000 are below the percentage times 100 (see :func:`in_rollout`). The cars
+    a share takes stay in as the share grows, whatever the rule's version.
+    """
 
     models: Annotated[list[str], Field(max_length=100)] | None = None
     markets: Annotated[list[str], Field(max_length=100)] | None = None
     tiers: Annotated[list[str], Field(max_length=20)] | None = None
+    rollout_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+
+
+def in_rollout(rule_id: str, vehicle_id: str, percent: float) -> bool:
+    """Whether ``vehicle_id`` is in a ``percent`` rollout of the rule ``rule_id``."""
+    digest = hashlib.sha256(f"{rule_id}:{vehicle_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10_000 < round(percent * 100)
 
 
 class Caps(_Model):

@@ -305,6 +305,7 @@ class Daemon:
         config = AgentConfig(
             model=settings.vehicle.model,
             market=settings.vehicle.market,
+            vehicle_id=settings.vehicle.id,
             policy=policy,
             request_timeout_s=settings.requests.timeout_s,
         )

@@ -92,11 +92,17 @@ def replay(
     rules: RuleSetDocument | None = None,
     wallet: Wallet | None = None,
     history: ServiceHistory | None = None,
-    config: AgentConfig | None = None,
+    vehicle_id: str | None = None,
 ) -> Replay:
-    """Run the agent over ``updates`` (in time order), the first one at ``start``."""
+    """Run the agent over ``updates`` (in time order), the first one at ``start``.
+
+    Without ``vehicle_id`` the car is in every staged rollout (the rules' shares are
+    ignored); with one, it is in those that would pick that car.
+    """
+    if rules is not None and vehicle_id is None:
+        rules = _everyone(rules)
     agent = Agent(
-        config or AgentConfig(),
+        AgentConfig(vehicle_id=vehicle_id or ""),
         boot_id="replay",
         ids=IdFactory(random.Random(0).getrandbits),  # noqa: S311 - ids, reproducible
         plan=default_plan(),
@@ -138,6 +144,15 @@ def replay(
     end = start + mono - MONO_BASE
     return Replay(start, end, list(run.cards.values()), dict(sorted(summaries.items())),
                   run.driving, len(updates))  # fmt: skip
+
+
+def _everyone(rules: RuleSetDocument) -> RuleSetDocument:
+    """The rules with their staged rollouts opened to every car."""
+    opened = [
+        r.model_copy(update={"targeting": r.targeting.model_copy(update={"rollout_percent": None})})
+        for r in rules.rules
+    ]
+    return rules.model_copy(update={"rules": opened})
 
 
 class _Run:

@@ -275,7 +275,7 @@ class Fleet:
         boot_id = str(uuid.uuid4())
         for index, (vehicle_id, store) in enumerate(zip(ids, stores, strict=True)):
             agent = Agent(
-                AgentConfig(), boot_id=boot_id, ids=IdFactory(), plan=plan,
+                AgentConfig(vehicle_id=vehicle_id), boot_id=boot_id, ids=IdFactory(), plan=plan,
                 catalogue=catalogue, builtin_rules=rules, state=_in_use_state(),
             )  # fmt: skip
             # The agent forgets a trusted clock's anchor across a (re)start; the cars

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
+
+import pytest
 
 from agent.benefits import Wallet
 from agent.cards import CardKind
 from agent.consent import Category
-from agent.rule_model import RuleSetDocument
+from agent.context import AgentConfig
+from agent.rule_model import RuleSetDocument, in_rollout
 from tests.agent.conftest import (
     DAY,
     HOUR,
@@ -264,3 +268,37 @@ def test_a_card_says_what_made_its_rule_fire_and_keeps_it_across_a_restart(car: 
     again = restarted.card("ops:low_battery")
     assert again is not None
     assert dict(again.why) == why
+
+
+def test_a_staged_rollout_picks_a_stable_share_of_the_fleet() -> None:
+    fleet = [f"car-{n:05d}" for n in range(4000)]
+    ten = {v for v in fleet if in_rollout("ops.low_battery", v, 10)}
+    twenty = {v for v in fleet if in_rollout("ops.low_battery", v, 20)}
+    assert 0.08 < len(ten) / len(fleet) < 0.12
+    assert 0.17 < len(twenty) / len(fleet) < 0.23
+    assert ten <= twenty  # the cars a share took stay in as it grows
+    other = {v for v in fleet if in_rollout("ops.other", v, 10)}
+    assert other != ten  # each rule picks its own cars
+    assert not any(in_rollout("ops.low_battery", v, 0) for v in fleet)
+    assert all(in_rollout("ops.low_battery", v, 100) for v in fleet)
+    # The rule as specified: the first 8 bytes of sha256("rule:vehicle"), mod 10,000.
+    digest = hashlib.sha256(b"ops.low_battery:car-00000").digest()
+    assert in_rollout("ops.low_battery", "car-00000", 10) == (
+        int.from_bytes(digest[:8], "big") % 10_000 < 1000
+    )
+
+
+@pytest.mark.parametrize("picked", [True, False])
+def test_a_car_outside_the_rollout_never_gets_the_card(picked: bool) -> None:
+    vehicle = next(
+        v for v in (f"car-{n}" for n in range(1000))
+        if in_rollout("ops.low_battery", v, 10) is picked
+    )  # fmt: skip
+    car = Car(make_agent(AgentConfig(vehicle_id=vehicle)))
+    all_consent(car)
+    car.history(serviced_at(0, T0 - 100 * DAY))
+    car.park()
+    soc(car, 40.0)
+    push(car, low_battery_rule(targeting={"rollout_percent": 10}))
+    soc(car, 19.0)
+    assert bool(car.visible(CardKind.CAMPAIGN)) is picked

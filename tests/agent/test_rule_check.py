@@ -227,3 +227,10 @@ def test_the_readmes_table_of_event_attributes_is_the_code_s(repo_root: Path) ->
         if (cells := line.strip("|").split("|"))
     }
     assert rows == {event: set(attrs) for event, attrs in EVENT_ATTRIBUTES.items()}
+
+
+def test_a_rule_rolled_out_to_no_car() -> None:
+    assert messages(check(rule(targeting={"rollout_percent": 0}))) == [
+        "rules.0.targeting.rollout_percent: rolled out to 0 % of the fleet: no car fires it"
+    ]
+    assert check(rule(targeting={"rollout_percent": 5})) == []

@@ -81,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="when the first update happens, e.g. 2027-01-04T08:00:00+08:00 (default: now); "
         "times are printed in its offset",
     )  # fmt: skip
+    replay.add_argument(
+        "--vehicle-id", metavar="ID",
+        help="replay as this car: in a staged rollout only if the share picks it "
+        "(default: in every rollout)",
+    )  # fmt: skip
     replay.add_argument("--wallet", type=Path, help="a wallet document (coupons, tier)")
     replay.add_argument("--history", type=Path, help="a service history document")
     replay.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -336,7 +341,7 @@ def _replay(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     results = [replay(updates, start=moment.timestamp(), rules=d, wallet=wallet,
-                      history=history) for d in documents]  # fmt: skip
+                      history=history, vehicle_id=args.vehicle_id) for d in documents]  # fmt: skip
     result, baseline = results[0], (results[1] if len(results) > 1 else None)
     if args.json:
         print(json.dumps(replay_report.as_json(result, baseline), indent=1))
