@@ -51,7 +51,7 @@ from agent.plan import DAY, ServiceHistory, ServicePlan
 from agent.policy import CardManager, ManagerSnapshot, moving_allowed
 from agent.reactions import Reactions
 from agent.rule_engine import CardSpec, RuleEngine, Targets, card_spec
-from agent.rule_model import RuleSetDocument
+from agent.rule_model import RuleSetDocument, RuleStops
 from agent.sections import Section
 from agent.signals import SignalReading
 
@@ -143,6 +143,10 @@ class Agent:
             st.rule_state,
             config.policy.zone,
         )
+        #: The cloud's stop document in effect, if any.
+        self.rule_stops: RuleStops | None = st.rule_stops
+        if st.rule_stops is not None:
+            self.rules.stopped = frozenset(st.rule_stops.stopped)
         self.cards = CardManager(config.policy, st.cards)
         self.flows = Flows(self, st.bookings, st.redemptions)
         self.reactions = Reactions(
@@ -449,7 +453,27 @@ class Agent:
             DtcCatalogue: self.set_catalogue,
             Wallet: self.set_wallet,
             RuleSetDocument: self.set_rules,
+            RuleStops: self.set_rule_stops,
         }
+
+    def set_rule_stops(self, stops: RuleStops, wall: float, monotonic: float) -> Output:
+        """The cloud stopped rules (or lifted stops): their open cards close at once."""
+        now = self._now(wall, monotonic)
+        stopped = frozenset(stops.stopped)
+        newly = sorted(stopped - self.rules.stopped)
+        self.rules.stopped = stopped
+        self.rule_stops = stops
+        self._out.dirty.add(Section.RULES)
+        closed = 0
+        for card in list(self.cards.cards):
+            if card.rule is not None and card.rule.partition("@")[0] in stopped:
+                self._close(card, CloseReason.CLOSED_BY_AGENT, now)
+                closed += 1
+        self.note(
+            EventType.RULES_STOPPED, Category.USAGE_ANALYTICS, now, Priority.NORMAL,
+            version=stops.version, stopped=list(stops.stopped), newly=newly, cards_closed=closed,
+        )  # fmt: skip
+        return self._finish(now)
 
     def reject_document(
         self,
@@ -880,6 +904,7 @@ class Agent:
             consent=self.consent,
             scenes=dict(self.scenes),
             cloud_rules=self.rules.cloud_document,
+            rule_stops=self.rule_stops,
             rule_state=self.rules.snapshot(),
             cards=self.cards.snapshot(),
             bookings=self.flows.bookings_state(),
@@ -905,6 +930,7 @@ class AgentState:
     consent: ConsentState = field(default_factory=ConsentState)
     scenes: Mapping[str, Any] = field(default_factory=dict)
     cloud_rules: RuleSetDocument | None = None
+    rule_stops: RuleStops | None = None
     rule_state: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     cards: ManagerSnapshot | None = None
     bookings: tuple[Booking, ...] = ()

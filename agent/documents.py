@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.benefits import Coupon, Wallet
 from agent.fault_engine import DtcCatalogue
 from agent.plan import LocalisedText, ServiceHistory, ServicePlan, ServiceRecord
-from agent.rule_model import CardTemplate, RuleSetDocument
+from agent.rule_model import CardTemplate, RuleSetDocument, RuleStops
 
 __all__ = [
     "CardTemplate",
@@ -33,6 +33,7 @@ __all__ = [
     "DtcCatalogue",
     "LocalisedText",
     "RuleSetDocument",
+    "RuleStops",
     "ServiceHistory",
     "ServicePlan",
     "ServiceRecord",

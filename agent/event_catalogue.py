@@ -515,6 +515,31 @@ _TYPES: Final = (
             _f("rules", "integer", "How many rules it holds.", 1),
         ),
     ),
+    EventSpec(
+        "rules.stopped",
+        (Category.USAGE_ANALYTICS,),
+        Priority.NORMAL,
+        "The cloud's stop document (the kill switch) took effect: the rules it lists fire "
+        "no more, whatever rule set is active, and their open cards closed.",
+        (
+            _f("version", "integer", "The stop document's version.", 3),
+            _f(
+                "stopped",
+                "array",
+                "Every rule id stopped now (a lifted stop is absent).",
+                ["campaign.partner-chargers"],
+                items="string",
+            ),
+            _f(
+                "newly",
+                "array",
+                "The ids stopped by this document and not before.",
+                ["campaign.partner-chargers"],
+                items="string",
+            ),
+            _f("cards_closed", "integer", "Open cards of stopped rules it closed.", 1),
+        ),
+    ),
     # -- the driver's requests and instructions (no consent needed) ----------------------
     EventSpec(
         "request.booking_slots",

@@ -49,6 +49,7 @@ class EventType(StrEnum):
     DRIVE_SUMMARY = "drive.summary"
     CHARGING_SESSION = "charging.session"
     RULES_ACTIVATED = "rules.activated"
+    RULES_STOPPED = "rules.stopped"
     REQUEST_BOOKING_SLOTS = "request.booking_slots"
     REQUEST_BOOKING = "request.booking"
     REQUEST_REDEMPTION = "request.redemption"

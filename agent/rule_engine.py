@@ -176,6 +176,8 @@ class RuleEngine:
         self.dirty = False
         #: Times a triggered rule did not fire, by (rule ref, why): for replays.
         self.skipped: Counter[tuple[str, str]] = Counter()
+        #: Rule ids the cloud stopped (:class:`~agent.rule_model.RuleStops`).
+        self.stopped: frozenset[str] = frozenset()
         self._state: dict[str, _RuleState] = defaultdict(_RuleState)
         for rule_id, raw in (state or {}).items():
             self._state[rule_id] = _RuleState(
@@ -349,7 +351,9 @@ class RuleEngine:
         self, rule: Rule, facts: FactLookup, now: float, *, trusted: bool, tier: str | None
     ) -> bool:
         reason: str | None = None
-        if not _in_window(rule, now, trusted=trusted):
+        if rule.id in self.stopped:
+            reason = "stopped by the cloud"
+        elif not _in_window(rule, now, trusted=trusted):
             reason = "outside its window"
         elif not self._targeted(rule, tier):
             reason = "not targeted"

@@ -316,6 +316,20 @@ class RuleSetDocument(_Model):
         return self
 
 
+class RuleStops(_Model):
+    """The cloud's kill switch: rules stopped on every car, whatever rule set is active.
+
+    Each document is the whole list: a newer one without a rule lifts its stop. A rule
+    set that arrives later does not bring a stopped rule back.
+    """
+
+    schema_version: Literal[1] = 1
+    version: Annotated[int, Field(ge=0)]
+    stopped: Annotated[
+        list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]], Field(max_length=500)
+    ] = []
+
+
 def builtin_rules() -> RuleSetDocument:
     """The rules shipped with touchpoint (``agent/data/rules.json``)."""
     text = resources.files("agent.data").joinpath("rules.json").read_text("utf-8")

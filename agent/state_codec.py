@@ -36,7 +36,7 @@ from agent.documents import ConsentText
 from agent.fault_engine import DtcCatalogue
 from agent.plan import ServicePlan, ServiceRecord
 from agent.policy import ManagerSnapshot
-from agent.rule_model import RuleSetDocument
+from agent.rule_model import RuleSetDocument, RuleStops
 from agent.sections import Section
 
 _log = logging.getLogger(__name__)
@@ -415,7 +415,10 @@ _ENCODERS: Final[dict[Section, Callable[[Agent], Any]]] = {
     Section.CONSENT: lambda a: a.consent.to_json(),
     # The cloud's rule document changes rarely and is large; the counters change often
     # and are small: two sections, so that a counter never rewrites the document.
-    Section.RULES: lambda a: {"cloud": _model_or_none(a.rules.cloud_document)},
+    Section.RULES: lambda a: {
+        "cloud": _model_or_none(a.rules.cloud_document),
+        "stops": _model_or_none(a.rule_stops),
+    },
     Section.RULE_STATE: lambda a: a.rules.snapshot(),
     Section.CARDS: lambda a: _cards_json(a.cards.snapshot()),
     Section.DOCUMENTS: lambda a: {
@@ -459,6 +462,7 @@ _DECODERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
         "cloud_rules": None
         if d.get("cloud") is None
         else RuleSetDocument.model_validate(d["cloud"]),
+        "rule_stops": None if d.get("stops") is None else RuleStops.model_validate(d["stops"]),
         **({"rule_state": _rule_state(d["state"])} if "state" in d else {}),
     },
     Section.RULE_STATE: lambda d: {"rule_state": _rule_state(d)},

@@ -47,6 +47,7 @@ from agent.documents import (
     DtcCatalogue,
     LocalisedText,
     RuleSetDocument,
+    RuleStops,
     ServiceHistory,
     ServicePlan,
     Wallet,
@@ -89,6 +90,7 @@ class DocumentKind(StrEnum):
     DTC_CATALOGUE = "dtc_catalogue"
     WALLET = "wallet"
     RULES = "rules"
+    RULE_STOPS = "rule_stops"
     CONSENT_TEXT = "consent_text"
     CARD = "card"
 
@@ -371,6 +373,7 @@ DOCUMENT_BODIES: Final[dict[DocumentKind, type[BaseModel]]] = {
     DocumentKind.DTC_CATALOGUE: DtcCatalogue,
     DocumentKind.WALLET: Wallet,
     DocumentKind.RULES: RuleSetDocument,
+    DocumentKind.RULE_STOPS: RuleStops,
     DocumentKind.CONSENT_TEXT: ConsentText,
     DocumentKind.CARD: CloudCard,
 }

@@ -22,7 +22,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -217,6 +217,8 @@ class CloudSim:
         self.acknowledge = True
         #: Whether requests are answered at all (tests of a silent partner).
         self.answering = True
+        #: The rules stopped on every car (:meth:`stop_rules`).
+        self.stopped_rules: list[str] = []
         #: Seconds every answer waits before it goes out (tests of a slow partner).
         self.reply_delay_s = 0.0
         #: Called with each answer as it is published, on the thread publishing it.
@@ -364,6 +366,21 @@ class CloudSim:
         )
         return version
 
+    def stop_rules(self, rule_ids: Sequence[str], vehicle_ids: Iterable[str] | None = None) -> int:
+        """The kill switch: stop ``rule_ids`` on the cars (default: every car seen online).
+
+        Each car's stop document is replaced whole (retained): an id left out of a later
+        call has its stop lifted. New cars get it with their defaults. Returns how many
+        cars it was published to.
+        """
+        with self._lock:
+            self.stopped_rules = list(rule_ids)
+            targets = list(vehicle_ids) if vehicle_ids is not None else sorted(self._published)
+        for vehicle_id in targets:
+            self.publish_document(vehicle_id, DocumentKind.RULE_STOPS,
+                                  {"stopped": list(rule_ids)})  # fmt: skip
+        return len(targets)
+
     def publish_defaults(self, vehicle_id: str) -> None:
         """A new car's documents: plan, history, catalogue, wallet and a campaign."""
         documents: list[tuple[DocumentKind, BaseModel]] = [
@@ -375,6 +392,9 @@ class CloudSim:
         ]
         for kind, document in documents:
             self.publish_document(vehicle_id, kind, document.model_dump(mode="json", by_alias=True))
+        if self.stopped_rules:
+            self.publish_document(vehicle_id, DocumentKind.RULE_STOPS,
+                                  {"stopped": list(self.stopped_rules)})  # fmt: skip
 
     # -- receiving -------------------------------------------------------------------------
 

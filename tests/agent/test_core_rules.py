@@ -11,7 +11,7 @@ from agent.benefits import Wallet
 from agent.cards import CardKind
 from agent.consent import Category
 from agent.context import AgentConfig
-from agent.rule_model import RuleSetDocument, in_rollout
+from agent.rule_model import RuleSetDocument, RuleStops, in_rollout
 from tests.agent.conftest import (
     DAY,
     HOUR,
@@ -302,3 +302,33 @@ def test_a_car_outside_the_rollout_never_gets_the_card(picked: bool) -> None:
     push(car, low_battery_rule(targeting={"rollout_percent": 10}))
     soc(car, 19.0)
     assert bool(car.visible(CardKind.CAMPAIGN)) is picked
+
+
+def test_the_kill_switch_closes_the_cards_and_outlives_new_rule_sets_until_lifted(
+    car: Car,
+) -> None:
+    def crossing() -> None:
+        soc(car, 40.0)
+        soc(car, 19.0)
+
+    push(car, low_battery_rule(caps={}))
+    crossing()
+    assert car.visible(CardKind.CAMPAIGN)
+    stop = RuleStops(version=1, stopped=["ops.low_battery"])
+    car.keep(car.agent.set_rule_stops(stop, car.wall, car.mono))
+    assert car.visible(CardKind.CAMPAIGN) == []  # withdrawn within the one message
+    [stopped] = car.events_of("rules.stopped")
+    assert stopped.payload["newly"] == ["ops.low_battery"]
+    assert stopped.payload["cards_closed"] == 1
+    push(car, low_battery_rule(version=4, caps={}), version=11)  # a later rule set
+    car.advance(3 * HOUR)
+    crossing()
+    assert car.visible(CardKind.CAMPAIGN) == []
+    restarted = car.restarted()
+    assert restarted.agent.rules.stopped == {"ops.low_battery"}  # kept across a restart
+    lifted = RuleStops(version=2, stopped=[])
+    restarted.keep(restarted.agent.set_rule_stops(lifted, restarted.wall, restarted.mono))
+    restarted.park()  # a new process knows the gear only from the next frames
+    restarted.send((STATE_OF_CHARGE, 40.0))
+    restarted.send((STATE_OF_CHARGE, 19.0))
+    assert restarted.visible(CardKind.CAMPAIGN)

@@ -25,7 +25,7 @@ from agent.consent import Category
 from agent.documents import CloudCard, ConsentText
 from agent.event_catalogue import CATALOGUE, PayloadField, lookup, payload_schema
 from agent.events import Event, Priority
-from agent.rule_model import RuleSetDocument
+from agent.rule_model import RuleSetDocument, RuleStops
 from agent.settings import ConsentSettings, StoreSettings
 from tests.agent.conftest import (
     DAY,
@@ -221,6 +221,11 @@ def cloud_rules() -> list[Event]:
     car.send((STATE_OF_CHARGE, 15.0))
     assert car.card("ops:low_battery") is not None
     car.tick(601)
+    car.send((STATE_OF_CHARGE, 40.0))
+    car.send((STATE_OF_CHARGE, 15.0))  # a new card, which the kill switch closes
+    stops = RuleStops(version=1, stopped=["ops.low_battery"])
+    car.keep(car.agent.set_rule_stops(stops, car.wall, car.mono))
+    assert car.card("ops:low_battery") is None
     return car.events
 
 

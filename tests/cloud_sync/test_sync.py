@@ -34,6 +34,7 @@ from cloud_sync.contract import (
     WireEvent,
 )
 from cloud_sync.reference.cloud_sim import GROUP, CloudSim, Endpoint
+from cloud_sync.reference.demo_content import demo_campaign
 from cloud_sync.reference.pki import CLOUD_USER
 from cloud_sync.settings import CloudSettings
 from cloud_sync.signing import SigningKey
@@ -639,3 +640,37 @@ def test_a_cloud_instance_that_stops_while_its_connection_is_down_leaves_the_gro
         assert snapshot.duplicates == 0  # each batch acknowledged at its first send
 
     asyncio.run(scenario())
+
+
+def test_the_kill_switch_closes_a_campaign_in_one_message_and_a_new_rule_set_keeps_it_stopped(
+    broker: Broker, tmp_path: Path
+) -> None:
+    vehicle = new_vehicle_id()
+    campaign = "campaign.partner-chargers"
+    soc = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed"
+    took: list[float] = []
+
+    def campaign_cards(d: Daemon) -> list[str]:
+        return [c.id for c in d.agent.cards.visible if (c.rule or "").startswith(campaign)]
+
+    async def scenario() -> None:
+        with cloud(broker) as sim:
+            async with car(tmp_path / "t.db", cloud_settings(broker, vehicle), vehicle) as d:
+                await until(lambda: d.agent.rules.cloud_version is not None, "the campaign")
+                await feed(d, *PARK, (soc, 30.0))
+                await feed(d, (soc, 20.0))
+                await until(lambda: bool(campaign_cards(d)), "the campaign's card")
+                sent = time.monotonic()
+                assert sim.stop_rules([campaign]) == 1
+                await until(lambda: not campaign_cards(d), "the card withdrawn")
+                took.append(time.monotonic() - sent)
+                newer = demo_campaign(7).model_dump(mode="json", by_alias=True)
+                sim.publish_document(vehicle, DocumentKind.RULES, newer, version=7)
+                await until(lambda: d.agent.rules.cloud_version == 7, "the new rule set")
+                assert d.agent.rules.stopped == {campaign}
+                await feed(d, (soc, 30.0))
+                await feed(d, (soc, 20.0))
+                assert not campaign_cards(d)
+
+    asyncio.run(scenario())
+    assert took[0] < 5.0

@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print", dest="show", action="store_true",
                         help="print every event received")  # fmt: skip
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument(
+        "--stop-rule", action="append", default=[], metavar="RULE_ID",
+        help="the kill switch: a signed stop document for this rule on every car that comes "
+        "online (repeatable; a later run without it lifts the stop)",
+    )  # fmt: skip
 
 
 def signing_key(path: Path) -> SigningKey:
@@ -92,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         booking_delay_s=args.booking_delay, dedup=dedup, documents=not args.no_documents,
         on_event=show if args.show else None, group=args.group,
     )  # fmt: skip
+    sim.stopped_rules = list(args.stop_rule)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

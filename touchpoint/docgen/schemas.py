@@ -14,11 +14,12 @@ from typing import Any, Final
 from agent.benefits import Wallet
 from agent.fault_engine import DtcCatalogue
 from agent.plan import ServiceHistory, ServicePlan
-from agent.rule_model import RuleSetDocument
+from agent.rule_model import RuleSetDocument, RuleStops
 
 DOCS: Final = Path(__file__).resolve().parents[2] / "docs"
 SCHEMAS: Final[dict[str, Callable[[], dict[str, Any]]]] = {
     "rules.schema.json": RuleSetDocument.model_json_schema,
+    "rule_stops.schema.json": RuleStops.model_json_schema,
     "service_plan.schema.json": ServicePlan.model_json_schema,
     "service_history.schema.json": ServiceHistory.model_json_schema,
     "dtc_catalogue.schema.json": DtcCatalogue.model_json_schema,
