@@ -42,7 +42,9 @@ from bench.report import REPEATS, Row, Section
 from bench.rulesets import cloud_rules
 from bench.scratch import disk_dir
 from can_signals.simulator import reference_files
+from touchpoint.commands.run import uses_tls
 from touchpoint.daemon import HEAP_TRIM_S
+from touchpoint.settings import load_settings
 
 #: The issue's targets.
 READY_TARGET_S: Final = 1.0
@@ -197,11 +199,14 @@ def _daemon_imports(
     return [name for name in daemon if name not in startup]
 
 
-#: Imports the modules named in argv in order; prints the seconds it took and VmRSS (KiB).
+#: Imports the modules named in argv[2:] in order (without ``ssl`` if argv[1] is
+#: ``no-tls``, as ``touchpoint run`` leaves it out); prints the seconds it took and VmRSS (KiB).
 _TIME_IMPORTS: Final = (
     "import importlib, pathlib, sys, time\n"
+    "if sys.argv[1] == 'no-tls':\n"
+    "    sys.modules['ssl'] = None\n"
     "began = time.perf_counter()\n"
-    "for name in sys.argv[1:]:\n"
+    "for name in sys.argv[2:]:\n"
     "    importlib.import_module(name)\n"
     "took = time.perf_counter() - began\n"
     "status = pathlib.Path('/proc/self/status').read_text().splitlines()\n"
@@ -211,13 +216,14 @@ _TIME_IMPORTS: Final = (
 
 
 def _import_figures(
-    python: Interpreter, modules: Sequence[str], directory: Path
+    python: Interpreter, modules: Sequence[str], directory: Path, *, tls: bool
 ) -> tuple[float, int]:
     """Seconds a fresh interpreter takes to import ``modules`` (the daemon's), untraced,
     and its resident set afterwards in bytes.
     """
+    flag = "tls" if tls else "no-tls"
     result = subprocess.run(
-        [str(python.python), "-c", _TIME_IMPORTS, *modules],
+        [str(python.python), "-c", _TIME_IMPORTS, flag, *modules],
         check=True,
         capture_output=True,
         text=True,
@@ -259,7 +265,8 @@ def _measure_startup(python: Interpreter, directory: Path, seed: Path) -> _Start
         _start_once(command, directory, sock)  # warm-up: page cache, .pyc files, WAL
         starts = [_start_once(command, directory, sock) for _ in range(REPEATS)]
         modules = _daemon_imports(python, config, directory, sock)
-    samples = [_import_figures(python, modules, directory) for _ in range(REPEATS)]
+    tls = uses_tls(load_settings(config, environ={}))
+    samples = [_import_figures(python, modules, directory, tls=tls) for _ in range(REPEATS)]
     return _Startup(
         ready=statistics.median(s.ready_s for s in starts),
         interpreter=statistics.median(_bare_interpreter_s(python, directory) for _ in range(3)),
@@ -463,7 +470,7 @@ def run() -> list[Section]:
         if compared is not None:
             other_start = (compared, _measure_startup(compared, directory, seed))
             other_memory = (compared, _measure_memory(compared, directory, seed, drive))
-        configuration = "CAN, D-Bus, no cloud (the drive)"
+        configuration = "CAN, no D-Bus, no cloud (the drive)"
         return [
             _startup_section((main, main_start), other_start, notes),
             _memory_section((main, main_memory, main_start), other_memory, drive, notes),

@@ -16,14 +16,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 #: Where the system's interpreter is looked for, in order.
 SYSTEM_PYTHONS: Final = (Path("/usr/bin/python3"), Path("/usr/local/bin/python3"))
-#: What a wheel is built from (``pyproject.toml`` names the packages and their data).
-_SOURCES: Final = ("pyproject.toml", "README.md", "agent", "can_signals", "ui_bridge", "cloud_sync")
 _REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 _INSTALL_TIMEOUT_S: Final = 600
 
@@ -65,7 +64,7 @@ def installed(directory: Path) -> Interpreter | str:
         return f"{base} is Python {version}, touchpoint needs 3.11 or later"
     source, venv = directory / "source", directory / "installed"
     source.mkdir(parents=True)
-    for name in _SOURCES:
+    for name in _sources():
         path = _REPO_ROOT / name
         if path.is_dir():
             ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -91,11 +90,21 @@ def installed(directory: Path) -> Interpreter | str:
         except (OSError, subprocess.SubprocessError) as err:
             output = getattr(err, "stderr", None) or str(err)
             return f"{' '.join(step[:4])} failed: {output.strip().splitlines()[-1:]}"
-    where = _run_python(python, "import agent; print(agent.__file__)")
+    where = _run_python(python, "import agent, touchpoint.cli; print(agent.__file__)")
     if where is None or not Path(where).is_relative_to(venv):
         return f"the installed copy is not what {python} imports ({where})"
     label = f"installed (system Python {'.'.join(map(str, version))} at {base}, wheel)"
     return Interpreter(python, label)
+
+
+def _sources() -> list[str]:
+    """What a wheel is built from: ``pyproject.toml``, the README and the packages it
+    names (read from it, so that a new top-level package cannot be left out).
+    """
+    project = tomllib.loads((_REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns: list[str] = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = sorted({pattern.rstrip("*").partition(".")[0] for pattern in patterns})
+    return ["pyproject.toml", "README.md", *packages]
 
 
 def _version(python: Path) -> tuple[int, ...] | None:

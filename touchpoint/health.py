@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +112,8 @@ def cloud_problem_text(err: BaseException, settings: Any) -> str:
     files = ", ".join(
         str(p) for p in (settings.ca_file, settings.cert_file, settings.key_file) if p is not None
     )
+    import ssl  # noqa: PLC0415 - only with [cloud]: a daemon without leaves ssl out
+
     if isinstance(err, ssl.SSLError):
         return (
             f"the TLS files ({files}) are not a usable CA, certificate and key: {err}; "

@@ -48,6 +48,7 @@ from touchpoint.demo.driver import ScriptedDriver
 from touchpoint.demo.stack import Stack, running_stack
 from touchpoint.demo.stories import DOCUMENTS, STORIES, Drive, Outcome, Story
 from touchpoint.demo.timeline import Timeline
+from touchpoint.extras import HMI
 
 #: The oil-life monitor's reading at the start: high enough that distance decides.
 OIL_LIFE_PCT: Final = 40.0
@@ -101,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
     if args.speed <= 0:
         print("error: --speed must be positive", file=sys.stderr)
         return 2
+    missing = HMI.missing("touchpoint demo --interactive") if args.interactive else None
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 1
     story = STORIES[args.scenario]
     path: Path | None = args.timeline or (Path("touchpoint-demo.log") if args.interactive else None)
     with contextlib.ExitStack() as files:

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from agent.cards import LOCALES
+from touchpoint.extras import HMI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,17 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the HMI until the user quits."""
-    try:
-        from ui_bridge.reference.hmi_app import run_app  # noqa: PLC0415 - Textual only here
-    except ModuleNotFoundError as err:
-        if err.name is None or not err.name.startswith("textual"):
-            raise
-        print(
-            "error: touchpoint hmi needs the Textual terminal UI, an optional extra:\n"
-            "       pip install 'touchpoint[hmi]'",
-            file=sys.stderr,
-        )
+    missing = HMI.missing("touchpoint hmi")
+    if missing is not None:
+        print(missing, file=sys.stderr)
         return 1
+    from ui_bridge.reference.hmi_app import run_app  # noqa: PLC0415 - Textual only here
+
     address = args.address or ("session" if args.session else "system")
     run_app(address, args.locale)
     return 0
