@@ -374,6 +374,10 @@ class InvariantChecker:
             truth.moving
             or truth.parked_for_s < bounds.parked_settle_s
             or (truth.daemon_up_s or 0.0) < bounds.parked_settle_s
+            # The agent holds parked-only cards while it cannot tell the car stands: a
+            # daemon restarted beside a locked car, whose ECUs are silent, has seen no
+            # gear or speed yet (unknown counts as moving; the screen is off anyway).
+            or seen.screen.restricted
         ):
             return
         due = _due_items(seen.store)

@@ -454,8 +454,9 @@ async def due(run: Run) -> str:
     await _watch(run, 60, lambda: not car.busy)
     percent = run.rng.choice((4.0, 0.0))
     seconds = run.rng.uniform(25, 40)
+    # Ignition on, in P: the driver sits in the parked car with the screen on.
     phase = Phase("parked, oil due", int(seconds * 1000),
-                  (SetIgnition(Ignition.LOCK), OilMonitorDrops(percent)))  # fmt: skip
+                  (SetIgnition(Ignition.ON), OilMonitorDrops(percent)))  # fmt: skip
     busy = await _play(run, Segment("park", (phase,)))
     if busy:
         return f"due: {busy}"
