@@ -92,12 +92,15 @@ vcan-test: $(STAMP) vm-deb-deps
 vcan-shell: $(STAMP) vm-deb-deps
 	@$(BIN)/python -m tests.vm shell
 
-# Not part of make test: about 40 minutes under emulation. TOUCHPOINT_SEED repeats a run.
+# Not part of make test: about 40 minutes under emulation. TOUCHPOINT_SEED repeats a run;
+# VSOAK_KEEP=DIR keeps the guests' logs, the store's disk image and the observer's files.
 VSOAK_SCALE ?= 1.0
 VSOAK_KILLS ?= 30
+VSOAK_KEEP ?=
 vcan-soak: $(STAMP) vm-deb-deps
-	@seed="$(TOUCHPOINT_SEED)"; $(BIN)/python -m tests.vm.soak --scale $(VSOAK_SCALE) \
-	  --kills $(VSOAK_KILLS) $${seed:+--seed $$seed}
+	@seed="$(TOUCHPOINT_SEED)"; keep="$(VSOAK_KEEP)"; \
+	$(BIN)/python -m tests.vm.soak --scale $(VSOAK_SCALE) --kills $(VSOAK_KILLS) \
+	  $${seed:+--seed $$seed} $${keep:+--keep $$keep}
 
 demo: $(STAMP) deb-deps
 	$(BIN)/touchpoint demo

@@ -44,7 +44,7 @@ from tests.invariants.checker import GAVE_UP, REQUESTS, TERMINAL, Violation
 from tests.invariants.views import CloudLedger, Recorded, read_store
 from tests.soak.car import SimCar
 from tests.soak.killloop import _keep_driving, _keep_tapping
-from tests.soak.loop import START_ODOMETER_KM, Run, start_broker
+from tests.soak.loop import START_ODOMETER_KM, Run, start_broker, tap
 from tests.soak.stack import World, running_world
 from tests.vm.soak.netem import CLEAN, TUNNEL, WEAK_CELLULAR, PortFaults
 from ui_bridge.reference.hmi_client import HmiClient
@@ -476,6 +476,15 @@ async def _observe_commits(
         await asyncio.sleep(0.1)
 
 
+async def _dismissing(run: Run) -> None:
+    """The driver dismisses what shows, often: a dismissal must outlive a power cut."""
+    while True:
+        await asyncio.sleep(1.0)
+        if run.hmi is not None and run.screen().cards:
+            with contextlib.suppress(Exception):
+                await tap(run, "dismiss")
+
+
 async def power_boot(share: Path, boot: int, seed: int, final: bool) -> int:
     """One boot of the power-loss loop (the host cuts the power; ``final``: it does not)."""
     _mount_store()
@@ -495,6 +504,7 @@ async def power_boot(share: Path, boot: int, seed: int, final: bool) -> int:
         with running_world(directory, fake_clock=False, ledger=ledger) as world:
             driving = await start_driving(world, seed + boot, sys.stderr, check_every_s=1.0)
             driving.run.dismissed_ids |= previously_dismissed
+            driving.tasks.insert(2, asyncio.create_task(_dismissing(driving.run)))
             observer = asyncio.create_task(_observe_commits(
                 driving, boot, Appender(share / "committed.jsonl"),
                 Appender(dismissed_file)))  # fmt: skip
@@ -511,7 +521,7 @@ async def power_boot(share: Path, boot: int, seed: int, final: bool) -> int:
                         violations.add({"vm_boot": boot, "violation": str(violation)})
                     reported = len(driving.violations)
                     if final and time.monotonic() - began > 20:
-                        for task in driving.tasks[:2]:  # the car and the driver rest
+                        for task in driving.tasks[:3]:  # the car and the driver rest
                             task.cancel()
                         if not read_store(store, integrity=False).outbox:
                             drained = time.monotonic() - began
