@@ -44,7 +44,7 @@ from tests.invariants.checker import GAVE_UP, REQUESTS, TERMINAL, Violation
 from tests.invariants.views import CloudLedger, Recorded, read_store
 from tests.soak.car import SimCar
 from tests.soak.killloop import _keep_driving, _keep_tapping
-from tests.soak.loop import START_ODOMETER_KM, Run, start_broker, tap
+from tests.soak.loop import START_ODOMETER_KM, Run, document, start_broker, tap
 from tests.soak.stack import World, running_world
 from tests.vm.soak.netem import CLEAN, TUNNEL, WEAK_CELLULAR, PortFaults
 from ui_bridge.reference.hmi_client import HmiClient
@@ -122,10 +122,17 @@ async def _checking(driving: Driving, every_s: float) -> None:
         driving.violations += found
 
 
-async def start_driving(world: World, seed: int, out: TextIO, check_every_s: float) -> Driving:
-    """The car, the driver, the daemon (started and on the bus), the checks."""
+async def start_driving(
+    world: World,
+    seed: int,
+    out: TextIO,
+    check_every_s: float,
+    oil_life_pct: float = 25.0,
+    tapping: bool = True,
+) -> Driving:
+    """The car, the driver (``tapping``: the kill loop's), the daemon (on the bus), the checks."""
     initial = VehicleState(utc_start_s=int(time.time()), odometer_km=START_ODOMETER_KM,
-                           oil_life_pct=25.0, soc_pct=60.0, gear=Gear.P)  # fmt: skip
+                           oil_life_pct=oil_life_pct, soc_pct=60.0, gear=Gear.P)  # fmt: skip
     car = SimCar(world.can.url, initial)
     car.start()
     run = Run(world, car, random.Random(seed), out)
@@ -137,15 +144,38 @@ async def start_driving(world: World, seed: int, out: TextIO, check_every_s: flo
     except TimeoutError:
         raise RuntimeError(f"the daemon did not come up:\n{world.daemon.log_tail()}") from None
     driving = Driving(run, [])
-    driving.tasks = [
-        asyncio.create_task(_keep_driving(run)),
-        asyncio.create_task(_keep_tapping(run)),
-        asyncio.create_task(_checking(driving, check_every_s)),
-    ]
+    driving.tasks = [asyncio.create_task(_keep_driving(run))]
+    if tapping:
+        driving.tasks.append(asyncio.create_task(_keep_tapping(run)))
+    driving.tasks.append(asyncio.create_task(_checking(driving, check_every_s)))
     return driving
 
 
 # -- the network faults -------------------------------------------------------------------
+
+#: How often the cloud publishes a document (a wallet's coupons become cards to redeem).
+DOCUMENT_EVERY_S: Final = 15.0
+
+
+async def _requesting(run: Run, link: PortFaults) -> None:
+    """The cloud publishes documents now and then; the driver books and redeems what shows
+    while the link is bad (the cloud declines bookings, so a maintenance card stays).
+
+    So requests are made under faults, and each must end: answered, or visibly
+    unanswered after the request timeout.
+    """
+    published = time.monotonic()
+    while True:
+        await asyncio.sleep(2.0)
+        if time.monotonic() - published > DOCUMENT_EVERY_S:
+            published = time.monotonic()
+            with contextlib.suppress(Exception):
+                await document(run)
+        if link.current == CLEAN:
+            continue
+        for action in ("redeem", "book"):
+            with contextlib.suppress(Exception):
+                await tap(run, action)
 
 
 @dataclass(slots=True)
@@ -354,7 +384,11 @@ async def net_soak(result_file: Path, scale: float, seed: int) -> int:
             link = PortFaults(world.broker.port)
             link.install()
             _say("world up; starting the daemon")
-            driving = await start_driving(world, seed, sys.stderr, check_every_s=2.0)
+            world.cloud.booking = "decline"
+            # Oil nearly due: a maintenance card to book soon after the start.
+            driving = await start_driving(world, seed, sys.stderr, check_every_s=2.0,
+                                          oil_life_pct=4.0, tapping=False)  # fmt: skip
+            driving.tasks.append(asyncio.create_task(_requesting(driving.run, link)))
             soak = NetSoak(world, driving, link, scale)
             try:
                 await soak.run()
