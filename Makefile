@@ -92,7 +92,7 @@ vcan-test: $(STAMP) vm-deb-deps
 vcan-shell: $(STAMP) vm-deb-deps
 	@$(BIN)/python -m tests.vm shell
 
-# Not part of make test: about 40 minutes under emulation. TOUCHPOINT_SEED repeats a run;
+# Not part of make test: about an hour under emulation. TOUCHPOINT_SEED repeats a run;
 # VSOAK_KEEP=DIR keeps the guests' logs, the store's disk image and the observer's files.
 VSOAK_SCALE ?= 1.0
 VSOAK_KILLS ?= 30
