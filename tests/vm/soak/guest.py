@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -351,10 +353,10 @@ def backoff_figures(events: list[tuple[float, str]]) -> dict[str, Any]:
 
 
 def reconnect_delays(events: list[tuple[float, str]], phases: list[Phase]) -> list[str]:
-    """How long after each clean phase began the daemon was connected again."""
+    """How long after each clean phase that follows a fault the daemon was connected again."""
     lines = []
-    for phase in phases:
-        if phase.fault != CLEAN:
+    for before, phase in itertools.pairwise(phases):
+        if phase.fault != CLEAN or before.fault == CLEAN:
             continue
         after = [at for at, kind in events if kind == "connected" and at >= phase.started_at]
         if after:
@@ -411,6 +413,8 @@ async def net_soak(result_file: Path, scale: float, seed: int) -> int:
                 and str(e.payload.get("request_id") or e.request_id) not in gave_up
             ]  # fmt: skip
             events = link_log(directory / "logs")
+            # The daemon's and the broker's logs, for the host (the guest's tmp goes).
+            shutil.copytree(directory / "logs", result_file.parent / "logs", dirs_exist_ok=True)
             backoff = backoff_figures(events)
             result = {
                 "phases": [p.as_json() for p in soak.phases],
