@@ -22,7 +22,7 @@ DEB_PROBES := /usr/bin/dbus-daemon /usr/sbin/mosquitto /usr/bin/mosquitto_sub /u
 VM_DEB_PACKAGES := qemu-system-x86 busybox-static can-utils
 
 .PHONY: help venv deb-deps vm-deb-deps lint typecheck pytest test demo bench soak clean \
-	vcan-prepare vcan-test vcan-shell
+	vcan-prepare vcan-test vcan-shell vcan-soak
 
 help:
 	@echo "make demo   - the whole loop: simulated car -> CAN -> agent -> D-Bus HMI + MQTT cloud, and back"
@@ -30,6 +30,8 @@ help:
 	@echo "make bench  - print the performance figures"
 	@echo "make vcan-test  - the SocketCAN suite on real kernel CAN, in a throwaway VM (part of make test)"
 	@echo "make vcan-shell - a shell in that VM: vcan0 up, the project's venv on PATH"
+	@echo "make vcan-soak  - in that VM: the cloud link under netem faults (VSOAK_SCALE, default 1:"
+	@echo "                  a 90 s tunnel), then VSOAK_KILLS power cuts (default 30) of QEMU itself"
 	@echo "make soak   - the random soak over the real daemon (SOAK_S seconds, default 600; the"
 	@echo "              seed from TOUCHPOINT_SEED), then the kill loop (SOAK_KILLS kills, default 100)"
 
@@ -89,6 +91,16 @@ vcan-test: $(STAMP) vm-deb-deps
 
 vcan-shell: $(STAMP) vm-deb-deps
 	@$(BIN)/python -m tests.vm shell
+
+# Not part of make test: about an hour under emulation. TOUCHPOINT_SEED repeats a run;
+# VSOAK_KEEP=DIR keeps the guests' logs, the store's disk image and the observer's files.
+VSOAK_SCALE ?= 1.0
+VSOAK_KILLS ?= 30
+VSOAK_KEEP ?=
+vcan-soak: $(STAMP) vm-deb-deps
+	@seed="$(TOUCHPOINT_SEED)"; keep="$(VSOAK_KEEP)"; \
+	$(BIN)/python -m tests.vm.soak --scale $(VSOAK_SCALE) --kills $(VSOAK_KILLS) \
+	  $${seed:+--seed $$seed} $${keep:+--keep $$keep}
 
 demo: $(STAMP) deb-deps
 	$(BIN)/touchpoint demo

@@ -300,17 +300,18 @@ class World:
 @contextlib.contextmanager
 def running_world(
     directory: Path, *, fake_clock: bool = True, car: CanSetup | None = None,
-    daemon_argv: list[str] | None = None,
+    daemon_argv: list[str] | None = None, ledger: CloudLedger | None = None,
 ) -> Iterator[World]:  # fmt: skip
     """Start the bus, broker, cloud and CAN server, write the daemon's configuration.
 
     The daemon is not started: the caller starts it (and kills it) as it likes. All of
-    it is stopped when the block ends.
+    it is stopped when the block ends. ``ledger`` records what the cloud receives
+    (default: a fresh :class:`CloudLedger`).
     """
     directory.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate(KEY_ID)
     pki = DevPki.create(directory / "pki")
-    ledger = CloudLedger()
+    ledger = ledger if ledger is not None else CloudLedger()
     with private_bus() as bus_address, running_broker(directory / "broker", pki) as broker:
         cert, private_key = broker.credentials(CLOUD_USER)
         endpoint = Endpoint(broker.host, broker.cloud_port, pki.ca_cert, cert, private_key)

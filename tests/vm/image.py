@@ -130,7 +130,7 @@ def prepare(log: list[str] | None = None) -> VmImage:
     current = root / "current"
     version = current.read_text(encoding="utf-8").strip() if current.is_file() else ""
     kdir = root / version if version else None
-    if kdir is None or not (kdir / "vmlinux").is_file() or not (kdir / "modules").is_dir():
+    if kdir is None or not (kdir / "vmlinux").is_file() or _modules_missing(kdir):
         version = _fetch_kernel(root, steps)
         kdir = root / version
     initrd = kdir / f"initrd-{_initrd_recipe()}.cpio.gz"
@@ -141,6 +141,11 @@ def prepare(log: list[str] | None = None) -> VmImage:
             old.unlink()
     current.write_text(version + "\n", encoding="utf-8")
     return VmImage(kernel=kdir / "vmlinux", initrd=initrd, version=version)
+
+
+def _modules_missing(kdir: Path) -> bool:
+    """Whether the cache lacks a module the list wants (the list grew since it was made)."""
+    return any(not (kdir / "modules" / f"{m}.ko").is_file() for m in _wanted_modules())
 
 
 def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

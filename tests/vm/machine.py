@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final, Literal
@@ -61,6 +61,8 @@ class RunResult:
     total_s: float
     #: The tail of the guest's serial console when it did not report an exit status.
     console_tail: str = ""
+    #: QEMU was SIGKILLed on the caller's word (``power_cut``): the guest lost power.
+    power_cut: bool = False
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Machine:
         memory_mb: Guest memory.
         vcans: How many vcan interfaces (vcan0, vcan1, ...) are up at start.
         writable: Host directories the guest writes through to (the rest is throwaway).
+        disks: Raw image files the guest sees as virtio-blk disks (/dev/vda, /dev/vdb...).
         boots: Guests booted so far.
     """
 
@@ -83,6 +86,7 @@ class Machine:
     memory_mb: int = 1024
     vcans: int = 1
     writable: Sequence[Path] = ()
+    disks: Sequence[Path] = ()
     boots: int = field(default=0, init=False)
 
     def run(
@@ -96,6 +100,7 @@ class Machine:
         stderr: BinaryIO | None = None,
         tty: bool = False,
         stdin: bytes | None = None,
+        power_cut: Callable[[], bool] | None = None,
     ) -> RunResult:
         """Boot a guest, run ``argv`` in ``cwd`` with ``env``, power it off.
 
@@ -108,6 +113,10 @@ class Machine:
             stderr: Receives its stderr (default: this process's).
             tty: Wire the command to this terminal (interactive) instead of pipes.
             stdin: The command's standard input (default: none, /dev/null).
+            power_cut: Asked every 10 ms while the guest runs; once it answers True, QEMU
+                is SIGKILLed: the guest's power is cut (its page cache and the disk
+                writes QEMU had not issued are lost; what QEMU wrote to the image file
+                stays, as on a disk without a volatile cache).
 
         Returns:
             The command's exit status (:data:`NO_STATUS` if the guest gave none) and timings.
@@ -127,7 +136,7 @@ class Machine:
             launched = time.time()
             if tty:
                 proc = subprocess.Popen(qemu)
-                _wait(proc, timeout)
+                cut = _wait(proc, timeout, power_cut)
             else:
                 out_r, out_w = os.pipe()
                 err_r, err_w = os.pipe()
@@ -144,7 +153,7 @@ class Machine:
                 proc = subprocess.Popen(qemu, stdin=subprocess.DEVNULL, pass_fds=(out_w, err_w))
                 os.close(out_w)
                 os.close(err_w)
-                _wait(proc, timeout)
+                cut = _wait(proc, timeout, power_cut)
                 for relay in relays:
                     relay.join()
             marker = ctl / "started"
@@ -161,6 +170,7 @@ class Machine:
             boot_s=boot_s,
             total_s=time.monotonic() - started,
             console_tail=tail,
+            power_cut=cut,
         )
 
     def _qemu_argv(self, ctl: Path, shares: Sequence[Path], tty: bool) -> list[str]:
@@ -185,6 +195,12 @@ class Machine:
             "-fsdev", f"local,id=ctl,path={ctl},security_model=none,multidevs=remap",
             "-device", "virtio-9p-device,fsdev=ctl,mount_tag=ctl",
         ]  # fmt: skip
+        for i, disk in enumerate(self.disks):
+            # The guest's flushes (fsync) reach the image file with fdatasync.
+            fs += [
+                "-drive", f"file={disk},format=raw,if=none,id=disk{i},cache=writeback",
+                "-device", f"virtio-blk-device,drive=disk{i}",
+            ]  # fmt: skip
         for i, path in enumerate(shares):
             fs += [
                 "-fsdev", f"local,id=rw{i},path={path},security_model=none,multidevs=remap",
@@ -225,9 +241,19 @@ def _relay(fd: int, sink: BinaryIO) -> threading.Thread:
     return thread
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait(
+    proc: subprocess.Popen[bytes], timeout: float, power_cut: Callable[[], bool] | None = None
+) -> bool:
+    """Wait for QEMU to end; True if ``power_cut`` had it SIGKILLed."""
+    deadline = time.monotonic() + timeout
     try:
-        proc.wait(timeout)
+        while power_cut is not None and proc.poll() is None and time.monotonic() < deadline:
+            if power_cut():
+                proc.kill()
+                proc.wait()
+                return True
+            time.sleep(0.01)
+        proc.wait(max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -235,6 +261,7 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
         proc.kill()
         proc.wait()
         raise
+    return False
 
 
 def _host_tsc_khz() -> int:

@@ -54,3 +54,15 @@ def test_a_changed_init_script_means_a_new_initramfs(
     before = image._initrd_recipe()
     script.write_text("#!/bin/busybox sh\necho changed\n")
     assert image._initrd_recipe() != before
+
+
+def test_a_cache_made_before_the_module_list_grew_is_made_again(tmp_path: Path) -> None:
+    kdir = tmp_path / "6.1.0-test-amd64"
+    (kdir / "modules").mkdir(parents=True)
+    wanted = image._wanted_modules()
+    for name in wanted[:-1]:
+        (kdir / "modules" / f"{name}.ko").write_bytes(b"ko")
+    assert image._modules_missing(kdir)
+    (kdir / "modules" / f"{wanted[-1]}.ko").write_bytes(b"ko")
+    assert not image._modules_missing(kdir)
+    assert {"sch_netem", "sch_prio", "cls_u32", "virtio_blk", "ext4"} <= set(wanted)
