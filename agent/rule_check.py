@@ -26,16 +26,15 @@ from agent.rule_model import (
     EVENT_ATTRIBUTES,
     SIGNAL_ATTRIBUTES,
     AllOf,
-    AnyOf,
     Comparison,
     Condition,
     EventTrigger,
-    NotOf,
     Rule,
     RuleSetDocument,
     Scalar,
     SignalTrigger,
     TimeTrigger,
+    comparisons,
 )
 
 DAY: Final = 86_400.0
@@ -112,7 +111,7 @@ def check_rule_set(
 def _rule(rule: Rule, caps: Capabilities) -> Iterator[tuple[Location, str]]:
     yield from _trigger(rule, caps)
     if rule.conditions is not None:
-        for loc, comparison in _comparisons(rule.conditions, ("conditions",)):
+        for loc, comparison in comparisons(rule.conditions, ("conditions",)):
             yield from _comparison(loc, comparison, rule, caps)
     yield from _texts(rule)
     yield from _window(rule, caps)
@@ -441,17 +440,3 @@ def _attributes(rule: Rule) -> frozenset[str] | None:
     if isinstance(trigger, SignalTrigger):
         return SIGNAL_ATTRIBUTES | {"rule_id"}
     return frozenset({"rule_id"})
-
-
-def _comparisons(condition: Condition, loc: Location) -> Iterator[tuple[Location, Comparison]]:
-    """Every comparison in the tree, with its key path."""
-    if isinstance(condition, Comparison):
-        yield loc, condition
-    elif isinstance(condition, AllOf):
-        for index, child in enumerate(condition.all):
-            yield from _comparisons(child, (*loc, "all", index))
-    elif isinstance(condition, AnyOf):
-        for index, child in enumerate(condition.any):
-            yield from _comparisons(child, (*loc, "any", index))
-    elif isinstance(condition, NotOf):
-        yield from _comparisons(condition.not_, (*loc, "not"))

@@ -37,6 +37,7 @@ from agent.rule_model import (
     RuleSetDocument,
     SignalTrigger,
     TimeTrigger,
+    comparisons,
     in_rollout,
 )
 
@@ -462,14 +463,7 @@ def _arg(value: Any) -> ArgValue:
 
 def _facts_read(condition: Condition) -> list[str]:
     """The facts a condition tree compares, in order, each once."""
-    if isinstance(condition, Comparison):
-        return [condition.fact]
-    children = (
-        condition.all if isinstance(condition, AllOf)
-        else condition.any if isinstance(condition, AnyOf)
-        else [condition.not_]
-    )  # fmt: skip
-    return list(dict.fromkeys(f for child in children for f in _facts_read(child)))
+    return list(dict.fromkeys(c.fact for _, c in comparisons(condition)))
 
 
 def _json(value: Any) -> JsonValue:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal, Self
@@ -283,6 +283,22 @@ class Rule(_Model):
     def ref(self) -> str:
         """``id@version``, as cards and events name the rule."""
         return f"{self.id}@{self.version}"
+
+
+def comparisons(
+    condition: Condition, at: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], Comparison]]:
+    """Every comparison of a condition tree, with its key path below ``at``."""
+    if isinstance(condition, Comparison):
+        yield at, condition
+    elif isinstance(condition, AllOf):
+        for index, child in enumerate(condition.all):
+            yield from comparisons(child, (*at, "all", index))
+    elif isinstance(condition, AnyOf):
+        for index, child in enumerate(condition.any):
+            yield from comparisons(child, (*at, "any", index))
+    elif isinstance(condition, NotOf):
+        yield from comparisons(condition.not_, (*at, "not"))
 
 
 def _measure(condition: Any, depth: int = 1) -> tuple[int, int]:

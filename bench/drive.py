@@ -26,19 +26,9 @@ from pathlib import Path
 from typing import Final
 
 from bench.scratch import disk_base
-from can_signals.binding import bind
-from can_signals.dbc import load_dbcs
-from can_signals.mapping import load_mapping
+from can_signals.binding import bind_files
 from can_signals.processor import FrameProcessor
-from can_signals.simulator import (
-    FrameEncoder,
-    LogSink,
-    ScenarioOptions,
-    build_scenario,
-    load_reference_database,
-    reference_files,
-    timeline,
-)
+from can_signals.simulator import LogSink, chained_timeline, reference_files
 from can_signals.update import SignalUpdate
 
 #: The scenarios, in the order they are driven.
@@ -71,29 +61,21 @@ def recorded_drive() -> Drive:
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     log = directory / "drive.log"
     files = reference_files()
-    binding = bind(load_mapping(files.mapping), load_dbcs([(None, files.dbc)]))
+    binding = bind_files(files.mapping, [(None, files.dbc)])
     updates: list[SignalUpdate] = []
     listener = FrameProcessor(binding, updates.append).bus(CHANNEL)
     sink = LogSink(log)
     frames = 0
-    odometer_km: float | None = None
-    utc_s: int | None = None
-    seconds = 0.0
+    # Each scenario's clock, at its last tick.
+    ends: dict[int, float] = {}
     try:
-        for name in SCENARIOS:
-            options = ScenarioOptions(start_odometer_km=odometer_km, utc_start_s=utc_s)
-            encoder = FrameEncoder(load_reference_database(), CHANNEL)
-            state = None
-            for tick in timeline(build_scenario(name, options), encoder):
-                state = tick.state
-                for frame in tick.frames:
-                    sink.send(frame.message)
-                    listener(frame.message)
-                frames += len(tick.frames)
-            assert state is not None
-            # The next scenario starts where this one ended (plus the last tick).
-            odometer_km, utc_s = state.odometer_km, state.utc_s + 1
-            seconds += state.clock_ms / 1000
+        for index, tick in chained_timeline(SCENARIOS, channel=CHANNEL):
+            for frame in tick.frames:
+                sink.send(frame.message)
+                listener(frame.message)
+            frames += len(tick.frames)
+            ends[index] = tick.state.clock_ms / 1000
     finally:
         sink.close()
+    seconds = sum(ends.values())
     return Drive(log, tuple(updates), frames, seconds)

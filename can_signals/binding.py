@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from cantools.database.can import Message, Signal
 
@@ -25,7 +26,7 @@ from can_signals.convert import (
     signal_labels,
     type_family,
 )
-from can_signals.dbc import DbcSource
+from can_signals.dbc import DbcSource, load_dbcs
 from can_signals.errors import ExpressionError, MappingError, Problem
 from can_signals.expression import compile_expression
 from can_signals.layout import (
@@ -41,9 +42,9 @@ from can_signals.layout import (
     signal_bits,
     stale_seconds,
 )
-from can_signals.mapping import MappingDocument, MappingEntry
+from can_signals.mapping import MappingDocument, MappingEntry, read_mapping
 from can_signals.not_available import unknown_labels
-from can_signals.vss import Resolved, SignalTypeError, VssRelease, resolve
+from can_signals.vss import Resolved, SignalTypeError, VssRelease, load_vss, resolve
 
 _log = logging.getLogger(__name__)
 
@@ -153,6 +154,24 @@ def bind(
     if problems:
         raise MappingError(problems, warnings)
     return Binding(document, sources, binder.bindings, warnings)
+
+
+def bind_files(
+    mapping: str | Path,
+    dbcs: Sequence[tuple[str | None, str | Path]],
+    vss: str | Path | None = None,
+) -> Binding:
+    """Load the DBC files, the mapping and (if given) a VSS release, and bind them.
+
+    Raises:
+        DbcError: If a DBC file does not load.
+        VssError: If the VSS release does not load.
+        MappingError: If the mapping has problems, all of them listed.
+    """
+    release = load_vss(vss) if vss is not None else None
+    sources = load_dbcs(dbcs)
+    document, problems = read_mapping(mapping)
+    return bind(document, sources, earlier=problems, vss=release)
 
 
 class _Binder:

@@ -22,15 +22,12 @@ from typing import Final, Self
 
 import can
 
-from can_signals.binding import Binding, bind
-from can_signals.dbc import load_dbcs
+from can_signals.binding import Binding, bind_files
 from can_signals.errors import SourceError
-from can_signals.mapping import read_mapping
 from can_signals.processor import FrameProcessor, ProcessorStats
 from can_signals.sources import BusConfig, LiveBuses, Replay
 from can_signals.stream import DEFAULT_CAPACITY, UpdateStream
 from can_signals.update import SignalUpdate
-from can_signals.vss import load_vss
 from touchpoint.tasks import Supervisor, beat, idle
 
 _log = logging.getLogger(__name__)
@@ -105,11 +102,7 @@ class SignalPipeline:
             VssError: If the VSS release does not load.
             MappingError: If the mapping has problems, all of them listed.
         """
-        release = load_vss(vss) if vss is not None else None
-        sources = load_dbcs(dbcs)
-        document, problems = read_mapping(mapping)
-        binding = bind(document, sources, earlier=problems, vss=release)
-        return cls(binding, **kwargs)  # type: ignore[arg-type]
+        return cls(bind_files(mapping, dbcs, vss), **kwargs)  # type: ignore[arg-type]
 
     def _emit(self, update: SignalUpdate) -> None:
         stream = self._stream

@@ -170,10 +170,7 @@ class FrameProcessor:
         """Process one mapped frame. The caller holds :attr:`lock`."""
         length = len(data)
         if length != plan.length:
-            if length < plan.length:
-                self.short_frames += 1
-            else:
-                self.long_frames += 1
+            self._odd_length(plan, length)
         previous_seen = plan.last_seen
         plan.last_seen = self.latest_timestamp = timestamp
         if timestamp >= self.next_stale_check:
@@ -201,18 +198,20 @@ class FrameProcessor:
         """
         length = len(data)
         if length != plan.length:
-            if length < plan.length:
-                self.short_frames += 1
-            else:
-                self.long_frames += 1
+            self._odd_length(plan, length)
         previous_seen = plan.last_seen
         # Two sockets' messages may interleave a little out of order.
         plan.last_seen = max(previous_seen, timestamp)
-        self.latest_timestamp = timestamp
-        if timestamp >= self.next_stale_check:
-            self._check_stale(timestamp)
+        self.advance_clock(timestamp)
         bits = int.from_bytes(data, "little")
         self._run_routes(plan, timestamp, previous_seen, data, bits, routes=routes)
+
+    def _odd_length(self, plan: Plan, length: int) -> None:
+        """Count a frame shorter or longer than its DBC says (decoded all the same)."""
+        if length < plan.length:
+            self.short_frames += 1
+        else:
+            self.long_frames += 1
 
     def advance_clock(self, timestamp: float) -> None:
         """Note a frame's timestamp and look for stale signals when due (lock held)."""

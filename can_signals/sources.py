@@ -434,6 +434,10 @@ class Replay:
         """Fail early on a log that cannot be opened (:func:`check_log`)."""
         check_log(self.path)
 
+    def play(self) -> None:
+        """Play in the calling thread until the log ends (or :meth:`stop` is called)."""
+        self._run()
+
     def start(self) -> None:
         """Start playing in a worker thread."""
         self._thread = threading.Thread(target=self._run, name=f"replay {self.path.name}")

@@ -246,25 +246,26 @@ def _batches(updates: Iterable[SignalUpdate]) -> Iterator[list[SignalUpdate]]:
 def updates_from_logs(
     logs: Sequence[Path], mapping: Path, dbcs: Sequence[tuple[str | None, str]], vss: Path | None
 ) -> list[SignalUpdate]:
-    """The signal layer's updates of recorded logs (one after the other, in time order)."""
-    import can  # noqa: PLC0415 - python-can only for a replay
+    """The signal layer's updates of recorded logs (one after the other, in time order).
 
-    from can_signals.binding import bind  # noqa: PLC0415
-    from can_signals.dbc import load_dbcs  # noqa: PLC0415
-    from can_signals.mapping import read_mapping  # noqa: PLC0415
+    Each log is played as the daemon's replay plays it (malformed lines skipped and
+    logged, a corrupt binary log kept up to the damage).
+
+    Raises:
+        SourceError: A log that cannot be read at all.
+    """
+    from can_signals.binding import bind_files  # noqa: PLC0415 - cantools only here
     from can_signals.processor import FrameProcessor  # noqa: PLC0415
-    from can_signals.vss import load_vss  # noqa: PLC0415
+    from can_signals.sources import Replay  # noqa: PLC0415
 
-    document, problems = read_mapping(mapping)
-    binding = bind(document, load_dbcs(dbcs), earlier=problems,
-                   vss=load_vss(vss) if vss else None)  # fmt: skip
+    binding = bind_files(mapping, dbcs, vss)
     updates: list[SignalUpdate] = []
     offset = 0.0
     for log in logs:
-        processor = FrameProcessor(binding, updates.append)
         first = len(updates)
-        for message in can.LogReader(str(log)):
-            processor.bus(str(message.channel or "can0"))(message)
+        replay = Replay(log, FrameProcessor(binding, updates.append), speed=0)
+        replay.check()
+        replay.play()
         # The next log continues where this one ended, whatever its own clock says.
         if first < len(updates):
             shift = offset - updates[first].timestamp
@@ -279,36 +280,17 @@ def updates_from_scenarios(names: Sequence[str], start: float) -> list[SignalUpd
     Each scenario continues where the last one ended (odometer and clock), and the
     simulated GNSS receiver tells the same time as the replay's clock.
     """
-    from can_signals.binding import bind  # noqa: PLC0415
-    from can_signals.dbc import load_dbcs  # noqa: PLC0415
-    from can_signals.mapping import load_mapping  # noqa: PLC0415
+    from can_signals.binding import bind_files  # noqa: PLC0415
     from can_signals.processor import FrameProcessor  # noqa: PLC0415
-    from can_signals.simulator import (  # noqa: PLC0415
-        FrameEncoder,
-        ScenarioOptions,
-        build_scenario,
-        load_reference_database,
-        reference_files,
-        timeline,
-    )
+    from can_signals.simulator import chained_timeline, reference_files  # noqa: PLC0415
 
     files = reference_files()
-    binding = bind(load_mapping(files.mapping), load_dbcs([(None, str(files.dbc))]))
+    binding = bind_files(files.mapping, [(None, str(files.dbc))])
     updates: list[SignalUpdate] = []
     listener = FrameProcessor(binding, updates.append).bus("can0")
-    odometer_km: float | None = None
-    utc_s = int(start)
-    for name in names:
-        options = ScenarioOptions(start_odometer_km=odometer_km, utc_start_s=utc_s)
-        encoder = FrameEncoder(load_reference_database(), "can0")
-        state = None
-        for tick in timeline(build_scenario(name, options), encoder):
-            state = tick.state
-            for frame in tick.frames:
-                listener(frame.message)
-        if state is None:
-            raise ValueError(f"scenario {name} has no ticks")
-        odometer_km, utc_s = state.odometer_km, state.utc_s + 1
+    for _, tick in chained_timeline(names, utc_start_s=int(start)):
+        for frame in tick.frames:
+            listener(frame.message)
     return updates
 
 

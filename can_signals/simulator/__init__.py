@@ -31,6 +31,7 @@ from can_signals.simulator.runner import (
     RunResult,
     ScenarioRunner,
     Tick,
+    chained_timeline,
     record,
     timeline,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "VehicleState",
     "at_rest",
     "build_scenario",
+    "chained_timeline",
     "load_reference_database",
     "record",
     "reference_files",

@@ -26,6 +26,7 @@ from can_signals.simulator.errors import SimulatorError
 from can_signals.simulator.model import VehicleState, step
 from can_signals.simulator.reference import load_reference_database
 from can_signals.simulator.scenario import Phase, Scenario
+from can_signals.simulator.scenarios import ScenarioOptions, build_scenario
 
 _log = logging.getLogger(__name__)
 
@@ -72,6 +73,32 @@ def timeline(scenario: Scenario, encoder: FrameEncoder) -> Iterator[Tick]:
             first = False
             target = phase.profile.target(state.clock_ms - start)
             state = step(state, target, tick_ms, scenario.params)
+
+
+def chained_timeline(
+    names: Sequence[str], *, utc_start_s: int | None = None, channel: str = "can0"
+) -> Iterator[tuple[int, Tick]]:
+    """The reference car through the scenarios ``names``, each where the last one ended.
+
+    Each scenario starts at the last one's odometer and one second after its clock ended
+    (the first at ``utc_start_s``, or the scenario's own start); yields ``(index of the
+    scenario in names, tick)``.
+
+    Raises:
+        SimulatorError: A scenario name that is unknown, or a scenario with no tick.
+    """
+    odometer_km: float | None = None
+    utc_s = utc_start_s
+    for index, name in enumerate(names):
+        options = ScenarioOptions(start_odometer_km=odometer_km, utc_start_s=utc_s)
+        encoder = FrameEncoder(load_reference_database(), channel)
+        state: VehicleState | None = None
+        for tick in timeline(build_scenario(name, options), encoder):
+            state = tick.state
+            yield index, tick
+        if state is None:
+            raise SimulatorError(f"scenario {name} has no ticks")
+        odometer_km, utc_s = state.odometer_km, state.utc_s + 1
 
 
 class FrameSink(Protocol):

@@ -274,15 +274,10 @@ def _capabilities(args: argparse.Namespace) -> Capabilities:
 
 
 def _mapped(mapping: Path, dbcs: Sequence[str], vss: Path | None) -> dict[str, KnownSignal]:
-    from can_signals.binding import bind  # noqa: PLC0415 - cantools only when needed
-    from can_signals.dbc import load_dbcs, parse_dbc_argument  # noqa: PLC0415
-    from can_signals.mapping import read_mapping  # noqa: PLC0415
-    from can_signals.vss import load_vss  # noqa: PLC0415
+    from can_signals.binding import bind_files  # noqa: PLC0415 - cantools only when needed
+    from can_signals.dbc import parse_dbc_argument  # noqa: PLC0415
 
-    release = load_vss(vss) if vss is not None else None
-    sources = load_dbcs([parse_dbc_argument(d) for d in dbcs])
-    document, problems = read_mapping(mapping)
-    binding = bind(document, sources, earlier=problems, vss=release)
+    binding = bind_files(mapping, [parse_dbc_argument(d) for d in dbcs], vss)
     return {b.spec.path: _from_spec(b.spec) for b in binding.bindings}
 
 
